@@ -1,0 +1,156 @@
+//! Building the server: open the data dir, recover from a crash, bind, and run until the
+//! shutdown token is cancelled, then drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::convert::Limits;
+use crate::store::{items, tasks as task_rows, users, Store};
+use crate::tasks::{ChildLimits, Queue, Workers};
+use crate::tree::Blobs;
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Limits and switches that handlers read.
+    pub config: Arc<Config>,
+    /// Users, tokens, tree items and tasks.
+    pub store: Store,
+    /// The bytes of files on disk.
+    pub blobs: Blobs,
+    /// Task events for live channels.
+    pub bus: Bus,
+    /// Wakes workers and reaches running tasks to cancel them.
+    pub queue: Queue,
+    /// Cancelled on SIGINT/SIGTERM, so handlers refuse new work while the server drains.
+    pub shutdown: CancellationToken,
+    /// Size of the worker pool, reported by `/healthz`.
+    pub workers: usize,
+}
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    workers: Arc<Workers>,
+    /// The first user's token, created on the first start with an empty data dir.
+    pub admin_token: Option<String>,
+}
+
+/// How long in-flight requests may take to finish once shutdown starts.
+const DRAIN: Duration = Duration::from_secs(3);
+
+impl App {
+    pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+        crate::convert::hardening::apply(config.gdal_cache_mb);
+        let store = Store::open(&config.data_dir.join("rastercast.db"))?;
+        let blobs = Blobs::open(&config.data_dir)?;
+
+        let max_attempts = config.max_attempts;
+        let requeued = store
+            .call(move |c| task_rows::recover(c, max_attempts))
+            .await?;
+        let referenced = store.call(|c| items::referenced_blobs(c)).await?;
+        let swept = blobs.sweep(&referenced)?;
+        if requeued > 0 || swept > 0 {
+            tracing::info!(requeued, swept, "recovered from an unclean stop");
+        }
+        let admin_token = store
+            .call(|c| {
+                if users::user_count(c)? > 0 {
+                    return Ok(None);
+                }
+                let admin = users::ensure_user(c, "admin")?;
+                users::create_token(c, &admin).map(Some)
+            })
+            .await?;
+
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding {}", config.addr))?;
+        let exe = match &config.worker_exe {
+            Some(exe) => exe.clone(),
+            None => std::env::current_exe().context("finding this program to run workers")?,
+        };
+        let bus = Bus::new(4096);
+        let queue = Queue::default();
+        let workers = Arc::new(Workers {
+            store: store.clone(),
+            blobs: blobs.clone(),
+            bus: bus.clone(),
+            queue: queue.clone(),
+            child: ChildLimits {
+                exe,
+                memory_bytes: config.worker_memory_mb << 20,
+                timeout: config.task_timeout(),
+                grace: config.cancel_grace(),
+            },
+            limits: Limits {
+                max_pixels: config.max_pixels,
+                max_unzipped_bytes: config.max_upload_bytes,
+                threads: config.gdal_threads(),
+                ..Limits::default()
+            },
+            cache_mb: config.gdal_cache_mb,
+        });
+        let state = AppState {
+            workers: config.workers(),
+            config: Arc::new(config),
+            store,
+            blobs,
+            bus,
+            queue,
+            shutdown,
+        };
+        Ok(App {
+            listener,
+            state,
+            workers,
+            admin_token,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until the shutdown token is cancelled, then stops taking requests, puts
+    /// running tasks back in the queue and returns.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shutdown = self.state.shutdown.clone();
+        let mut pool = self
+            .workers
+            .clone()
+            .spawn(self.state.workers, shutdown.clone());
+        let router = crate::http::router(self.state.clone());
+        let server = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tokio::select! {
+            result = server => result.context("serving HTTP")?,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => {
+                tracing::warn!("requests still open after the drain time; closing them");
+            }
+        }
+        shutdown.cancel();
+        let drained = tokio::time::timeout(DRAIN + self.state.config.cancel_grace(), async {
+            while pool.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("workers did not stop in time");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,311 @@
+//! The command line: `serve`, `token`, `convert`, and the hidden `worker`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::convert::{self, ConvertError, Limits, RequestedOptions};
+use crate::store::{users, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "rastercast",
+    version,
+    about = "Convert rasters to Cloud-Optimized GeoTIFFs, with live progress"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server and its conversion workers.
+    Serve(Config),
+    /// Create, list or revoke API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Convert one file locally, with a progress bar (Ctrl-C cancels).
+    Convert(ConvertArgs),
+    /// Internal: one conversion in a child process, driven over stdin/stdout.
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Args)]
+struct DataDir {
+    #[arg(long, env = "RASTERCAST_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for USER (created if missing); the token is the last line of stdout.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List tokens by id, user and creation time (never the secrets).
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Revoke a token by its id (from `token list`) or by the token itself.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// The raster to convert.
+    input: PathBuf,
+    /// Where to write the COG (default: INPUT's name with `.cog.tif`).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Replace OUTPUT if it exists.
+    #[arg(long)]
+    overwrite: bool,
+    /// deflate | lzw | zstd | webp | jpeg | lerc | none
+    #[arg(long)]
+    compression: Option<String>,
+    /// 1-100, for jpeg and webp.
+    #[arg(long)]
+    quality: Option<i64>,
+    /// Tile size, a power of two from 64 to 4096.
+    #[arg(long)]
+    blocksize: Option<i64>,
+    /// nearest | average | bilinear | cubic | cubicspline | lanczos | mode | rms
+    #[arg(long)]
+    overview_resampling: Option<String>,
+    /// Reproject, e.g. EPSG:3857.
+    #[arg(long)]
+    target_crs: Option<String>,
+    /// Align to the GoogleMapsCompatible tiling scheme (EPSG:3857).
+    #[arg(long)]
+    web_optimized: bool,
+    /// Nodata value to set on the output (a number or nan).
+    #[arg(long)]
+    nodata: Option<String>,
+    /// Subdataset (NetCDF variable, or file inside a zip) to convert.
+    #[arg(long)]
+    subdataset: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Worker => ExitCode::from(convert::worker::main() as u8),
+        Command::Token(cmd) => report(token(cmd)),
+        Command::Convert(args) => convert_local(args),
+        Command::Serve(config) => report(serve(config)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rastercast: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "rastercast=info,tower_http=info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    init_tracing(config.log_format.eq_ignore_ascii_case("json"));
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let app = crate::app::App::build(config, shutdown.clone()).await?;
+        let url = format!("http://{}", app.local_addr());
+        if let Some(token) = &app.admin_token {
+            println!(
+                "Created the user \"admin\". Its token is shown only this once:\n\n    {token}\n"
+            );
+            println!(
+                "Open {url}/#token={token} to sign in, or send `Authorization: Bearer {token}`.\n"
+            );
+        }
+        println!("rastercast listening on {url}");
+        tokio::spawn(stop_on_signal(shutdown));
+        app.run().await
+    })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down: running tasks go back to the queue");
+    shutdown.cancel();
+}
+
+fn open_store(dir: &Path) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(dir)?;
+    Store::open(&dir.join("rastercast.db"))
+}
+
+fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create { user, dir } => {
+            let store = open_store(&dir.data_dir)?;
+            let token = store.blocking(|c| {
+                let user = users::ensure_user(c, &user)?;
+                users::create_token(c, &user)
+            })?;
+            eprintln!("New token for {user:?} (shown only this once):");
+            println!("{token}");
+        }
+        TokenCommand::List { dir } => {
+            let store = open_store(&dir.data_dir)?;
+            let tokens = store.blocking(|c| users::list_tokens(c))?;
+            println!("{:<14} {:<24} CREATED", "ID", "USER");
+            for t in tokens {
+                println!("{:<14} {:<24} {}", t.id, t.user, t.created_at);
+            }
+        }
+        TokenCommand::Revoke { id, dir } => {
+            let store = open_store(&dir.data_dir)?;
+            anyhow::ensure!(
+                store.blocking(|c| users::revoke_token(c, &id))?,
+                "no token with id {id:?}"
+            );
+            println!("revoked");
+        }
+    }
+    Ok(())
+}
+
+fn convert_local(args: ConvertArgs) -> ExitCode {
+    let requested = RequestedOptions {
+        compression: args.compression,
+        quality: args.quality,
+        blocksize: args.blocksize,
+        overview_resampling: args.overview_resampling,
+        target_crs: args.target_crs,
+        web_optimized: Some(args.web_optimized),
+        nodata: args.nodata.map(serde_json::Value::String),
+        subdataset: args.subdataset,
+    };
+    let conversion = match requested.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rastercast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let output = args.output.unwrap_or_else(|| default_output(&args.input));
+    if output.exists() && !args.overwrite {
+        eprintln!(
+            "rastercast: {} exists; pass --overwrite to replace it",
+            output.display()
+        );
+        return ExitCode::from(2);
+    }
+    let partial = output.with_extension("tif.part");
+    convert::hardening::apply(256);
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let on_ctrl_c = cancel.clone();
+    let _ = ctrlc::set_handler(move || on_ctrl_c.store(true, Ordering::Relaxed));
+
+    let bar = indicatif::ProgressBar::new(1000);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:<22} [{bar:40.cyan/blue}] {percent:>3}%  {elapsed_precise} (eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let result = convert::convert(
+        &args.input,
+        &partial,
+        &conversion,
+        &Limits::default(),
+        &cancel,
+        &mut |percent, phase| {
+            bar.set_message(phase.sentence());
+            bar.set_position((percent * 10.0) as u64);
+        },
+    );
+    let result = result.and_then(|described| {
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(&partial, &output))
+            .map_err(|e| ConvertError::Failed(format!("cannot write {}: {e}", output.display())))?;
+        Ok(described)
+    });
+    let _ = std::fs::remove_file(&partial);
+    match result {
+        Ok(described) => {
+            bar.set_message("Done");
+            bar.finish();
+            println!(
+                "{} → {}: {}×{}, {} band(s), {}, {} overview(s), {} bytes in {:.2} s",
+                args.input.display(),
+                output.display(),
+                described.width,
+                described.height,
+                described.band_count,
+                described.crs.as_deref().unwrap_or("no CRS"),
+                described.overviews.len(),
+                described.size_bytes,
+                described.duration_s,
+            );
+            for warning in &described.warnings {
+                eprintln!("warning: {warning}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(ConvertError::Cancelled) => {
+            bar.abandon_with_message("Cancelled");
+            eprintln!("rastercast: cancelled; nothing was written");
+            ExitCode::from(130)
+        }
+        Err(ConvertError::Failed(e)) => {
+            bar.abandon_with_message("Failed");
+            eprintln!("rastercast: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_output(input: &Path) -> PathBuf {
+    let name = input
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("output");
+    let stem = name.split_once('.').map_or(name, |(s, _)| s);
+    input.with_file_name(format!("{stem}.cog.tif"))
+}

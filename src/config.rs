@@ -1,0 +1,85 @@
+//! Server settings: each is a `serve` flag and an environment variable, with embedded defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port and prints it).
+    #[arg(long, env = "RASTERCAST_ADDR", default_value = "127.0.0.1:8000")]
+    pub addr: SocketAddr,
+
+    /// Directory holding the database, the stored files and temporary files.
+    #[arg(long, env = "RASTERCAST_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Conversions run at once (default: the number of CPU cores).
+    #[arg(long, env = "RASTERCAST_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Largest accepted upload, in bytes.
+    #[arg(long, env = "RASTERCAST_MAX_UPLOAD_BYTES", default_value_t = 8 << 30)]
+    pub max_upload_bytes: u64,
+
+    /// Largest accepted raster: width × height × bands.
+    #[arg(long, env = "RASTERCAST_MAX_PIXELS", default_value_t = 4_000_000_000)]
+    pub max_pixels: u64,
+
+    /// A conversion still running after this many seconds is stopped and fails.
+    #[arg(long, env = "RASTERCAST_TASK_TIMEOUT_SECS", default_value_t = 3600)]
+    pub task_timeout_secs: u64,
+
+    /// Address-space limit of each conversion's child process, in MiB.
+    #[arg(long, env = "RASTERCAST_WORKER_MEMORY_MB", default_value_t = 4096)]
+    pub worker_memory_mb: u64,
+
+    /// GDAL block cache per conversion, in MiB.
+    #[arg(long, env = "RASTERCAST_GDAL_CACHE_MB", default_value_t = 256)]
+    pub gdal_cache_mb: usize,
+
+    /// Times a task is started before a server crash during it counts as its failure.
+    #[arg(long, env = "RASTERCAST_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+
+    /// Milliseconds a cancelled conversion gets to stop by itself before it is killed.
+    #[arg(long, env = "RASTERCAST_CANCEL_GRACE_MS", default_value_t = 1000)]
+    pub cancel_grace_ms: u64,
+
+    /// Require a token (and ownership) for task status, instead of the task id alone.
+    #[arg(long, env = "RASTERCAST_PRIVATE_TASK_STATUS", default_value_t = false)]
+    pub private_task_status: bool,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "RASTERCAST_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    /// The executable run as a conversion worker (default: this program).
+    #[arg(long, env = "RASTERCAST_WORKER_EXE", hide = true)]
+    pub worker_exe: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(cores).max(1)
+    }
+
+    /// GDAL threads per conversion, so that all workers together use every core once.
+    pub fn gdal_threads(&self) -> usize {
+        (cores() / self.workers()).max(1)
+    }
+
+    pub fn task_timeout(&self) -> Duration {
+        Duration::from_secs(self.task_timeout_secs)
+    }
+
+    pub fn cancel_grace(&self) -> Duration {
+        Duration::from_millis(self.cancel_grace_ms)
+    }
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

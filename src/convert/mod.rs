@@ -1,0 +1,147 @@
+//! The conversion engine: open an untrusted raster safely, translate it to a
+//! Cloud-Optimized GeoTIFF with GDAL's COG driver, and verify and describe the result.
+//!
+//! The same engine runs in the server's child workers (`worker`) and in `rastercast convert`.
+
+mod describe;
+pub mod hardening;
+pub mod options;
+mod source;
+mod translate;
+pub mod worker;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+pub use describe::{BandInfo, GeoRaster};
+pub use options::{Conversion, RequestedOptions};
+
+/// Resource limits on one conversion; a source over any of them fails before work starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Limits {
+    /// width × height × bands of the source (and of a reprojected output).
+    pub max_pixels: u64,
+    pub max_bands: usize,
+    /// Largest member accepted inside a zip, so a zip bomb cannot expand past an upload.
+    pub max_unzipped_bytes: u64,
+    /// GDAL threads for this one job (`NUM_THREADS`).
+    pub threads: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pixels: 4_000_000_000,
+            max_bands: 1024,
+            max_unzipped_bytes: 8 << 30,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// Where a conversion is, for a progress bar and a status sentence.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Phase {
+    Opening,
+    Converting,
+    BuildingOverviews,
+    Verifying,
+    Publishing,
+}
+
+impl Phase {
+    pub fn sentence(self) -> &'static str {
+        match self {
+            Phase::Opening => "Opening the source",
+            Phase::Converting => "Converting",
+            Phase::BuildingOverviews => "Building overviews",
+            Phase::Verifying => "Verifying the COG",
+            Phase::Publishing => "Publishing",
+        }
+    }
+}
+
+/// Why a conversion did not produce a COG. `Failed` carries a sentence for the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("the conversion was cancelled")]
+    Cancelled,
+}
+
+pub type Progress<'a> = &'a mut dyn FnMut(f64, Phase);
+
+/// Converts `input` to a COG at `output`. Progress is reported from 0 to 95; the rest
+/// belongs to whoever publishes the file. On any error `output` does not exist.
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    conversion: &Conversion,
+    limits: &Limits,
+    cancel: &AtomicBool,
+    progress: Progress,
+) -> Result<GeoRaster, ConvertError> {
+    let started = Instant::now();
+    let result = (|| {
+        progress(0.0, Phase::Opening);
+        let source = source::open(input, conversion, limits)?;
+        progress(2.0, Phase::Opening);
+        translate::to_cog(
+            &source,
+            output,
+            conversion,
+            limits,
+            cancel,
+            &mut |p, phase| progress(2.0 + p * 0.9, phase),
+        )?;
+        progress(92.0, Phase::Verifying);
+        let mut described = describe::verify_cog(output)?;
+        described.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        described.warnings = source.warnings;
+        progress(95.0, Phase::Verifying);
+        Ok(described)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(output);
+    }
+    result.map_err(|e| hide_paths(e, &[input, output]))
+}
+
+/// GDAL names files in its messages; the user should never see the server's paths.
+fn hide_paths(error: ConvertError, paths: &[&Path]) -> ConvertError {
+    match error {
+        ConvertError::Failed(mut msg) => {
+            for path in paths {
+                if let Some(p) = path.to_str().filter(|p| !p.is_empty()) {
+                    msg = msg.replace(p, "the file");
+                }
+            }
+            ConvertError::Failed(msg)
+        }
+        other => other,
+    }
+}
+
+/// GDAL's last error message, made into a sentence.
+fn last_gdal_error(context: &str) -> ConvertError {
+    // SAFETY: CPLGetLastErrorMsg returns a pointer to a thread-local, NUL-terminated
+    // buffer that stays valid until the next GDAL call on this thread; we copy it at once.
+    let msg = unsafe {
+        let ptr = gdal_sys::CPLGetLastErrorMsg();
+        if ptr.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(ptr).to_string_lossy().into_owned()
+        }
+    };
+    let msg = msg.trim();
+    if msg.is_empty() {
+        ConvertError::Failed(format!("{context}."))
+    } else {
+        ConvertError::Failed(format!("{context}: {msg}"))
+    }
+}

@@ -1,0 +1,105 @@
+//! The one error type of the HTTP layer and its mapping to status codes and `{"detail"}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The thing that was not found (or is not the caller's), e.g. "task".
+    #[error("No such {0}.")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    RangeNotSatisfiable(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("The server is out of disk space; try again later.")]
+    InsufficientStorage,
+    #[error("The server is shutting down; try again in a moment.")]
+    ShuttingDown,
+    #[error("Internal error; it has been logged.")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            AppError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable machine word for clients that branch on errors.
+    pub fn code(&self) -> String {
+        match self {
+            AppError::BadRequest(_) => "bad_request".into(),
+            AppError::Unauthorized(_) => "unauthorized".into(),
+            AppError::NotFound(what) => format!("{}_not_found", what.replace(' ', "_")),
+            AppError::MethodNotAllowed(_) => "method_not_allowed".into(),
+            AppError::Conflict(_) => "conflict".into(),
+            AppError::TooLarge(_) => "too_large".into(),
+            AppError::UnsupportedMediaType(_) => "unsupported_media_type".into(),
+            AppError::RangeNotSatisfiable(_) => "range_not_satisfiable".into(),
+            AppError::Unprocessable(_) => "unprocessable".into(),
+            AppError::InsufficientStorage => "insufficient_storage".into(),
+            AppError::ShuttingDown => "shutting_down".into(),
+            AppError::Internal(_) => "internal".into(),
+        }
+    }
+
+    /// Maps I/O failures while storing bytes: a full disk is the client's 507, not a bug.
+    pub fn from_io(e: std::io::Error) -> AppError {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+            AppError::InsufficientStorage
+        } else {
+            AppError::Internal(e.into())
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let AppError::Internal(e) = &self {
+            tracing::error!(error = ?e, "internal error");
+        }
+        let body = serde_json::json!({ "detail": self.to_string(), "code": self.code() });
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<rusqlite::Error> for AppError {
+    fn from(e: rusqlite::Error) -> Self {
+        AppError::Internal(e.into())
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

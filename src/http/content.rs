@@ -1,0 +1,175 @@
+//! `GET`/`HEAD /tree-items/{id}/content`: a file's bytes, with single `Range` requests (206),
+//! `ETag`/`If-None-Match` (304) and `If-Range`. Map clients read COGs through this.
+
+use std::io::SeekFrom;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+use uuid::Uuid;
+
+use super::extract::Path;
+use super::tree_items::owned_item;
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::error::{AppError, AppResult};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/tree-items/{id}/content", get(content))
+}
+
+async fn content(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+) -> AppResult<Response> {
+    let item = owned_item(&state, user.id, id).await?;
+    let path = item
+        .blob
+        .as_deref()
+        .and_then(|b| state.blobs.path(b))
+        .ok_or_else(|| {
+            AppError::Unprocessable(format!("{:?} is a folder; it has no content.", item.name))
+        })?;
+    // Blobs never change once written, so the blob name is a strong validator.
+    let etag = format!("\"{}\"", item.blob.as_deref().unwrap_or_default());
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?
+        .len();
+
+    let mut common = HeaderMap::new();
+    common.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
+    common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    common.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=86400"),
+    );
+    let content_type = item
+        .content_type
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    common.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if inm.split(',').any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/") == etag
+        }) {
+            return Ok((StatusCode::NOT_MODIFIED, common).into_response());
+        }
+    }
+
+    let range_applies = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| range_applies);
+    let (status, start, count) = match range.map(|r| parse_range(r, len)) {
+        None | Some(RangeSpec::Ignore) => (StatusCode::OK, 0, len),
+        Some(RangeSpec::Unsatisfiable) => {
+            let mut response = AppError::RangeNotSatisfiable(format!(
+                "The requested range is outside the file's {len} bytes."
+            ))
+            .into_response();
+            response.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
+            );
+            return Ok(response);
+        }
+        Some(RangeSpec::Bytes(start, end)) => {
+            common.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).expect("ascii"),
+            );
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+    };
+    common.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    file.seek(SeekFrom::Start(start))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
+    let body = Body::from_stream(ReaderStream::with_capacity(file.take(count), 64 * 1024));
+    Ok((status, common, body).into_response())
+}
+
+#[derive(Debug, PartialEq)]
+enum RangeSpec {
+    /// Inclusive byte positions.
+    Bytes(u64, u64),
+    Unsatisfiable,
+    /// Not a single byte range we serve; the whole file is sent (RFC 9110 allows this).
+    Ignore,
+}
+
+fn parse_range(header: &str, len: u64) -> RangeSpec {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return RangeSpec::Ignore;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Ignore;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeSpec::Ignore;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let parsed = match (first.is_empty(), last.is_empty()) {
+        (true, false) => match last.parse::<u64>() {
+            Ok(0) => return RangeSpec::Unsatisfiable,
+            Ok(n) => Some((len.saturating_sub(n), len.saturating_sub(1))),
+            Err(_) => None,
+        },
+        (false, true) => first
+            .parse::<u64>()
+            .ok()
+            .map(|s| (s, len.saturating_sub(1))),
+        (false, false) => match (first.parse::<u64>(), last.parse::<u64>()) {
+            (Ok(s), Ok(e)) if s <= e => Some((s, e.min(len.saturating_sub(1)))),
+            _ => None,
+        },
+        (true, true) => None,
+    };
+    match parsed {
+        None => RangeSpec::Ignore,
+        Some((start, _)) if len == 0 || start >= len => RangeSpec::Unsatisfiable,
+        Some((start, end)) => RangeSpec::Bytes(start, end),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_range, RangeSpec::*};
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-99", 1000), Bytes(0, 99));
+        assert_eq!(parse_range("bytes=900-", 1000), Bytes(900, 999));
+        assert_eq!(parse_range("bytes=-100", 1000), Bytes(900, 999));
+        assert_eq!(parse_range("bytes=990-2000", 1000), Bytes(990, 999));
+        assert_eq!(parse_range("bytes=1000-", 1000), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 1000), Ignore);
+        assert_eq!(parse_range("bytes=0-1,5-6", 1000), Ignore);
+        assert_eq!(parse_range("items=0-1", 1000), Ignore);
+    }
+}

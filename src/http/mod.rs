@@ -1,0 +1,54 @@
+//! The HTTP API: one module per resource, each starting with its `router()`.
+
+mod content;
+mod extract;
+mod health;
+mod tasks;
+mod tree_items;
+
+use axum::http::{StatusCode, Uri};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::Router;
+
+use crate::app::AppState;
+use crate::error::AppError;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(tree_items::router())
+        .merge(content::router())
+        .merge(tasks::router());
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(health::router())
+        .route("/", get(index))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(span_without_query))
+        .with_state(state)
+}
+
+/// Request spans log the path only: query strings may carry tickets or tokens.
+fn span_without_query(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+}
+
+async fn not_found(uri: Uri) -> AppError {
+    let _ = uri;
+    AppError::NotFound("route")
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed("This method is not allowed on this path.".into())
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        Html(
+            "<!doctype html><title>rastercast</title><h1>rastercast</h1>\
+             <p>The conversion API is at <code>/api/v1</code>; see the README.</p>",
+        ),
+    )
+}

@@ -1,0 +1,392 @@
+//! Tree items: uploads streamed to disk, folders, listing, deletion, and starting a
+//! conversion of a file.
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use super::extract::{Json, Path, Query};
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::convert::RequestedOptions;
+use crate::error::{AppError, AppResult};
+use crate::store::items::{self, Item, ItemKind, NewItem};
+use crate::store::tasks::{self as task_rows, NewTask};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/tree-items",
+            post(upload).get(list).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/tree-items/folders", post(create_folder))
+        .route("/tree-items/{id}", get(get_item).delete(delete_item))
+        .route("/tree-items/{id}/convert-to-geo-raster", post(convert))
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+    parent_id: Option<Uuid>,
+}
+
+/// Display names keep only the last path segment a browser may send.
+fn clean_name(raw: &str) -> AppResult<String> {
+    let name = raw.rsplit(['/', '\\']).next().unwrap_or(raw).trim();
+    if name.is_empty()
+        || name.len() > 255
+        || name.chars().any(char::is_control)
+        || name == "."
+        || name == ".."
+    {
+        return Err(AppError::BadRequest(
+            "A name is 1 to 255 printable characters, without / or \\.".into(),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+async fn upload(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(query): Query<UploadQuery>,
+    headers: HeaderMap,
+    request: Request,
+) -> AppResult<impl IntoResponse> {
+    let limit = state.config.max_upload_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit + 64 * 1024) {
+        return Err(too_large(limit));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+
+    let temp = state.blobs.temp(".upload");
+    let (name, parent_id, size, part_type) = if content_type.starts_with("multipart/form-data") {
+        let mut multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| {
+                AppError::BadRequest(format!(
+                    "The multipart body is malformed: {}",
+                    e.body_text()
+                ))
+            })?;
+        let mut file = None;
+        let mut parent_id = query.parent_id;
+        while let Some(field) = multipart.next_field().await.map_err(|e| {
+            AppError::BadRequest(format!(
+                "The multipart body is malformed: {}",
+                e.body_text()
+            ))
+        })? {
+            match field.name() {
+                Some("file") if file.is_none() => {
+                    let name = clean_name(
+                        field
+                            .file_name()
+                            .or(query.name.as_deref())
+                            .unwrap_or("upload"),
+                    )?;
+                    let part_type = field.content_type().map(str::to_string);
+                    let stream = field.map(|r| r.map_err(|e| std::io::Error::other(e.body_text())));
+                    let size = write_stream(stream, temp.path(), limit).await?;
+                    file = Some((name, size, part_type));
+                }
+                Some("parent_id") => {
+                    let text = field
+                        .text()
+                        .await
+                        .map_err(|e| AppError::BadRequest(e.body_text()))?;
+                    let text = text.trim();
+                    parent_id = if text.is_empty() || text == "null" {
+                        None
+                    } else {
+                        Some(text.parse().map_err(|_| {
+                            AppError::BadRequest("parent_id must be a folder id (a UUID).".into())
+                        })?)
+                    };
+                }
+                _ => {}
+            }
+        }
+        let (name, size, part_type) = file.ok_or_else(|| {
+            AppError::BadRequest("A multipart upload needs a `file` part.".into())
+        })?;
+        (name, parent_id, size, part_type)
+    } else {
+        let name = clean_name(query.name.as_deref().ok_or_else(|| {
+            AppError::BadRequest(
+                "A raw upload needs `?name=` (or send multipart/form-data with a `file` part)."
+                    .into(),
+            )
+        })?)?;
+        let stream = request
+            .into_body()
+            .into_data_stream()
+            .map(|r| r.map_err(std::io::Error::other));
+        let size = write_stream(stream, temp.path(), limit).await?;
+        let raw_type = (!content_type.is_empty() && content_type != "application/octet-stream")
+            .then_some(content_type);
+        (name, query.parent_id, size, raw_type)
+    };
+
+    let content_type = part_type
+        .filter(|t| t != "application/octet-stream")
+        .unwrap_or_else(|| guess_type(&name).to_string());
+    let user_id = user.id;
+    if let Some(folder) = parent_id {
+        if !state
+            .store
+            .call(move |c| items::is_folder(c, user_id, folder))
+            .await?
+        {
+            return Err(AppError::NotFound("folder"));
+        }
+    }
+    let blob = state.blobs.persist(temp).await.map_err(AppError::from_io)?;
+    let new = NewItem {
+        user_id,
+        parent_id,
+        name,
+        kind: ItemKind::File,
+        size,
+        content_type: Some(content_type),
+        blob: Some(blob.clone()),
+        geo_raster: None,
+        source_id: None,
+    };
+    match state.store.call(move |c| items::insert(c, new)).await {
+        Ok(item) => Ok((StatusCode::CREATED, axum::Json(item))),
+        Err(e) => {
+            state.blobs.remove(vec![blob]).await;
+            Err(e.into())
+        }
+    }
+}
+
+fn too_large(limit: u64) -> AppError {
+    AppError::TooLarge(format!(
+        "The upload is larger than the limit of {limit} bytes."
+    ))
+}
+
+/// Streams a body to `path`, never holding more than one chunk in memory.
+async fn write_stream(
+    stream: impl Stream<Item = std::io::Result<Bytes>>,
+    path: &std::path::Path,
+    limit: u64,
+) -> AppResult<u64> {
+    let file = tokio::fs::File::create(path)
+        .await
+        .map_err(AppError::from_io)?;
+    let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+    let mut size = 0u64;
+    let mut stream = std::pin::pin!(stream);
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| AppError::BadRequest(format!("The upload was interrupted: {e}")))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(too_large(limit));
+        }
+        out.write_all(&chunk).await.map_err(AppError::from_io)?;
+    }
+    out.flush().await.map_err(AppError::from_io)?;
+    Ok(size)
+}
+
+fn guess_type(name: &str) -> &'static str {
+    let ext = name.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "tif" | "tiff" => "image/tiff",
+        "jp2" => "image/jp2",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "nc" => "application/x-netcdf",
+        "zip" => "application/zip",
+        "hgt" => "application/octet-stream",
+        _ => "application/octet-stream",
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewFolder {
+    name: String,
+    #[serde(default)]
+    parent_id: Option<Uuid>,
+}
+
+async fn create_folder(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Json(body): Json<NewFolder>,
+) -> AppResult<impl IntoResponse> {
+    let name = clean_name(&body.name)?;
+    let item = state
+        .store
+        .call(move |c| {
+            if let Some(parent) = body.parent_id {
+                if !items::is_folder(c, user.id, parent)? {
+                    return Ok(None);
+                }
+            }
+            items::insert(
+                c,
+                NewItem {
+                    user_id: user.id,
+                    parent_id: body.parent_id,
+                    name,
+                    kind: ItemKind::Folder,
+                    size: 0,
+                    content_type: None,
+                    blob: None,
+                    geo_raster: None,
+                    source_id: None,
+                },
+            )
+            .map(Some)
+        })
+        .await?
+        .ok_or(AppError::NotFound("folder"))?;
+    Ok((StatusCode::CREATED, axum::Json(item)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    parent_id: Option<Uuid>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(query): Query<ListQuery>,
+) -> AppResult<axum::Json<Vec<Item>>> {
+    let children = state
+        .store
+        .call(move |c| {
+            if let Some(parent) = query.parent_id {
+                if !items::is_folder(c, user.id, parent)? {
+                    return Ok(None);
+                }
+            }
+            items::children(c, user.id, query.parent_id).map(Some)
+        })
+        .await?
+        .ok_or(AppError::NotFound("folder"))?;
+    Ok(axum::Json(children))
+}
+
+pub async fn owned_item(state: &AppState, user: Uuid, id: Uuid) -> AppResult<Item> {
+    state
+        .store
+        .call(move |c| items::get(c, user, id))
+        .await?
+        .ok_or(AppError::NotFound("tree item"))
+}
+
+async fn get_item(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<Uuid>,
+) -> AppResult<axum::Json<Item>> {
+    Ok(axum::Json(owned_item(&state, user.id, id).await?))
+}
+
+async fn delete_item(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<Uuid>,
+) -> AppResult<StatusCode> {
+    let blobs = state
+        .store
+        .call(move |c| items::delete_tree(c, user.id, id))
+        .await?
+        .ok_or(AppError::NotFound("tree item"))?;
+    state.blobs.remove(blobs).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The options body is optional: no body, or an empty one, means every default.
+async fn convert(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<axum::Json<serde_json::Value>> {
+    if state.shutdown.is_cancelled() {
+        return Err(AppError::ShuttingDown);
+    }
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|_| AppError::TooLarge("The options body is larger than 64 KiB.".into()))?;
+    let requested: RequestedOptions = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RequestedOptions::default()
+    } else {
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|t| t.to_ascii_lowercase().contains("json"));
+        if !is_json {
+            return Err(AppError::UnsupportedMediaType(
+                "Send the options as JSON with `Content-Type: application/json`.".into(),
+            ));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                AppError::BadRequest(format!("The body is not valid JSON: {e}"))
+            } else {
+                AppError::Unprocessable(format!("Invalid conversion options: {e}"))
+            }
+        })?
+    };
+    let options = requested.validate().map_err(AppError::Unprocessable)?;
+    let item = owned_item(&state, user.id, id).await?;
+    let Some(blob) = item.blob.clone().filter(|_| item.kind == ItemKind::File) else {
+        return Err(AppError::Unprocessable(format!(
+            "{:?} is a folder; convert a file.",
+            item.name
+        )));
+    };
+    let task = state
+        .store
+        .call(move |c| {
+            task_rows::insert(
+                c,
+                NewTask {
+                    user_id: user.id,
+                    source_id: item.id,
+                    source_blob: blob,
+                    source_name: item.name,
+                    parent_id: item.parent_id,
+                    options,
+                },
+            )
+        })
+        .await?;
+    state.queue.wake();
+    crate::tasks::announce(&state.bus, &task, crate::bus::EventKind::State);
+    Ok(axum::Json(serde_json::json!({
+        "task_id": task.id,
+        "state": task.state,
+        "tree_item_id": task.source_id,
+        "status_url": format!("/api/v1/tasks/{}/status", task.id),
+        "events_url": format!("/api/v1/tasks/{}/events", task.id),
+        "ws_url": "/api/v1/ws",
+    })))
+}

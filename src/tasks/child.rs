@@ -1,0 +1,142 @@
+//! Running one conversion in a child process and supervising it: memory and time limits,
+//! cancellation that escalates to SIGKILL, and a crash that fails only this task.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::convert::worker::{Job, Report};
+use crate::convert::{GeoRaster, Phase};
+
+#[derive(Debug, Clone)]
+pub struct ChildLimits {
+    pub exe: PathBuf,
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+    /// How long a cancelled child may take to stop by itself before it is killed.
+    pub grace: Duration,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Done(Box<GeoRaster>),
+    Failed(String),
+    /// Stopped because `stop` was cancelled (by itself or by a kill after the grace time).
+    Stopped,
+}
+
+/// Runs `job` in a fresh child. `progress` gets every report; `stop` cancels.
+pub async fn run(
+    job: &Job,
+    limits: &ChildLimits,
+    stop: &CancellationToken,
+    mut progress: impl FnMut(f64, Phase),
+) -> Outcome {
+    let mut child = match spawn(limits) {
+        Ok(child) => child,
+        Err(e) => return Outcome::Failed(format!("The conversion worker could not start: {e}")),
+    };
+    let mut stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::debug!(target: "rastercast::worker", "{line}");
+        }
+    });
+    let mut line = serde_json::to_string(job).expect("job serialises");
+    line.push('\n');
+    if let Err(e) = stdin.write_all(line.as_bytes()).await {
+        let _ = child.start_kill();
+        return Outcome::Failed(format!("The conversion worker did not take the job: {e}"));
+    }
+
+    let deadline = Instant::now() + limits.timeout;
+    let far = Instant::now() + Duration::from_secs(365 * 86400);
+    let mut kill_at = far;
+    let mut stopping = false;
+    let mut timed_out = false;
+    let mut last_report = None;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => match serde_json::from_str::<Report>(&line) {
+                    Ok(Report::Progress { percent, phase }) => progress(percent, phase),
+                    Ok(done) => last_report = Some(done),
+                    Err(_) => tracing::warn!(%line, "unreadable line from a worker"),
+                },
+                _ => break,
+            },
+            _ = stop.cancelled(), if !stopping => {
+                stopping = true;
+                let _ = stdin.write_all(b"cancel\n").await;
+                kill_at = Instant::now() + limits.grace;
+            }
+            _ = sleep_until(kill_at) => {
+                tracing::warn!("a cancelled worker did not stop in time; killing it");
+                let _ = child.start_kill();
+                kill_at = far;
+            }
+            _ = sleep_until(deadline), if !timed_out => {
+                timed_out = true;
+                let _ = child.start_kill();
+            }
+        }
+    }
+    let status = child.wait().await;
+    match last_report {
+        Some(Report::Done { result }) => Outcome::Done(result),
+        Some(Report::Failed { error }) => Outcome::Failed(error),
+        Some(Report::Cancelled) => Outcome::Stopped,
+        _ if timed_out => Outcome::Failed(format!(
+            "The conversion took longer than the limit of {} s and was stopped.",
+            limits.timeout.as_secs()
+        )),
+        _ if stopping => Outcome::Stopped,
+        _ => Outcome::Failed(match status.ok().and_then(|s| s.signal()) {
+            Some(libc::SIGKILL) => "The conversion worker was killed (most likely it ran out of memory) while reading this file.".into(),
+            Some(sig) => format!("The conversion worker crashed (signal {sig}) while reading this file."),
+            None => "The conversion worker stopped without a result.".into(),
+        }),
+    }
+}
+
+fn spawn(limits: &ChildLimits) -> std::io::Result<tokio::process::Child> {
+    let mut cmd = Command::new(&limits.exe);
+    cmd.arg("worker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let memory = limits.memory_bytes;
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (setrlimit, prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            let as_limit = libc::rlimit {
+                rlim_cur: memory,
+                rlim_max: memory,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &as_limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            // If the server dies, so does its worker: no orphan keeps converting.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}

@@ -1,0 +1,285 @@
+//! The FIFO queue and the worker pool that drains it. The queue itself is the `tasks` table;
+//! this module wakes workers, tracks running tasks for cancellation, and runs each task from
+//! claim to a final state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::child::{self, ChildLimits, Outcome};
+use super::{announce, TaskState};
+use crate::bus::{Bus, EventKind};
+use crate::convert::worker::Job;
+use crate::convert::{Limits, Phase};
+use crate::store::items::{ItemKind, NewItem};
+use crate::store::tasks::{self as task_rows, PublishOutcome};
+use crate::store::{Store, TaskRecord};
+use crate::tree::Blobs;
+
+/// A handle to wake workers and to stop a running task.
+#[derive(Clone, Default)]
+pub struct Queue {
+    wake: Arc<Notify>,
+    /// Running tasks' stop switches, so a cancel request reaches the worker at once.
+    running: Arc<Mutex<HashMap<Uuid, CancellationToken>>>,
+}
+
+impl Queue {
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn cancel_running(&self, id: Uuid) {
+        if let Some(token) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            token.cancel();
+        }
+    }
+}
+
+/// Everything a worker needs, shared by the pool.
+pub struct Workers {
+    pub store: Store,
+    pub blobs: Blobs,
+    pub bus: Bus,
+    pub queue: Queue,
+    pub child: ChildLimits,
+    pub limits: Limits,
+    pub cache_mb: usize,
+}
+
+/// How often an idle worker looks at the queue even without a wake-up, as a safety net.
+const IDLE_POLL: Duration = Duration::from_secs(2);
+/// Progress is written and announced at most this often per task.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+impl Workers {
+    pub fn spawn(self: Arc<Self>, count: usize, shutdown: CancellationToken) -> JoinSet<()> {
+        let mut set = JoinSet::new();
+        for n in 0..count {
+            let workers = self.clone();
+            let shutdown = shutdown.clone();
+            set.spawn(async move { workers.work(n, shutdown).await });
+        }
+        set
+    }
+
+    async fn work(&self, n: usize, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.store.call(task_rows::claim_next).await {
+                Ok(Some(task)) => {
+                    let span = tracing::info_span!("task", id = %task.id, worker = n);
+                    self.run(task, &shutdown).instrument(span).await;
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        _ = self.queue.wake.notified() => {}
+                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = ?e, "could not claim a task");
+                    tokio::time::sleep(IDLE_POLL).await;
+                }
+            }
+        }
+    }
+
+    async fn reload(&self, id: Uuid) -> Option<TaskRecord> {
+        self.store
+            .call(move |c| task_rows::get(c, id))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn announce_state(&self, id: Uuid) {
+        if let Some(task) = self.reload(id).await {
+            announce(&self.bus, &task, EventKind::State);
+        }
+    }
+
+    async fn run(&self, task: TaskRecord, shutdown: &CancellationToken) {
+        let id = task.id;
+        tracing::info!(source = %task.source_name, attempt = task.attempts, "conversion started");
+        announce(&self.bus, &task, EventKind::State);
+        let stop = shutdown.child_token();
+        self.queue
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, stop.clone());
+        // A cancel that arrived between the claim and the line above is in the row.
+        if self.reload(id).await.is_some_and(|t| t.cancel_requested) {
+            stop.cancel();
+        }
+        let result = self.convert(&task, &stop).await;
+        self.queue
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+
+        let store = self.store.clone();
+        let ended = match result {
+            Ok(()) => Ok(()),
+            Err(Outcome::Stopped) if shutdown.is_cancelled() => store
+                .call(move |c| task_rows::requeue(c, id, true, "Queued; the server restarted"))
+                .await
+                .map(|_| ()),
+            Err(Outcome::Stopped) => store
+                .call(move |c| task_rows::finish(c, id, TaskState::Revoked, "Cancelled", None))
+                .await
+                .map(|_| ()),
+            Err(Outcome::Failed(error)) => {
+                tracing::info!(%error, "conversion failed");
+                store
+                    .call(move |c| {
+                        task_rows::finish(c, id, TaskState::Failure, "Failed", Some(&error))
+                    })
+                    .await
+                    .map(|_| ())
+            }
+            Err(Outcome::Done(_)) => unreachable!("convert returns Ok for a published result"),
+        };
+        if let Err(e) = ended {
+            tracing::error!(error = ?e, "could not record the end of a task");
+        }
+        self.announce_state(id).await;
+    }
+
+    /// Runs the child and publishes its output. `Err` says how the task ended otherwise.
+    async fn convert(&self, task: &TaskRecord, stop: &CancellationToken) -> Result<(), Outcome> {
+        let input = self
+            .blobs
+            .path(&task.source_blob)
+            .filter(|p| p.exists())
+            .ok_or_else(|| {
+                Outcome::Failed("The source file was deleted before the conversion started.".into())
+            })?;
+        let output = self.blobs.temp(".tif");
+        let job = Job {
+            input,
+            output: output.path().to_path_buf(),
+            conversion: task.options.clone(),
+            limits: self.limits.clone(),
+            cache_mb: self.cache_mb,
+        };
+
+        let (progress_tx, progress_rx) = watch::channel((0.0, Phase::Opening));
+        let reporter = tokio::spawn(report_progress(
+            self.store.clone(),
+            self.bus.clone(),
+            task.id,
+            progress_rx,
+        ));
+        let outcome = child::run(&job, &self.child, stop, |percent, phase| {
+            let _ = progress_tx.send((percent, phase));
+        })
+        .await;
+        if matches!(outcome, Outcome::Done(_)) {
+            let _ = progress_tx.send((95.0, Phase::Publishing));
+        }
+        drop(progress_tx);
+        let _ = reporter.await;
+
+        let Outcome::Done(described) = outcome else {
+            return Err(outcome);
+        };
+        if stop.is_cancelled() {
+            return Err(Outcome::Stopped);
+        }
+        let size = described.size_bytes;
+        let blob = self
+            .blobs
+            .persist(output)
+            .await
+            .map_err(|e| Outcome::Failed(format!("The output could not be stored: {e}")))?;
+        let geo = serde_json::to_value(&*described).expect("serialises");
+        let new_item = NewItem {
+            user_id: task.user_id,
+            parent_id: task.parent_id,
+            name: output_name(&task.source_name),
+            kind: ItemKind::File,
+            size,
+            content_type: Some(COG_CONTENT_TYPE.into()),
+            blob: Some(blob.clone()),
+            geo_raster: Some(geo.clone()),
+            source_id: Some(task.source_id),
+        };
+        let record = task.clone();
+        let published = self
+            .store
+            .call(move |c| task_rows::publish_success(c, &record, new_item, geo))
+            .await;
+        match published {
+            Ok(PublishOutcome::Published(item)) => {
+                tracing::info!(output = %item.id, "conversion published");
+                Ok(())
+            }
+            other => {
+                self.blobs.remove(vec![blob]).await;
+                match other {
+                    Ok(PublishOutcome::Cancelled) => Err(Outcome::Stopped),
+                    Ok(PublishOutcome::FolderGone) => Err(Outcome::Failed(
+                        "The folder the output belonged in was deleted before the conversion finished.".into(),
+                    )),
+                    Err(e) => {
+                        tracing::error!(error = ?e, "could not publish an output");
+                        Err(Outcome::Failed("The output could not be recorded.".into()))
+                    }
+                    Ok(PublishOutcome::Published(_)) => unreachable!(),
+                }
+            }
+        }
+    }
+}
+
+pub const COG_CONTENT_TYPE: &str = "image/tiff; application=geotiff; profile=cloud-optimized";
+
+/// `scene.tif` → `scene.cog.tif`.
+fn output_name(source: &str) -> String {
+    let stem = source
+        .rsplit_once('.')
+        .filter(|(stem, ext)| !stem.is_empty() && ext.len() <= 5)
+        .map_or(source, |(stem, _)| stem);
+    format!("{stem}.cog.tif")
+}
+
+/// Writes the latest progress to the store and the bus, at most every `PROGRESS_EVERY`.
+/// The watch channel keeps only the newest value, so a slow write never queues stale ones.
+async fn report_progress(store: Store, bus: Bus, id: Uuid, mut rx: watch::Receiver<(f64, Phase)>) {
+    while rx.changed().await.is_ok() {
+        let (percent, phase) = *rx.borrow_and_update();
+        let written = store
+            .call(move |c| task_rows::set_progress(c, id, percent, phase.sentence()))
+            .await;
+        if let Ok(true) = written {
+            if let Ok(Some(task)) = store.call(move |c| task_rows::get(c, id)).await {
+                crate::tasks::announce(&bus, &task, EventKind::Progress);
+            }
+        }
+        tokio::time::sleep(PROGRESS_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn output_names() {
+        assert_eq!(super::output_name("RGB.byte.tif"), "RGB.byte.cog.tif");
+        assert_eq!(super::output_name("N10W110.hgt.zip"), "N10W110.hgt.cog.tif");
+        assert_eq!(super::output_name("noext"), "noext.cog.tif");
+    }
+}

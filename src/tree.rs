@@ -1,0 +1,110 @@
+//! The bytes of tree items on disk. Files are written to `tmp/`, fsynced, then renamed into
+//! `blobs/` under a server-chosen name, so a half-written file is never visible.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+#[derive(Clone, Debug)]
+pub struct Blobs {
+    blobs: PathBuf,
+    tmp: PathBuf,
+}
+
+/// A file being written in `tmp/`. Dropped without [`Blobs::persist`], it is deleted.
+#[derive(Debug)]
+pub struct TempBlob {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl TempBlob {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempBlob {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Blobs {
+    pub fn open(data_dir: &Path) -> std::io::Result<Blobs> {
+        let blobs = data_dir.join("blobs");
+        let tmp = data_dir.join("tmp");
+        std::fs::create_dir_all(&blobs)?;
+        std::fs::create_dir_all(&tmp)?;
+        Ok(Blobs { blobs, tmp })
+    }
+
+    /// The path of a stored blob. Names are ours (32 hex digits); anything else is refused
+    /// so that a corrupted row can never point outside `blobs/`.
+    pub fn path(&self, blob: &str) -> Option<PathBuf> {
+        (blob.len() == 32 && blob.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.blobs.join(blob))
+    }
+
+    pub fn temp(&self, suffix: &str) -> TempBlob {
+        TempBlob {
+            path: self
+                .tmp
+                .join(format!("{}{suffix}", Uuid::new_v4().simple())),
+            kept: false,
+        }
+    }
+
+    /// Makes a finished temp file a blob: fsync the file, rename, fsync the directory.
+    pub async fn persist(&self, mut temp: TempBlob) -> std::io::Result<String> {
+        let name = Uuid::new_v4().simple().to_string();
+        let target = self.blobs.join(&name);
+        let source = temp.path.clone();
+        let dir = self.blobs.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&source)?.sync_all()?;
+            std::fs::rename(&source, &target)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        temp.kept = true;
+        Ok(name)
+    }
+
+    pub async fn remove(&self, blobs: Vec<String>) {
+        for blob in blobs {
+            if let Some(path) = self.path(&blob) {
+                if let Err(e) = tokio::fs::remove_file(&path).await {
+                    tracing::warn!(%blob, error = %e, "could not remove a deleted item's bytes");
+                }
+            }
+        }
+    }
+
+    /// Start-up clean-up after a crash: partial uploads and outputs in `tmp/`, and blobs
+    /// whose row was never committed. Returns how many files were removed.
+    pub fn sweep(&self, referenced: &HashSet<String>) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.tmp)? {
+            std::fs::remove_file(entry?.path())?;
+            removed += 1;
+        }
+        for entry in std::fs::read_dir(&self.blobs)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !referenced.contains(&name) {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+}
