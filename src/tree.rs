@@ -26,9 +26,22 @@ impl TempBlob {
 }
 
 impl Drop for TempBlob {
+    /// Removes the file unless it was persisted, and always the side files GDAL makes next
+    /// to an output (`<name>.ovr.tmp`, `<name>.warped.tif.tmp`), which a killed worker leaves.
     fn drop(&mut self) {
         if !self.kept {
             let _ = std::fs::remove_file(&self.path);
+        }
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return;
+        };
+        let prefix = format!("{}.", name.to_string_lossy());
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
         }
     }
 }

@@ -72,7 +72,7 @@ pub fn open(path: &Path, conversion: &Conversion, limits: &Limits) -> Result<Sou
     }
 
     check_limits(&dataset, limits)?;
-    check_georeferencing(&dataset, &mut warnings)?;
+    check_georeferencing(&dataset, conversion, &mut warnings)?;
     Ok(Source { dataset, warnings })
 }
 
@@ -149,7 +149,8 @@ fn zip_member(
     requested: Option<&str>,
     limits: &Limits,
 ) -> Result<(String, bool), ConvertError> {
-    let root = format!("/vsizip/{path}");
+    // The braces mark where the archive's path ends: our stored files have no `.zip`.
+    let root = format!("/vsizip/{{{path}}}");
     let entries =
         gdal::vsi::read_dir(&root, true).map_err(|_| fail("This zip archive cannot be read."))?;
     let files: Vec<String> = entries
@@ -234,7 +235,11 @@ fn check_limits(dataset: &Dataset, limits: &Limits) -> Result<(), ConvertError> 
     Ok(())
 }
 
-fn check_georeferencing(dataset: &Dataset, warnings: &mut Vec<String>) -> Result<(), ConvertError> {
+fn check_georeferencing(
+    dataset: &Dataset,
+    conversion: &Conversion,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConvertError> {
     let has_transform = dataset
         .geo_transform()
         .is_ok_and(|gt| gt != [0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
@@ -244,6 +249,12 @@ fn check_georeferencing(dataset: &Dataset, warnings: &mut Vec<String>) -> Result
     if !has_transform && gcps == 0 {
         return Err(fail(
             "This image has no georeferencing (no geotransform and no ground control points), so it is not a geo-raster.",
+        ));
+    }
+    let reprojecting = conversion.target_crs.is_some() || conversion.web_optimized;
+    if !has_crs && reprojecting {
+        return Err(fail(
+            "This raster has no coordinate reference system, so it cannot be reprojected; convert it without target_crs or web_optimized.",
         ));
     }
     if !has_crs {

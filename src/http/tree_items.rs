@@ -347,13 +347,15 @@ async fn convert(
                 "Send the options as JSON with `Content-Type: application/json`.".into(),
             ));
         }
-        serde_json::from_slice(&bytes).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                AppError::BadRequest(format!("The body is not valid JSON: {e}"))
-            } else {
-                AppError::Unprocessable(format!("Invalid conversion options: {e}"))
-            }
-        })?
+        serde_json::from_slice::<Option<RequestedOptions>>(&bytes)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| {
+                if e.is_syntax() || e.is_eof() {
+                    AppError::BadRequest(format!("The body is not valid JSON: {e}"))
+                } else {
+                    AppError::Unprocessable(format!("Invalid conversion options: {e}"))
+                }
+            })?
     };
     let options = requested.validate().map_err(AppError::Unprocessable)?;
     let item = owned_item(&state, user.id, id).await?;

@@ -1,0 +1,301 @@
+//! Starting the real `rastercast` binary on port 0 and talking to it as clients do.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rastercast");
+
+/// The sample rasters shared with the rest of the project.
+pub fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(name)
+}
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub url: String,
+    /// The admin token printed on first start.
+    pub token: String,
+    pub dir: TempDir,
+    args: Vec<String>,
+    pub http: Client,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(args: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, url, token) = spawn(dir.path(), &args).await;
+        TestServer {
+            child: Some(child),
+            url,
+            token: token.expect("first start prints the admin token"),
+            dir,
+            args,
+            http: Client::new(),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().and_then(|c| c.id()).expect("running") as i32
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub async fn stop(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id().expect("running") as i32, signal) };
+        tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .expect("server exits in time")
+            .expect("wait")
+    }
+
+    /// Starts again on the same data dir (and a new port).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop first");
+        let (child, url, token) = spawn(self.dir.path(), &self.args).await;
+        assert!(token.is_none(), "no new admin token on a second start");
+        self.child = Some(child);
+        self.url = url;
+    }
+
+    /// A token for another user, made with the CLI as an operator would.
+    pub async fn token_for(&self, user: &str) -> String {
+        let out = Command::new(BIN)
+            .args(["token", "create", "--user", user, "--data-dir"])
+            .arg(self.dir.path())
+            .output()
+            .await
+            .expect("token create runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{}", self.url, path)
+    }
+
+    pub fn req(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.http.request(method, self.api(path)).bearer_auth(token)
+    }
+
+    pub async fn upload_as(&self, token: &str, file: &Path, name: &str) -> Value {
+        let bytes = std::fs::read(file).expect("fixture");
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_string());
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let res = self
+            .req(Method::POST, "/tree-items", token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json().await.unwrap()
+    }
+
+    pub async fn upload(&self, file: &Path) -> Value {
+        let name = file.file_name().unwrap().to_str().unwrap().to_string();
+        self.upload_as(&self.token, file, &name).await
+    }
+
+    /// Starts a conversion and returns the 200 body.
+    pub async fn convert_as(&self, token: &str, item: &Value, options: Value) -> Value {
+        let res = self
+            .req(
+                Method::POST,
+                &format!(
+                    "/tree-items/{}/convert-to-geo-raster",
+                    item["id"].as_str().unwrap()
+                ),
+                token,
+            )
+            .json(&options)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{:?}", res.text().await);
+        res.json().await.unwrap()
+    }
+
+    pub async fn convert(&self, item: &Value, options: Value) -> Value {
+        self.convert_as(&self.token, item, options).await
+    }
+
+    /// Status by capability, without a token, as the existing polling clients do.
+    pub async fn status(&self, task_id: &str) -> Value {
+        let res = self
+            .http
+            .get(self.api(&format!("/tasks/{task_id}/status")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.unwrap()
+    }
+
+    /// Polls until `pred` holds, checking on the way that progress never goes down.
+    pub async fn wait_for(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last_progress = 0.0;
+        loop {
+            let status = self.status(task_id).await;
+            let progress = status["progress"].as_f64().unwrap();
+            assert!(
+                progress >= last_progress,
+                "progress went down: {last_progress} -> {progress}"
+            );
+            last_progress = progress;
+            if pred(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "timed out; last status {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_final(&self, task_id: &str) -> Value {
+        self.wait_for(task_id, Duration::from_secs(120), |s| {
+            matches!(s["state"].as_str(), Some("SUCCESS" | "FAILURE" | "REVOKED"))
+        })
+        .await
+    }
+
+    /// Uploads, converts and waits: the whole flow a script runs.
+    pub async fn convert_file(&self, file: &Path, options: Value) -> Value {
+        let item = self.upload(file).await;
+        let started = self.convert(&item, options).await;
+        self.wait_final(started["task_id"].as_str().unwrap()).await
+    }
+
+    pub async fn get_json(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        let res = self.req(Method::GET, path, token).send().await.unwrap();
+        json_of(res).await
+    }
+
+    /// Files in the data dir's `tmp/` (partial uploads and outputs).
+    pub fn tmp_files(&self) -> Vec<PathBuf> {
+        files_in(&self.dir.path().join("tmp"))
+    }
+
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        files_in(&self.dir.path().join("blobs"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+/// Status and JSON body; fails the test if an error body is not `{"detail": "..."}`.
+pub async fn json_of(res: Response) -> (StatusCode, Value) {
+    let status = res.status();
+    let ctype = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = res.text().await.unwrap();
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: not JSON: {text:?}"));
+    if !status.is_success() {
+        assert!(ctype.unwrap_or_default().starts_with("application/json"));
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{status}: {body}"
+        );
+    }
+    (status, body)
+}
+
+async fn spawn(dir: &Path, args: &[String]) -> (Child, String, Option<String>) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(["--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env("RUST_LOG", "rastercast=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("server starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut token = None;
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let line = line.trim();
+            if line.starts_with("rc_") {
+                token = Some(line.to_string());
+            }
+            if let Some(url) = line.strip_prefix("rastercast listening on ") {
+                return url.to_string();
+            }
+        }
+        panic!(
+            "server exited before listening; see {}",
+            dir.join("server.log").display()
+        );
+    };
+    let url = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("server listens in time");
+    // Keep draining stdout so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url, token)
+}
+
+/// Makes a raster with gdal_translate (from gdal-bin), as a test fixture.
+pub fn gdal_translate(args: &[&str]) {
+    let status = std::process::Command::new("gdal_translate")
+        .args(["-q"])
+        .args(args)
+        .status()
+        .expect("gdal_translate (gdal-bin) is installed");
+    assert!(status.success(), "gdal_translate {args:?}");
+}

@@ -1,0 +1,220 @@
+//! Uploaded files are hostile: VRTs that read other files or URLs, subdataset options naming
+//! arbitrary paths, and rasters that declare absurd sizes are all refused, leaking nothing.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{data, TestServer};
+
+/// A loopback listener that counts connections: any count above zero is a request made
+/// on behalf of a hostile file.
+async fn tripwire() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/x.tif", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (url, hits)
+}
+
+fn raw_vrt(source: &str) -> String {
+    format!(
+        r#"<VRTDataset rasterXSize="64" rasterYSize="4">
+  <SRS>EPSG:4326</SRS>
+  <GeoTransform>0, 1, 0, 0, 0, -1</GeoTransform>
+  <VRTRasterBand dataType="Byte" band="1" subClass="VRTRawRasterBand">
+    <SourceFilename relativeToVRT="0">{source}</SourceFilename>
+    <ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>64</LineOffset>
+  </VRTRasterBand>
+</VRTDataset>"#
+    )
+}
+
+fn simple_vrt(source: &str) -> String {
+    format!(
+        r#"<VRTDataset rasterXSize="20" rasterYSize="20">
+  <GeoTransform>0, 1, 0, 0, 0, -1</GeoTransform>
+  <VRTRasterBand dataType="Byte" band="1">
+    <SimpleSource><SourceFilename relativeToVRT="0">{source}</SourceFilename><SourceBand>1</SourceBand></SimpleSource>
+  </VRTRasterBand>
+</VRTDataset>"#
+    )
+}
+
+async fn upload_bytes(server: &TestServer, name: &str, bytes: Vec<u8>) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    server.upload(&path).await
+}
+
+fn assert_refused(status: &Value, secret: &str) {
+    assert_eq!(status["state"], "FAILURE", "{status}");
+    let error = status["error"].as_str().unwrap();
+    assert!(!error.is_empty());
+    assert!(!error.contains(secret), "leaked: {error}");
+    assert!(status["result"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vrts_and_url_tricks_are_refused_without_reading_or_fetching() {
+    let server = TestServer::start().await;
+    let (url, hits) = tripwire().await;
+
+    // Another user's stored bytes, by their real path on the server.
+    let bob = server.token_for("bob").await;
+    server.upload_as(&bob, &data("byte.tif"), "bobs.tif").await;
+    let bobs_blob = server.blob_files()[0].clone();
+
+    let hostile: Vec<(&str, String)> = vec![
+        ("passwd.tif", raw_vrt("/etc/passwd")),
+        ("neighbour.tif", simple_vrt(bobs_blob.to_str().unwrap())),
+        ("remote.tif", simple_vrt(&format!("/vsicurl/{url}"))),
+        ("remote2.tif", raw_vrt(&format!("/vsicurl/{url}"))),
+        (
+            "chain.tif",
+            simple_vrt(&format!("/vsizip//vsicurl/{url}/a.tif")),
+        ),
+    ];
+    for (name, vrt) in hostile {
+        let item = upload_bytes(&server, name, vrt.into_bytes()).await;
+        let started = server.convert(&item, json!({})).await;
+        let status = server
+            .wait_final(started["task_id"].as_str().unwrap())
+            .await;
+        assert_refused(&status, "root:");
+        assert!(
+            status["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a raster format"),
+            "{name}: {status}"
+        );
+    }
+
+    // The same VRT inside a zip, which GDAL would otherwise open through /vsizip/.
+    let zip_path = tempfile::tempdir().unwrap();
+    let vrt_file = zip_path.path().join("inner.tif");
+    std::fs::write(&vrt_file, raw_vrt("/etc/passwd")).unwrap();
+    let zip_file = zip_path.path().join("evil.zip");
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import sys,zipfile; z=zipfile.ZipFile(sys.argv[1],'w'); z.write(sys.argv[2],'inner.tif'); z.close()"])
+        .arg(&zip_file)
+        .arg(&vrt_file)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = server.convert_file(&zip_file, json!({})).await;
+    assert_refused(&status, "root:");
+
+    // Subdataset options naming paths or URLs never reach GDAL as paths.
+    let nc = server.upload(&data("RGB.nc")).await;
+    for subdataset in [
+        "NETCDF:\"/etc/passwd\":Band1".to_string(),
+        "/etc/passwd".to_string(),
+        format!("/vsicurl/{url}"),
+        "../../../etc/passwd".to_string(),
+    ] {
+        let started = server
+            .convert(&nc, json!({ "subdataset": subdataset }))
+            .await;
+        let status = server
+            .wait_final(started["task_id"].as_str().unwrap())
+            .await;
+        assert_refused(&status, "root:");
+        assert!(
+            status["error"]
+                .as_str()
+                .unwrap()
+                .contains("no subdataset named"),
+            "{status}"
+        );
+    }
+
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a hostile file made the server fetch a URL"
+    );
+    let (_, items) = server.get_json("/tree-items", &server.token).await;
+    assert!(
+        items
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["source_id"].is_null()),
+        "no output was published: {items}"
+    );
+    assert!(server.tmp_files().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_file_declaring_a_giant_raster_is_refused_before_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = dir.path().join("sparse.tif");
+    let status = std::process::Command::new("gdal_create")
+        .args([
+            "-q", "-of", "GTiff", "-outsize", "200000", "200000", "-bands", "1", "-ot", "Byte",
+        ])
+        .args(["-a_srs", "EPSG:4326", "-a_ullr", "0", "10", "10", "0"])
+        .args([
+            "-co",
+            "SPARSE_OK=YES",
+            "-co",
+            "TILED=YES",
+            "-co",
+            "BLOCKXSIZE=8192",
+            "-co",
+            "BLOCKYSIZE=8192",
+        ])
+        .arg(&sparse)
+        .status()
+        .expect("gdal_create (gdal-bin)");
+    assert!(status.success());
+    assert!(
+        std::fs::metadata(&sparse).unwrap().len() < 64 * 1024,
+        "the file itself is tiny"
+    );
+
+    let server = TestServer::start().await;
+    let started = std::time::Instant::now();
+    let status = server.convert_file(&sparse, json!({})).await;
+    assert_eq!(status["state"], "FAILURE");
+    assert!(
+        status["error"].as_str().unwrap().contains("over the limit"),
+        "{status}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(server.tmp_files().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_empty_files_fail_cleanly_and_the_server_keeps_serving() {
+    let server = TestServer::start().await;
+    for (name, bytes) in [
+        ("empty.tif", Vec::new()),
+        (
+            "noise.tif",
+            (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect(),
+        ),
+        (
+            "truncated.tif",
+            std::fs::read(data("RGB.byte.tif")).unwrap()[..4096].to_vec(),
+        ),
+    ] {
+        let item = upload_bytes(&server, name, bytes).await;
+        let started = server.convert(&item, json!({})).await;
+        let status = server
+            .wait_final(started["task_id"].as_str().unwrap())
+            .await;
+        assert_eq!(status["state"], "FAILURE", "{name}: {status}");
+    }
+    let ok = server.convert_file(&data("byte.tif"), json!({})).await;
+    assert_eq!(ok["state"], "SUCCESS");
+}

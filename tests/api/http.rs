@@ -1,0 +1,300 @@
+//! The HTTP surface: Range downloads, limits, and `{"detail"}` on every error.
+
+use reqwest::{header, Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{data, json_of, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_supports_range_etag_and_head() {
+    let server = TestServer::start().await;
+    let original = std::fs::read(data("RGB.byte.tif")).unwrap();
+    let item = server.upload(&data("RGB.byte.tif")).await;
+    let path = format!("/tree-items/{}/content", item["id"].as_str().unwrap());
+
+    let full = server
+        .req(Method::GET, &path, &server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(full.status(), StatusCode::OK);
+    assert_eq!(full.headers()[header::ACCEPT_RANGES], "bytes");
+    let etag = full.headers()[header::ETAG].to_str().unwrap().to_string();
+    assert_eq!(full.bytes().await.unwrap(), original);
+
+    let part = server
+        .req(Method::GET, &path, &server.token)
+        .header(header::RANGE, "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        part.headers()[header::CONTENT_RANGE],
+        format!("bytes 100-199/{}", original.len())
+    );
+    assert_eq!(part.bytes().await.unwrap(), &original[100..200]);
+
+    let tail = server
+        .req(Method::GET, &path, &server.token)
+        .header(header::RANGE, "bytes=-16")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        tail.bytes().await.unwrap(),
+        &original[original.len() - 16..]
+    );
+
+    let beyond = server
+        .req(Method::GET, &path, &server.token)
+        .header(header::RANGE, format!("bytes={}-", original.len() + 10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        beyond.headers()[header::CONTENT_RANGE],
+        format!("bytes */{}", original.len())
+    );
+    let (code, _) = json_of(beyond).await;
+    assert_eq!(code, StatusCode::RANGE_NOT_SATISFIABLE);
+
+    let cached = server
+        .req(Method::GET, &path, &server.token)
+        .header(header::IF_NONE_MATCH, &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+
+    let stale_if_range = server
+        .req(Method::GET, &path, &server.token)
+        .header(header::RANGE, "bytes=0-9")
+        .header(header::IF_RANGE, "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stale_if_range.status(),
+        StatusCode::OK,
+        "If-Range mismatch sends the whole file"
+    );
+
+    let head = server
+        .req(Method::HEAD, &path, &server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(
+        head.headers()[header::CONTENT_LENGTH],
+        original.len().to_string()
+    );
+    assert!(head.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_over_the_limit_get_413_and_leave_nothing() {
+    let server = TestServer::start_with(&["--max-upload-bytes", "100000"]).await;
+    let big = std::fs::read(data("RGB.byte.tif")).unwrap();
+
+    // Declared too large: refused before a byte is stored.
+    let res = server
+        .req(Method::POST, "/tree-items?name=big.tif", &server.token)
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = json_of(res).await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+
+    // Streamed without a length: refused once the limit is crossed.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let stream = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let res = server
+        .req(Method::POST, "/tree-items?name=big.tif", &server.token)
+        .body(stream)
+        .send()
+        .await;
+    if let Ok(res) = res {
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    // Multipart too.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(big).file_name("big.tif"),
+    );
+    let res = server
+        .req(Method::POST, "/tree-items", &server.token)
+        .multipart(form)
+        .send()
+        .await;
+    if let Ok(res) = res {
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    let (_, items) = server.get_json("/tree-items", &server.token).await;
+    assert_eq!(items, json!([]));
+    assert!(server.tmp_files().is_empty(), "{:?}", server.tmp_files());
+    assert!(server.blob_files().is_empty());
+
+    // A small file still goes through.
+    server.upload(&data("byte.tif")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_json_with_a_detail() {
+    let server = TestServer::start().await;
+    let t = server.token.clone();
+    let item = server.upload(&data("byte.tif")).await;
+    let item_path = format!("/tree-items/{}", item["id"].as_str().unwrap());
+    let convert_path = format!("{item_path}/convert-to-geo-raster");
+
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode)> = vec![
+        (
+            server.http.get(server.api("/tree-items")),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            server.req(Method::GET, "/tree-items", "rc_nope_nope"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            server
+                .http
+                .get(server.api("/tree-items"))
+                .header("Authorization", "Basic YTpi"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            server.req(Method::GET, "/tree-items/not-a-uuid", &t),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            server.http.get(server.api("/tasks/not-a-uuid/status")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            server
+                .http
+                .get(server.api(&format!("/tasks/{}/status", uuid_v4()))),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            server.req(Method::GET, "/no/such/route", &t),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            server.http.get(format!("{}/nothing-here", server.url)),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            server.req(Method::PUT, "/tree-items", &t),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            server
+                .req(Method::POST, "/tree-items/folders", &t)
+                .header("content-type", "application/json")
+                .body("{not json"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            server
+                .req(Method::POST, "/tree-items/folders", &t)
+                .body("name=x"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            server
+                .req(Method::POST, "/tree-items/folders", &t)
+                .json(&json!({"name": 5})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            server
+                .req(Method::POST, "/tree-items/folders", &t)
+                .json(&json!({"name": "a", "parent_id": uuid_v4()})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            server
+                .req(Method::POST, "/tree-items", &t)
+                .body("raw bytes without a name"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            server
+                .req(Method::POST, &convert_path, &t)
+                .json(&json!({"compression": "gzip"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            server
+                .req(Method::POST, &convert_path, &t)
+                .json(&json!({"target_crs": "/etc/passwd"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            server
+                .req(Method::POST, &convert_path, &t)
+                .json(&json!({"bogus": 1})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            server
+                .req(Method::POST, &convert_path, &t)
+                .header("content-type", "application/json")
+                .body("{"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            server
+                .req(Method::POST, &convert_path, &t)
+                .header("content-type", "text/plain")
+                .body("x"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            server.req(Method::GET, "/tasks?state=DONE", &t),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            server.req(Method::GET, "/tasks?limit=0", &t),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            server.req(Method::POST, &format!("/tasks/{}/cancel", uuid_v4()), &t),
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (request, expected) in cases {
+        let request = request.build().unwrap();
+        let label = format!("{} {}", request.method(), request.url().path());
+        let res = server.http.execute(request).await.unwrap();
+        if expected == StatusCode::UNAUTHORIZED {
+            assert_eq!(res.headers()[header::WWW_AUTHENTICATE], "Bearer", "{label}");
+        }
+        let (code, body) = json_of(res).await;
+        assert_eq!(code, expected, "{label}: {body}");
+    }
+
+    // A finished task cannot be cancelled again: 409.
+    let started = server.convert(&item, json!({})).await;
+    let task_id = started["task_id"].as_str().unwrap();
+    server.wait_final(task_id).await;
+    let res = server
+        .req(Method::POST, &format!("/tasks/{task_id}/cancel"), &t)
+        .send()
+        .await
+        .unwrap();
+    let (code, _) = json_of(res).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+}
+
+fn uuid_v4() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,282 @@
+//! Cancellation, timeouts, graceful restarts and crashes: no task is lost or left stuck.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{data, gdal_translate, TestServer};
+
+/// An 8192×8192 3-band raster made from shade.tif, generated once per test run.
+fn big_raster() -> PathBuf {
+    static BIG: OnceLock<PathBuf> = OnceLock::new();
+    BIG.get_or_init(|| {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("big-8192x8192x3.tif");
+        if !path.exists() {
+            let partial = path.with_extension("part.tif");
+            gdal_translate(&[
+                "-outsize",
+                "8192",
+                "8192",
+                "-b",
+                "1",
+                "-b",
+                "1",
+                "-b",
+                "1",
+                "-r",
+                "cubic",
+                "-co",
+                "COMPRESS=DEFLATE",
+                "-co",
+                "TILED=YES",
+                data("shade.tif").to_str().unwrap(),
+                partial.to_str().unwrap(),
+            ]);
+            std::fs::rename(&partial, &path).unwrap();
+        }
+        path
+    })
+    .clone()
+}
+
+/// Options that make the big raster take several seconds: a reprojection and lanczos.
+fn slow() -> Value {
+    json!({"target_crs": "EPSG:4326", "overview_resampling": "lanczos"})
+}
+
+async fn start_slow(server: &TestServer) -> String {
+    let item = server.upload(&big_raster()).await;
+    let started = server.convert(&item, slow()).await;
+    started["task_id"].as_str().unwrap().to_string()
+}
+
+async fn wait_running(server: &TestServer, task: &str) -> Value {
+    server
+        .wait_for(task, Duration::from_secs(60), |s| {
+            s["state"] == "PROGRESS" && s["progress"].as_f64().unwrap() > 2.0
+        })
+        .await
+}
+
+fn outputs(items: &Value) -> usize {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| !i["source_id"].is_null())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_and_a_queued_task() {
+    let server = TestServer::start_with(&["--workers", "1"]).await;
+    let running = start_slow(&server).await;
+    let queued_item = server.upload(&data("byte.tif")).await;
+    let queued = server.convert(&queued_item, json!({})).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let status = wait_running(&server, &running).await;
+    assert!(status["status"].is_string());
+    let waiting = server.status(&queued).await;
+    assert_eq!(waiting["state"], "PENDING");
+    assert_eq!(waiting["queue_position"], 1);
+
+    // Queued: REVOKED at once.
+    let res = server
+        .req(
+            Method::POST,
+            &format!("/tasks/{queued}/cancel"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["state"], "REVOKED");
+
+    // Running: "Cancelling…" until the work stops, then REVOKED.
+    let asked = Instant::now();
+    let res = server
+        .req(
+            Method::POST,
+            &format!("/tasks/{running}/cancel"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["state"] == "REVOKED" || body["status"] == "Cancelling…",
+        "{body}"
+    );
+    let status = server.wait_final(&running).await;
+    assert_eq!(status["state"], "REVOKED");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        asked.elapsed()
+    );
+
+    let (_, items) = server.get_json("/tree-items", &server.token).await;
+    assert_eq!(outputs(&items), 0, "no output from a cancelled task");
+    assert!(server.tmp_files().is_empty(), "{:?}", server.tmp_files());
+
+    // Final states never change.
+    let res = server
+        .req(
+            Method::POST,
+            &format!("/tasks/{running}/cancel"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversion_over_the_time_limit_is_killed() {
+    let server = TestServer::start_with(&["--task-timeout-secs", "2"]).await;
+    let task = start_slow(&server).await;
+    let status = server.wait_final(&task).await;
+    assert_eq!(status["state"], "FAILURE");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("longer than the limit"),
+        "{status}"
+    );
+    assert!(server.tmp_files().is_empty());
+    // The server keeps serving.
+    assert_eq!(
+        server.convert_file(&data("byte.tif"), json!({})).await["state"],
+        "SUCCESS"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_requeues_running_work_and_a_restart_finishes_everything() {
+    let mut server = TestServer::start_with(&["--workers", "1"]).await;
+    let running = start_slow(&server).await;
+    let mut queued = Vec::new();
+    for name in ["byte.tif", "world.rgb.tif"] {
+        let item = server.upload(&data(name)).await;
+        queued.push(
+            server.convert(&item, json!({})).await["task_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    wait_running(&server, &running).await;
+
+    let asked = Instant::now();
+    let exit = server.stop(libc::SIGTERM).await;
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?}",
+        asked.elapsed()
+    );
+
+    server.restart().await;
+    let status = server.wait_final(&running).await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
+    assert_eq!(
+        status["attempts"], 1,
+        "a clean shutdown does not use up an attempt"
+    );
+    for task in &queued {
+        assert_eq!(server.wait_final(task).await["state"], "SUCCESS");
+    }
+    let (_, items) = server.get_json("/tree-items", &server.token).await;
+    assert_eq!(outputs(&items), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_conversion_then_restart_finishes_it_once() {
+    let mut server = TestServer::start().await;
+    let task = start_slow(&server).await;
+    wait_running(&server, &task).await;
+    let workers = children_of(server.pid());
+    assert!(
+        !workers.is_empty(),
+        "the conversion runs in a child process"
+    );
+
+    server.stop(libc::SIGKILL).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while workers.iter().any(|pid| alive(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "an orphaned worker outlived the server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    server.restart().await;
+    assert!(
+        server.tmp_files().is_empty(),
+        "start-up removes partial files"
+    );
+    let status = server.wait_final(&task).await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
+    assert_eq!(status["attempts"], 2);
+    let (_, items) = server.get_json("/tree-items", &server.token).await;
+    assert_eq!(outputs(&items), 1, "exactly one output");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cut_off_too_often_fails_with_a_reason() {
+    let mut server = TestServer::start_with(&["--max-attempts", "1"]).await;
+    let task = start_slow(&server).await;
+    wait_running(&server, &task).await;
+    server.stop(libc::SIGKILL).await;
+    server.restart().await;
+    let status = server.status(&task).await;
+    assert_eq!(status["state"], "FAILURE");
+    assert!(
+        status["error"].as_str().unwrap().contains("server stopped"),
+        "{status}"
+    );
+}
+
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Field 4, after the parenthesised command name, is the parent pid.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        if after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok())
+            == Some(pid)
+        {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}

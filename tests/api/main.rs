@@ -1,0 +1,8 @@
+//! Integration tests: the real server on port 0, real files, real HTTP.
+
+mod conversion;
+mod helpers;
+mod hostile;
+mod http;
+mod isolation;
+mod lifecycle;
