@@ -16,7 +16,6 @@ pub struct Blobs {
 #[derive(Debug)]
 pub struct TempBlob {
     path: PathBuf,
-    kept: bool,
 }
 
 impl TempBlob {
@@ -26,23 +25,10 @@ impl TempBlob {
 }
 
 impl Drop for TempBlob {
-    /// Removes the file unless it was persisted, and always the side files GDAL makes next
-    /// to an output (`<name>.ovr.tmp`, `<name>.warped.tif.tmp`), which a killed worker leaves.
+    /// Removes the file (a persisted one has already been renamed away) and GDAL's side
+    /// files next to it, which a killed worker leaves behind.
     fn drop(&mut self) {
-        if !self.kept {
-            let _ = std::fs::remove_file(&self.path);
-        }
-        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
-            return;
-        };
-        let prefix = format!("{}.", name.to_string_lossy());
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
+        crate::convert::remove_with_side_files(&self.path);
     }
 }
 
@@ -67,12 +53,11 @@ impl Blobs {
             path: self
                 .tmp
                 .join(format!("{}{suffix}", Uuid::new_v4().simple())),
-            kept: false,
         }
     }
 
     /// Makes a finished temp file a blob: fsync the file, rename, fsync the directory.
-    pub async fn persist(&self, mut temp: TempBlob) -> std::io::Result<String> {
+    pub async fn persist(&self, temp: TempBlob) -> std::io::Result<String> {
         let name = Uuid::new_v4().simple().to_string();
         let target = self.blobs.join(&name);
         let source = temp.path.clone();
@@ -84,7 +69,6 @@ impl Blobs {
         })
         .await
         .map_err(std::io::Error::other)??;
-        temp.kept = true;
         Ok(name)
     }
 

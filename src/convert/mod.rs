@@ -106,9 +106,26 @@ pub fn convert(
         Ok(described)
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(output);
+        remove_with_side_files(output);
     }
     result.map_err(|e| hide_paths(e, &[input, output]))
+}
+
+/// Removes `path` and the side files GDAL's COG driver makes next to it
+/// (`<name>.ovr.tmp`, `<name>.warped.tif.tmp`), which a failed or killed run leaves behind.
+pub fn remove_with_side_files(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }
 
 /// GDAL names files in its messages; the user should never see the server's paths.

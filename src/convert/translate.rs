@@ -85,7 +85,7 @@ pub fn to_cog(
         );
         gdal_sys::GDALTranslateOptionsFree(options);
         if out.is_null() {
-            let _ = std::fs::remove_file(output);
+            super::remove_with_side_files(output);
             if cancel.load(Ordering::Relaxed) {
                 return Err(ConvertError::Cancelled);
             }
@@ -94,12 +94,12 @@ pub fn to_cog(
         // Closing flushes the file; a failure here means the output is incomplete.
         gdal_sys::GDALClose(out);
         if gdal_sys::CPLGetLastErrorType() == gdal_sys::CPLErr::CE_Failure {
-            let _ = std::fs::remove_file(output);
+            super::remove_with_side_files(output);
             return Err(last_gdal_error("GDAL could not read all of this raster"));
         }
     }
     if cancel.load(Ordering::Relaxed) {
-        let _ = std::fs::remove_file(output);
+        super::remove_with_side_files(output);
         return Err(ConvertError::Cancelled);
     }
     Ok(())

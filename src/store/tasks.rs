@@ -227,7 +227,8 @@ pub fn finish(
 }
 
 pub enum PublishOutcome {
-    Published(super::Item),
+    /// The id of the new output item.
+    Published(Uuid),
     Cancelled,
     FolderGone,
 }
@@ -262,7 +263,7 @@ pub fn publish_success(
         params![task.id.to_string(), result.to_string(), crate::time::now()],
     )?;
     tx.commit()?;
-    Ok(PublishOutcome::Published(item))
+    Ok(PublishOutcome::Published(item.id))
 }
 
 /// Puts a running task back in the queue. On a clean shutdown the attempt is refunded.

@@ -225,7 +225,7 @@ impl Workers {
             .await;
         match published {
             Ok(PublishOutcome::Published(item)) => {
-                tracing::info!(output = %item.id, "conversion published");
+                tracing::info!(output = %item, "conversion published");
                 Ok(())
             }
             other => {

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::helpers::{data, gdal_translate, TestServer};
 
 /// An 8192×8192 3-band raster made from shade.tif, generated once per test run.
-fn big_raster() -> PathBuf {
+pub fn big_raster() -> PathBuf {
     static BIG: OnceLock<PathBuf> = OnceLock::new();
     BIG.get_or_init(|| {
         let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("big-8192x8192x3.tif");
@@ -247,6 +247,25 @@ async fn a_task_cut_off_too_often_fails_with_a_reason() {
         status["error"].as_str().unwrap().contains("server stopped"),
         "{status}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_worker_fails_only_its_task() {
+    let server = TestServer::start().await;
+    let task = start_slow(&server).await;
+    wait_running(&server, &task).await;
+    for worker in children_of(server.pid()) {
+        // SAFETY: plain kill(2). An abort is what a failed assertion in GDAL looks like (a
+        // sent SIGSEGV would be swallowed once by Rust's stack-overflow handler).
+        unsafe { libc::kill(worker, libc::SIGABRT) };
+    }
+    let status = server.wait_final(&task).await;
+    assert_eq!(status["state"], "FAILURE");
+    assert!(status["error"].as_str().unwrap().contains("crashed"), "{status}");
+    assert!(server.tmp_files().is_empty());
+    let health: Value = server.http.get(format!("{}/healthz", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(server.convert_file(&data("byte.tif"), json!({})).await["state"], "SUCCESS");
 }
 
 fn children_of(pid: i32) -> Vec<i32> {

@@ -1,0 +1,21 @@
+# Every target installs what it needs first (scripts/setup.sh installs only what is missing).
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: run test lint setup
+
+## Set up and run the server on its embedded defaults (SQLite and files in ./data).
+run: setup
+	cargo run --release -- serve
+
+## Set up and run every test.
+test: setup
+	cargo test
+
+## Formatting and lints, as CI would want them.
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+setup:
+	@./scripts/setup.sh
