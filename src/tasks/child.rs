@@ -94,6 +94,12 @@ pub async fn run(
     let status = child.wait().await;
     match last_report {
         Some(Report::Done { result }) => Outcome::Done(result),
+        Some(Report::Failed { error }) if error.contains("cannot allocate") || error.contains("Out of memory") => {
+            Outcome::Failed(format!(
+                "The conversion needed more than its memory limit of {} MiB. ({error})",
+                limits.memory_bytes >> 20
+            ))
+        }
         Some(Report::Failed { error }) => Outcome::Failed(error),
         Some(Report::Cancelled) => Outcome::Stopped,
         _ if timed_out => Outcome::Failed(format!(
@@ -103,7 +109,10 @@ pub async fn run(
         _ if stopping => Outcome::Stopped,
         _ => Outcome::Failed(match status.ok().and_then(|s| s.signal()) {
             Some(libc::SIGKILL) => "The conversion worker was killed (most likely it ran out of memory) while reading this file.".into(),
-            Some(sig) => format!("The conversion worker crashed (signal {sig}) while reading this file."),
+            Some(sig) => format!(
+                "The conversion worker crashed (signal {sig}) while reading this file; it may be malformed, or need more than the memory limit of {} MiB.",
+                limits.memory_bytes >> 20
+            ),
             None => "The conversion worker stopped without a result.".into(),
         }),
     }

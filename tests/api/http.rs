@@ -298,3 +298,82 @@ async fn every_error_is_json_with_a_detail() {
 fn uuid_v4() -> String {
     uuid::Uuid::new_v4().to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_stream_to_disk_without_buffering() {
+    let server = TestServer::start().await;
+    let size: usize = 256 << 20;
+    let chunk = vec![7u8; 1 << 20];
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..size >> 20).map(|_| Ok(chunk.clone())).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let res = server
+        .req(Method::POST, "/tree-items?name=zeros.bin", &server.token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let (code, item) = json_of(res).await;
+    assert_eq!(code, StatusCode::CREATED);
+    assert_eq!(item["size"], size);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        peak_kib < 128 * 1024,
+        "a 256 MiB upload peaked at {peak_kib} KiB of memory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_uploads_take_a_parent_id_part() {
+    let server = TestServer::start().await;
+    let (_, folder) =
+        crate::conversion::json_post(&server, "/tree-items/folders", json!({"name": "in"})).await;
+    let form = reqwest::multipart::Form::new()
+        .text("parent_id", folder["id"].as_str().unwrap().to_string())
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(std::fs::read(data("byte.tif")).unwrap())
+                .file_name("C:\\fakepath\\byte.tif")
+                .mime_str("image/tiff")
+                .unwrap(),
+        );
+    let res = server
+        .req(Method::POST, "/tree-items", &server.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (code, item) = json_of(res).await;
+    assert_eq!(code, StatusCode::CREATED);
+    assert_eq!(item["parent_id"], folder["id"]);
+    assert_eq!(item["name"], "byte.tif");
+    assert_eq!(item["content_type"], "image/tiff");
+
+    let form = reqwest::multipart::Form::new()
+        .text("parent_id", "not-a-uuid")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(vec![1, 2, 3]).file_name("x.tif"),
+        );
+    let res = server
+        .req(Method::POST, "/tree-items", &server.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_of(res).await.0, StatusCode::BAD_REQUEST);
+    let form = reqwest::multipart::Form::new().text("other", "x");
+    let res = server
+        .req(Method::POST, "/tree-items", &server.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_of(res).await.0, StatusCode::BAD_REQUEST);
+    assert!(server.tmp_files().is_empty());
+}

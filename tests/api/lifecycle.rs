@@ -261,11 +261,85 @@ async fn a_crashing_worker_fails_only_its_task() {
     }
     let status = server.wait_final(&task).await;
     assert_eq!(status["state"], "FAILURE");
-    assert!(status["error"].as_str().unwrap().contains("crashed"), "{status}");
+    assert!(
+        status["error"].as_str().unwrap().contains("crashed"),
+        "{status}"
+    );
     assert!(server.tmp_files().is_empty());
-    let health: Value = server.http.get(format!("{}/healthz", server.url)).send().await.unwrap().json().await.unwrap();
+    let health: Value = server
+        .http
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
-    assert_eq!(server.convert_file(&data("byte.tif"), json!({})).await["state"], "SUCCESS");
+    assert_eq!(
+        server.convert_file(&data("byte.tif"), json!({})).await["state"],
+        "SUCCESS"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_moves_through_named_phases() {
+    let server = TestServer::start().await;
+    let item = server.upload(&big_raster()).await;
+    let task = server.convert(&item, json!({})).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut seen = Vec::<String>::new();
+    let mut progress_values = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = server.status(&task).await;
+        let text = status["status"].as_str().unwrap().to_string();
+        if seen.last() != Some(&text) {
+            seen.push(text);
+        }
+        progress_values.push(status["progress"].as_f64().unwrap());
+        if status["state"] == "SUCCESS" {
+            break;
+        }
+        assert_ne!(status["state"], "FAILURE", "{status}");
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        progress_values.windows(2).all(|w| w[0] <= w[1]),
+        "monotonic: {progress_values:?}"
+    );
+    assert!(
+        progress_values.iter().any(|p| *p > 5.0 && *p < 90.0),
+        "intermediate values: {progress_values:?}"
+    );
+    for phase in ["Building overviews", "Converting", "Done"] {
+        assert!(seen.iter().any(|s| s == phase), "{phase} not in {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversion_over_the_memory_limit_fails_readably() {
+    let server = TestServer::start_with(&["--worker-memory-mb", "300"]).await;
+    let item = server.upload(&big_raster()).await;
+    let task = server
+        .convert(&item, json!({"target_crs": "EPSG:4326", "blocksize": 4096}))
+        .await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status = server.wait_final(&task).await;
+    assert_eq!(status["state"], "FAILURE");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("memory limit of 300 MiB"),
+        "{status}"
+    );
+    assert!(server.tmp_files().is_empty());
 }
 
 fn children_of(pid: i32) -> Vec<i32> {
