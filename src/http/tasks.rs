@@ -112,16 +112,18 @@ async fn list(
                 .map_err(|_| AppError::BadRequest("cursor is not one this server gave out.".into()))
         })
         .transpose()?;
-    let tasks = state
+    // One more than asked tells whether there is a next page.
+    let mut tasks = state
         .store
-        .call(move |c| task_rows::list(c, user.id, filter, limit, before))
+        .call(move |c| task_rows::list(c, user.id, filter, limit + 1, before))
         .await?;
-    let next_cursor = (tasks.len() == limit as usize)
-        .then(|| tasks.last().map(|t| t.seq.to_string()))
-        .flatten();
+    let next_cursor = (tasks.len() > limit as usize).then(|| {
+        tasks.truncate(limit as usize);
+        tasks.last().map(|t| t.seq.to_string())
+    });
     Ok(Json(serde_json::json!({
         "tasks": tasks.iter().map(status_json).collect::<Vec<_>>(),
-        "next_cursor": next_cursor,
+        "next_cursor": next_cursor.flatten(),
     })))
 }
 

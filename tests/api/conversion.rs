@@ -145,6 +145,33 @@ async fn every_sample_gets_what_the_data_table_says() {
         .as_str()
         .unwrap()
         .contains("not a geo-raster"));
+
+    // The task list pages newest first through all of them, each task once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/tasks?limit=4&cursor={c}"),
+            None => "/tasks?limit=4".to_string(),
+        };
+        let (_, page) = server.get_json(&path, &server.token).await;
+        seen.extend(
+            page["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["task_id"].to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let unique: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!((seen.len(), unique.len()), (11, 11));
+    assert_eq!(seen[0], photo["task_id"].to_string(), "newest first");
+    let (_, failures) = server.get_json("/tasks?state=FAILURE", &server.token).await;
+    assert_eq!(failures["tasks"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
