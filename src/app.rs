@@ -43,6 +43,11 @@ pub struct App {
     pub admin_token: Option<String>,
 }
 
+/// Events one subscriber may fall behind before it is resynced with snapshots.
+const BUS_CAPACITY: usize = 1024;
+/// Recent events kept for `Last-Event-ID` resumes.
+const REPLAY_WINDOW: usize = 10_000;
+
 /// How long in-flight requests may take to finish once shutdown starts.
 const DRAIN: Duration = Duration::from_secs(3);
 
@@ -80,7 +85,7 @@ impl App {
             Some(exe) => exe.clone(),
             None => std::env::current_exe().context("finding this program to run workers")?,
         };
-        let bus = Bus::new(4096);
+        let bus = Bus::new(BUS_CAPACITY, REPLAY_WINDOW);
         let queue = Queue::default();
         let workers = Arc::new(Workers {
             store: store.clone(),

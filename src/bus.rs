@@ -1,45 +1,173 @@
-//! The broadcast bus of task events. Workers and request handlers publish each change of
-//! a task's status; live channels subscribe.
+//! The broadcast bus of task events, and its replay window.
+//!
+//! Every change of a task is published once, as a ready-to-send event: the task's full
+//! status plus `event` and `seq`, serialised to JSON (for WebSocket frames) and to an SSE
+//! message, once, whatever the number of subscribers. `seq` is one server-wide counter, so it
+//! increases per task and along every feed, and one number resumes any SSE stream.
+//!
+//! Publishing happens under the store's lock (see `tasks::change`): the order of events is
+//! the order of commits, and a snapshot read under that lock together with [`Bus::position`]
+//! is exactly the state after every event up to that position.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use serde::Serialize;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+use crate::store::TaskRecord;
+use crate::tasks::TaskStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     State,
     Progress,
+    Snapshot,
 }
 
-#[derive(Debug, Clone)]
-pub struct TaskEvent {
+/// One event, ready to send on any channel.
+#[derive(Debug)]
+pub struct Event {
+    pub seq: u64,
     pub task_id: Uuid,
     pub user_id: Uuid,
     pub kind: EventKind,
-    /// The task's full status as the API shows it.
-    pub status: serde_json::Value,
+    /// The task reached SUCCESS, FAILURE or REVOKED.
+    pub is_final: bool,
+    /// The event as JSON: a WebSocket text frame.
+    pub json: Bytes,
+    /// The event as an SSE message, `id:` and `data:` lines included.
+    pub sse: Bytes,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(flatten)]
+    status: TaskStatus<'a>,
+    event: EventKind,
+    seq: u64,
+}
+
+impl Event {
+    pub fn new(task: &TaskRecord, kind: EventKind, seq: u64) -> Event {
+        let json = serde_json::to_vec(&Body {
+            status: TaskStatus::from(task),
+            event: kind,
+            seq,
+        })
+        .expect("events serialise");
+        let mut sse = Vec::with_capacity(json.len() + 32);
+        sse.extend_from_slice(format!("id: {seq}\ndata: ").as_bytes());
+        sse.extend_from_slice(&json);
+        sse.extend_from_slice(b"\n\n");
+        Event {
+            seq,
+            task_id: task.id,
+            user_id: task.user_id,
+            kind,
+            is_final: task.state.is_final(),
+            json: json.into(),
+            sse: sse.into(),
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct Bus {
-    tx: broadcast::Sender<Arc<TaskEvent>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: broadcast::Sender<Arc<Event>>,
+    /// The seq of the last published event.
+    position: AtomicU64,
+    /// The most recent events, oldest first, for `Last-Event-ID` resumes.
+    window: Mutex<VecDeque<Arc<Event>>>,
+    window_size: usize,
+    stats: BusStats,
+}
+
+/// Counters for metrics and tests.
+#[derive(Default)]
+pub struct BusStats {
+    pub published: AtomicU64,
+    pub coalesced: AtomicU64,
+    pub lag_resyncs: AtomicU64,
 }
 
 impl Bus {
-    pub fn new(capacity: usize) -> Bus {
+    /// `capacity` bounds what one subscriber may fall behind before it lags (and is resynced
+    /// with snapshots); `window_size` bounds the replay window.
+    pub fn new(capacity: usize, window_size: usize) -> Bus {
+        // Starting from the clock keeps `seq` increasing across restarts (it advances a
+        // million per second; events do not), so a client's Last-Event-ID from before a
+        // restart is never mistaken for a future event. It stays below 2^53 for JavaScript.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
         Bus {
-            tx: broadcast::channel(capacity).0,
+            inner: Arc::new(Inner {
+                tx: broadcast::channel(capacity).0,
+                position: AtomicU64::new(start),
+                window: Mutex::new(VecDeque::with_capacity(window_size)),
+                window_size,
+                stats: BusStats::default(),
+            }),
         }
     }
 
-    /// Never blocks: a subscriber that falls behind sees a lag, not a slower publisher.
-    pub fn publish(&self, event: TaskEvent) {
-        let _ = self.tx.send(Arc::new(event));
+    /// The seq of the last event published.
+    pub fn position(&self) -> u64 {
+        self.inner.position.load(Ordering::SeqCst)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<TaskEvent>> {
-        self.tx.subscribe()
+    /// Publishes the task's current status. Call it under the store's lock, right after the
+    /// change is committed. Never blocks: a slow subscriber lags, the publisher does not wait.
+    pub fn publish(&self, task: &TaskRecord, kind: EventKind) -> Arc<Event> {
+        let seq = self.inner.position.fetch_add(1, Ordering::SeqCst) + 1;
+        let event = Arc::new(Event::new(task, kind, seq));
+        {
+            let mut window = self.inner.window.lock().unwrap_or_else(|p| p.into_inner());
+            if window.len() == self.inner.window_size {
+                window.pop_front();
+            }
+            window.push_back(event.clone());
+        }
+        self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
+        let _ = self.inner.tx.send(event.clone());
+        event
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.inner.tx.subscribe()
+    }
+
+    /// The events after `after` that `keep` selects, or `None` when the window no longer
+    /// holds all of them (the caller then sends a fresh snapshot instead).
+    pub fn replay(&self, after: u64, keep: impl Fn(&Event) -> bool) -> Option<Vec<Arc<Event>>> {
+        let window = self.inner.window.lock().unwrap_or_else(|p| p.into_inner());
+        let position = self.position();
+        if after > position {
+            return None;
+        }
+        let oldest = window.front().map_or(position + 1, |e| e.seq);
+        if after + 1 < oldest {
+            return None;
+        }
+        Some(
+            window
+                .iter()
+                .filter(|e| e.seq > after && keep(e))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    pub fn stats(&self) -> &BusStats {
+        &self.inner.stats
     }
 }

@@ -10,10 +10,9 @@ use uuid::Uuid;
 use super::extract::{Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, MaybeUser};
-use crate::bus::EventKind;
 use crate::error::{AppError, AppResult};
-use crate::store::tasks::{self as task_rows, CancelOutcome, DeleteOutcome};
-use crate::tasks::{announce, status_json, TaskState};
+use crate::store::tasks::{self as task_rows, DeleteOutcome};
+use crate::tasks::{status_json, TaskState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -51,27 +50,7 @@ async fn cancel(
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
 ) -> AppResult<Json<serde_json::Value>> {
-    let outcome = state
-        .store
-        .call(move |c| task_rows::request_cancel(c, user.id, id))
-        .await?;
-    match outcome {
-        CancelOutcome::NotFound => return Err(AppError::NotFound("task")),
-        CancelOutcome::AlreadyFinished(s) => {
-            return Err(AppError::Conflict(format!(
-                "The task has already finished ({}).",
-                s.as_str()
-            )))
-        }
-        CancelOutcome::Requested => state.queue.cancel_running(id),
-        CancelOutcome::Revoked => {}
-    }
-    let task = state
-        .store
-        .call(move |c| task_rows::get(c, id))
-        .await?
-        .ok_or(AppError::NotFound("task"))?;
-    announce(&state.bus, &task, EventKind::State);
+    let task = crate::tasks::cancel(&state.store, &state.bus, &state.queue, user.id, id).await?;
     Ok(Json(status_json(&task)))
 }
 

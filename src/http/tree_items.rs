@@ -365,10 +365,11 @@ async fn convert(
             item.name
         )));
     };
+    let bus = state.bus.clone();
     let task = state
         .store
         .call(move |c| {
-            task_rows::insert(
+            let task = task_rows::insert(
                 c,
                 NewTask {
                     user_id: user.id,
@@ -378,11 +379,12 @@ async fn convert(
                     parent_id: item.parent_id,
                     options,
                 },
-            )
+            )?;
+            bus.publish(&task, crate::bus::EventKind::State);
+            Ok(task)
         })
         .await?;
     state.queue.wake();
-    crate::tasks::announce(&state.bus, &task, crate::bus::EventKind::State);
     Ok(axum::Json(serde_json::json!({
         "task_id": task.id,
         "state": task.state,

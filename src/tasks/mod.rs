@@ -12,8 +12,15 @@ pub use child::{ChildLimits, Outcome};
 pub use queue::{Queue, Workers};
 pub use state::TaskState;
 
-use crate::bus::{Bus, EventKind, TaskEvent};
-use crate::store::TaskRecord;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use tokio::sync::broadcast;
+
+use crate::bus::{Bus, Event, EventKind};
+use crate::error::{AppError, AppResult};
+use crate::store::tasks::{self as task_rows, CancelOutcome};
+use crate::store::{Store, TaskRecord};
 
 /// A task's status exactly as every API channel shows it.
 #[derive(Debug, Serialize)]
@@ -58,12 +65,91 @@ pub fn status_json(task: &TaskRecord) -> serde_json::Value {
     serde_json::to_value(TaskStatus::from(task)).expect("status serialises")
 }
 
-/// Publishes a task's current status on the bus.
-pub fn announce(bus: &Bus, task: &TaskRecord, kind: EventKind) {
-    bus.publish(TaskEvent {
-        task_id: task.id,
-        user_id: task.user_id,
-        kind,
-        status: status_json(task),
-    });
+/// Runs `apply` on one task and, if it changed the task, publishes its new status, all under
+/// the store's lock: event order is commit order. Returns the task as it now is.
+pub async fn change<F>(
+    store: &Store,
+    bus: &Bus,
+    id: Uuid,
+    kind: EventKind,
+    apply: F,
+) -> anyhow::Result<Option<TaskRecord>>
+where
+    F: FnOnce(&mut Connection) -> anyhow::Result<bool> + Send + 'static,
+{
+    let bus = bus.clone();
+    store
+        .call(move |c| {
+            let changed = apply(c)?;
+            let task = task_rows::get(c, id)?;
+            if let (true, Some(task)) = (changed, &task) {
+                bus.publish(task, kind);
+            }
+            Ok(task)
+        })
+        .await
+}
+
+/// A consistent starting point for a live feed: a bus subscription, the bus position, and
+/// the tasks (chosen by `select`) as they are at that position, read under the store's lock
+/// so that no event falls between the snapshot and the subscription.
+pub struct Snapshot {
+    pub rx: broadcast::Receiver<Arc<Event>>,
+    pub position: u64,
+    pub tasks: Vec<TaskRecord>,
+}
+
+pub async fn snapshot<F>(store: &Store, bus: &Bus, select: F) -> anyhow::Result<Snapshot>
+where
+    F: FnOnce(&mut Connection) -> anyhow::Result<Vec<TaskRecord>> + Send + 'static,
+{
+    let bus = bus.clone();
+    store
+        .call(move |c| {
+            let rx = bus.subscribe();
+            let position = bus.position();
+            let tasks = select(c)?;
+            Ok(Snapshot {
+                rx,
+                position,
+                tasks,
+            })
+        })
+        .await
+}
+
+/// Cancels one of `user`'s tasks: a queued one is REVOKED at once, a running one shows
+/// "Cancelling…" until its worker has stopped. Final tasks are a conflict.
+pub async fn cancel(
+    store: &Store,
+    bus: &Bus,
+    queue: &Queue,
+    user: Uuid,
+    id: Uuid,
+) -> AppResult<TaskRecord> {
+    let bus = bus.clone();
+    let (outcome, task) = store
+        .call(move |c| {
+            let outcome = task_rows::request_cancel(c, user, id)?;
+            let task = task_rows::get(c, id)?;
+            if let (CancelOutcome::Revoked | CancelOutcome::Requested, Some(task)) =
+                (&outcome, &task)
+            {
+                bus.publish(task, EventKind::State);
+            }
+            Ok((outcome, task))
+        })
+        .await?;
+    match (outcome, task) {
+        (CancelOutcome::AlreadyFinished(s), _) => Err(AppError::Conflict(format!(
+            "The task has already finished ({}).",
+            s.as_str()
+        ))),
+        (CancelOutcome::Requested, Some(task)) => {
+            queue.cancel_running(id);
+            Ok(task)
+        }
+        (CancelOutcome::Revoked, Some(task)) => Ok(task),
+        _ => Err(AppError::NotFound("task")),
+    }
 }

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::child::{self, ChildLimits, Outcome};
-use super::{announce, TaskState};
+use super::{change, TaskState};
 use crate::bus::{Bus, EventKind};
 use crate::convert::worker::Job;
 use crate::convert::{Limits, Phase};
@@ -60,7 +60,9 @@ pub struct Workers {
 
 /// How often an idle worker looks at the queue even without a wake-up, as a safety net.
 const IDLE_POLL: Duration = Duration::from_secs(2);
-/// Progress is written and announced at most this often per task.
+/// Progress events: at least this much change in points, or at least this much time since
+/// the last one. State changes are never coalesced.
+const PROGRESS_STEP: f64 = 0.5;
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 impl Workers {
@@ -76,7 +78,18 @@ impl Workers {
 
     async fn work(&self, n: usize, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            match self.store.call(task_rows::claim_next).await {
+            let bus = self.bus.clone();
+            let claimed = self
+                .store
+                .call(move |c| {
+                    let task = task_rows::claim_next(c)?;
+                    if let Some(task) = &task {
+                        bus.publish(task, EventKind::State);
+                    }
+                    Ok(task)
+                })
+                .await;
+            match claimed {
                 Ok(Some(task)) => {
                     let span = tracing::info_span!("task", id = %task.id, worker = n);
                     self.run(task, &shutdown).instrument(span).await;
@@ -104,16 +117,9 @@ impl Workers {
             .flatten()
     }
 
-    async fn announce_state(&self, id: Uuid) {
-        if let Some(task) = self.reload(id).await {
-            announce(&self.bus, &task, EventKind::State);
-        }
-    }
-
     async fn run(&self, task: TaskRecord, shutdown: &CancellationToken) {
         let id = task.id;
         tracing::info!(source = %task.source_name, attempt = task.attempts, "conversion started");
-        announce(&self.bus, &task, EventKind::State);
         let stop = shutdown.child_token();
         self.queue
             .running
@@ -131,32 +137,33 @@ impl Workers {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
 
-        let store = self.store.clone();
+        let (store, bus) = (&self.store, &self.bus);
         let ended = match result {
-            Ok(()) => Ok(()),
-            Err(Outcome::Stopped) if shutdown.is_cancelled() => store
-                .call(move |c| task_rows::requeue(c, id, true, "Queued; the server restarted"))
+            Ok(()) => Ok(None),
+            Err(Outcome::Stopped) if shutdown.is_cancelled() => {
+                change(store, bus, id, EventKind::State, move |c| {
+                    task_rows::requeue(c, id, true, "Queued; the server restarted")
+                })
                 .await
-                .map(|_| ()),
-            Err(Outcome::Stopped) => store
-                .call(move |c| task_rows::finish(c, id, TaskState::Revoked, "Cancelled", None))
+            }
+            Err(Outcome::Stopped) => {
+                change(store, bus, id, EventKind::State, move |c| {
+                    task_rows::finish(c, id, TaskState::Revoked, "Cancelled", None)
+                })
                 .await
-                .map(|_| ()),
+            }
             Err(Outcome::Failed(error)) => {
                 tracing::info!(%error, "conversion failed");
-                store
-                    .call(move |c| {
-                        task_rows::finish(c, id, TaskState::Failure, "Failed", Some(&error))
-                    })
-                    .await
-                    .map(|_| ())
+                change(store, bus, id, EventKind::State, move |c| {
+                    task_rows::finish(c, id, TaskState::Failure, "Failed", Some(&error))
+                })
+                .await
             }
             Err(Outcome::Done(_)) => unreachable!("convert returns Ok for a published result"),
         };
         if let Err(e) = ended {
             tracing::error!(error = ?e, "could not record the end of a task");
         }
-        self.announce_state(id).await;
     }
 
     /// Runs the child and publishes its output. `Err` says how the task ended otherwise.
@@ -219,9 +226,18 @@ impl Workers {
             source_id: Some(task.source_id),
         };
         let record = task.clone();
+        let bus = self.bus.clone();
         let published = self
             .store
-            .call(move |c| task_rows::publish_success(c, &record, new_item, geo))
+            .call(move |c| {
+                let outcome = task_rows::publish_success(c, &record, new_item, geo)?;
+                if let (PublishOutcome::Published(_), Some(task)) =
+                    (&outcome, task_rows::get(c, record.id)?)
+                {
+                    bus.publish(&task, EventKind::State);
+                }
+                Ok(outcome)
+            })
             .await;
         match published {
             Ok(PublishOutcome::Published(item)) => {
@@ -257,20 +273,45 @@ fn output_name(source: &str) -> String {
     format!("{stem}.cog.tif")
 }
 
-/// Writes the latest progress to the store and the bus, at most every `PROGRESS_EVERY`.
-/// The watch channel keeps only the newest value, so a slow write never queues stale ones.
+/// Writes progress to the store and the bus, coalesced to what a UI can use: an event when
+/// progress moved at least `PROGRESS_STEP` points or the phase changed, otherwise at most
+/// every `PROGRESS_EVERY`. The watch channel keeps only the newest value, so a slow write
+/// never queues stale ones, and the last value is always written.
 async fn report_progress(store: Store, bus: Bus, id: Uuid, mut rx: watch::Receiver<(f64, Phase)>) {
-    while rx.changed().await.is_ok() {
-        let (percent, phase) = *rx.borrow_and_update();
-        let written = store
-            .call(move |c| task_rows::set_progress(c, id, percent, phase.sentence()))
-            .await;
-        if let Ok(true) = written {
-            if let Ok(Some(task)) = store.call(move |c| task_rows::get(c, id)).await {
-                crate::tasks::announce(&bus, &task, EventKind::Progress);
+    let write = |(percent, phase): (f64, Phase)| {
+        change(&store, &bus, id, EventKind::Progress, move |c| {
+            task_rows::set_progress(c, id, percent, phase.sentence())
+        })
+    };
+    let mut sent: Option<((f64, Phase), tokio::time::Instant)> = None;
+    loop {
+        let latest = *rx.borrow_and_update();
+        let due = sent.is_none_or(|((p, ph), at)| {
+            latest.0 - p >= PROGRESS_STEP || latest.1 != ph || at.elapsed() >= PROGRESS_EVERY
+        });
+        if due && sent.map(|(v, _)| v) != Some(latest) {
+            if let Err(e) = write(latest).await {
+                tracing::warn!(error = ?e, "could not record progress");
             }
+            sent = Some((latest, tokio::time::Instant::now()));
+        } else if !due {
+            bus.stats()
+                .coalesced
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        tokio::time::sleep(PROGRESS_EVERY).await;
+        // A value held back waits at most until the interval is over.
+        let held_back = sent.map(|(v, _)| v) != Some(latest);
+        let wake = sent.map_or_else(tokio::time::Instant::now, |(_, at)| at + PROGRESS_EVERY);
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() {
+                let last = *rx.borrow();
+                if sent.map(|(v, _)| v) != Some(last) {
+                    let _ = write(last).await;
+                }
+                return;
+            },
+            _ = tokio::time::sleep_until(wake), if held_back => rx.mark_changed(),
+        }
     }
 }
 
