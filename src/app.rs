@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Tickets;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::convert::Limits;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub bus: Bus,
     /// Wakes workers and reaches running tasks to cancel them.
     pub queue: Queue,
+    /// Single-use tickets for browsers' EventSource and WebSocket.
+    pub tickets: Tickets,
     /// Cancelled on SIGINT/SIGTERM, so handlers refuse new work while the server drains.
     pub shutdown: CancellationToken,
     /// Size of the worker pool, reported by `/healthz`.
@@ -113,6 +116,7 @@ impl App {
             blobs,
             bus,
             queue,
+            tickets: Tickets::default(),
             shutdown,
         };
         Ok(App {

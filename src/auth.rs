@@ -1,22 +1,36 @@
-//! Who is calling: the bearer token extractors.
+//! Who is calling: bearer tokens, browser session cookies and single-use stream tickets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method};
+use rand::RngCore;
 
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::store::{users, User};
 
-/// A request with a valid bearer token.
+pub const SESSION_COOKIE: &str = "rastercast_session";
+
+/// A request with a valid bearer token or session cookie.
 pub struct AuthUser(pub User);
 
-/// A request that may carry a token (capability endpoints). A token that is present but
-/// wrong is still a 401, so a client never mistakes a typo for anonymous access.
+/// A request that may carry credentials (capability endpoints). Credentials that are present
+/// but wrong are still a 401, so a client never mistakes a typo for anonymous access.
 pub struct MaybeUser(pub Option<User>);
 
-fn bearer(parts: &Parts) -> Result<Option<String>, AppError> {
-    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+/// Credentials for live streams, which browsers open without headers: a bearer token, a
+/// `?ticket=`, or the session cookie. `via_cookie` lets the WebSocket check `Origin`.
+pub struct StreamCaller {
+    pub user: Option<User>,
+    pub via_cookie: bool,
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
     let value = value
@@ -33,7 +47,18 @@ fn bearer(parts: &Parts) -> Result<Option<String>, AppError> {
     Ok(Some(token.trim().to_string()))
 }
 
-async fn lookup(state: &AppState, token: String) -> Result<User, AppError> {
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+async fn token_user(state: &AppState, token: String) -> Result<User, AppError> {
     state
         .store
         .call(move |c| users::authenticate(c, &token))
@@ -43,16 +68,57 @@ async fn lookup(state: &AppState, token: String) -> Result<User, AppError> {
         ))
 }
 
+async fn cookie_user(state: &AppState, secret: String) -> Result<User, AppError> {
+    state
+        .store
+        .call(move |c| users::session_user(c, &secret))
+        .await?
+        .ok_or(AppError::Unauthorized(
+            "The session has expired; sign in again.",
+        ))
+}
+
+/// True when the request's `Origin` (if any) is this server, judged by its `Host`.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    !host.is_empty() && authority.eq_ignore_ascii_case(host)
+}
+
+/// Header first, then cookie. A cookie on a state-changing request must come from our own
+/// pages (SameSite=Strict already stops other sites; this is the second lock).
+async fn credentials(parts: &Parts, state: &AppState) -> Result<Option<User>, AppError> {
+    if let Some(token) = bearer(&parts.headers)? {
+        return token_user(state, token).await.map(Some);
+    }
+    if let Some(secret) = session_cookie(&parts.headers) {
+        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if !safe && !same_origin(&parts.headers) {
+            return Err(AppError::Forbidden(
+                "Cross-origin requests cannot use the session cookie.",
+            ));
+        }
+        return cookie_user(state, secret).await.map(Some);
+    }
+    Ok(None)
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        match bearer(parts)? {
-            Some(token) => Ok(AuthUser(lookup(state, token).await?)),
-            None => Err(AppError::Unauthorized(
+        credentials(parts, state)
+            .await?
+            .map(AuthUser)
+            .ok_or(AppError::Unauthorized(
                 "This endpoint needs a token: send `Authorization: Bearer <token>`.",
-            )),
-        }
+            ))
     }
 }
 
@@ -60,9 +126,74 @@ impl FromRequestParts<AppState> for MaybeUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        match bearer(parts)? {
-            Some(token) => Ok(MaybeUser(Some(lookup(state, token).await?))),
-            None => Ok(MaybeUser(None)),
+        Ok(MaybeUser(credentials(parts, state).await?))
+    }
+}
+
+impl FromRequestParts<AppState> for StreamCaller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        if let Some(token) = bearer(&parts.headers)? {
+            let user = token_user(state, token).await?;
+            return Ok(StreamCaller {
+                user: Some(user),
+                via_cookie: false,
+            });
         }
+        let ticket = parts
+            .uri
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("ticket="));
+        if let Some(ticket) = ticket {
+            let user = state.tickets.redeem(ticket).ok_or(AppError::Unauthorized(
+                "The stream ticket is unknown, used or expired.",
+            ))?;
+            return Ok(StreamCaller {
+                user: Some(user),
+                via_cookie: false,
+            });
+        }
+        if let Some(secret) = session_cookie(&parts.headers) {
+            let user = cookie_user(state, secret).await?;
+            return Ok(StreamCaller {
+                user: Some(user),
+                via_cookie: true,
+            });
+        }
+        Ok(StreamCaller {
+            user: None,
+            via_cookie: false,
+        })
+    }
+}
+
+/// Single-use stream tickets, kept in memory: they live for seconds.
+#[derive(Clone, Default)]
+pub struct Tickets {
+    issued: Arc<Mutex<HashMap<String, (User, Instant)>>>,
+}
+
+pub const TICKET_TTL: Duration = Duration::from_secs(30);
+
+impl Tickets {
+    pub fn issue(&self, user: User) -> String {
+        let mut bytes = [0u8; 24];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let ticket = hex::encode(bytes);
+        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        issued.retain(|_, (_, expires)| *expires > now);
+        issued.insert(ticket.clone(), (user, now + TICKET_TTL));
+        ticket
+    }
+
+    /// The ticket's user, once: the ticket is gone afterwards, used or not yet expired.
+    pub fn redeem(&self, ticket: &str) -> Option<User> {
+        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        let (user, expires) = issued.remove(ticket)?;
+        (expires > Instant::now()).then_some(user)
     }
 }

@@ -50,16 +50,30 @@ struct Body<'a> {
     status: TaskStatus<'a>,
     event: EventKind,
     seq: u64,
+    /// On a snapshot: events were missed (lag, or a resume beyond the replay window) and this
+    /// snapshot replaces them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    resync: bool,
 }
 
 impl Event {
     pub fn new(task: &TaskRecord, kind: EventKind, seq: u64) -> Event {
-        let json = serde_json::to_vec(&Body {
+        Self::build(task, kind, seq, false)
+    }
+
+    /// A snapshot of `task` as of bus position `seq`.
+    pub fn snapshot(task: &TaskRecord, seq: u64, resync: bool) -> Event {
+        Self::build(task, EventKind::Snapshot, seq, resync)
+    }
+
+    fn build(task: &TaskRecord, kind: EventKind, seq: u64, resync: bool) -> Event {
+        let body = Body {
             status: TaskStatus::from(task),
             event: kind,
             seq,
-        })
-        .expect("events serialise");
+            resync,
+        };
+        let json = serde_json::to_vec(&body).expect("events serialise");
         let mut sse = Vec::with_capacity(json.len() + 32);
         sse.extend_from_slice(format!("id: {seq}\ndata: ").as_bytes());
         sse.extend_from_slice(&json);

@@ -136,6 +136,7 @@ fn init_tracing(json: bool) {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     init_tracing(config.log_format.eq_ignore_ascii_case("json"));
+    raise_open_files_limit();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -153,6 +154,22 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tokio::spawn(stop_on_signal(shutdown));
         app.run().await
     })
+}
+
+/// Each live client holds a socket: use all the file descriptors the system allows us.
+fn raise_open_files_limit() {
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -52,6 +52,11 @@ pub struct Config {
     #[arg(long, env = "RASTERCAST_PRIVATE_TASK_STATUS", default_value_t = false)]
     pub private_task_status: bool,
 
+    /// Seconds between SSE keep-alive comments and WebSocket pings; a WebSocket peer that
+    /// has not answered for two intervals is closed.
+    #[arg(long, env = "RASTERCAST_KEEPALIVE_SECS", default_value_t = 15)]
+    pub keepalive_secs: u64,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "RASTERCAST_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -73,6 +78,10 @@ impl Config {
 
     pub fn task_timeout(&self) -> Duration {
         Duration::from_secs(self.task_timeout_secs)
+    }
+
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.keepalive_secs.max(1))
     }
 
     pub fn cancel_grace(&self) -> Duration {

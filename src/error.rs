@@ -10,6 +10,8 @@ pub enum AppError {
     BadRequest(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The thing that was not found (or is not the caller's), e.g. "task".
     #[error("No such {0}.")]
     NotFound(&'static str),
@@ -38,6 +40,7 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
@@ -56,6 +59,7 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => "bad_request".into(),
             AppError::Unauthorized(_) => "unauthorized".into(),
+            AppError::Forbidden(_) => "forbidden".into(),
             AppError::NotFound(what) => format!("{}_not_found", what.replace(' ', "_")),
             AppError::MethodNotAllowed(_) => "method_not_allowed".into(),
             AppError::Conflict(_) => "conflict".into(),

@@ -14,6 +14,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod http;
+pub mod live;
 pub mod store;
 pub mod tasks;
 pub mod time;

@@ -1,10 +1,13 @@
 //! The HTTP API: one module per resource, each starting with its `router()`.
 
 mod content;
+mod events;
 mod extract;
 mod health;
+mod session;
 mod tasks;
 mod tree_items;
+mod ws;
 
 use axum::http::{StatusCode, Uri};
 use axum::response::{Html, IntoResponse};
@@ -18,7 +21,10 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(tree_items::router())
         .merge(content::router())
-        .merge(tasks::router());
+        .merge(tasks::router())
+        .merge(events::router())
+        .merge(session::router())
+        .merge(ws::router());
     Router::new()
         .nest("/api/v1", api)
         .merge(health::router())

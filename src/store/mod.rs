@@ -16,7 +16,7 @@ pub use tasks::{NewTask, TaskRecord};
 pub use users::{TokenInfo, User};
 
 /// Numbered migrations; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_2.sql")];
 
 #[derive(Clone)]
 pub struct Store {

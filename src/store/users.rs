@@ -113,6 +113,50 @@ pub fn revoke_token(conn: &Connection, id: &str) -> anyhow::Result<bool> {
     Ok(conn.execute("DELETE FROM tokens WHERE id = ?1", [id])? > 0)
 }
 
+/// How long a browser session lasts.
+pub const SESSION_DAYS: i64 = 30;
+
+/// Creates a session for `user`; returns its secret, which only the cookie holds.
+pub fn create_session(conn: &Connection, user: &User) -> anyhow::Result<String> {
+    let mut secret = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut secret);
+    let secret = hex::encode(secret);
+    let now = chrono::Utc::now();
+    let expires = now + chrono::Duration::days(SESSION_DAYS);
+    conn.execute(
+        "INSERT INTO sessions (secret_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        params![hash(&secret), user.id.to_string(), crate::time::format(now), crate::time::format(expires)],
+    )?;
+    Ok(secret)
+}
+
+/// The user of a live session. The secret is looked up by its hash, so timing reveals nothing.
+pub fn session_user(conn: &Connection, secret: &str) -> anyhow::Result<Option<User>> {
+    let row = conn
+        .query_row(
+            "SELECT u.id, u.name FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.secret_hash = ?1 AND s.expires_at > ?2",
+            params![hash(secret), crate::time::now()],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()?;
+    row.map(|(id, name)| {
+        Ok(User {
+            id: parse_uuid(id)?,
+            name,
+        })
+    })
+    .transpose()
+}
+
+pub fn delete_session(conn: &Connection, secret: &str) -> anyhow::Result<()> {
+    conn.execute(
+        "DELETE FROM sessions WHERE secret_hash = ?1",
+        [hash(secret)],
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,157 @@
+//! Server-Sent Events: one task's feed (by capability) and a user's feed of all their tasks.
+//! Each message is the event's SSE bytes, made once at publish time.
+
+use std::convert::Infallible;
+
+use async_stream::stream;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::extract::{Path, Query};
+use crate::app::AppState;
+use crate::auth::StreamCaller;
+use crate::error::{AppError, AppResult};
+use crate::live::{self, Follow};
+use crate::store::tasks as task_rows;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tasks/{id}/events", get(task_events))
+        .route("/events", get(user_events))
+}
+
+/// How long a browser waits before reconnecting.
+const RETRY_MS: u64 = 2000;
+
+#[derive(Deserialize)]
+struct ResumeQuery {
+    last_event_id: Option<String>,
+}
+
+/// `Last-Event-ID` header, else `?last_event_id=`; a value we never sent means "from scratch".
+fn resume_point(headers: &HeaderMap, query: &ResumeQuery) -> Option<u64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.last_event_id.as_deref())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn task_events(
+    State(state): State<AppState>,
+    caller: StreamCaller,
+    Path(id): Path<Uuid>,
+    Query(query): Query<ResumeQuery>,
+    headers: HeaderMap,
+) -> AppResult<Response> {
+    if state.config.private_task_status && caller.user.is_none() {
+        return Err(AppError::Unauthorized(
+            "This server requires a token for task events.",
+        ));
+    }
+    let task = state
+        .store
+        .call(move |c| task_rows::get(c, id))
+        .await?
+        .filter(|t| {
+            !state.config.private_task_status
+                || caller.user.as_ref().is_some_and(|u| u.id == t.user_id)
+        })
+        .ok_or(AppError::NotFound("task"))?;
+    Ok(sse(
+        state,
+        Follow::Task(task.id),
+        resume_point(&headers, &query),
+    ))
+}
+
+async fn user_events(
+    State(state): State<AppState>,
+    caller: StreamCaller,
+    Query(query): Query<ResumeQuery>,
+    headers: HeaderMap,
+) -> AppResult<Response> {
+    let user = caller.user.ok_or(AppError::Unauthorized(
+        "This feed needs a token, a session cookie or a stream ticket.",
+    ))?;
+    Ok(sse(
+        state,
+        Follow::User(user.id),
+        resume_point(&headers, &query),
+    ))
+}
+
+fn sse(state: AppState, follow: Follow, resume_after: Option<u64>) -> Response {
+    let keepalive = state.config.keepalive();
+    let body = stream! {
+        yield Ok::<Bytes, Infallible>(Bytes::from(format!("retry: {RETRY_MS}\n\n")));
+        let start = match live::start(&state.store, &state.bus, follow, resume_after).await {
+            Ok(start) => start,
+            Err(e) => {
+                tracing::error!(error = ?e, "could not start an event stream");
+                return;
+            }
+        };
+        let (mut rx, mut floor) = (start.rx, start.position);
+        if start.first.is_empty() {
+            // An id with no data moves the client's Last-Event-ID without an event.
+            yield Ok(Bytes::from(format!("id: {floor}\n\n")));
+        }
+        for event in &start.first {
+            yield Ok(event.sse.clone());
+            if ends(follow, event) {
+                return;
+            }
+        }
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        loop {
+            tokio::select! {
+                received = rx.recv() => match received {
+                    Ok(event) if event.seq > floor && follow.matches(&event) => {
+                        yield Ok(event.sse.clone());
+                        if ends(follow, &event) {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        let Ok((position, snapshots)) = live::snapshots(&state.store, &state.bus, vec![follow], true).await else { return };
+                        // Events still queued on `rx` up to `position` are in the snapshots.
+                        floor = position;
+                        for event in &snapshots {
+                            yield Ok(event.sse.clone());
+                            if ends(follow, event) {
+                                return;
+                            }
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                _ = ticks.tick() => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
+                _ = state.shutdown.cancelled() => return,
+            }
+        }
+    };
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// A task's own feed ends once the task is final.
+fn ends(follow: Follow, event: &crate::bus::Event) -> bool {
+    matches!(follow, Follow::Task(_)) && event.is_final
+}

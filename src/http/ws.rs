@@ -1,0 +1,249 @@
+//! The WebSocket: subscribe to tasks (one by capability, or all of the caller's), unsubscribe,
+//! and cancel, over JSON text frames; events are the bus's JSON, sent as made.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::{same_origin, StreamCaller};
+use crate::error::AppError;
+use crate::live::{self, Follow};
+use crate::store::{tasks as task_rows, User};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/ws", get(upgrade))
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    caller: StreamCaller,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, AppError> {
+    let ws =
+        ws.map_err(|_| AppError::BadRequest("This endpoint takes a WebSocket upgrade.".into()))?;
+    // A cookie is sent by the browser whichever page opens the socket; only our own may.
+    if caller.via_cookie && !same_origin(&headers) {
+        return Err(AppError::Forbidden(
+            "A WebSocket signed in by cookie must come from this server's own pages.",
+        ));
+    }
+    if state.shutdown.is_cancelled() {
+        return Err(AppError::ShuttingDown);
+    }
+    Ok(ws
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| Connection::new(state, caller.user).run(socket)))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe {
+        task_id: Option<Uuid>,
+        #[serde(default)]
+        all: bool,
+    },
+    Unsubscribe {
+        task_id: Option<Uuid>,
+        #[serde(default)]
+        all: bool,
+    },
+    Cancel {
+        task_id: Uuid,
+    },
+}
+
+struct Connection {
+    state: AppState,
+    user: Option<User>,
+    /// What this socket follows, each with the bus position its snapshot covers.
+    follows: HashMap<Follow, u64>,
+}
+
+fn error_frame(detail: impl std::fmt::Display) -> Message {
+    Message::text(serde_json::json!({ "type": "error", "detail": detail.to_string() }).to_string())
+}
+
+fn event_frame(json: &bytes::Bytes) -> Message {
+    Message::Text(Utf8Bytes::try_from(json.clone()).expect("events are UTF-8 JSON"))
+}
+
+impl Connection {
+    fn new(state: AppState, user: Option<User>) -> Connection {
+        Connection {
+            state,
+            user,
+            follows: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, socket: WebSocket) {
+        let (mut sink, mut incoming) = socket.split();
+        let mut rx = self.state.bus.subscribe();
+        let interval = self.state.config.keepalive();
+        let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut last_heard = Instant::now();
+        // A peer whose buffers are full for this long is as good as gone.
+        let send_timeout = interval * 2;
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            let outgoing: Vec<Message> = tokio::select! {
+                message = incoming.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        last_heard = Instant::now();
+                        self.handle(&text).await
+                    }
+                    Some(Ok(Message::Binary(_))) => vec![error_frame("Send JSON text frames.")],
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        last_heard = Instant::now();
+                        Vec::new()
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                },
+                received = rx.recv() => match received {
+                    Ok(event) if self.wants(&event) => vec![event_frame(&event.json)],
+                    Ok(_) => Vec::new(),
+                    Err(RecvError::Lagged(_)) => self.resync().await,
+                    Err(RecvError::Closed) => return,
+                },
+                _ = pings.tick() => {
+                    if last_heard.elapsed() > interval * 2 {
+                        let _ = close(&mut sink, 1008, "no answer to pings").await;
+                        return;
+                    }
+                    vec![Message::Ping(Default::default())]
+                }
+                _ = shutdown.cancelled() => {
+                    let _ = close(&mut sink, 1001, "server shutting down").await;
+                    return;
+                }
+            };
+            for message in outgoing {
+                match tokio::time::timeout(send_timeout, sink.send(message)).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+            }
+        }
+    }
+
+    fn wants(&self, event: &crate::bus::Event) -> bool {
+        self.follows
+            .iter()
+            .any(|(follow, floor)| event.seq > *floor && follow.matches(event))
+    }
+
+    /// Snapshots of everything followed, after this socket fell behind the bus.
+    async fn resync(&mut self) -> Vec<Message> {
+        let follows: Vec<Follow> = self.follows.keys().copied().collect();
+        self.snapshot(follows, true).await
+    }
+
+    async fn snapshot(&mut self, follows: Vec<Follow>, resync: bool) -> Vec<Message> {
+        match live::snapshots(&self.state.store, &self.state.bus, follows.clone(), resync).await {
+            Ok((position, events)) => {
+                for follow in follows {
+                    self.follows.insert(follow, position);
+                }
+                events.iter().map(|e| event_frame(&e.json)).collect()
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, "could not read a snapshot");
+                vec![error_frame("Internal error; it has been logged.")]
+            }
+        }
+    }
+
+    async fn handle(&mut self, text: &str) -> Vec<Message> {
+        let message: ClientMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                return vec![error_frame(format!(
+                    "Unreadable message ({e}). Send {{\"type\": \"subscribe\", \"task_id\": \"…\"}}, {{\"type\": \"subscribe\", \"all\": true}}, \"unsubscribe\" likewise, or {{\"type\": \"cancel\", \"task_id\": \"…\"}}."
+                ))]
+            }
+        };
+        match message {
+            ClientMessage::Subscribe {
+                task_id: Some(id), ..
+            } => match self.visible(id).await {
+                Ok(()) => self.snapshot(vec![Follow::Task(id)], false).await,
+                Err(e) => vec![error_frame(e)],
+            },
+            ClientMessage::Subscribe { all: true, .. } => match &self.user {
+                Some(user) => {
+                    let follow = Follow::User(user.id);
+                    self.snapshot(vec![follow], false).await
+                }
+                None => vec![error_frame(
+                    "Following all tasks needs a token, a session cookie or a stream ticket.",
+                )],
+            },
+            ClientMessage::Subscribe { .. } => {
+                vec![error_frame("subscribe needs a task_id, or all: true.")]
+            }
+            ClientMessage::Unsubscribe { task_id, all } => {
+                if let Some(id) = task_id {
+                    self.follows.remove(&Follow::Task(id));
+                }
+                if let (true, Some(user)) = (all, &self.user) {
+                    self.follows.remove(&Follow::User(user.id));
+                }
+                Vec::new()
+            }
+            ClientMessage::Cancel { task_id } => {
+                let Some(user) = &self.user else {
+                    return vec![error_frame(
+                        "Cancelling needs a token, a session cookie or a stream ticket.",
+                    )];
+                };
+                let s = &self.state;
+                match crate::tasks::cancel(&s.store, &s.bus, &s.queue, user.id, task_id).await {
+                    Ok(_) => Vec::new(),
+                    Err(e) => vec![error_frame(e)],
+                }
+            }
+        }
+    }
+
+    /// A task id is a capability, unless the server requires the owner.
+    async fn visible(&self, id: Uuid) -> Result<(), AppError> {
+        let private = self.state.config.private_task_status;
+        let user = self.user.as_ref().map(|u| u.id);
+        self.state
+            .store
+            .call(move |c| task_rows::get(c, id))
+            .await?
+            .filter(|t| !private || Some(t.user_id) == user)
+            .map(|_| ())
+            .ok_or(AppError::NotFound("task"))
+    }
+}
+
+async fn close<S>(sink: &mut S, code: u16, reason: &'static str) -> Result<(), axum::Error>
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await
+    .unwrap_or(Ok(()))
+}

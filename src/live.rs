@@ -1,0 +1,117 @@
+//! Following tasks live: where a feed starts (a snapshot, or a replay after `Last-Event-ID`),
+//! which events it keeps, and how it recovers when it falls behind. Shared by SSE and
+//! WebSocket.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::bus::{Bus, Event};
+use crate::store::{tasks as task_rows, Store, TaskRecord};
+
+/// How many of a user's most recent tasks a user-wide snapshot shows.
+pub const USER_SNAPSHOT_TASKS: u32 = 100;
+
+/// What a feed follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Follow {
+    Task(Uuid),
+    /// All tasks of a user.
+    User(Uuid),
+}
+
+impl Follow {
+    pub fn matches(&self, event: &Event) -> bool {
+        match self {
+            Follow::Task(id) => event.task_id == *id,
+            Follow::User(user) => event.user_id == *user,
+        }
+    }
+
+    fn select(self, c: &mut rusqlite::Connection) -> anyhow::Result<Vec<TaskRecord>> {
+        match self {
+            Follow::Task(id) => Ok(task_rows::get(c, id)?.into_iter().collect()),
+            Follow::User(user) => {
+                let mut tasks = task_rows::list(c, user, None, USER_SNAPSHOT_TASKS, None)?;
+                tasks.reverse(); // oldest first, as events would have come
+                Ok(tasks)
+            }
+        }
+    }
+}
+
+/// The start of a feed: a subscription, the events to send first, and the bus position they
+/// bring the client to. Events on `rx` at or below `position` are already covered.
+pub struct Start {
+    pub rx: broadcast::Receiver<Arc<Event>>,
+    pub position: u64,
+    pub first: Vec<Arc<Event>>,
+}
+
+/// Starts a feed. With `resume_after`, replays what was missed if the replay window still
+/// holds it; otherwise (or without it) sends a snapshot, marked `resync` when it replaces a
+/// replay that was asked for.
+pub async fn start(
+    store: &Store,
+    bus: &Bus,
+    follow: Follow,
+    resume_after: Option<u64>,
+) -> anyhow::Result<Start> {
+    let bus = bus.clone();
+    store
+        .call(move |c| {
+            // Under the store's lock no event is published, so subscription, position and
+            // the rows read below all describe the same moment.
+            let rx = bus.subscribe();
+            let position = bus.position();
+            if let Some(after) = resume_after {
+                if let Some(missed) = bus.replay(after, |e| follow.matches(e)) {
+                    return Ok(Start {
+                        rx,
+                        position,
+                        first: missed,
+                    });
+                }
+            }
+            let first = follow
+                .select(c)?
+                .iter()
+                .map(|t| Arc::new(Event::snapshot(t, position, resume_after.is_some())))
+                .collect();
+            Ok(Start {
+                rx,
+                position,
+                first,
+            })
+        })
+        .await
+}
+
+/// Fresh snapshots of what `follows` select, and the bus position they are as of. `resync`
+/// marks them as replacing events the client missed.
+pub async fn snapshots(
+    store: &Store,
+    bus: &Bus,
+    follows: Vec<Follow>,
+    resync: bool,
+) -> anyhow::Result<(u64, Vec<Arc<Event>>)> {
+    if resync {
+        bus.stats()
+            .lag_resyncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let bus = bus.clone();
+    store
+        .call(move |c| {
+            let position = bus.position();
+            let mut events = Vec::new();
+            for follow in follows {
+                for task in follow.select(c)? {
+                    events.push(Arc::new(Event::snapshot(&task, position, resync)));
+                }
+            }
+            Ok((position, events))
+        })
+        .await
+}
