@@ -46,8 +46,6 @@ pub struct App {
     pub admin_token: Option<String>,
 }
 
-/// Events one subscriber may fall behind before it is resynced with snapshots.
-const BUS_CAPACITY: usize = 1024;
 /// Recent events kept for `Last-Event-ID` resumes.
 const REPLAY_WINDOW: usize = 10_000;
 
@@ -88,7 +86,7 @@ impl App {
             Some(exe) => exe.clone(),
             None => std::env::current_exe().context("finding this program to run workers")?,
         };
-        let bus = Bus::new(BUS_CAPACITY, REPLAY_WINDOW);
+        let bus = Bus::new(config.bus_capacity.max(1), REPLAY_WINDOW);
         let queue = Queue::default();
         let workers = Arc::new(Workers {
             store: store.clone(),

@@ -171,14 +171,28 @@ impl FromRequestParts<AppState> for StreamCaller {
 }
 
 /// Single-use stream tickets, kept in memory: they live for seconds.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Tickets {
     issued: Arc<Mutex<HashMap<String, (User, Instant)>>>,
+    ttl: Duration,
 }
 
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
 
+impl Default for Tickets {
+    fn default() -> Self {
+        Tickets::with_ttl(TICKET_TTL)
+    }
+}
+
 impl Tickets {
+    pub fn with_ttl(ttl: Duration) -> Tickets {
+        Tickets {
+            issued: Arc::default(),
+            ttl,
+        }
+    }
+
     pub fn issue(&self, user: User) -> String {
         let mut bytes = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut bytes);
@@ -186,7 +200,7 @@ impl Tickets {
         let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         issued.retain(|_, (_, expires)| *expires > now);
-        issued.insert(ticket.clone(), (user, now + TICKET_TTL));
+        issued.insert(ticket.clone(), (user, now + self.ttl));
         ticket
     }
 
@@ -195,5 +209,44 @@ impl Tickets {
         let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
         let (user, expires) = issued.remove(ticket)?;
         (expires > Instant::now()).then_some(user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> User {
+        User {
+            id: uuid::Uuid::new_v4(),
+            name: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn tickets_work_once_and_expire() {
+        let tickets = Tickets::default();
+        let ticket = tickets.issue(alice());
+        assert_eq!(
+            tickets.redeem(&ticket).map(|u| u.name),
+            Some("alice".into())
+        );
+        assert!(tickets.redeem(&ticket).is_none(), "single use");
+
+        let short = Tickets::with_ttl(Duration::from_millis(10));
+        let ticket = short.issue(alice());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(short.redeem(&ticket).is_none(), "expired");
+    }
+
+    #[test]
+    fn origin_must_match_host() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "127.0.0.1:8000".parse().unwrap());
+        assert!(same_origin(&headers), "no Origin: not a browser");
+        headers.insert(header::ORIGIN, "http://127.0.0.1:8000".parse().unwrap());
+        assert!(same_origin(&headers));
+        headers.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert!(!same_origin(&headers));
     }
 }

@@ -61,6 +61,15 @@ pub struct Config {
     #[arg(long, env = "RASTERCAST_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
 
+    /// Events a live client may fall behind before it is resynced with snapshots.
+    #[arg(
+        long,
+        env = "RASTERCAST_BUS_CAPACITY",
+        default_value_t = 1024,
+        hide = true
+    )]
+    pub bus_capacity: usize,
+
     /// The executable run as a conversion worker (default: this program).
     #[arg(long, env = "RASTERCAST_WORKER_EXE", hide = true)]
     pub worker_exe: Option<PathBuf>,

@@ -155,3 +155,103 @@ fn sse(state: AppState, follow: Follow, resume_after: Option<u64>) -> Response {
 fn ends(follow: Follow, event: &crate::bus::Event) -> bool {
     matches!(follow, Follow::Task(_)) && event.is_final
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use futures_util::StreamExt;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::bus::EventKind;
+    use crate::store::{tasks::NewTask, users};
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        config: crate::config::Config,
+    }
+
+    /// A subscriber that falls behind the bus gets a fresh, marked snapshot with the true
+    /// state, never a stale one. (Over real sockets, kernel and hyper buffers make a lag
+    /// hard to provoke on purpose, so this drives the stream directly.)
+    #[tokio::test]
+    async fn a_lagging_stream_resyncs_with_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = Args::parse_from([
+            "test",
+            "--addr",
+            "127.0.0.1:0",
+            "--bus-capacity",
+            "1",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        let app = crate::app::App::build(args.config, CancellationToken::new())
+            .await
+            .unwrap();
+        let state = app.state().clone();
+        let (user, task) = state
+            .store
+            .call(|c| {
+                let user = users::ensure_user(c, "lagger")?;
+                let task = task_rows::insert(
+                    c,
+                    NewTask {
+                        user_id: user.id,
+                        source_id: uuid::Uuid::new_v4(),
+                        source_blob: "0".repeat(32),
+                        source_name: "x.tif".into(),
+                        parent_id: None,
+                        options: Default::default(),
+                    },
+                )?;
+                task_rows::claim_next(c)?;
+                Ok((user, task))
+            })
+            .await
+            .unwrap();
+
+        let mut body = sse(state.clone(), Follow::User(user.id), None)
+            .into_body()
+            .into_data_stream();
+        async fn next(
+            body: &mut (impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Unpin),
+        ) -> String {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), body.next()).await;
+            String::from_utf8(chunk.unwrap().unwrap().unwrap().to_vec()).unwrap()
+        }
+        assert!(next(&mut body).await.starts_with("retry:"));
+        assert!(next(&mut body).await.contains("\"event\":\"snapshot\""));
+
+        // Five events while the stream is not polled: its receiver (capacity 1) lags.
+        for step in 1..=5 {
+            let id = task.id;
+            crate::tasks::change(
+                &state.store,
+                &state.bus,
+                id,
+                EventKind::Progress,
+                move |c| task_rows::set_progress(c, id, step as f64 * 10.0, "Converting"),
+            )
+            .await
+            .unwrap();
+        }
+        let resynced = next(&mut body).await;
+        assert!(resynced.contains("\"resync\":true"), "{resynced}");
+        assert!(
+            resynced.contains("\"progress\":50.0"),
+            "the snapshot has the latest state: {resynced}"
+        );
+        assert_eq!(
+            state
+                .bus
+                .stats()
+                .lag_resyncs
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+}

@@ -20,7 +20,16 @@ async fn healthz(State(state): State<AppState>) -> AppResult<Json<serde_json::Va
         .store
         .call(|c| crate::store::tasks::pending_count(c))
         .await?;
-    Ok(Json(
-        serde_json::json!({ "status": "ok", "queued": queued, "workers": state.workers }),
-    ))
+    let bus = state.bus.stats();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(Json(serde_json::json!({
+        "status": "ok",
+        "queued": queued,
+        "workers": state.workers,
+        "events": {
+            "published": count(&bus.published),
+            "coalesced": count(&bus.coalesced),
+            "lag_resyncs": count(&bus.lag_resyncs),
+        },
+    })))
 }

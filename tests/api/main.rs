@@ -7,3 +7,5 @@ mod hostile;
 mod http;
 mod isolation;
 mod lifecycle;
+mod live;
+mod live_clients;
