@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource, each starting with its `router()`.
 
 mod content;
+mod dashboard;
 mod events;
 mod extract;
 mod health;
@@ -9,9 +10,7 @@ mod tasks;
 mod tree_items;
 mod ws;
 
-use axum::http::{StatusCode, Uri};
-use axum::response::{Html, IntoResponse};
-use axum::routing::get;
+use axum::http::Uri;
 use axum::Router;
 
 use crate::app::AppState;
@@ -28,7 +27,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .merge(health::router())
-        .route("/", get(index))
+        .merge(dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(span_without_query))
@@ -47,14 +46,4 @@ async fn not_found(uri: Uri) -> AppError {
 
 async fn method_not_allowed() -> AppError {
     AppError::MethodNotAllowed("This method is not allowed on this path.".into())
-}
-
-async fn index() -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        Html(
-            "<!doctype html><title>rastercast</title><h1>rastercast</h1>\
-             <p>The conversion API is at <code>/api/v1</code>; see the README.</p>",
-        ),
-    )
 }

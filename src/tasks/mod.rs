@@ -32,6 +32,8 @@ pub struct TaskStatus<'a> {
     pub result: Option<&'a serde_json::Value>,
     pub error: Option<&'a str>,
     pub tree_item_id: Uuid,
+    /// The source's display name, so a list of tasks can be drawn without more requests.
+    pub source_name: &'a str,
     pub created_at: &'a str,
     pub started_at: Option<&'a str>,
     pub finished_at: Option<&'a str>,
@@ -51,6 +53,7 @@ impl<'a> From<&'a TaskRecord> for TaskStatus<'a> {
             result: t.result.as_ref(),
             error: t.error.as_deref(),
             tree_item_id: t.source_id,
+            source_name: &t.source_name,
             created_at: &t.created_at,
             started_at: t.started_at.as_deref(),
             finished_at: t.finished_at.as_deref(),

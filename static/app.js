@@ -1,0 +1,503 @@
+// The rastercast dashboard: sign-in, the file tree, conversions with live progress
+// (WebSocket, then SSE, then polling), and a map preview read from the COG with Range requests.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+const FINAL = new Set(['SUCCESS', 'FAILURE', 'REVOKED']);
+
+class ApiError extends Error {
+  constructor(status, detail) { super(detail); this.status = status; }
+}
+
+async function api(path, options = {}) {
+  const response = await fetch('/api/v1' + path, { credentials: 'same-origin', ...options });
+  if (response.status === 204) return null;
+  const body = await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, (body && body.detail) || response.statusText);
+  return body;
+}
+
+const json = (method, body) => ({
+  method, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+});
+
+// Errors are always shown on the page, never only logged.
+function showError(error) {
+  const box = document.createElement('div');
+  const text = document.createElement('span');
+  text.textContent = error instanceof Error ? error.message : String(error);
+  const close = document.createElement('button');
+  close.type = 'button'; close.className = 'secondary'; close.textContent = 'Dismiss';
+  close.onclick = () => box.remove();
+  box.append(text, close);
+  $('alerts').append(box);
+}
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  for (const child of children) if (child != null) node.append(child);
+  return node;
+}
+
+function bytes(n) {
+  if (n < 1024) return n + ' B';
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let i = -1;
+  do { n /= 1024; i++; } while (n >= 1024 && i < units.length - 1);
+  return n.toFixed(1) + ' ' + units[i];
+}
+
+function geoSummary(g) {
+  if (!g) return '';
+  const bands = g.bands ? g.bands.map((b) => b.data_type).join('/') : '';
+  return `${g.width}×${g.height}, ${g.band_count} band(s) ${bands}, ${g.crs || 'no CRS'}, ` +
+    `${g.compression}, blocks ${g.block_size.join('×')}, overviews ${g.overviews.length}`;
+}
+
+// ---------------------------------------------------------------- sign-in
+
+async function signIn(token) {
+  await api('/session', json('POST', { token }));
+}
+
+async function start() {
+  $('sign-in-form').onsubmit = async (e) => {
+    e.preventDefault();
+    try { await signIn($('token').value.trim()); $('token').value = ''; await enter(); }
+    catch (err) { showError(err); }
+  };
+  $('sign-out').onclick = async () => {
+    try { await api('/session', { method: 'DELETE' }); } catch (err) { showError(err); }
+    live.stop();
+    location.reload();
+  };
+  // The URL printed on first start carries the token in the fragment, which never reaches
+  // the server's logs; it is exchanged for the cookie and removed from the address bar.
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (fragment.get('token')) {
+    history.replaceState(null, '', location.pathname + location.search);
+    try { await signIn(fragment.get('token')); } catch (err) { showError(err); }
+  }
+  await enter();
+}
+
+async function enter() {
+  let me;
+  try { me = await api('/session'); }
+  catch (err) {
+    if (err.status !== 401) showError(err);
+    $('sign-in').hidden = false; $('app').hidden = true; $('sign-out').hidden = true;
+    $('token').focus();
+    return;
+  }
+  $('sign-in').hidden = true; $('app').hidden = false; $('sign-out').hidden = false;
+  $('who').textContent = me.user;
+  tree.init();
+  tasks.init();
+  await Promise.all([tree.open(null, 'Home'), tasks.load()]);
+  live.start();
+}
+
+// ---------------------------------------------------------------- file tree
+
+const tree = {
+  path: [],
+  current: null,
+  convertTarget: null,
+
+  init() {
+    $('file-input').onchange = (e) => { this.upload([...e.target.files]); e.target.value = ''; };
+    const drop = $('drop');
+    drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
+    drop.ondragleave = () => drop.classList.remove('over');
+    drop.ondrop = (e) => { e.preventDefault(); drop.classList.remove('over'); this.upload([...e.dataTransfer.files]); };
+    $('folder-form').onsubmit = async (e) => {
+      e.preventDefault();
+      try {
+        await api('/tree-items/folders', json('POST', { name: $('folder-name').value, parent_id: this.current }));
+        $('folder-name').value = '';
+        await this.refresh();
+      } catch (err) { showError(err); }
+    };
+    $('convert-cancel').onclick = () => $('convert-dialog').close();
+    $('convert-form').onsubmit = (e) => { e.preventDefault(); this.convert(); };
+  },
+
+  async open(id, name) {
+    const at = this.path.findIndex((p) => p.id === id);
+    if (at >= 0) this.path = this.path.slice(0, at + 1); else this.path.push({ id, name });
+    this.current = id;
+    await this.refresh();
+  },
+
+  async refresh() {
+    let items;
+    try { items = await api('/tree-items' + (this.current ? '?parent_id=' + this.current : '')); }
+    catch (err) { showError(err); return; }
+    const crumbs = $('crumbs');
+    crumbs.replaceChildren(...this.path.map((p, i) => el('button', {
+      type: 'button', textContent: (i ? '/ ' : '') + p.name, onclick: () => this.open(p.id, p.name),
+    })));
+    $('items').replaceChildren(...items.map((item) => this.row(item)));
+    if (!items.length) $('items').append(el('li', { className: 'muted', textContent: 'This folder is empty.' }));
+  },
+
+  row(item) {
+    const actions = el('div', { className: 'row' });
+    if (item.kind === 'folder') {
+      actions.append(el('button', { type: 'button', textContent: 'Open', onclick: () => this.open(item.id, item.name) }));
+    } else {
+      actions.append(el('button', {
+        type: 'button', textContent: 'Convert to Geo-Raster', onclick: () => this.askConvert(item),
+      }));
+      actions.append(el('a', { className: 'button secondary', href: `/api/v1/tree-items/${item.id}/content`,
+        download: item.name, textContent: 'Download' }));
+      if (item.geo_raster) {
+        actions.append(el('button', { type: 'button', className: 'secondary', textContent: 'Show on map',
+          onclick: () => map.show(item.id, item.name, item.geo_raster) }));
+      }
+    }
+    actions.append(el('button', { type: 'button', className: 'danger', textContent: 'Delete',
+      onclick: () => this.remove(item) }));
+    const meta = item.kind === 'folder' ? 'Folder'
+      : `${bytes(item.size)} · ${item.content_type || ''}` + (item.geo_raster ? ' · ' + geoSummary(item.geo_raster) : '');
+    const li = el('li', {},
+      el('span', { className: 'name', textContent: (item.kind === 'folder' ? '📁 ' : '') + item.name }),
+      el('span', { className: 'meta', textContent: meta }), actions);
+    li.dataset.id = item.id;
+    return li;
+  },
+
+  async remove(item) {
+    if (!confirm(`Delete ${item.name}${item.kind === 'folder' ? ' and everything in it' : ''}?`)) return;
+    try { await api('/tree-items/' + item.id, { method: 'DELETE' }); await this.refresh(); }
+    catch (err) { showError(err); }
+  },
+
+  upload(files) {
+    for (const file of files) {
+      const bar = el('span', { style: 'width:0%' });
+      const progress = el('div', { className: 'bar', role: 'progressbar', ariaLabel: 'Uploading ' + file.name,
+        ariaValueMin: 0, ariaValueMax: 100, ariaValueNow: 0 }, bar);
+      const line = el('div', { className: 'upload' }, el('span', { className: 'meta', textContent: file.name }), progress);
+      $('uploads').append(line);
+      const form = new FormData();
+      if (this.current) form.append('parent_id', this.current);
+      form.append('file', file, file.name);
+      // XMLHttpRequest, because fetch cannot report upload progress.
+      const xhr = new XMLHttpRequest();
+      xhr.open('POST', '/api/v1/tree-items');
+      xhr.upload.onprogress = (e) => {
+        if (!e.lengthComputable) return;
+        const pct = Math.round((e.loaded / e.total) * 100);
+        bar.style.width = pct + '%'; progress.setAttribute('aria-valuenow', pct);
+      };
+      xhr.onload = () => {
+        line.remove();
+        if (xhr.status === 201) { this.refresh(); return; }
+        let detail = xhr.statusText;
+        try { detail = JSON.parse(xhr.responseText).detail; } catch (_) { /* not JSON */ }
+        showError(`Upload of ${file.name} failed: ${detail}`);
+      };
+      xhr.onerror = () => { line.remove(); showError(`Upload of ${file.name} failed: the connection broke.`); };
+      xhr.send(form);
+    }
+  },
+
+  askConvert(item) {
+    this.convertTarget = item;
+    $('convert-source').textContent = item.name;
+    $('convert-dialog').showModal();
+  },
+
+  async convert() {
+    const form = $('convert-form');
+    const options = {};
+    for (const field of form.elements) {
+      if (!field.name) continue;
+      if (field.type === 'checkbox') { if (field.checked) options[field.name] = true; continue; }
+      const value = field.value.trim();
+      if (value === '') continue;
+      options[field.name] = ['quality', 'blocksize'].includes(field.name) ? Number(value) : value;
+    }
+    const item = this.convertTarget;
+    try {
+      const started = await api(`/tree-items/${item.id}/convert-to-geo-raster`, json('POST', options));
+      $('convert-dialog').close();
+      tasks.update(await api(`/tasks/${started.task_id}/status`));
+    } catch (err) { showError(err); }
+  },
+};
+
+// ---------------------------------------------------------------- tasks
+
+const tasks = {
+  byId: new Map(),
+  rates: new Map(),
+
+  init() { this.byId.clear(); $('tasks').replaceChildren(); },
+
+  async load() {
+    try {
+      const page = await api('/tasks?limit=50');
+      for (const status of page.tasks.reverse()) this.update(status);
+    } catch (err) { showError(err); }
+  },
+
+  // Any single event is enough to draw a task; older ones than what is shown are ignored.
+  update(status) {
+    const known = this.byId.get(status.task_id);
+    if (known && status.seq != null && known.seq != null && status.seq < known.seq) return;
+    if (known && FINAL.has(known.state) && !FINAL.has(status.state)) return;
+    this.byId.set(status.task_id, status);
+    this.track(status);
+    let row = $('task-' + status.task_id);
+    if (!row) {
+      row = this.row(status);
+      $('tasks').prepend(row);
+    }
+    this.fill(row, status);
+    $('no-tasks').hidden = this.byId.size > 0;
+    if (status.state === 'SUCCESS' && known && known.state !== 'SUCCESS') tree.refresh();
+  },
+
+  row(status) {
+    const li = el('li', { id: 'task-' + status.task_id });
+    li.innerHTML = `<div class="row"><strong class="title"></strong><span class="state"></span></div>
+      <div class="bar" role="progressbar" aria-valuemin="0" aria-valuemax="100"><span></span></div>
+      <div class="meta status"></div><div class="error"></div><div class="meta result"></div>
+      <div class="row actions"></div>`;
+    li.querySelector('.bar').setAttribute('aria-label', 'Conversion of ' + status.source_name);
+    return li;
+  },
+
+  fill(row, s) {
+    row.querySelector('.title').textContent = s.source_name || s.task_id;
+    const state = row.querySelector('.state');
+    state.textContent = s.state; state.className = 'state ' + s.state;
+    const bar = row.querySelector('.bar');
+    bar.setAttribute('aria-valuenow', String(s.progress));
+    bar.querySelector('span').style.width = s.progress + '%';
+    let line = s.status || '';
+    if (s.state === 'PENDING' && s.queue_position) line = `Queued, position ${s.queue_position}`;
+    const eta = this.eta(s);
+    if (eta) line += ` · about ${eta} left`;
+    row.querySelector('.status').textContent = `${line} · ${Math.round(s.progress)}%`;
+    row.querySelector('.error').textContent = s.state === 'FAILURE' ? s.error || 'Failed.' : '';
+    const result = row.querySelector('.result');
+    const actions = row.querySelector('.actions');
+    actions.replaceChildren();
+    result.textContent = s.state === 'SUCCESS' && s.result ? geoSummary(s.result) + ` · ${bytes(s.result.size_bytes)} in ${s.result.duration_s}s` : '';
+    if (s.state === 'SUCCESS' && s.result) {
+      actions.append(el('button', { type: 'button', className: 'secondary', textContent: 'Show on map',
+        onclick: () => map.show(s.result.tree_item_id, s.source_name, s.result) }));
+      for (const w of s.result.warnings || []) result.append(el('div', { textContent: '⚠ ' + w }));
+    }
+    if (!FINAL.has(s.state)) {
+      actions.append(el('button', { type: 'button', className: 'danger', textContent: 'Cancel',
+        disabled: s.status === 'Cancelling…', onclick: () => this.cancel(s.task_id) }));
+    }
+  },
+
+  async cancel(id) {
+    try { this.update(await api(`/tasks/${id}/cancel`, { method: 'POST' })); }
+    catch (err) { showError(err); }
+  },
+
+  track(s) {
+    if (s.state !== 'PROGRESS') { this.rates.delete(s.task_id); return; }
+    if (!this.rates.has(s.task_id)) this.rates.set(s.task_id, { t: performance.now(), p: s.progress });
+  },
+
+  eta(s) {
+    const first = this.rates.get(s.task_id);
+    if (!first || s.state !== 'PROGRESS' || s.progress <= first.p + 1) return '';
+    const seconds = ((performance.now() - first.t) / 1000) * ((100 - s.progress) / (s.progress - first.p));
+    return seconds < 60 ? Math.ceil(seconds) + ' s' : Math.ceil(seconds / 60) + ' min';
+  },
+};
+
+// ---------------------------------------------------------------- live updates
+
+// WebSocket first; SSE when WebSockets fail; polling when both do. Each retries with backoff.
+const live = {
+  mode: null, ws: null, es: null, timer: null, failures: 0, delay: 1000, stopped: false,
+
+  set(mode, on) {
+    this.mode = mode;
+    const badge = $('live');
+    badge.textContent = mode; badge.classList.toggle('on', on);
+    badge.dataset.mode = mode.split(' ')[0].toLowerCase();
+  },
+
+  start() { this.stopped = false; this.failures = 0; this.websocket(); },
+
+  stop() {
+    this.stopped = true;
+    if (this.ws) this.ws.close();
+    if (this.es) this.es.close();
+    clearTimeout(this.timer);
+  },
+
+  retry(next) {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(next, this.delay);
+    this.delay = Math.min(this.delay * 2, 30000);
+  },
+
+  websocket() {
+    if (this.stopped) return;
+    if (typeof WebSocket !== 'function' || this.failures >= 2) { this.failures = 0; this.sse(); return; }
+    let opened = false;
+    let ws;
+    try { ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/api/v1/ws`); }
+    catch (_) { this.failures = 2; this.websocket(); return; }
+    this.ws = ws;
+    ws.onopen = () => {
+      opened = true; this.failures = 0; this.delay = 1000;
+      this.set('Live · WebSocket', true);
+      ws.send(JSON.stringify({ type: 'subscribe', all: true }));
+    };
+    ws.onmessage = (e) => {
+      const message = JSON.parse(e.data);
+      if (message.type === 'error') showError(message.detail); else tasks.update(message);
+    };
+    ws.onclose = () => {
+      if (this.stopped) return;
+      if (!opened) this.failures++;
+      this.set('Reconnecting…', false);
+      this.retry(() => this.websocket());
+    };
+  },
+
+  sse() {
+    if (this.stopped) return;
+    if (typeof EventSource !== 'function' || this.failures >= 2) { this.failures = 0; this.poll(); return; }
+    const es = new EventSource('/api/v1/events');
+    this.es = es;
+    let opened = false;
+    es.onopen = () => { opened = true; this.failures = 0; this.delay = 1000; this.set('Live · SSE', true); };
+    es.onmessage = (e) => { if (e.data) tasks.update(JSON.parse(e.data)); };
+    es.onerror = () => {
+      // EventSource reconnects by itself (with Last-Event-ID) unless the server refused it.
+      if (es.readyState !== EventSource.CLOSED) { this.set('Reconnecting…', false); return; }
+      es.close();
+      if (!opened) this.failures++;
+      this.retry(() => this.sse());
+    };
+  },
+
+  async poll() {
+    if (this.stopped) return;
+    try {
+      const page = await api('/tasks?limit=50');
+      for (const status of page.tasks.reverse()) tasks.update(status);
+      this.set('Polling', true); this.delay = 2000;
+      this.timer = setTimeout(() => this.poll(), 2000);
+    } catch (err) {
+      this.set('Offline, retrying…', false);
+      this.retry(() => this.poll());
+    }
+  },
+};
+
+// ---------------------------------------------------------------- map preview
+
+// Reads the COG through the content endpoint with HTTP Range requests (geotiff.js picks the
+// overview that fits the canvas) and draws it with its extent; there is no basemap to fetch.
+const map = {
+  image: null, zoom: 1, x: 0, y: 0, drag: null, extent: null,
+
+  async show(itemId, name, geo) {
+    $('map-caption').textContent = 'Loading ' + name + '…';
+    try {
+      const tiff = await GeoTIFF.fromUrl(`/api/v1/tree-items/${itemId}/content`, { allowFullFile: false });
+      const canvas = $('map');
+      const width = geo.width, height = geo.height;
+      const scale = Math.min(1, canvas.width / width, canvas.height / height);
+      const w = Math.max(1, Math.round(width * scale)), h = Math.max(1, Math.round(height * scale));
+      const rasters = await tiff.readRasters({ width: w, height: h, interleave: false });
+      this.image = await createImageBitmap(this.rgba(rasters, w, h, geo));
+      this.zoom = 1; this.x = 0; this.y = 0;
+      this.extent = geo.bounds_wgs84;
+      this.draw();
+      $('map-caption').textContent = name;
+      $('map-extent').textContent = this.extent
+        ? `WGS 84 extent: ${this.extent.map((v) => v.toFixed(4)).join(', ')} (west, south, east, north)`
+        : `Extent in its own coordinates: ${geo.bounds.map((v) => v.toFixed(2)).join(', ')} (no CRS)`;
+      this.bind();
+    } catch (err) {
+      $('map-caption').textContent = 'The preview could not be drawn.';
+      showError('Map preview: ' + err.message);
+    }
+  },
+
+  rgba(rasters, w, h, geo) {
+    const out = new ImageData(w, h);
+    const n = rasters.length;
+    const nodata = typeof geo.nodata === 'number' ? geo.nodata : geo.nodata === 'nan' ? NaN : null;
+    const alpha = geo.bands && geo.bands.findIndex((b) => b.color_interpretation === 'Alpha');
+    const colour = n >= 3 ? [0, 1, 2] : [0, 0, 0];
+    // Stretch each band between its min and max, skipping nodata.
+    const ranges = colour.map((b) => {
+      let lo = Infinity, hi = -Infinity;
+      for (const v of rasters[b]) {
+        if (v !== v || v === nodata) continue;
+        if (v < lo) lo = v; if (v > hi) hi = v;
+      }
+      if (geo.bands && geo.bands[b] && geo.bands[b].data_type === 'Byte') return [0, 255];
+      return [lo, hi > lo ? hi : lo + 1];
+    });
+    for (let i = 0; i < w * h; i++) {
+      let transparent = false;
+      for (let c = 0; c < 3; c++) {
+        const v = rasters[colour[c]][i];
+        if (v !== v || (nodata !== null && v === nodata && n < 3)) transparent = true;
+        const [lo, hi] = ranges[c];
+        out.data[i * 4 + c] = Math.max(0, Math.min(255, ((v - lo) / (hi - lo)) * 255));
+      }
+      if (n >= 3 && nodata !== null && colour.every((b) => rasters[b][i] === nodata)) transparent = true;
+      out.data[i * 4 + 3] = transparent ? 0 : alpha > 0 ? rasters[alpha][i] : 255;
+    }
+    return out;
+  },
+
+  draw() {
+    const canvas = $('map');
+    const ctx = canvas.getContext('2d');
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    if (!this.image) return;
+    const fit = Math.min(canvas.width / this.image.width, canvas.height / this.image.height) * this.zoom;
+    const w = this.image.width * fit, h = this.image.height * fit;
+    ctx.imageSmoothingEnabled = this.zoom < 4;
+    ctx.drawImage(this.image, (canvas.width - w) / 2 + this.x, (canvas.height - h) / 2 + this.y, w, h);
+  },
+
+  bind() {
+    const canvas = $('map');
+    if (canvas.dataset.bound) return;
+    canvas.dataset.bound = '1';
+    const zoomBy = (f) => { this.zoom = Math.max(0.5, Math.min(32, this.zoom * f)); this.draw(); };
+    canvas.addEventListener('wheel', (e) => { e.preventDefault(); zoomBy(e.deltaY < 0 ? 1.25 : 0.8); }, { passive: false });
+    canvas.addEventListener('pointerdown', (e) => { this.drag = [e.clientX, e.clientY]; canvas.setPointerCapture(e.pointerId); });
+    canvas.addEventListener('pointermove', (e) => {
+      if (!this.drag) return;
+      const k = canvas.width / canvas.getBoundingClientRect().width;
+      this.x += (e.clientX - this.drag[0]) * k; this.y += (e.clientY - this.drag[1]) * k;
+      this.drag = [e.clientX, e.clientY]; this.draw();
+    });
+    canvas.addEventListener('pointerup', () => { this.drag = null; });
+    canvas.addEventListener('keydown', (e) => {
+      const step = 40;
+      const keys = { '+': () => zoomBy(1.25), '=': () => zoomBy(1.25), '-': () => zoomBy(0.8),
+        ArrowLeft: () => { this.x += step; }, ArrowRight: () => { this.x -= step; },
+        ArrowUp: () => { this.y += step; }, ArrowDown: () => { this.y -= step; } };
+      if (keys[e.key]) { e.preventDefault(); keys[e.key](); this.draw(); }
+    });
+  },
+};
+
+window.addEventListener('error', (e) => showError(e.message));
+window.addEventListener('unhandledrejection', (e) => showError(e.reason && e.reason.message ? e.reason.message : String(e.reason)));
+start();

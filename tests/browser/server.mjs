@@ -1,0 +1,56 @@
+// Starts the real rastercast binary on port 0 for browser tests, and launches Debian's Chromium.
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, existsSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { chromium } from 'playwright-core';
+
+export const root = path.resolve(import.meta.dirname, '../..');
+export const data = (name) => path.resolve(root, '../shared/data', name);
+const binary = path.join(root, 'target/debug/rastercast');
+
+export async function startServer(args = []) {
+  if (!existsSync(binary)) throw new Error(`build first: ${binary} is missing (cargo build)`);
+  const dir = mkdtempSync(path.join(tmpdir(), 'rastercast-browser-'));
+  const child = spawn(binary, ['serve', '--addr', '127.0.0.1:0', '--data-dir', dir, ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'rastercast=warn' },
+  });
+  const lines = readline.createInterface({ input: child.stdout });
+  let token = null;
+  const url = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('server did not start')), 20000);
+    lines.on('line', (line) => {
+      const text = line.trim();
+      if (text.startsWith('rc_')) token = text;
+      const match = text.match(/^rastercast listening on (http:\S+)/);
+      if (match) { clearTimeout(timer); resolve(match[1]); }
+    });
+    child.on('exit', (code) => reject(new Error('server exited with ' + code)));
+  });
+  return {
+    url, token, dir,
+    async stop() { child.kill('SIGTERM'); await new Promise((r) => child.on('exit', r)); rmSync(dir, { recursive: true, force: true }); },
+  };
+}
+
+export async function launch() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+      '--no-first-run', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+/// An 8192×8192 3-band raster from shade.tif, made once, for conversions slow enough to watch.
+export function bigRaster() {
+  const file = path.join(root, 'target/tmp/big-8192x8192x3.tif');
+  if (!existsSync(file)) {
+    execFileSync('mkdir', ['-p', path.dirname(file)]);
+    const partial = file + '.part.tif';
+    execFileSync('gdal_translate', ['-q', '-outsize', '8192', '8192', '-b', '1', '-b', '1', '-b', '1', '-r', 'cubic',
+      '-co', 'COMPRESS=DEFLATE', '-co', 'TILED=YES', data('shade.tif'), partial]);
+    execFileSync('mv', [partial, file]);
+  }
+  return file;
+}
