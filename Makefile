@@ -8,9 +8,11 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 run: setup
 	cargo run --release -- serve
 
-## Set up and run every test.
+## Set up and run every test: Rust unit and integration tests, then the browser tests.
 test: setup
+	@./scripts/setup.sh --browser
 	cargo test
+	node --test tests/browser/
 
 ## Formatting and lints, as CI would want them.
 lint: setup

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing rastercast needs, and only what is missing:
-# GDAL (library, headers and command-line tools), SQLite headers, a C toolchain, and Rust.
+# GDAL (library, headers and command-line tools), SQLite headers, a C toolchain and Rust;
+# with `--browser`, also Node.js, npm, Debian's Chromium and the pinned npm packages.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 packages=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
-for pkg in libgdal-dev gdal-bin libsqlite3-dev pkg-config build-essential python3 curl ca-certificates; do
+for pkg in libgdal-dev gdal-bin libsqlite3-dev pkg-config build-essential curl ca-certificates; do
     have_pkg "$pkg" || packages+=("$pkg")
 done
+if [ "${1:-}" = "--browser" ]; then
+    command -v node >/dev/null 2>&1 || packages+=(nodejs)
+    command -v npm >/dev/null 2>&1 || packages+=(npm)
+    [ -x /usr/bin/chromium ] || packages+=(chromium)
+fi
 if ((${#packages[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -19,4 +26,9 @@ fi
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
     echo "Installing the Rust toolchain (rustup)"
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+fi
+
+# The browser tests drive Debian's Chromium with playwright-core; no browser is downloaded.
+if [ "${1:-}" = "--browser" ] && [ ! -d node_modules/playwright-core ]; then
+    npm ci --no-audit --no-fund
 fi

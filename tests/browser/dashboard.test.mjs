@@ -1,0 +1,155 @@
+// The dashboard in Debian's headless Chromium against the real server.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, launch, data, bigRaster } from './server.mjs';
+
+let browser;
+before(async () => { browser = await launch(); });
+after(async () => { await browser.close(); });
+
+/// A signed-in page on a fresh server, with page errors collected.
+async function signedIn(t, { viewport = { width: 1200, height: 900 }, init } = {}) {
+  const server = await startServer();
+  t.after(() => server.stop());
+  const context = await browser.newContext({ viewport });
+  t.after(() => context.close());
+  const page = await context.newPage();
+  if (init) await init(page);
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(`${server.url}/#token=${server.token}`);
+  await page.waitForSelector('#app:not([hidden])');
+  return { server, page, errors };
+}
+
+async function upload(page, file, name) {
+  await page.setInputFiles('#file-input', file);
+  await page.waitForSelector(`#items li:has(.name:text-is("${name}"))`);
+}
+
+async function convert(page, name, options = {}) {
+  await page.click(`#items li:has(.name:text-is("${name}")) >> text=Convert to Geo-Raster`);
+  for (const [field, value] of Object.entries(options)) await page.fill(`#opt-${field}`, value);
+  await page.click('#convert-start');
+  await page.waitForSelector('#convert-dialog:not([open])', { state: 'attached' });
+}
+
+const task = (page, name) => page.locator(`#tasks li:has(.title:text-is("${name}"))`).first();
+
+test('sign-in from the printed URL, upload, convert, and a map drawn from the COG with Range requests', async (t) => {
+  const { page, errors } = await signedIn(t);
+  assert.equal(await page.evaluate(() => location.hash), '', 'the token leaves the address bar');
+  await page.waitForSelector('#live[data-mode="live"]');
+  assert.match(await page.textContent('#live'), /WebSocket/);
+
+  await upload(page, data('RGB.byte.tif'), 'RGB.byte.tif');
+  await convert(page, 'RGB.byte.tif');
+  const row = task(page, 'RGB.byte.tif');
+  await row.locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+  assert.equal(await row.locator('.bar').getAttribute('aria-valuenow'), '100');
+  assert.match(await row.locator('.result').textContent(), /791×718, 3 band\(s\).*EPSG:32618/);
+  await page.waitForSelector('#items li:has(.name:text-is("RGB.byte.cog.tif"))');
+
+  const ranges = [];
+  page.on('request', (r) => { if (r.url().includes('/content') && r.headers().range) ranges.push(r.headers().range); });
+  await row.locator('text=Show on map').click();
+  await page.waitForFunction(() => document.getElementById('map-caption').textContent === 'RGB.byte.tif');
+  const painted = await page.evaluate(() => {
+    const c = document.getElementById('map');
+    const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 3; i < px.length; i += 4) if (px[i] > 0 && (px[i - 1] || px[i - 2] || px[i - 3])) n++;
+    return n;
+  });
+  assert.ok(painted > 10000, `the map drew ${painted} pixels`);
+  assert.ok(ranges.length > 0, 'the COG was read with Range requests');
+  assert.match(await page.textContent('#map-extent'), /WGS 84 extent: -78\.9/);
+  assert.deepEqual(errors, []);
+
+  await page.click('#sign-out');
+  await page.waitForSelector('#sign-in:not([hidden])');
+});
+
+test('progress advances live, and a long conversion can be cancelled', async (t) => {
+  const { page } = await signedIn(t);
+  await upload(page, bigRaster(), 'big-8192x8192x3.tif');
+  // Record every value the progress bar takes.
+  await page.evaluate(() => {
+    window.seen = [];
+    new MutationObserver(() => {
+      const bar = document.querySelector('#tasks li .bar');
+      if (bar) window.seen.push(Number(bar.getAttribute('aria-valuenow')));
+    }).observe(document.getElementById('tasks'), { subtree: true, attributes: true, childList: true });
+  });
+  await convert(page, 'big-8192x8192x3.tif');
+  const row = task(page, 'big-8192x8192x3.tif');
+  await row.locator('.state.SUCCESS').waitFor({ timeout: 120000 });
+  const seen = await page.evaluate(() => window.seen);
+  assert.ok(seen.some((v) => v > 0 && v < 100), `intermediate values seen: ${seen.slice(0, 20)}`);
+  assert.ok(seen.filter((v) => v > 0 && v < 100).length >= 3, 'the bar moved several times before the end');
+  for (let i = 1; i < seen.length; i++) assert.ok(seen[i] >= seen[i - 1], `never backwards: ${seen[i - 1]} -> ${seen[i]}`);
+
+  await convert(page, 'big-8192x8192x3.tif', { crs: 'EPSG:4326' });
+  const second = page.locator('#tasks li').first();
+  await page.waitForFunction(() => Number(document.querySelector('#tasks li .bar').getAttribute('aria-valuenow')) > 5, null, { timeout: 60000 });
+  assert.match(await second.locator('.status').textContent(), /left/, 'an ETA is shown');
+  await second.locator('button:text("Cancel")').click();
+  await second.locator('.state.REVOKED').waitFor({ timeout: 15000 });
+  assert.equal(await second.locator('button:text("Cancel")').count(), 0);
+});
+
+test('a corrupt file shows its error', async (t) => {
+  const { page } = await signedIn(t);
+  await upload(page, data('corrupt.tif'), 'corrupt.tif');
+  await convert(page, 'corrupt.tif');
+  const row = task(page, 'corrupt.tif');
+  await row.locator('.state.FAILURE').waitFor({ timeout: 60000 });
+  assert.match(await row.locator('.error').textContent(), /TIFFReadEncodedTile|could not/);
+
+  // An impossible option is refused with the server's sentence, shown on the page.
+  await page.click('#items li:has(.name:text-is("corrupt.tif")) >> text=Convert to Geo-Raster');
+  await page.fill('#opt-crs', '/etc/passwd');
+  await page.click('#convert-start');
+  await page.waitForSelector('#alerts div:has-text("target_crs")');
+});
+
+test('a reload in the middle of a task reattaches to it', async (t) => {
+  const { page } = await signedIn(t);
+  await upload(page, bigRaster(), 'big-8192x8192x3.tif');
+  await convert(page, 'big-8192x8192x3.tif', { crs: 'EPSG:4326' });
+  const progress = () => page.evaluate(() => Number(document.querySelector('#tasks li .bar')?.getAttribute('aria-valuenow') ?? -1));
+  await page.waitForFunction(() => Number(document.querySelector('#tasks li .bar')?.getAttribute('aria-valuenow')) > 3, null, { timeout: 60000 });
+  await page.reload();
+  await page.waitForSelector('#app:not([hidden])');
+  const after = await progress();
+  assert.ok(after > 3, `the task is back after the reload at ${after}%`);
+  await page.waitForFunction((p) => Number(document.querySelector('#tasks li .bar').getAttribute('aria-valuenow')) > p, after, { timeout: 60000 });
+  await page.locator('#tasks li').first().locator('button:text("Cancel")').click();
+  await page.locator('#tasks li').first().locator('.state.REVOKED').waitFor({ timeout: 15000 });
+});
+
+test('with WebSockets blocked the page falls back to SSE and still finishes', async (t) => {
+  const { page } = await signedIn(t, {
+    init: (page) => page.routeWebSocket(/\/api\/v1\/ws/, (ws) => ws.close({ code: 1011, reason: 'blocked' })),
+  });
+  await page.waitForSelector('#live[data-mode="live"]', { timeout: 20000 });
+  assert.match(await page.textContent('#live'), /SSE/);
+  await upload(page, data('byte.tif'), 'byte.tif');
+  await convert(page, 'byte.tif');
+  await task(page, 'byte.tif').locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+});
+
+test('fits a phone-width screen and works from the keyboard', async (t) => {
+  const { page } = await signedIn(t, { viewport: { width: 375, height: 740 } });
+  await upload(page, data('byte.tif'), 'byte.tif');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `no sideways scrolling (${overflow}px too wide)`);
+  // Keyboard only: focus the file's convert button, open the dialog, start it.
+  await page.focus('#items li:has(.name:text-is("byte.tif")) >> text=Convert to Geo-Raster');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#convert-dialog[open]');
+  await page.focus('#convert-start');
+  await page.keyboard.press('Enter');
+  await task(page, 'byte.tif').locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+  await page.screenshot({ path: 'target/dashboard-phone.png', fullPage: true });
+});
