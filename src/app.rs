@@ -13,6 +13,7 @@ use crate::auth::Tickets;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::convert::Limits;
+use crate::metrics::Metrics;
 use crate::store::{items, tasks as task_rows, users, Store};
 use crate::tasks::{ChildLimits, Queue, Workers};
 use crate::tree::Blobs;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub queue: Queue,
     /// Single-use tickets for browsers' EventSource and WebSocket.
     pub tickets: Tickets,
+    /// Prometheus metrics, shared with the workers.
+    pub metrics: Arc<Metrics>,
     /// Cancelled on SIGINT/SIGTERM, so handlers refuse new work while the server drains.
     pub shutdown: CancellationToken,
     /// Size of the worker pool, reported by `/healthz`.
@@ -88,6 +91,7 @@ impl App {
         };
         let bus = Bus::new(config.bus_capacity.max(1), REPLAY_WINDOW);
         let queue = Queue::default();
+        let metrics = Arc::new(Metrics::new());
         let workers = Arc::new(Workers {
             store: store.clone(),
             blobs: blobs.clone(),
@@ -106,6 +110,7 @@ impl App {
                 ..Limits::default()
             },
             cache_mb: config.gdal_cache_mb,
+            metrics: metrics.clone(),
         });
         let state = AppState {
             workers: config.workers(),
@@ -115,6 +120,7 @@ impl App {
             bus,
             queue,
             tickets: Tickets::default(),
+            metrics,
             shutdown,
         };
         Ok(App {

@@ -15,6 +15,7 @@ pub mod convert;
 pub mod error;
 pub mod http;
 pub mod live;
+pub mod metrics;
 pub mod store;
 pub mod tasks;
 pub mod time;

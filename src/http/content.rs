@@ -107,6 +107,7 @@ async fn content(
         }
     };
     common.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    state.metrics.bytes_out.inc_by(count);
     file.seek(SeekFrom::Start(start))
         .await
         .map_err(|e| AppError::Internal(e.into()))?;

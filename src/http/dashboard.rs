@@ -15,9 +15,21 @@ struct Asset {
 }
 
 const ASSETS: &[Asset] = &[
-    Asset { path: "/", content_type: "text/html; charset=utf-8", body: include_bytes!("../../static/index.html") },
-    Asset { path: "/app.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("../../static/app.js") },
-    Asset { path: "/style.css", content_type: "text/css; charset=utf-8", body: include_bytes!("../../static/style.css") },
+    Asset {
+        path: "/",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("../../static/index.html"),
+    },
+    Asset {
+        path: "/app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../static/app.js"),
+    },
+    Asset {
+        path: "/style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../../static/style.css"),
+    },
     Asset {
         path: "/vendor/geotiff.js",
         content_type: "text/javascript; charset=utf-8",
@@ -32,30 +44,56 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 pub fn router() -> Router<AppState> {
     let mut router = Router::new();
     for asset in ASSETS {
-        router = router.route(asset.path, get(move |headers: HeaderMap| async move { serve(asset, &headers) }));
+        router = router.route(
+            asset.path,
+            get(move |headers: HeaderMap| async move { serve(asset, &headers) }),
+        );
     }
     router
 }
 
 fn serve(asset: &'static Asset, headers: &HeaderMap) -> Response {
     // The binary's version and the file's length name its content well enough to revalidate.
-    let etag = format!("\"{}-{}-{:x}\"", env!("CARGO_PKG_VERSION"), asset.body.len(), fnv(asset.body));
-    let mut response = if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+    let etag = format!(
+        "\"{}-{}-{:x}\"",
+        env!("CARGO_PKG_VERSION"),
+        asset.body.len(),
+        fnv(asset.body)
+    );
+    let mut response = if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         asset.body.into_response()
     };
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
     h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
 /// FNV-1a: a cheap content fingerprint for the ETag.
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }

@@ -92,6 +92,7 @@ async fn user_events(
 fn sse(state: AppState, follow: Follow, resume_after: Option<u64>) -> Response {
     let keepalive = state.config.keepalive();
     let body = stream! {
+        let _open = crate::metrics::OpenGuard::new(&state.metrics.sse_open);
         yield Ok::<Bytes, Infallible>(Bytes::from(format!("retry: {RETRY_MS}\n\n")));
         let start = match live::start(&state.store, &state.bus, follow, resume_after).await {
             Ok(start) => start,

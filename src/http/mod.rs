@@ -5,6 +5,7 @@ mod dashboard;
 mod events;
 mod extract;
 mod health;
+mod metrics;
 mod session;
 mod tasks;
 mod tree_items;
@@ -27,9 +28,14 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .merge(health::router())
+        .merge(metrics::router())
         .merge(dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(span_without_query))
         .with_state(state)
 }

@@ -170,7 +170,10 @@ async fn upload(
         source_id: None,
     };
     match state.store.call(move |c| items::insert(c, new)).await {
-        Ok(item) => Ok((StatusCode::CREATED, axum::Json(item))),
+        Ok(item) => {
+            state.metrics.bytes_in.inc_by(item.size);
+            Ok((StatusCode::CREATED, axum::Json(item)))
+        }
         Err(e) => {
             state.blobs.remove(vec![blob]).await;
             Err(e.into())

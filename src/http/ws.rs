@@ -90,6 +90,7 @@ impl Connection {
     }
 
     async fn run(mut self, socket: WebSocket) {
+        let _open = crate::metrics::OpenGuard::new(&self.state.metrics.ws_open);
         let (mut sink, mut incoming) = socket.split();
         let mut rx = self.state.bus.subscribe();
         let interval = self.state.config.keepalive();

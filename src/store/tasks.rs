@@ -326,6 +326,13 @@ pub fn delete(conn: &Connection, user: Uuid, id: Uuid) -> anyhow::Result<DeleteO
     Ok(DeleteOutcome::Deleted)
 }
 
+/// How many tasks are in each state.
+pub fn count_by_state(conn: &Connection) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Counts of tasks per state (for `/healthz` and, later, metrics).
 pub fn pending_count(conn: &Connection) -> anyhow::Result<i64> {
     Ok(conn.query_row(

@@ -56,6 +56,7 @@ pub struct Workers {
     pub child: ChildLimits,
     pub limits: Limits,
     pub cache_mb: usize,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How often an idle worker looks at the queue even without a wake-up, as a safety net.
@@ -130,7 +131,19 @@ impl Workers {
         if self.reload(id).await.is_some_and(|t| t.cancel_requested) {
             stop.cancel();
         }
+        let started = std::time::Instant::now();
         let result = self.convert(&task, &stop).await;
+        let outcome = match &result {
+            Ok(()) => "success",
+            Err(Outcome::Failed(_)) => "failure",
+            Err(_) => "stopped",
+        };
+        self.metrics
+            .conversion_seconds
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .observe(started.elapsed().as_secs_f64());
         self.queue
             .running
             .lock()
@@ -241,6 +254,7 @@ impl Workers {
             .await;
         match published {
             Ok(PublishOutcome::Published(item)) => {
+                self.metrics.bytes_converted.inc_by(size);
                 tracing::info!(output = %item, "conversion published");
                 Ok(())
             }

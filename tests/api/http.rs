@@ -377,3 +377,57 @@ async fn multipart_uploads_take_a_parent_id_part() {
     assert_eq!(json_of(res).await.0, StatusCode::BAD_REQUEST);
     assert!(server.tmp_files().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_tasks_queue_durations_bytes_connections_events_and_requests() {
+    let server = TestServer::start().await;
+    let status = server.convert_file(&data("byte.tif"), json!({})).await;
+    let item = status["result"]["tree_item_id"].as_str().unwrap();
+    server
+        .req(
+            Method::GET,
+            &format!("/tree-items/{item}/content"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let feed = server
+        .req(Method::GET, "/events", &server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), StatusCode::OK);
+
+    let res = server
+        .http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = res.text().await.unwrap();
+    for expected in [
+        "rastercast_tasks{state=\"SUCCESS\"} 1",
+        "rastercast_tasks{state=\"PENDING\"} 0",
+        "rastercast_queue_depth 0",
+        "rastercast_conversion_seconds_count{outcome=\"success\"} 1",
+        "rastercast_conversion_seconds_bucket{le=",
+        "rastercast_upload_bytes_total 736",
+        "rastercast_download_bytes_total",
+        "rastercast_output_bytes_total",
+        "rastercast_sse_connections 1",
+        "rastercast_websocket_connections 0",
+        "rastercast_events_published_total",
+        "rastercast_events_coalesced_total",
+        "rastercast_events_lag_resyncs_total 0",
+        "rastercast_http_requests_total{method=\"GET\",route=\"/api/v1/tasks/{id}/status\",status=\"200\"}",
+        "rastercast_http_requests_total{method=\"POST\",route=\"/api/v1/tree-items\",status=\"201\"} 1",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    drop(feed);
+}

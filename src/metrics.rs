@@ -1,0 +1,185 @@
+//! Prometheus metrics: counters updated where things happen, and gauges that are read from
+//! the store and the bus when `/metrics` is scraped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::bus::BusStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    /// The route's pattern (`/api/v1/tasks/{id}/status`), never the raw path.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub conversion_seconds: Family<OutcomeLabels, Histogram>,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub bytes_converted: Counter,
+    pub sse_open: Gauge,
+    pub ws_open: Gauge,
+    tasks: Family<StateLabels, Gauge>,
+    queue_depth: Gauge,
+    events_published: Counter,
+    events_coalesced: Counter,
+    events_lag_resyncs: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("rastercast");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        let conversion_seconds = Family::<OutcomeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.05, 2.0, 14))
+        });
+        registry.register(
+            "conversion_seconds",
+            "Conversion time in the worker, by outcome",
+            conversion_seconds.clone(),
+        );
+        let bytes_in = Counter::default();
+        registry.register(
+            "upload_bytes",
+            "Bytes received in uploads",
+            bytes_in.clone(),
+        );
+        let bytes_out = Counter::default();
+        registry.register(
+            "download_bytes",
+            "Bytes sent from /content",
+            bytes_out.clone(),
+        );
+        let bytes_converted = Counter::default();
+        registry.register(
+            "output_bytes",
+            "Bytes of published COGs",
+            bytes_converted.clone(),
+        );
+        let sse_open = Gauge::default();
+        registry.register(
+            "sse_connections",
+            "Open Server-Sent Event streams",
+            sse_open.clone(),
+        );
+        let ws_open = Gauge::default();
+        registry.register("websocket_connections", "Open WebSockets", ws_open.clone());
+        let tasks = Family::<StateLabels, Gauge>::default();
+        registry.register("tasks", "Tasks by state", tasks.clone());
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Tasks waiting for a worker",
+            queue_depth.clone(),
+        );
+        let events_published = Counter::default();
+        registry.register(
+            "events_published",
+            "Task events published on the bus",
+            events_published.clone(),
+        );
+        let events_coalesced = Counter::default();
+        registry.register(
+            "events_coalesced",
+            "Progress updates folded into a later event",
+            events_coalesced.clone(),
+        );
+        let events_lag_resyncs = Counter::default();
+        registry.register(
+            "events_lag_resyncs",
+            "Times a live client fell behind and was resynced with snapshots",
+            events_lag_resyncs.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            conversion_seconds,
+            bytes_in,
+            bytes_out,
+            bytes_converted,
+            sse_open,
+            ws_open,
+            tasks,
+            queue_depth,
+            events_published,
+            events_coalesced,
+            events_lag_resyncs,
+        }
+    }
+
+    /// The text exposition, after refreshing what is read at scrape time.
+    pub fn render(&self, tasks_by_state: &[(String, i64)], bus: &BusStats) -> String {
+        for state in crate::tasks::TaskState::ALL {
+            let count = tasks_by_state
+                .iter()
+                .find(|(s, _)| s == state.as_str())
+                .map_or(0, |(_, n)| *n);
+            self.tasks
+                .get_or_create(&StateLabels {
+                    state: state.as_str().into(),
+                })
+                .set(count);
+            if state == crate::tasks::TaskState::Pending {
+                self.queue_depth.set(count);
+            }
+        }
+        let copy = |from: &AtomicU64, to: &Counter| {
+            to.inner()
+                .store(from.load(Ordering::Relaxed), Ordering::Relaxed)
+        };
+        copy(&bus.published, &self.events_published);
+        copy(&bus.coalesced, &self.events_coalesced);
+        copy(&bus.lag_resyncs, &self.events_lag_resyncs);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+/// Holds a gauge up while a connection is open.
+pub struct OpenGuard(Gauge);
+
+impl OpenGuard {
+    pub fn new(gauge: &Gauge) -> OpenGuard {
+        gauge.inc();
+        OpenGuard(gauge.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
