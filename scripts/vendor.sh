@@ -3,9 +3,13 @@
 # the binary embeds. Run after changing a version in package.json; commit the result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -d node_modules/geotiff ] || npm ci --no-audit --no-fund
+npm install --no-audit --no-fund
 mkdir -p static/vendor
 # The source map is not shipped, so its reference goes too.
-grep -v "sourceMappingURL" node_modules/geotiff/dist-browser/geotiff.js > static/vendor/geotiff.js
+sed "/^\/\/# sourceMappingURL=/d" node_modules/geotiff/dist-browser/geotiff.js > static/vendor/geotiff.js
 cp node_modules/geotiff/LICENSE static/vendor/geotiff.LICENSE
-echo "vendored geotiff $(node -p 'require("./node_modules/geotiff/package.json").version')"
+sed "/^\/\/# sourceMappingURL=/d" node_modules/redoc/bundles/redoc.standalone.js > static/vendor/redoc.standalone.js
+cp node_modules/redoc/bundles/redoc.standalone.js.LICENSE.txt static/vendor/redoc.LICENSE
+for lib in geotiff redoc; do
+    echo "vendored $lib $(node -p "require('./node_modules/$lib/package.json').version")"
+done

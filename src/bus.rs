@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::store::TaskRecord;
 use crate::tasks::TaskStatus;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     State,
@@ -44,8 +44,10 @@ pub struct Event {
     pub sse: Bytes,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The event every live channel sends: a task's full status, plus what it is and where.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TaskEvent)]
+pub struct Body<'a> {
     #[serde(flatten)]
     status: TaskStatus<'a>,
     event: EventKind,

@@ -83,13 +83,27 @@ impl AppError {
     }
 }
 
+/// Every error response: a readable sentence and a stable machine word.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, as a sentence for people.
+    #[schema(example = "No such task.")]
+    pub detail: String,
+    /// A stable word for programs, e.g. `task_not_found`.
+    #[schema(example = "task_not_found")]
+    pub code: String,
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
         if let AppError::Internal(e) = &self {
             tracing::error!(error = ?e, "internal error");
         }
-        let body = serde_json::json!({ "detail": self.to_string(), "code": self.code() });
+        let body = ErrorBody {
+            detail: self.to_string(),
+            code: self.code(),
+        };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response

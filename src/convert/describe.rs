@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::ConvertError;
 
 /// What clients learn about a converted raster; stored with the output item and the task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GeoRaster {
     pub width: usize,
     pub height: usize,
@@ -23,6 +23,7 @@ pub struct GeoRaster {
     /// The same in WGS 84 longitude/latitude; `None` without a CRS.
     pub bounds_wgs84: Option<[f64; 4]>,
     /// The first band's nodata: a number, `"nan"`, or `null`.
+    #[schema(value_type = Option<Object>)]
     pub nodata: Option<serde_json::Value>,
     pub block_size: [usize; 2],
     pub overviews: Vec<[usize; 2]>,
@@ -34,10 +35,11 @@ pub struct GeoRaster {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BandInfo {
     pub data_type: String,
     pub color_interpretation: String,
+    #[schema(value_type = Option<Object>)]
     pub nodata: Option<serde_json::Value>,
 }
 

@@ -4,22 +4,33 @@ use serde::{Deserialize, Serialize};
 
 /// Options exactly as a client sends them (`POST .../convert-to-geo-raster`).
 /// Unknown fields are refused so that a typo never silently falls back to a default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestedOptions {
+    /// deflate | lzw | zstd | webp | jpeg | lerc | none (default deflate)
+    #[schema(example = "deflate")]
     pub compression: Option<String>,
+    /// 1 to 100, for jpeg and webp only.
     pub quality: Option<i64>,
+    /// Tile size: a power of two from 64 to 4096 (default 512).
     pub blocksize: Option<i64>,
+    /// nearest | average | bilinear | cubic | cubicspline | lanczos | mode | rms
     pub overview_resampling: Option<String>,
+    /// `AUTHORITY:CODE`; reprojects in the same pass.
+    #[schema(example = "EPSG:3857")]
     pub target_crs: Option<String>,
+    /// Align to the GoogleMapsCompatible tiling scheme (EPSG:3857).
     pub web_optimized: Option<bool>,
+    /// A number, or "nan".
+    #[schema(value_type = Option<String>)]
     pub nodata: Option<serde_json::Value>,
+    /// A subdataset name (NetCDF variable) or a file inside a zip.
     pub subdataset: Option<String>,
 }
 
 /// Options after validation, with every default filled in. Stored with the task and
 /// sent to the worker, so what ran is always what the client can read back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Conversion {
     pub compression: String,
     pub quality: Option<u8>,

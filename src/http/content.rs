@@ -7,22 +7,35 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::extract::Path;
 use super::tree_items::owned_item;
 use crate::app::AppState;
 use crate::auth::AuthUser;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorBody};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/tree-items/{id}/content", get(content))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(content))
 }
 
+/// A file's bytes, for downloads and for map clients reading a COG. `HEAD` works too.
+#[utoipa::path(get, path = "/tree-items/{id}/content", tag = "tree items",
+    params(("id" = Uuid, Path, description = "Item id"),
+        ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-16383`"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
+        ("If-Range" = Option<String>, Header, description = "Apply Range only if the ETag still matches")),
+    responses(
+        (status = 200, description = "The whole file", content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream"),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 416, description = "The range is outside the file", body = ErrorBody),
+        (status = 422, description = "A folder has no content", body = ErrorBody),
+    ), security(("bearer" = []), ("cookie" = [])))]
 async fn content(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

@@ -12,34 +12,45 @@ struct Asset {
     path: &'static str,
     content_type: &'static str,
     body: &'static [u8],
+    csp: &'static str,
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+macro_rules! asset {
+    ($path:literal, $type:expr, $file:literal, $csp:expr) => {
+        Asset {
+            path: $path,
+            content_type: $type,
+            body: include_bytes!(concat!("../../static/", $file)),
+            csp: $csp,
+        }
+    };
 }
 
 const ASSETS: &[Asset] = &[
-    Asset {
-        path: "/",
-        content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../../static/index.html"),
-    },
-    Asset {
-        path: "/app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../static/app.js"),
-    },
-    Asset {
-        path: "/style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../../static/style.css"),
-    },
-    Asset {
-        path: "/vendor/geotiff.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../static/vendor/geotiff.js"),
-    },
+    asset!("/", HTML, "index.html", CSP),
+    asset!("/app.js", JS, "app.js", CSP),
+    asset!("/style.css", CSS, "style.css", CSP),
+    asset!("/vendor/geotiff.js", JS, "vendor/geotiff.js", CSP),
+    asset!("/docs", HTML, "docs.html", DOCS_CSP),
+    asset!("/docs.js", JS, "docs.js", DOCS_CSP),
+    asset!(
+        "/vendor/redoc.standalone.js",
+        JS,
+        "vendor/redoc.standalone.js",
+        DOCS_CSP
+    ),
 ];
 
 /// Everything the page loads comes from here; nothing from elsewhere can run.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
                    connect-src 'self'; worker-src 'self' blob:; object-src 'none'; frame-ancestors 'none'; base-uri 'none'";
+/// Redoc styles itself inline and searches in a blob worker.
+const DOCS_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; \
+                        connect-src 'self'; worker-src 'self' blob:; object-src 'none'; frame-ancestors 'none'; base-uri 'none'";
 
 pub fn router() -> Router<AppState> {
     let mut router = Router::new();
@@ -78,7 +89,7 @@ fn serve(asset: &'static Asset, headers: &HeaderMap) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
+        HeaderValue::from_static(asset.csp),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,

@@ -8,8 +8,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
@@ -18,21 +16,26 @@ use uuid::Uuid;
 use super::extract::{Path, Query};
 use crate::app::AppState;
 use crate::auth::StreamCaller;
-use crate::error::{AppError, AppResult};
+use crate::bus::Body as TaskEvent;
+use crate::error::{AppError, AppResult, ErrorBody};
 use crate::live::{self, Follow};
 use crate::store::tasks as task_rows;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tasks/{id}/events", get(task_events))
-        .route("/events", get(user_events))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(task_events))
+        .routes(routes!(user_events))
 }
 
 /// How long a browser waits before reconnecting.
 const RETRY_MS: u64 = 2000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ResumeQuery {
+    /// Resume after this event (as the `Last-Event-ID` header does).
     last_event_id: Option<String>,
 }
 
@@ -45,6 +48,13 @@ fn resume_point(headers: &HeaderMap, query: &ResumeQuery) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Server-Sent Events for one task: a snapshot, then live events (each a `TaskEvent` in
+/// `data:`, its `seq` in `id:`); the stream ends after the final state.
+#[utoipa::path(get, path = "/tasks/{id}/events", tag = "live events",
+    params(("id" = Uuid, Path, description = "Task id"), ResumeQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
+    responses((status = 200, description = "An event stream of TaskEvent", content_type = "text/event-stream", body = TaskEvent),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)), security((), ("bearer" = []), ("cookie" = [])))]
 async fn task_events(
     State(state): State<AppState>,
     caller: StreamCaller,
@@ -73,6 +83,13 @@ async fn task_events(
     ))
 }
 
+/// Server-Sent Events for all of the caller's tasks (token, session cookie or `?ticket=`).
+#[utoipa::path(get, path = "/events", tag = "live events",
+    params(ResumeQuery,
+        ("ticket" = Option<String>, Query, description = "A stream ticket, for clients that cannot send headers"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
+    responses((status = 200, description = "An event stream of TaskEvent", content_type = "text/event-stream", body = TaskEvent),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody)), security(("bearer" = []), ("cookie" = []), ("ticket" = [])))]
 async fn user_events(
     State(state): State<AppState>,
     caller: StreamCaller,

@@ -2,16 +2,20 @@
 //! does not answer.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz))
 }
 
+/// 200 once the server takes work; 503 while it shuts down or its database does not answer.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Healthy: queue length, worker count, event counters", body = Object),
+        (status = 503, description = "Shutting down", body = crate::error::ErrorBody)), security(()))]
 async fn healthz(State(state): State<AppState>) -> AppResult<Json<serde_json::Value>> {
     if state.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);

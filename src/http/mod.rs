@@ -6,32 +6,44 @@ mod events;
 mod extract;
 mod health;
 mod metrics;
+mod openapi;
 mod session;
 mod tasks;
 mod tree_items;
 mod ws;
 
+use std::sync::Arc;
+
 use axum::http::Uri;
-use axum::Router;
+use axum::{Extension, Router};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 use crate::error::AppError;
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    let api = OpenApiRouter::new()
         .merge(tree_items::router())
         .merge(content::router())
         .merge(tasks::router())
         .merge(events::router())
         .merge(session::router())
-        .merge(ws::router());
-    Router::new()
+        .merge(ws::router())
+        .merge(openapi::router());
+    let (documented, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api/v1", api)
         .merge(health::router())
         .merge(metrics::router())
+        .split_for_parts();
+    let document = openapi::Document(Arc::new(
+        document.to_pretty_json().expect("the document serialises"),
+    ));
+    documented
         .merge(dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(document))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::count,

@@ -4,26 +4,40 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use serde::Deserialize;
 
 use super::extract::Json;
 use crate::app::AppState;
 use crate::auth::{session_cookie, AuthUser, SESSION_COOKIE, TICKET_TTL};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorBody};
 use crate::store::users;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/session", post(sign_in).get(who).delete(sign_out))
-        .route("/stream-tickets", post(ticket))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sign_in, who, sign_out))
+        .routes(routes!(ticket))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SignIn {
+    /// An API token.
     token: String,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct Who {
+    user: String,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct Ticket {
+    /// Use once, as `?ticket=`, on `/events` or `/ws`.
+    ticket: String,
+    /// Seconds until it expires.
+    expires_in: u64,
 }
 
 fn cookie(value: &str, max_age: i64) -> HeaderValue {
@@ -33,6 +47,10 @@ fn cookie(value: &str, max_age: i64) -> HeaderValue {
     .expect("cookie is ASCII")
 }
 
+/// Sign in a browser: exchanges a token for an HttpOnly, SameSite=Strict session cookie.
+#[utoipa::path(post, path = "/session", tag = "auth", request_body = SignIn,
+    responses((status = 200, description = "Signed in; the cookie is set", body = Who), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody)), security(()))]
 async fn sign_in(State(state): State<AppState>, Json(body): Json<SignIn>) -> AppResult<Response> {
     let session = state
         .store
@@ -46,7 +64,7 @@ async fn sign_in(State(state): State<AppState>, Json(body): Json<SignIn>) -> App
     let (secret, user) = session.ok_or(AppError::Unauthorized(
         "The token is invalid or has been revoked.",
     ))?;
-    let mut response = axum::Json(serde_json::json!({ "user": user.name })).into_response();
+    let mut response = axum::Json(Who { user: user.name }).into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
         cookie(&secret, users::SESSION_DAYS * 86400),
@@ -54,10 +72,16 @@ async fn sign_in(State(state): State<AppState>, Json(body): Json<SignIn>) -> App
     Ok(response)
 }
 
-async fn who(AuthUser(user): AuthUser) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "user": user.name }))
+/// Who is signed in.
+#[utoipa::path(get, path = "/session", tag = "auth",
+    responses((status = 200, description = "The caller", body = Who), (status = 401, description = "No or bad credentials", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
+async fn who(AuthUser(user): AuthUser) -> axum::Json<Who> {
+    axum::Json(Who { user: user.name })
 }
 
+/// Sign out: ends the session and clears the cookie.
+#[utoipa::path(delete, path = "/session", tag = "auth",
+    responses((status = 204, description = "Signed out")), security((), ("cookie" = [])))]
 async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Response> {
     if let Some(secret) = session_cookie(&headers) {
         state
@@ -72,10 +96,13 @@ async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> AppResul
     Ok(response)
 }
 
-async fn ticket(
-    State(state): State<AppState>,
-    AuthUser(user): AuthUser,
-) -> axum::Json<serde_json::Value> {
+/// A single-use stream ticket that expires after 30 s, for `EventSource` and `WebSocket`.
+#[utoipa::path(post, path = "/stream-tickets", tag = "auth",
+    responses((status = 200, description = "A ticket", body = Ticket), (status = 401, description = "No or bad credentials", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
+async fn ticket(State(state): State<AppState>, AuthUser(user): AuthUser) -> axum::Json<Ticket> {
     let ticket = state.tickets.issue(user);
-    axum::Json(serde_json::json!({ "ticket": ticket, "expires_in": TICKET_TTL.as_secs() }))
+    axum::Json(Ticket {
+        ticket,
+        expires_in: TICKET_TTL.as_secs(),
+    })
 }

@@ -2,28 +2,42 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::extract::{Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, MaybeUser};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorBody};
 use crate::store::tasks::{self as task_rows, DeleteOutcome};
-use crate::tasks::{status_json, TaskState};
+use crate::tasks::{status_json, TaskState, TaskStatus};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tasks", get(list))
-        .route("/tasks/{id}/status", get(status))
-        .route("/tasks/{id}/cancel", post(cancel))
-        .route("/tasks/{id}", delete(forget))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(status))
+        .routes(routes!(cancel))
+        .routes(routes!(forget))
+}
+
+/// A page of tasks, newest first.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct TaskPage<'a> {
+    tasks: Vec<TaskStatus<'a>>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    next_cursor: Option<String>,
 }
 
 /// The task id is a capability: holding it is enough to read the status, unless the
 /// server is configured to require the owner's token.
+/// A task's status. The task id is a capability: no token is needed, unless the server runs
+/// with `--private-task-status`.
+#[utoipa::path(get, path = "/tasks/{id}/status", tag = "tasks", params(("id" = Uuid, Path, description = "Task id")),
+    responses((status = 200, description = "The status", body = TaskStatus), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)), security((), ("bearer" = []), ("cookie" = [])))]
 async fn status(
     State(state): State<AppState>,
     MaybeUser(user): MaybeUser,
@@ -45,6 +59,11 @@ async fn status(
     Ok(Json(status_json(&task)))
 }
 
+/// Cancel a task: a queued one is REVOKED at once; a running one shows "Cancelling…" until
+/// its work has stopped, then REVOKED.
+#[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks", params(("id" = Uuid, Path, description = "Task id")),
+    responses((status = 200, description = "The status after the request", body = TaskStatus), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 409, description = "Already finished", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn cancel(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -54,13 +73,21 @@ async fn cancel(
     Ok(Json(status_json(&task)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only tasks in this state.
+    #[param(inline, value_type = Option<TaskState>)]
     state: Option<String>,
+    /// 1 to 500 (default 50).
     limit: Option<u32>,
+    /// `next_cursor` from the previous page.
     cursor: Option<String>,
 }
 
+/// The caller's tasks, newest first.
+#[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListQuery),
+    responses((status = 200, description = "A page of tasks", body = TaskPage), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -106,6 +133,10 @@ async fn list(
     })))
 }
 
+/// Forget a finished task's record (its output item stays).
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path, description = "Task id")),
+    responses((status = 204, description = "Forgotten"), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 409, description = "Still queued or running", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn forget(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

@@ -5,37 +5,59 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::Router;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::extract::{Json, Path, Query};
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::convert::RequestedOptions;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorBody};
 use crate::store::items::{self, Item, ItemKind, NewItem};
 use crate::store::tasks::{self as task_rows, NewTask};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/tree-items",
-            post(upload).get(list).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/tree-items/folders", post(create_folder))
-        .route("/tree-items/{id}", get(get_item).delete(delete_item))
-        .route("/tree-items/{id}/convert-to-geo-raster", post(convert))
+pub fn router() -> OpenApiRouter<AppState> {
+    // Uploads stream to disk under their own limit; other bodies keep axum's small default.
+    let (schemas, paths, uploads) = routes!(upload, list);
+    OpenApiRouter::new()
+        .routes((schemas, paths, uploads.layer(DefaultBodyLimit::disable())))
+        .routes(routes!(create_folder))
+        .routes(routes!(get_item, delete_item))
+        .routes(routes!(convert))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UploadQuery {
+    /// The display name, for a raw-body upload.
     name: Option<String>,
+    /// The folder to upload into (the root when omitted).
     parent_id: Option<Uuid>,
+}
+
+/// A multipart upload (documentation only: the body is streamed, never held).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    #[schema(format = Binary, value_type = String)]
+    file: Vec<u8>,
+    parent_id: Option<Uuid>,
+}
+
+/// The answer to starting a conversion; existing clients test for exactly 200.
+#[derive(Serialize, ToSchema)]
+pub struct Started {
+    pub task_id: Uuid,
+    pub state: crate::tasks::TaskState,
+    pub tree_item_id: Uuid,
+    pub status_url: String,
+    pub events_url: String,
+    pub ws_url: String,
 }
 
 /// Display names keep only the last path segment a browser may send.
@@ -54,6 +76,19 @@ fn clean_name(raw: &str) -> AppResult<String> {
     Ok(name.to_string())
 }
 
+/// Upload a file, streamed to disk: multipart with a `file` part, or raw bytes with `?name=`.
+#[utoipa::path(post, path = "/tree-items", tag = "tree items", params(UploadQuery),
+    request_body(content(
+        (UploadForm = "multipart/form-data"),
+        (String = "application/octet-stream"),
+    )),
+    responses(
+        (status = 201, description = "Stored", body = Item),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
+        (status = 404, description = "No such folder", body = ErrorBody),
+        (status = 413, description = "Over the upload limit; nothing is kept", body = ErrorBody),
+        (status = 507, description = "The server's disk is full", body = ErrorBody),
+    ), security(("bearer" = []), ("cookie" = [])))]
 async fn upload(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -226,7 +261,7 @@ fn guess_type(name: &str) -> &'static str {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewFolder {
     name: String,
@@ -234,6 +269,15 @@ struct NewFolder {
     parent_id: Option<Uuid>,
 }
 
+/// Create a folder.
+#[utoipa::path(post, path = "/tree-items/folders", tag = "tree items", request_body = NewFolder,
+    responses(
+        (status = 201, description = "Created", body = Item),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
+        (status = 404, description = "No such parent folder", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
+        (status = 422, description = "A field has the wrong type", body = ErrorBody),
+    ), security(("bearer" = []), ("cookie" = [])))]
 async fn create_folder(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -269,11 +313,16 @@ async fn create_folder(
     Ok((StatusCode::CREATED, axum::Json(item)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// The folder to list (the root when omitted).
     parent_id: Option<Uuid>,
 }
 
+/// The children of a folder: folders first, then by name.
+#[utoipa::path(get, path = "/tree-items", tag = "tree items", params(ListQuery),
+    responses((status = 200, description = "The folder's children", body = Vec<Item>), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -302,6 +351,9 @@ pub async fn owned_item(state: &AppState, user: Uuid, id: Uuid) -> AppResult<Ite
         .ok_or(AppError::NotFound("tree item"))
 }
 
+/// One item.
+#[utoipa::path(get, path = "/tree-items/{id}", tag = "tree items", params(("id" = Uuid, Path, description = "Item id")),
+    responses((status = 200, description = "The item", body = Item), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn get_item(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -310,6 +362,9 @@ async fn get_item(
     Ok(axum::Json(owned_item(&state, user.id, id).await?))
 }
 
+/// Delete an item; a folder goes with everything in it.
+#[utoipa::path(delete, path = "/tree-items/{id}", tag = "tree items", params(("id" = Uuid, Path, description = "Item id")),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn delete_item(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -324,14 +379,25 @@ async fn delete_item(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The options body is optional: no body, or an empty one, means every default.
+/// Convert a file to a Cloud-Optimized GeoTIFF in the background. The options body is
+/// optional: no body, an empty one or `null` means every default.
+#[utoipa::path(post, path = "/tree-items/{id}/convert-to-geo-raster", tag = "conversion",
+    params(("id" = Uuid, Path, description = "The file to convert")),
+    request_body(content = Option<RequestedOptions>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Queued", body = Started),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 415, description = "Options not sent as JSON", body = ErrorBody),
+        (status = 422, description = "Impossible options, or a folder", body = ErrorBody),
+        (status = 503, description = "Shutting down", body = ErrorBody),
+    ), security(("bearer" = []), ("cookie" = [])))]
 async fn convert(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
     body: Body,
-) -> AppResult<axum::Json<serde_json::Value>> {
+) -> AppResult<axum::Json<Started>> {
     if state.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
@@ -388,12 +454,12 @@ async fn convert(
         })
         .await?;
     state.queue.wake();
-    Ok(axum::Json(serde_json::json!({
-        "task_id": task.id,
-        "state": task.state,
-        "tree_item_id": task.source_id,
-        "status_url": format!("/api/v1/tasks/{}/status", task.id),
-        "events_url": format!("/api/v1/tasks/{}/events", task.id),
-        "ws_url": "/api/v1/ws",
-    })))
+    Ok(axum::Json(Started {
+        task_id: task.id,
+        state: task.state,
+        tree_item_id: task.source_id,
+        status_url: format!("/api/v1/tasks/{}/status", task.id),
+        events_url: format!("/api/v1/tasks/{}/events", task.id),
+        ws_url: "/api/v1/ws".into(),
+    }))
 }

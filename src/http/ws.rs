@@ -8,11 +8,10 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -21,10 +20,20 @@ use crate::error::AppError;
 use crate::live::{self, Follow};
 use crate::store::{tasks as task_rows, User};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/ws", get(upgrade))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(upgrade))
 }
 
+/// The WebSocket. Send `{"type": "subscribe", "task_id": "…"}`, `{"type": "subscribe", "all": true}`,
+/// `{"type": "unsubscribe", …}` or `{"type": "cancel", "task_id": "…"}`; receive `TaskEvent`s and
+/// `{"type": "error", "detail": "…"}` for bad messages. A task id alone allows subscribing to it.
+#[utoipa::path(get, path = "/ws", tag = "live events",
+    params(("ticket" = Option<String>, Query, description = "A stream ticket, for browsers")),
+    responses((status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade", body = crate::error::ErrorBody), (status = 401, description = "No or bad credentials", body = crate::error::ErrorBody),
+        (status = 403, description = "Cookie sign-in from another origin", body = crate::error::ErrorBody),
+        (status = 503, description = "Shutting down", body = crate::error::ErrorBody)),
+    security((), ("bearer" = []), ("cookie" = []), ("ticket" = [])))]
 async fn upgrade(
     State(state): State<AppState>,
     caller: StreamCaller,

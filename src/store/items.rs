@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{opt_uuid, parse_uuid};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ItemKind {
     File,
@@ -15,7 +15,7 @@ pub enum ItemKind {
 }
 
 /// An item as the API shows it; `user_id` and `blob` never leave the server.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Item {
     pub id: Uuid,
     #[serde(skip)]
@@ -26,7 +26,10 @@ pub struct Item {
     pub size: u64,
     pub content_type: Option<String>,
     pub created_at: String,
+    /// For a converted COG: its description, as in a task's `result`.
+    #[schema(value_type = Option<crate::convert::GeoRaster>)]
     pub geo_raster: Option<serde_json::Value>,
+    /// For a converted COG: the item it was made from.
     pub source_id: Option<Uuid>,
     #[serde(skip)]
     pub blob: Option<String>,

@@ -23,12 +23,14 @@ use crate::store::tasks::{self as task_rows, CancelOutcome};
 use crate::store::{Store, TaskRecord};
 
 /// A task's status exactly as every API channel shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskStatus<'a> {
     pub task_id: Uuid,
     pub state: TaskState,
     pub progress: f64,
     pub status: &'a str,
+    /// On SUCCESS: the output's `tree_item_id` and its geo-raster description.
+    #[schema(value_type = Option<crate::convert::GeoRaster>)]
     pub result: Option<&'a serde_json::Value>,
     pub error: Option<&'a str>,
     pub tree_item_id: Uuid,

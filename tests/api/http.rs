@@ -431,3 +431,83 @@ async fn metrics_cover_tasks_queue_durations_bytes_connections_events_and_reques
     }
     drop(feed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_covers_every_route() {
+    let server = TestServer::start().await;
+    let res = server
+        .http
+        .get(server.api("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let doc: serde_json::Value = res.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    // Every route the server answers, as the router declares them.
+    let routes = [
+        ("GET", "/api/v1/tree-items"),
+        ("POST", "/api/v1/tree-items"),
+        ("POST", "/api/v1/tree-items/folders"),
+        ("GET", "/api/v1/tree-items/{id}"),
+        ("DELETE", "/api/v1/tree-items/{id}"),
+        ("GET", "/api/v1/tree-items/{id}/content"),
+        ("POST", "/api/v1/tree-items/{id}/convert-to-geo-raster"),
+        ("GET", "/api/v1/tasks"),
+        ("GET", "/api/v1/tasks/{id}/status"),
+        ("POST", "/api/v1/tasks/{id}/cancel"),
+        ("DELETE", "/api/v1/tasks/{id}"),
+        ("GET", "/api/v1/tasks/{id}/events"),
+        ("GET", "/api/v1/events"),
+        ("GET", "/api/v1/ws"),
+        ("POST", "/api/v1/stream-tickets"),
+        ("POST", "/api/v1/session"),
+        ("GET", "/api/v1/session"),
+        ("DELETE", "/api/v1/session"),
+        ("GET", "/api/v1/openapi.json"),
+        ("GET", "/healthz"),
+        ("GET", "/metrics"),
+    ];
+    let expected: std::collections::BTreeSet<(String, String)> = routes
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, expected);
+
+    // And each documented operation is a real route (never the router's 404 or 405).
+    for (method, path) in &documented {
+        let url = format!(
+            "{}{}",
+            server.url,
+            path.replace("{id}", &uuid::Uuid::new_v4().to_string())
+        );
+        let res = server
+            .http
+            .request(method.parse().unwrap(), &url)
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+            .await;
+        let Ok(res) = res else { continue }; // a stream that stays open is a route too
+        assert_ne!(
+            res.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        if res.status() == StatusCode::NOT_FOUND {
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert_ne!(
+                body["code"], "route_not_found",
+                "{method} {path} is documented but not routed"
+            );
+        }
+    }
+    // Every error body is the documented ErrorBody.
+    assert!(doc["components"]["schemas"]["ErrorBody"]["properties"]["detail"].is_object());
+}

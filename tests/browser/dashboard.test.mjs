@@ -153,3 +153,13 @@ test('fits a phone-width screen and works from the keyboard', async (t) => {
   await task(page, 'byte.tif').locator('.state.SUCCESS').waitFor({ timeout: 60000 });
   await page.screenshot({ path: 'target/dashboard-phone.png', fullPage: true });
 });
+
+test('the API reference at /docs renders the OpenAPI document', async (t) => {
+  const server = await startServer();
+  t.after(() => server.stop());
+  const page = await browser.newPage();
+  t.after(() => page.close());
+  await page.goto(`${server.url}/docs`);
+  await page.waitForSelector('h1:has-text("rastercast")', { timeout: 20000 });
+  assert.ok(await page.locator('text=/api/v1/tree-items/{id}/convert-to-geo-raster').count() > 0);
+});

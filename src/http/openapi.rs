@@ -1,0 +1,76 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations: the router and the
+//! document are built from the same `routes!` calls, so no route can be left out.
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::app::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "rastercast",
+        description = "Upload rasters, convert them to Cloud-Optimized GeoTIFFs in the background, and follow \
+                       the conversions live over REST, Server-Sent Events and WebSocket. Every error is \
+                       `{\"detail\": \"…\", \"code\": \"…\"}`.",
+        license(name = "MIT")
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "tree items", description = "Each user's folders and files"),
+        (name = "conversion", description = "Starting a conversion to a COG"),
+        (name = "tasks", description = "Conversion tasks: status, cancel, list"),
+        (name = "live events", description = "Server-Sent Events and the WebSocket"),
+        (name = "auth", description = "Browser sessions and stream tickets"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
+                crate::auth::SESSION_COOKIE,
+            ))),
+        );
+        components.add_security_scheme(
+            "ticket",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("ticket"))),
+        );
+    }
+}
+
+/// The document as served, made once at start-up.
+#[derive(Clone)]
+pub struct Document(pub Arc<String>);
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(openapi_json))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)), security(()))]
+async fn openapi_json(Extension(document): Extension<Document>) -> Response {
+    let mut response = document.0.as_str().to_owned().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
