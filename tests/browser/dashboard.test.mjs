@@ -161,5 +161,5 @@ test('the API reference at /docs renders the OpenAPI document', async (t) => {
   t.after(() => page.close());
   await page.goto(`${server.url}/docs`);
   await page.waitForSelector('h1:has-text("rastercast")', { timeout: 20000 });
-  assert.ok(await page.locator('text=/api/v1/tree-items/{id}/convert-to-geo-raster').count() > 0);
+  assert.ok(await page.getByText('/api/v1/tree-items/{id}/convert-to-geo-raster').count() > 0);
 });
