@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::convert::Limits;
 use crate::metrics::Metrics;
 use crate::store::{items, tasks as task_rows, users, Store};
-use crate::tasks::{ChildLimits, Queue, Workers};
+use crate::tasks::{ChildLimits, Inspector, Queue, Workers};
 use crate::tree::Blobs;
 
 /// Shared by every handler; cheap to clone.
@@ -35,6 +35,8 @@ pub struct AppState {
     pub tickets: Tickets,
     /// Prometheus metrics, shared with the workers.
     pub metrics: Arc<Metrics>,
+    /// Describes uploads in a child worker.
+    pub inspector: Inspector,
     /// Cancelled on SIGINT/SIGTERM, so handlers refuse new work while the server drains.
     pub shutdown: CancellationToken,
     /// Size of the worker pool, reported by `/healthz`.
@@ -121,6 +123,11 @@ impl App {
             queue,
             tickets: Tickets::default(),
             metrics,
+            inspector: Inspector {
+                child: workers.child.clone(),
+                limits: workers.limits.clone(),
+                cache_mb: workers.cache_mb,
+            },
             shutdown,
         };
         Ok(App {

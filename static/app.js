@@ -153,7 +153,8 @@ const tree = {
       }));
       actions.append(el('a', { className: 'button secondary', href: `/api/v1/tree-items/${item.id}/content`,
         download: item.name, textContent: 'Download' }));
-      if (item.geo_raster) {
+      // The preview reads overviews through Range requests: only a COG has them where expected.
+      if (item.geo_raster && item.geo_raster.layout === 'COG') {
         actions.append(el('button', { type: 'button', className: 'secondary', textContent: 'Show on map',
           onclick: () => map.show(item.id, item.name, item.geo_raster) }));
       }

@@ -79,7 +79,11 @@ pub fn verify_cog(path: &Path) -> Result<GeoRaster, ConvertError> {
     describe(&ds, path, layout)
 }
 
-fn describe(ds: &Dataset, path: &Path, layout: String) -> Result<GeoRaster, ConvertError> {
+pub(super) fn describe(
+    ds: &Dataset,
+    path: &Path,
+    layout: String,
+) -> Result<GeoRaster, ConvertError> {
     let (width, height) = ds.raster_size();
     let mut bands = Vec::new();
     for band in ds.rasterbands() {

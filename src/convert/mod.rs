@@ -111,6 +111,18 @@ pub fn convert(
     result.map_err(|e| hide_paths(e, &[input, output]))
 }
 
+/// Describes an uploaded source without converting it: opened exactly as a conversion would
+/// open it, so a hostile file is refused here too.
+pub fn inspect(input: &Path, limits: &Limits) -> Result<GeoRaster, ConvertError> {
+    let source =
+        source::open(input, &Conversion::default(), limits).map_err(|e| hide_paths(e, &[input]))?;
+    let layout = gdal::Metadata::metadata_item(&source.dataset, "LAYOUT", "IMAGE_STRUCTURE")
+        .unwrap_or_default();
+    let mut described = describe::describe(&source.dataset, input, layout)?;
+    described.warnings = source.warnings;
+    Ok(described)
+}
+
 /// Removes `path` and the side files GDAL's COG driver makes next to it
 /// (`<name>.ovr.tmp`, `<name>.warped.tif.tmp`), which a failed or killed run leaves behind.
 pub fn remove_with_side_files(path: &Path) {

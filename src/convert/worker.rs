@@ -15,6 +15,9 @@ use super::{Conversion, ConvertError, GeoRaster, Limits, Phase};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
+    /// Convert (the default), or only describe the input.
+    #[serde(default)]
+    pub inspect_only: bool,
     pub input: PathBuf,
     pub output: PathBuf,
     pub conversion: Conversion,
@@ -58,6 +61,17 @@ pub fn main() -> i32 {
         watcher.store(true, Ordering::Relaxed);
     });
 
+    if job.inspect_only {
+        emit(&match super::inspect(&job.input, &job.limits) {
+            Ok(described) => Report::Done {
+                result: Box::new(described),
+            },
+            Err(e) => Report::Failed {
+                error: e.to_string(),
+            },
+        });
+        return 0;
+    }
     let mut last = (-1.0f64, Phase::Opening);
     let result = super::convert(
         &job.input,

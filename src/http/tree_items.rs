@@ -193,6 +193,11 @@ async fn upload(
         }
     }
     let blob = state.blobs.persist(temp).await.map_err(AppError::from_io)?;
+    // Rasters show their geo metadata in the tree before any conversion.
+    let geo_raster = match state.blobs.path(&blob) {
+        Some(path) => state.inspector.describe(&path).await,
+        None => None,
+    };
     let new = NewItem {
         user_id,
         parent_id,
@@ -201,7 +206,7 @@ async fn upload(
         size,
         content_type: Some(content_type),
         blob: Some(blob.clone()),
-        geo_raster: None,
+        geo_raster: geo_raster.map(|g| serde_json::to_value(g).expect("serialises")),
         source_id: None,
     };
     match state.store.call(move |c| items::insert(c, new)).await {

@@ -2,6 +2,7 @@
 //! child processes that do the work.
 
 mod child;
+mod inspect;
 mod queue;
 mod state;
 
@@ -9,6 +10,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use child::{ChildLimits, Outcome};
+pub use inspect::Inspector;
 pub use queue::{Queue, Workers};
 pub use state::TaskState;
 

@@ -190,6 +190,7 @@ impl Workers {
             })?;
         let output = self.blobs.temp(".tif");
         let job = Job {
+            inspect_only: false,
             input,
             output: output.path().to_path_buf(),
             conversion: task.options.clone(),

@@ -34,6 +34,10 @@ fn assert_success(status: &Value) -> &Value {
 async fn reference_input_becomes_a_cog_with_the_sources_crs_and_size() {
     let server = TestServer::start().await;
     let source = server.upload(&data("RGB.byte.tif")).await;
+    // An upload is described as soon as it is stored.
+    assert_eq!(source["geo_raster"]["width"], 791);
+    assert_eq!(source["geo_raster"]["crs"], "EPSG:32618");
+    assert_ne!(source["geo_raster"]["layout"], "COG");
     let started = server.convert(&source, json!({})).await;
     assert_eq!(started["state"], "PENDING");
     assert_eq!(started["tree_item_id"], source["id"]);

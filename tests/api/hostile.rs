@@ -84,6 +84,10 @@ async fn vrts_and_url_tricks_are_refused_without_reading_or_fetching() {
     ];
     for (name, vrt) in hostile {
         let item = upload_bytes(&server, name, vrt.into_bytes()).await;
+        assert!(
+            item["geo_raster"].is_null(),
+            "a VRT is not described either"
+        );
         let started = server.convert(&item, json!({})).await;
         let status = server
             .wait_final(started["task_id"].as_str().unwrap())
