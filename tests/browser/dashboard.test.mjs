@@ -163,3 +163,30 @@ test('the API reference at /docs renders the OpenAPI document', async (t) => {
   await page.waitForSelector('h1:has-text("rastercast")', { timeout: 20000 });
   assert.ok(await page.getByText('/api/v1/tree-items/{id}/convert-to-geo-raster').count() > 0);
 });
+
+test('folders are created, entered, filled by drag and drop, and deleted', async (t) => {
+  const { page, errors } = await signedIn(t);
+  page.on('dialog', (dialog) => dialog.accept());
+  await page.fill('#folder-name', 'scenes');
+  await page.click('#folder-form button');
+  await page.click('#items li:has(.name:text-is("📁 scenes")) >> text=Open');
+  await page.waitForSelector('#crumbs button:has-text("scenes")');
+  await page.waitForSelector('#items li.muted:has-text("empty")');
+
+  // Drop a real raster on the drop zone, as a person dragging it from their desktop would.
+  const bytes = (await import('node:fs')).readFileSync(data('byte.tif')).toString('base64');
+  await page.evaluate((b64) => {
+    const raw = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([raw], 'dropped.tif', { type: 'image/tiff' }));
+    document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, bubbles: true, cancelable: true }));
+  }, bytes);
+  await page.waitForSelector('#items li:has(.name:text-is("dropped.tif"))');
+  assert.match(await page.textContent('#items li:has(.name:text-is("dropped.tif")) .meta'), /20×20, 1 band\(s\) Byte, EPSG:26711/,
+    'raster items show their geo metadata');
+
+  await page.click('#crumbs button:has-text("Home")');
+  await page.click('#items li:has(.name:text-is("📁 scenes")) >> text=Delete');
+  await page.waitForSelector('#items li.muted:has-text("empty")');
+  assert.deepEqual(errors, []);
+});
