@@ -1,7 +1,14 @@
 // The dashboard in Debian's headless Chromium against the real server.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launch, data, bigRaster } from './server.mjs';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { startServer, launch, data, bigRaster, root } from './server.mjs';
+
+// Screenshots for a person to look at after a run.
+const shots = path.join(root, 'target/screenshots');
+mkdirSync(shots, { recursive: true });
+const shot = (page, name) => page.screenshot({ path: path.join(shots, name + '.png'), fullPage: true });
 
 let browser;
 before(async () => { browser = await launch(); });
@@ -64,6 +71,7 @@ test('sign-in from the printed URL, upload, convert, and a map drawn from the CO
   assert.ok(painted > 10000, `the map drew ${painted} pixels`);
   assert.ok(ranges.length > 0, 'the COG was read with Range requests');
   assert.match(await page.textContent('#map-extent'), /WGS 84 extent: -78\.9/);
+  await shot(page, 'map-preview');
   assert.deepEqual(errors, []);
 
   await page.click('#sign-out');
@@ -93,6 +101,7 @@ test('progress advances live, and a long conversion can be cancelled', async (t)
   const second = page.locator('#tasks li').first();
   await page.waitForFunction(() => Number(document.querySelector('#tasks li .bar').getAttribute('aria-valuenow')) > 5, null, { timeout: 60000 });
   assert.match(await second.locator('.status').textContent(), /left/, 'an ETA is shown');
+  await shot(page, 'progress');
   await second.locator('button:text("Cancel")').click();
   await second.locator('.state.REVOKED').waitFor({ timeout: 15000 });
   assert.equal(await second.locator('button:text("Cancel")').count(), 0);
@@ -105,6 +114,7 @@ test('a corrupt file shows its error', async (t) => {
   const row = task(page, 'corrupt.tif');
   await row.locator('.state.FAILURE').waitFor({ timeout: 60000 });
   assert.match(await row.locator('.error').textContent(), /TIFFReadEncodedTile|could not/);
+  await shot(page, 'failure');
 
   // An impossible option is refused with the server's sentence, shown on the page.
   await page.click('#items li:has(.name:text-is("corrupt.tif")) >> text=Convert to Geo-Raster');
@@ -137,6 +147,7 @@ test('with WebSockets blocked the page falls back to SSE and still finishes', as
   await upload(page, data('byte.tif'), 'byte.tif');
   await convert(page, 'byte.tif');
   await task(page, 'byte.tif').locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+  await shot(page, 'sse-fallback');
 });
 
 test('fits a phone-width screen and works from the keyboard', async (t) => {
@@ -151,7 +162,7 @@ test('fits a phone-width screen and works from the keyboard', async (t) => {
   await page.focus('#convert-start');
   await page.keyboard.press('Enter');
   await task(page, 'byte.tif').locator('.state.SUCCESS').waitFor({ timeout: 60000 });
-  await page.screenshot({ path: 'target/dashboard-phone.png', fullPage: true });
+  await shot(page, 'phone');
 });
 
 test('the API reference at /docs renders the OpenAPI document', async (t) => {
@@ -162,6 +173,7 @@ test('the API reference at /docs renders the OpenAPI document', async (t) => {
   await page.goto(`${server.url}/docs`);
   await page.waitForSelector('h1:has-text("rastercast")', { timeout: 20000 });
   assert.ok(await page.getByText('/api/v1/tree-items/{id}/convert-to-geo-raster').count() > 0);
+  await page.screenshot({ path: path.join(shots, 'docs.png') });
 });
 
 test('folders are created, entered, filled by drag and drop, and deleted', async (t) => {
