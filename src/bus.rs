@@ -56,6 +56,9 @@ pub struct Body<'a> {
     /// snapshot replaces them.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     resync: bool,
+    /// When the server made this event (RFC 3339, microseconds): lets a client measure how
+    /// long it took to arrive.
+    emitted_at: String,
 }
 
 impl Event {
@@ -74,6 +77,7 @@ impl Event {
             event: kind,
             seq,
             resync,
+            emitted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         };
         let json = serde_json::to_vec(&body).expect("events serialise");
         let mut sse = Vec::with_capacity(json.len() + 32);

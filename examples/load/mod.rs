@@ -1,0 +1,174 @@
+//! Load generation shared by `loadgen` (for people planning capacity) and `bench` (the
+//! benchmark): many SSE and WebSocket subscribers with publish→receive latencies, and
+//! closed-loop HTTP request rates.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Latencies in microseconds, merged from every subscriber.
+pub type Latencies = Arc<Mutex<Histogram<u64>>>;
+
+pub fn latencies() -> Latencies {
+    Arc::new(Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")))
+}
+
+/// Microseconds from the event's `emitted_at` to now (same machine, same clock).
+fn age_us(event: &Value) -> Option<u64> {
+    let emitted = chrono::DateTime::parse_from_rfc3339(event["emitted_at"].as_str()?).ok()?;
+    let age = chrono::Utc::now().signed_duration_since(emitted);
+    age.num_microseconds().map(|us| us.max(1) as u64)
+}
+
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+/// What one subscriber saw of the watched task.
+pub struct Watch {
+    pub saw_final: bool,
+}
+
+/// A subscriber of the user's feed over SSE. It signals `ready` once subscribed, records the
+/// latency of every event of `task` (once its id is known), and returns at the task's end.
+pub async fn sse_subscriber(
+    base: String,
+    token: String,
+    ready: tokio::sync::mpsc::Sender<()>,
+    task: tokio::sync::watch::Receiver<Option<String>>,
+    latencies: Latencies,
+    read: bool,
+) -> Watch {
+    let client = reqwest::Client::new();
+    let Ok(response) = client.get(format!("{base}/api/v1/events")).bearer_auth(&token).send().await else {
+        let _ = ready.send(()).await;
+        return Watch { saw_final: false };
+    };
+    let _ = ready.send(()).await;
+    if !read {
+        // Hold the connection without reading until the task ends.
+        let mut task = task;
+        let _ = task.wait_for(|t| t.as_deref() == Some("done")).await;
+        drop(response);
+        return Watch { saw_final: false };
+    }
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut saw_final = false;
+    'outer: while let Some(Ok(chunk)) = body.next().await {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let message: String = buffer.drain(..end + 2).collect();
+            let Some(data) = message.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+            let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
+            let watched = task.borrow().clone();
+            if watched.as_deref() != event["task_id"].as_str() {
+                continue;
+            }
+            if event["event"] != "snapshot" {
+                if let Some(us) = age_us(&event) {
+                    let _ = local.record(us);
+                }
+            }
+            if matches!(event["state"].as_str(), Some("SUCCESS" | "FAILURE" | "REVOKED")) {
+                saw_final = true;
+                break 'outer;
+            }
+        }
+    }
+    latencies.lock().await.add(&local).expect("same bounds");
+    Watch { saw_final }
+}
+
+/// The same over the WebSocket (`subscribe all`).
+pub async fn ws_subscriber(
+    base: String,
+    token: String,
+    ready: tokio::sync::mpsc::Sender<()>,
+    task: tokio::sync::watch::Receiver<Option<String>>,
+    latencies: Latencies,
+    read: bool,
+) -> Watch {
+    let mut request = format!("{}/api/v1/ws", base.replacen("http", "ws", 1)).into_client_request().expect("url");
+    request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().expect("header"));
+    let Ok((mut socket, _)) = tokio_tungstenite::connect_async(request).await else {
+        let _ = ready.send(()).await;
+        return Watch { saw_final: false };
+    };
+    let _ = socket.send(Message::text(r#"{"type":"subscribe","all":true}"#)).await;
+    let _ = ready.send(()).await;
+    if !read {
+        let mut task = task;
+        let _ = task.wait_for(|t| t.as_deref() == Some("done")).await;
+        return Watch { saw_final: false };
+    }
+    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut saw_final = false;
+    while let Some(Ok(frame)) = socket.next().await {
+        let Message::Text(text) = frame else { continue };
+        let Ok(event) = serde_json::from_str::<Value>(&text) else { continue };
+        let watched = task.borrow().clone();
+        if watched.as_deref() != event["task_id"].as_str() {
+            continue;
+        }
+        if event["event"] != "snapshot" {
+            if let Some(us) = age_us(&event) {
+                let _ = local.record(us);
+            }
+        }
+        if matches!(event["state"].as_str(), Some("SUCCESS" | "FAILURE" | "REVOKED")) {
+            saw_final = true;
+            break;
+        }
+    }
+    latencies.lock().await.add(&local).expect("same bounds");
+    Watch { saw_final }
+}
+
+/// Closed-loop GETs of `url` from `connections` keep-alive connections for `duration`;
+/// returns requests per second.
+pub async fn request_rate(url: &str, connections: usize, duration: Duration) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (url, done) = (url.to_string(), done.clone());
+        workers.spawn(async move {
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
+            while Instant::now() < deadline {
+                if let Ok(r) = client.get(&url).send().await {
+                    if r.bytes().await.is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    let started = Instant::now();
+    while workers.join_next().await.is_some() {}
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        .unwrap_or(0)
+}
