@@ -46,8 +46,13 @@ async fn main() -> anyhow::Result<()> {
     let mut subscribers = tokio::task::JoinSet::new();
     let read = !args.stalled;
     for i in 0..args.sse + args.ws {
-        let (url, token, ready, task, lat) =
-            (args.url.clone(), args.token.clone(), ready_tx.clone(), task_rx.clone(), latencies.clone());
+        let (url, token, ready, task, lat) = (
+            args.url.clone(),
+            args.token.clone(),
+            ready_tx.clone(),
+            task_rx.clone(),
+            latencies.clone(),
+        );
         if i < args.sse {
             subscribers.spawn(load::sse_subscriber(url, token, ready, task, lat, read));
         } else {
@@ -59,10 +64,18 @@ async fn main() -> anyhow::Result<()> {
     while ready_rx.recv().await.is_some() {
         connected += 1;
     }
-    eprintln!("{connected} subscribers connected; converting {}", args.file.display());
+    eprintln!(
+        "{connected} subscribers connected; converting {}",
+        args.file.display()
+    );
 
     let client = reqwest::Client::new();
-    let name = args.file.file_name().and_then(|n| n.to_str()).unwrap_or("upload").to_string();
+    let name = args
+        .file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("upload")
+        .to_string();
     let bytes = tokio::fs::read(&args.file).await?;
     let item: serde_json::Value = client
         .post(format!("{}/api/v1/tree-items?name={name}", args.url))
@@ -74,7 +87,11 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let options: serde_json::Value = serde_json::from_str(&args.options)?;
     let started: serde_json::Value = client
-        .post(format!("{}/api/v1/tree-items/{}/convert-to-geo-raster", args.url, item["id"].as_str().unwrap_or_default()))
+        .post(format!(
+            "{}/api/v1/tree-items/{}/convert-to-geo-raster",
+            args.url,
+            item["id"].as_str().unwrap_or_default()
+        ))
         .bearer_auth(&args.token)
         .json(&options)
         .send()
@@ -85,9 +102,20 @@ async fn main() -> anyhow::Result<()> {
     task_tx.send_replace(Some(task_id.clone()));
     if args.stalled {
         loop {
-            let status: serde_json::Value = client.get(format!("{}/api/v1/tasks/{task_id}/status", args.url)).send().await?.json().await?;
-            if matches!(status["state"].as_str(), Some("SUCCESS" | "FAILURE" | "REVOKED")) {
-                println!("task ended {} in {}s with {} stalled subscribers", status["state"], status["result"]["duration_s"], connected);
+            let status: serde_json::Value = client
+                .get(format!("{}/api/v1/tasks/{task_id}/status", args.url))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if matches!(
+                status["state"].as_str(),
+                Some("SUCCESS" | "FAILURE" | "REVOKED")
+            ) {
+                println!(
+                    "task ended {} in {}s with {} stalled subscribers",
+                    status["state"], status["result"]["duration_s"], connected
+                );
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -114,6 +114,7 @@ impl App {
             cache_mb: config.gdal_cache_mb,
             metrics: metrics.clone(),
         });
+        let workers_count = config.workers();
         let state = AppState {
             workers: config.workers(),
             config: Arc::new(config),
@@ -127,6 +128,7 @@ impl App {
                 child: workers.child.clone(),
                 limits: workers.limits.clone(),
                 cache_mb: workers.cache_mb,
+                slots: Arc::new(tokio::sync::Semaphore::new(workers_count)),
             },
             shutdown,
         };
@@ -169,7 +171,15 @@ impl App {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!("workers did not stop in time");
+            let requeued = self
+                .state
+                .store
+                .call(|c| task_rows::requeue_all_running(c))
+                .await;
+            tracing::warn!(
+                ?requeued,
+                "workers did not stop in time; their tasks were queued again"
+            );
         }
         Ok(())
     }

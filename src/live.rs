@@ -67,6 +67,22 @@ pub async fn start(
             let position = bus.position();
             if let Some(after) = resume_after {
                 if let Some(missed) = bus.replay(after, |e| follow.matches(e)) {
+                    // A task that ended before the client left: nothing new to replay, so the
+                    // final state is sent again and the feed can end instead of idling.
+                    let ended_unseen = match follow {
+                        Follow::Task(id) if !missed.iter().any(|e| e.is_final) => {
+                            task_rows::get(c, id)?.filter(|t| t.state.is_final())
+                        }
+                        _ => None,
+                    };
+                    if let Some(task) = ended_unseen {
+                        let first = vec![Arc::new(Event::snapshot(&task, position, false))];
+                        return Ok(Start {
+                            rx,
+                            position,
+                            first,
+                        });
+                    }
                     return Ok(Start {
                         rx,
                         position,

@@ -19,7 +19,9 @@ use tokio_tungstenite::tungstenite::Message;
 pub type Latencies = Arc<Mutex<Histogram<u64>>>;
 
 pub fn latencies() -> Latencies {
-    Arc::new(Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")))
+    Arc::new(Mutex::new(
+        Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+    ))
 }
 
 /// Microseconds from the event's `emitted_at` to now (same machine, same clock).
@@ -32,7 +34,10 @@ fn age_us(event: &Value) -> Option<u64> {
 pub fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit on this process with a valid struct.
     unsafe {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
@@ -55,7 +60,12 @@ pub async fn sse_subscriber(
     read: bool,
 ) -> Watch {
     let client = reqwest::Client::new();
-    let Ok(response) = client.get(format!("{base}/api/v1/events")).bearer_auth(&token).send().await else {
+    let Ok(response) = client
+        .get(format!("{base}/api/v1/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+    else {
         let _ = ready.send(()).await;
         return Watch { saw_final: false };
     };
@@ -75,8 +85,12 @@ pub async fn sse_subscriber(
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find("\n\n") {
             let message: String = buffer.drain(..end + 2).collect();
-            let Some(data) = message.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
-            let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
+            let Some(data) = message.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            let Ok(event) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
             let watched = task.borrow().clone();
             if watched.as_deref() != event["task_id"].as_str() {
                 continue;
@@ -86,7 +100,10 @@ pub async fn sse_subscriber(
                     let _ = local.record(us);
                 }
             }
-            if matches!(event["state"].as_str(), Some("SUCCESS" | "FAILURE" | "REVOKED")) {
+            if matches!(
+                event["state"].as_str(),
+                Some("SUCCESS" | "FAILURE" | "REVOKED")
+            ) {
                 saw_final = true;
                 break 'outer;
             }
@@ -105,13 +122,20 @@ pub async fn ws_subscriber(
     latencies: Latencies,
     read: bool,
 ) -> Watch {
-    let mut request = format!("{}/api/v1/ws", base.replacen("http", "ws", 1)).into_client_request().expect("url");
-    request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().expect("header"));
+    let mut request = format!("{}/api/v1/ws", base.replacen("http", "ws", 1))
+        .into_client_request()
+        .expect("url");
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
     let Ok((mut socket, _)) = tokio_tungstenite::connect_async(request).await else {
         let _ = ready.send(()).await;
         return Watch { saw_final: false };
     };
-    let _ = socket.send(Message::text(r#"{"type":"subscribe","all":true}"#)).await;
+    let _ = socket
+        .send(Message::text(r#"{"type":"subscribe","all":true}"#))
+        .await;
     let _ = ready.send(()).await;
     if !read {
         let mut task = task;
@@ -122,7 +146,9 @@ pub async fn ws_subscriber(
     let mut saw_final = false;
     while let Some(Ok(frame)) = socket.next().await {
         let Message::Text(text) = frame else { continue };
-        let Ok(event) = serde_json::from_str::<Value>(&text) else { continue };
+        let Ok(event) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
         let watched = task.borrow().clone();
         if watched.as_deref() != event["task_id"].as_str() {
             continue;
@@ -132,7 +158,10 @@ pub async fn ws_subscriber(
                 let _ = local.record(us);
             }
         }
-        if matches!(event["state"].as_str(), Some("SUCCESS" | "FAILURE" | "REVOKED")) {
+        if matches!(
+            event["state"].as_str(),
+            Some("SUCCESS" | "FAILURE" | "REVOKED")
+        ) {
             saw_final = true;
             break;
         }
@@ -150,7 +179,10 @@ pub async fn request_rate(url: &str, connections: usize, duration: Duration) -> 
     for _ in 0..connections {
         let (url, done) = (url.to_string(), done.clone());
         workers.spawn(async move {
-            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("client");
             while Instant::now() < deadline {
                 if let Ok(r) = client.get(&url).send().await {
                     if r.bytes().await.is_ok() {
@@ -169,6 +201,10 @@ pub async fn request_rate(url: &str, connections: usize, duration: Duration) -> 
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
         .unwrap_or(0)
 }

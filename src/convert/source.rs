@@ -40,7 +40,7 @@ pub fn open(path: &Path, conversion: &Conversion, limits: &Limits) -> Result<Sou
     };
     let mut dataset = open_allowed(&gdal_path)?;
 
-    let subdatasets = subdataset_names(&dataset);
+    let subdatasets = subdataset_names(&dataset, &gdal_path);
     match (subdataset, dataset.raster_count(), subdatasets.is_empty()) {
         (Some(name), _, false) => {
             let full = subdatasets
@@ -53,7 +53,7 @@ pub fn open(path: &Path, conversion: &Conversion, limits: &Limits) -> Result<Sou
                         list(&subdatasets)
                     ))
                 })?;
-            // `full` was written by GDAL from our own path, so opening it cannot escape the upload.
+            // `full` was rebuilt by us from our own path and a listed variable name.
             dataset = open_allowed(&full)?;
         }
         (Some(name), _, true) => {
@@ -114,17 +114,23 @@ fn open_allowed(path: &str) -> Result<Dataset, ConvertError> {
     })
 }
 
-/// `(short name, GDAL's full name)` for each subdataset.
-fn subdataset_names(dataset: &Dataset) -> Vec<(String, String)> {
+/// `(name, path to open)` for each subdataset of a NetCDF file. The SUBDATASETS list is
+/// metadata, and any file can carry metadata (a GeoTIFF in its GDAL_METADATA tag), so only the
+/// netCDF driver's list is used, and only entries that name our own file; the path to open is
+/// rebuilt here from our path and the variable name, never taken from the file.
+fn subdataset_names(dataset: &Dataset, own_path: &str) -> Vec<(String, String)> {
+    if dataset.driver().short_name() != "netCDF" {
+        return Vec::new();
+    }
+    let prefix = format!("NETCDF:\"{own_path}\":");
     let entries = dataset.metadata_domain("SUBDATASETS").unwrap_or_default();
     entries
         .iter()
         .filter_map(|kv| kv.split_once('='))
         .filter(|(k, _)| k.ends_with("_NAME"))
-        .map(|(_, full)| {
-            let short = full.rsplit(':').next().unwrap_or(full).trim_matches('"');
-            (short.to_string(), full.to_string())
-        })
+        .filter_map(|(_, full)| full.strip_prefix(&prefix))
+        .filter(|var| !var.is_empty() && !var.contains(['"', '/', '\\']) && !var.starts_with("vsi"))
+        .map(|var| (var.to_string(), format!("{prefix}{var}")))
         .collect()
 }
 

@@ -64,6 +64,15 @@ async fn content(
     let mut common = HeaderMap::new();
     common.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
     common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Uploaded bytes are the uploader's: never sniffed, and never run as a page of ours.
+    common.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    common.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
     common.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=86400"),

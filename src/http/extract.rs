@@ -32,6 +32,11 @@ pub fn json_rejection(rejection: JsonRejection) -> AppError {
         JsonRejection::JsonSyntaxError(e) => {
             AppError::BadRequest(format!("The body is not valid JSON: {}", e.body_text()))
         }
+        JsonRejection::BytesRejection(e)
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+        {
+            AppError::TooLarge("The JSON body is larger than this endpoint accepts.".into())
+        }
         other => AppError::BadRequest(other.body_text()),
     }
 }

@@ -48,8 +48,23 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             metrics::count,
         ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(span_without_query))
         .with_state(state)
+}
+
+/// A bug in a handler is a JSON 500 like any other error, and the server keeps serving.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown");
+    axum::response::IntoResponse::into_response(AppError::Internal(anyhow::anyhow!(
+        "handler panicked: {what}"
+    )))
 }
 
 /// Request spans log the path only: query strings may carry tickets or tokens.

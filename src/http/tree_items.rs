@@ -122,6 +122,7 @@ async fn upload(
             })?;
         let mut file = None;
         let mut parent_id = query.parent_id;
+        let mut other_bytes = 0usize;
         while let Some(field) = multipart.next_field().await.map_err(|e| {
             AppError::BadRequest(format!(
                 "The multipart body is malformed: {}",
@@ -142,11 +143,8 @@ async fn upload(
                     file = Some((name, size, part_type));
                 }
                 Some("parent_id") => {
-                    let text = field
-                        .text()
-                        .await
-                        .map_err(|e| AppError::BadRequest(e.body_text()))?;
-                    let text = text.trim();
+                    let raw = small_field(field, &mut other_bytes).await?;
+                    let text = raw.trim();
                     parent_id = if text.is_empty() || text == "null" {
                         None
                     } else {
@@ -155,7 +153,9 @@ async fn upload(
                         })?)
                     };
                 }
-                _ => {}
+                _ => {
+                    small_field(field, &mut other_bytes).await?;
+                }
             }
         }
         let (name, size, part_type) = file.ok_or_else(|| {
@@ -192,12 +192,10 @@ async fn upload(
             return Err(AppError::NotFound("folder"));
         }
     }
+    // Rasters show their geo metadata in the tree before any conversion. The file is described
+    // while still temporary, so a request dropped meanwhile leaves nothing behind.
+    let geo_raster = state.inspector.describe(temp.path()).await;
     let blob = state.blobs.persist(temp).await.map_err(AppError::from_io)?;
-    // Rasters show their geo metadata in the tree before any conversion.
-    let geo_raster = match state.blobs.path(&blob) {
-        Some(path) => state.inspector.describe(&path).await,
-        None => None,
-    };
     let new = NewItem {
         user_id,
         parent_id,
@@ -219,6 +217,34 @@ async fn upload(
             Err(e.into())
         }
     }
+}
+
+/// Bytes all the parts other than `file` may hold together: they are small form fields.
+const FORM_FIELDS_LIMIT: usize = 16 * 1024;
+
+/// Reads a small form field, counting it against `FORM_FIELDS_LIMIT` as it arrives, so a
+/// huge field is refused without being held in memory.
+async fn small_field(
+    mut field: axum::extract::multipart::Field<'_>,
+    used: &mut usize,
+) -> AppResult<String> {
+    let mut text = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| {
+        AppError::BadRequest(format!(
+            "The multipart body is malformed: {}",
+            e.body_text()
+        ))
+    })? {
+        *used += chunk.len();
+        if *used > FORM_FIELDS_LIMIT {
+            return Err(AppError::TooLarge(format!(
+                "Form fields other than `file` may hold {FORM_FIELDS_LIMIT} bytes in all."
+            )));
+        }
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8(text)
+        .map_err(|_| AppError::BadRequest("A form field is not UTF-8 text.".into()))
 }
 
 fn too_large(limit: u64) -> AppError {
@@ -406,9 +432,13 @@ async fn convert(
     if state.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .map_err(|_| AppError::TooLarge("The options body is larger than 64 KiB.".into()))?;
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.map_err(|e| {
+        if e.to_string().contains("length limit") {
+            AppError::TooLarge("The options body is larger than 64 KiB.".into())
+        } else {
+            AppError::BadRequest(format!("The body could not be read: {e}"))
+        }
+    })?;
     let requested: RequestedOptions = if bytes.iter().all(u8::is_ascii_whitespace) {
         RequestedOptions::default()
     } else {

@@ -266,18 +266,36 @@ pub fn publish_success(
     Ok(PublishOutcome::Published(item.id))
 }
 
-/// Puts a running task back in the queue. On a clean shutdown the attempt is refunded.
+/// Puts a running task back in the queue; on a clean shutdown the attempt is refunded. A task
+/// whose cancel was asked for is not queued again: it ends REVOKED.
 pub fn requeue(
     conn: &Connection,
     id: Uuid,
     refund_attempt: bool,
     status: &str,
 ) -> anyhow::Result<bool> {
-    Ok(conn.execute(
+    let requeued = conn.execute(
         "UPDATE tasks SET state = 'PENDING', status = ?3, attempts = attempts - ?2
-         WHERE id = ?1 AND state = 'PROGRESS'",
+         WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0",
         params![id.to_string(), refund_attempt as i64, status],
-    )? > 0)
+    )? > 0;
+    Ok(requeued || finish(conn, id, TaskState::Revoked, "Cancelled", None)?)
+}
+
+/// On a shutdown that could not wait for its workers: every task still running goes back to
+/// the queue (or ends REVOKED if its cancel was asked for), without using up an attempt.
+pub fn requeue_all_running(conn: &Connection) -> anyhow::Result<usize> {
+    let now = crate::time::now();
+    conn.execute(
+        "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?1
+         WHERE state = 'PROGRESS' AND cancel_requested = 1",
+        [&now],
+    )?;
+    Ok(conn.execute(
+        "UPDATE tasks SET state = 'PENDING', status = 'Queued; the server restarted', attempts = attempts - 1
+         WHERE state = 'PROGRESS'",
+        [],
+    )?)
 }
 
 /// At start-up no task can be running: each PROGRESS task was cut off by a crash. Cancelled
@@ -288,7 +306,7 @@ pub fn recover(conn: &mut Connection, max_attempts: u32) -> anyhow::Result<usize
     let now = crate::time::now();
     tx.execute(
         "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?1
-         WHERE state = 'PROGRESS' AND cancel_requested = 1",
+         WHERE state IN ('PENDING', 'PROGRESS') AND cancel_requested = 1",
         [&now],
     )?;
     tx.execute(

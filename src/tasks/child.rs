@@ -144,6 +144,10 @@ fn spawn(limits: &ChildLimits) -> std::io::Result<tokio::process::Child> {
             libc::setrlimit(libc::RLIMIT_CORE, &no_core);
             // If the server dies, so does its worker: no orphan keeps converting.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // No network at all for code that parses hostile files: a fresh network namespace
+            // has only a loopback that is down. It needs CAP_SYS_ADMIN; without it the other
+            // layers (driver allow-list, server-built paths) still stand.
+            libc::unshare(libc::CLONE_NEWNET);
             Ok(())
         });
     }

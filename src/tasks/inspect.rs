@@ -5,6 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::child::{self, ChildLimits, Outcome};
@@ -19,11 +22,15 @@ pub struct Inspector {
     pub child: ChildLimits,
     pub limits: Limits,
     pub cache_mb: usize,
+    /// At most this many inspections at once (the worker pool's size): uploads beyond it are
+    /// stored without a description rather than spawning unbounded processes.
+    pub slots: Arc<Semaphore>,
 }
 
 impl Inspector {
     /// The file's description, or `None` when it is not a raster this server accepts.
     pub async fn describe(&self, path: &Path) -> Option<GeoRaster> {
+        let _slot = self.slots.try_acquire().ok()?;
         let job = Job {
             inspect_only: true,
             input: path.to_path_buf(),

@@ -175,7 +175,22 @@ impl Workers {
             Err(Outcome::Done(_)) => unreachable!("convert returns Ok for a published result"),
         };
         if let Err(e) = ended {
-            tracing::error!(error = ?e, "could not record the end of a task");
+            // Never leave the task in PROGRESS: one more try, after the database settles.
+            tracing::error!(error = ?e, "could not record the end of a task; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let retried = change(store, bus, id, EventKind::State, move |c| {
+                task_rows::finish(
+                    c,
+                    id,
+                    TaskState::Failure,
+                    "Failed",
+                    Some("The result could not be recorded."),
+                )
+            })
+            .await;
+            if let Err(e) = retried {
+                tracing::error!(error = ?e, "the task stays in PROGRESS until the next start");
+            }
         }
     }
 

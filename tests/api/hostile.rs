@@ -222,3 +222,80 @@ async fn garbage_and_empty_files_fail_cleanly_and_the_server_keeps_serving() {
     let ok = server.convert_file(&data("byte.tif"), json!({})).await;
     assert_eq!(ok["state"], "SUCCESS");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subdataset_lists_written_into_a_file_are_not_trusted() {
+    use gdal::Metadata;
+    let server = TestServer::start().await;
+    let (url, hits) = tripwire().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.tif");
+    std::fs::copy(data("RGB.byte.tif"), &secret).unwrap();
+    let remote = format!("/vsicurl/{url}.none-allowed");
+
+    // A GeoTIFF whose own metadata claims subdatasets that point elsewhere.
+    let liar = dir.path().join("liar.tif");
+    {
+        let driver = gdal::DriverManager::get_driver_by_name("GTiff").unwrap();
+        let mut ds = driver
+            .create_with_band_type::<u8, _>(&liar, 10, 10, 1)
+            .unwrap();
+        ds.set_geo_transform(&[0.0, 1.0, 0.0, 10.0, 0.0, -1.0])
+            .unwrap();
+        ds.set_metadata_item("SUBDATASET_1_NAME", secret.to_str().unwrap(), "SUBDATASETS")
+            .unwrap();
+        ds.set_metadata_item("SUBDATASET_2_NAME", &remote, "SUBDATASETS")
+            .unwrap();
+    }
+    let item = server.upload(&liar).await;
+    for subdataset in [
+        secret.to_str().unwrap().to_string(),
+        remote.clone(),
+        "none-allowed".into(),
+        "tif".into(),
+    ] {
+        let started = server
+            .convert(&item, json!({ "subdataset": subdataset }))
+            .await;
+        let status = server
+            .wait_final(started["task_id"].as_str().unwrap())
+            .await;
+        assert_eq!(status["state"], "FAILURE", "{subdataset}: {status}");
+        assert!(
+            status["error"].as_str().unwrap().contains("no subdatasets"),
+            "{status}"
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "no URL was fetched");
+    let (_, items) = server.get_json("/tree-items", &server.token).await;
+    assert!(
+        items
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["source_id"].is_null()),
+        "nothing was published"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_form_field_is_refused_without_being_held() {
+    let server = TestServer::start().await;
+    let form = reqwest::multipart::Form::new()
+        .text("parent_id", "x".repeat(4 << 20))
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(vec![0u8; 10]).file_name("a.tif"),
+        );
+    let res = server
+        .req(reqwest::Method::POST, "/tree-items", &server.token)
+        .multipart(form)
+        .send()
+        .await;
+    if let Ok(res) = res {
+        assert_eq!(res.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    assert!(server.tmp_files().is_empty());
+    let (_, items) = server.get_json("/tree-items", &server.token).await;
+    assert_eq!(items, json!([]));
+}

@@ -81,6 +81,18 @@ async fn content_supports_range_etag_and_head() {
         "If-Range mismatch sends the whole file"
     );
 
+    // Uploaded bytes are never sniffed or run as a page of this origin.
+    let res = server
+        .req(Method::GET, &path, &server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert!(res.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .contains("sandbox"));
+
     let head = server
         .req(Method::HEAD, &path, &server.token)
         .send()

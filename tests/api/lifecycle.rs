@@ -373,3 +373,40 @@ fn alive(pid: i32) -> bool {
         })
         .unwrap_or(false)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_is_kept_when_the_server_stops_before_the_work_does() {
+    let mut server = TestServer::start().await;
+    let task = start_slow(&server).await;
+    wait_running(&server, &task).await;
+    // Freeze the worker so the cancel cannot complete before the shutdown.
+    let workers = children_of(server.pid());
+    for worker in &workers {
+        // SAFETY: plain kill(2) on the server's child.
+        unsafe { libc::kill(*worker, libc::SIGSTOP) };
+    }
+    let res = server
+        .req(
+            Method::POST,
+            &format!("/tasks/{task}/cancel"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "Cancelling…");
+    server.stop(libc::SIGTERM).await;
+    for worker in &workers {
+        // SAFETY: as above; a stopped process would otherwise linger until SIGKILL.
+        unsafe { libc::kill(*worker, libc::SIGKILL) };
+    }
+    server.restart().await;
+    let status = server.status(&task).await;
+    assert_eq!(status["state"], "REVOKED", "{status}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        children_of(server.pid()).is_empty(),
+        "a cancelled task is not run again"
+    );
+}

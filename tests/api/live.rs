@@ -659,3 +659,27 @@ fn rss_kib(pid: i32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_a_finished_tasks_feed_ends_it() {
+    let server = TestServer::start().await;
+    let item = server.upload(&data("byte.tif")).await;
+    let task = server.convert(&item, json!({})).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = server.api(&format!("/tasks/{task}/events"));
+    let events = Sse::open(server.http.get(&path))
+        .await
+        .events_until(|_| false)
+        .await;
+    let (last_id, last) = events.last().unwrap().clone();
+    assert!(is_final(&last));
+    // A browser reconnects after the stream ends, with the last id it saw.
+    let mut again = Sse::open(server.http.get(&path).header("Last-Event-ID", &last_id)).await;
+    let replay = tokio::time::timeout(Duration::from_secs(5), again.events_until(|_| false))
+        .await
+        .expect("the feed ends");
+    assert_eq!(replay.len(), 1);
+    assert_eq!(replay[0].1["state"], last["state"]);
+}
