@@ -22,7 +22,8 @@ pub use options::{Conversion, RequestedOptions};
 /// Resource limits on one conversion; a source over any of them fails before work starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Limits {
-    /// width × height × bands of the source (and of a reprojected output).
+    /// width × height × bands of the source. (A reprojected output is bounded by the task's
+    /// time and memory limits instead.)
     pub max_pixels: u64,
     pub max_bands: usize,
     /// Largest member accepted inside a zip, so a zip bomb cannot expand past an upload.

@@ -207,14 +207,25 @@ async fn upload(
         geo_raster: geo_raster.map(|g| serde_json::to_value(g).expect("serialises")),
         source_id: None,
     };
-    match state.store.call(move |c| items::insert(c, new)).await {
-        Ok(item) => {
+    // The folder is checked again in the insert's own call: it may have gone meanwhile.
+    let inserted = state
+        .store
+        .call(move |c| match new.parent_id {
+            Some(folder) if !items::is_folder(c, new.user_id, folder)? => Ok(None),
+            _ => items::insert(c, new).map(Some),
+        })
+        .await;
+    match inserted {
+        Ok(Some(item)) => {
             state.metrics.bytes_in.inc_by(item.size);
             Ok((StatusCode::CREATED, axum::Json(item)))
         }
-        Err(e) => {
+        other => {
             state.blobs.remove(vec![blob]).await;
-            Err(e.into())
+            Err(match other {
+                Ok(_) => AppError::NotFound("folder"),
+                Err(e) => e.into(),
+            })
         }
     }
 }
