@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test lint setup
+.PHONY: run test lint bench setup
 
 ## Set up and run the server on its embedded defaults (SQLite and files in ./data).
 run: setup
@@ -13,6 +13,11 @@ test: setup
 	@./scripts/setup.sh --browser
 	cargo test
 	node --test tests/browser/
+
+## Benchmarks against their references, in release mode; writes docs/BENCHMARKS.md.
+bench: setup
+	cargo build --release --bin rastercast --example bench
+	ulimit -n "$$(ulimit -Hn)"; target/release/examples/bench $(BENCH_ARGS)
 
 ## Formatting and lints, as CI would want them.
 lint: setup

@@ -1,0 +1,373 @@
+//! The benchmark behind `make bench`: every figure is measured against its reference in the
+//! same run, on this machine, and written to docs/BENCHMARKS.md as a ratio.
+//!
+//! cargo run --release --example bench [-- --quick]
+//!
+//! It starts the release server (target/release/rastercast) on loopback, generates its inputs
+//! from ../shared/data, and needs gdal_translate (gdal-bin) for the reference conversions.
+
+#[path = "load/mod.rs"]
+mod load;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+struct Server {
+    child: tokio::process::Child,
+    url: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(args: &[&str]) -> anyhow::Result<(Server, Duration)> {
+        let dir = tempfile::tempdir()?;
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(root().join("target/release/rastercast"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let (mut url, mut token) = (String::new(), String::new());
+        while let Some(line) = lines.next_line().await? {
+            let line = line.trim().to_string();
+            if line.starts_with("rc_") {
+                token = line.clone();
+            }
+            if let Some(u) = line.strip_prefix("rastercast listening on ") {
+                url = u.to_string();
+                break;
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let client = reqwest::Client::new();
+        while !client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let ready = started.elapsed();
+        Ok((Server { child, url, token, _dir: dir }, ready))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    async fn upload(&self, client: &reqwest::Client, file: &Path) -> anyhow::Result<String> {
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("in.tif");
+        let item: Value = client
+            .post(format!("{}/api/v1/tree-items?name={name}", self.url))
+            .bearer_auth(&self.token)
+            .body(tokio::fs::read(file).await?)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(item["id"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Start → SUCCESS as an SSE client sees it.
+    async fn convert_seen_by_sse(&self, client: &reqwest::Client, item: &str) -> anyhow::Result<Duration> {
+        use futures_util::StreamExt;
+        let feed = client.get(format!("{}/api/v1/events", self.url)).bearer_auth(&self.token).send().await?;
+        let mut body = feed.bytes_stream();
+        let started = Instant::now();
+        let task: Value = client
+            .post(format!("{}/api/v1/tree-items/{item}/convert-to-geo-raster", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = task["task_id"].as_str().unwrap_or_default().to_string();
+        let mut text = String::new();
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk?));
+            if text.contains(&id) && text.contains("\"state\":\"SUCCESS\"") {
+                return Ok(started.elapsed());
+            }
+            if text.len() > 1 << 20 {
+                text.drain(..text.len() / 2);
+            }
+        }
+        anyhow::bail!("the feed ended before SUCCESS")
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Row {
+    figure: String,
+    measured: String,
+    reference: String,
+    ratio: String,
+    target: String,
+}
+
+fn big_input() -> anyhow::Result<PathBuf> {
+    let path = root().join("target/tmp/big-8192x8192x3.tif");
+    if !path.exists() {
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+        let status = std::process::Command::new("gdal_translate")
+            .args(["-q", "-outsize", "8192", "8192", "-b", "1", "-b", "1", "-b", "1", "-r", "cubic"])
+            .args(["-co", "COMPRESS=DEFLATE", "-co", "TILED=YES"])
+            .arg(root().join("../shared/data/shade.tif"))
+            .arg(&path)
+            .status()?;
+        anyhow::ensure!(status.success(), "gdal_translate failed");
+    }
+    Ok(path)
+}
+
+/// gdal_translate with the creation options the server uses by default.
+fn reference_conversion(input: &Path) -> anyhow::Result<Duration> {
+    // The server's default: one worker per core, so cores / workers = 1 GDAL thread per job.
+    let threads = 1;
+    let args = rastercast::convert::Conversion::default().translate_args("average", threads);
+    let out = tempfile::Builder::new().suffix(".tif").tempfile()?;
+    let started = Instant::now();
+    let status = std::process::Command::new("gdal_translate").arg("-q").args(&args).arg(input).arg(out.path()).status()?;
+    anyhow::ensure!(status.success(), "gdal_translate failed");
+    Ok(started.elapsed())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let runs = if quick { 3 } else { 5 };
+    load::raise_fd_limit();
+    let client = reqwest::Client::new();
+    let mut rows = Vec::new();
+
+    // Start-up and idle memory.
+    let mut ready = Vec::new();
+    let mut idle = Vec::new();
+    for _ in 0..runs {
+        let (server, took) = Server::start(&[]).await?;
+        ready.push(took.as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        idle.push(load::rss_kib(server.pid()) as f64 / 1024.0);
+    }
+    rows.push(Row { figure: "process start → /healthz 200".into(), measured: format!("{:.0} ms", median(ready)), reference: "—".into(), ratio: "—".into(), target: "≤ 200 ms".into() });
+    rows.push(Row { figure: "idle RSS".into(), measured: format!("{:.1} MB", median(idle)), reference: "—".into(), ratio: "—".into(), target: "≤ 30 MB".into() });
+
+    // Conversions against gdal_translate with identical creation options.
+    let (server, _) = Server::start(&[]).await?;
+    for (label, input) in [("RGB.byte.tif", root().join("../shared/data/RGB.byte.tif")), ("8192×8192×3 from shade.tif", big_input()?)] {
+        let item = server.upload(&client, &input).await?;
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..runs {
+            ours.push(server.convert_seen_by_sse(&client, &item).await?.as_secs_f64());
+            theirs.push(reference_conversion(&input)?.as_secs_f64());
+        }
+        let (o, t) = (median(ours), median(theirs));
+        rows.push(Row {
+            figure: format!("conversion, start → SUCCESS seen over SSE: {label}"),
+            measured: format!("{:.3} s", o),
+            reference: format!("gdal_translate -of COG: {:.3} s", t),
+            ratio: format!("{:.2}×", o / t),
+            target: "≤ 1.05×".into(),
+        });
+    }
+
+    // REST status at 64 connections against a constant handler of the same size.
+    let item = server.upload(&client, &root().join("../shared/data/byte.tif")).await?;
+    server.convert_seen_by_sse(&client, &item).await?;
+    let tasks: Value = client.get(format!("{}/api/v1/tasks?limit=1", server.url)).bearer_auth(&server.token).send().await?.json().await?;
+    let task_id = tasks["tasks"][0]["task_id"].as_str().unwrap_or_default().to_string();
+    let status_url = format!("{}/api/v1/tasks/{task_id}/status", server.url);
+    let body_len = client.get(&status_url).send().await?.bytes().await?.len();
+    let reference = reference_server(body_len).await?;
+    let duration = Duration::from_secs(if quick { 3 } else { 5 });
+    let ours = load::request_rate(&status_url, 64, duration).await;
+    let theirs = load::request_rate(&reference, 64, duration).await;
+    rows.push(Row {
+        figure: "GET /tasks/{id}/status, requests/s at 64 connections".into(),
+        measured: format!("{ours:.0}/s"),
+        reference: format!("constant axum handler, same body size: {theirs:.0}/s"),
+        ratio: format!("{:.2}×", ours / theirs),
+        target: "≥ 0.8×".into(),
+    });
+    drop(server);
+
+    // Push latency to many subscribers of one conversion, and memory per idle subscriber.
+    for (sse, ws) in if quick { vec![(1000, 0)] } else { vec![(1000, 0), (10000, 0), (0, 10000)] } {
+        let (server, _) = Server::start(&[]).await?;
+        let before = load::rss_kib(server.pid());
+        let (p50, p99, max, finals, connected, after) = watch_one(&server, sse, ws, true).await?;
+        let per = (after.saturating_sub(before)) as f64 * 1024.0 / connected.max(1) as f64;
+        rows.push(Row {
+            figure: format!("publish → receive latency, {} {} subscribers", sse + ws, if sse > 0 { "SSE" } else { "WebSocket" }),
+            measured: format!("p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; {finals}/{connected} saw the final event"),
+            reference: "—".into(),
+            ratio: "—".into(),
+            target: "p99 ≤ 50 ms at 10,000".into(),
+        });
+        rows.push(Row {
+            figure: format!("server memory per subscriber ({} {})", sse + ws, if sse > 0 { "SSE" } else { "WebSocket" }),
+            measured: format!("{:.1} KiB", per / 1024.0),
+            reference: "—".into(),
+            ratio: "—".into(),
+            target: "≤ 16 KiB".into(),
+        });
+    }
+
+    // Tiny conversions queued at once.
+    let count = if quick { 200 } else { 1000 };
+    let (server, _) = Server::start(&[]).await?;
+    let byte = root().join("../shared/data/byte.tif");
+    let item = server.upload(&client, &byte).await?;
+    let started = Instant::now();
+    for _ in 0..count {
+        client
+            .post(format!("{}/api/v1/tree-items/{item}/convert-to-geo-raster", server.url))
+            .bearer_auth(&server.token)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    // Done when every one of them is SUCCESS (the server is fresh: no other tasks).
+    let success = format!("rastercast_tasks{{state=\"SUCCESS\"}} {count}");
+    while !client.get(format!("{}/metrics", server.url)).send().await?.text().await?.lines().any(|l| l == success) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    rows.push(Row { figure: format!("{count} tiny conversions (byte.tif) queued at once"), measured: format!("{rate:.0} tasks/s"), reference: "—".into(), ratio: "—".into(), target: "≥ 200/s on 2 cores".into() });
+    drop(server);
+
+    // A conversion with 1,000 subscribers that never read, against none.
+    let big = big_input()?;
+    let (server, _) = Server::start(&[]).await?;
+    let item = server.upload(&client, &big).await?;
+    let mut alone = Vec::new();
+    for _ in 0..runs.min(3) {
+        alone.push(server.convert_seen_by_sse(&client, &item).await?.as_secs_f64());
+    }
+    drop(server);
+    let (server, _) = Server::start(&[]).await?;
+    let stalled = watch_one_stalled(&server, 1000, &big, runs.min(3)).await?;
+    let (a, s) = (median(alone), median(stalled));
+    rows.push(Row {
+        figure: "8192×8192×3 conversion with 1,000 subscribers that never read".into(),
+        measured: format!("{s:.3} s"),
+        reference: format!("the same with none: {a:.3} s"),
+        ratio: format!("{:.2}×", s / a),
+        target: "≤ 1.02×".into(),
+    });
+
+    write_report(&rows)?;
+    Ok(())
+}
+
+/// Connects subscribers to the user feed, converts RGB.byte.tif, and reports latencies.
+async fn watch_one(server: &Server, sse: usize, ws: usize, read: bool) -> anyhow::Result<(f64, f64, f64, usize, usize, u64)> {
+    let latencies = load::latencies();
+    let (task_tx, task_rx) = tokio::sync::watch::channel(None::<String>);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
+    let mut subscribers = tokio::task::JoinSet::new();
+    for i in 0..sse + ws {
+        let (url, token, ready, task, lat) = (server.url.clone(), server.token.clone(), ready_tx.clone(), task_rx.clone(), latencies.clone());
+        if i < sse {
+            subscribers.spawn(load::sse_subscriber(url, token, ready, task, lat, read));
+        } else {
+            subscribers.spawn(load::ws_subscriber(url, token, ready, task, lat, read));
+        }
+    }
+    drop(ready_tx);
+    let mut connected = 0;
+    while ready_rx.recv().await.is_some() {
+        connected += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss = load::rss_kib(server.pid());
+    let client = reqwest::Client::new();
+    let item = server.upload(&client, &root().join("../shared/data/RGB.byte.tif")).await?;
+    let t: Value = client
+        .post(format!("{}/api/v1/tree-items/{item}/convert-to-geo-raster", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    task_tx.send_replace(t["task_id"].as_str().map(str::to_string));
+    let mut finals = 0;
+    while let Some(w) = subscribers.join_next().await {
+        finals += usize::from(w.map(|w| w.saw_final).unwrap_or(false));
+    }
+    let h = latencies.lock().await;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok((ms(0.5), ms(0.99), h.max() as f64 / 1000.0, finals, connected, rss))
+}
+
+async fn watch_one_stalled(server: &Server, n: usize, input: &Path, runs: usize) -> anyhow::Result<Vec<f64>> {
+    let (task_tx, task_rx) = tokio::sync::watch::channel(None::<String>);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
+    let mut subscribers = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        subscribers.spawn(load::sse_subscriber(server.url.clone(), server.token.clone(), ready_tx.clone(), task_rx.clone(), load::latencies(), false));
+    }
+    drop(ready_tx);
+    while ready_rx.recv().await.is_some() {}
+    let client = reqwest::Client::new();
+    let item = server.upload(&client, input).await?;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        times.push(server.convert_seen_by_sse(&client, &item).await?.as_secs_f64());
+    }
+    task_tx.send_replace(Some("done".into()));
+    while subscribers.join_next().await.is_some() {}
+    Ok(times)
+}
+
+/// The reference for the status path: a minimal axum server beside the real one, answering a
+/// constant body of the same size.
+async fn reference_server(body_len: usize) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/status", listener.local_addr()?);
+    let body: &'static str = Box::leak("x".repeat(body_len).into_boxed_str());
+    let app = axum::Router::new().route("/status", axum::routing::get(move || async move { body }));
+    // A separate runtime thread, as a separate server would be.
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime").block_on(async move {
+            let _ = axum::serve(listener.into_std().map(|l| tokio::net::TcpListener::from_std(l).expect("listener")).expect("std listener"), app).await;
+        });
+    });
+    Ok(url)
+}
+
+fn write_report(rows: &[Row]) -> anyhow::Result<()> {
+    let mut md = String::from("# Benchmarks\n\nMade by `make bench` (examples/bench.rs): every figure is measured in the same run as its reference, on the same machine; the claim is the ratio.\n\n");
+    md.push_str(&format!(
+        "Machine: {} cores, {}. Date: {}.\n\n| figure | measured | reference (same run) | ratio | target |\n| --- | --- | --- | --- | --- |\n",
+        num_cpus(),
+        std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))).unwrap_or_default(),
+        chrono::Utc::now().format("%Y-%m-%d"),
+    ));
+    for r in rows {
+        md.push_str(&format!("| {} | {} | {} | {} | {} |\n", r.figure, r.measured, r.reference, r.ratio, r.target));
+    }
+    println!("{md}");
+    std::fs::create_dir_all(root().join("docs"))?;
+    std::fs::write(root().join("docs/BENCHMARKS.md"), md)?;
+    Ok(())
+}
