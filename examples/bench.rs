@@ -91,11 +91,17 @@ impl Server {
         let mut text = String::new();
         while let Some(chunk) = body.next().await {
             text.push_str(&String::from_utf8_lossy(&chunk?));
-            if text.contains(&id) && text.contains("\"state\":\"SUCCESS\"") {
-                return Ok(started.elapsed());
-            }
-            if text.len() > 1 << 20 {
-                text.drain(..text.len() / 2);
+            while let Some(end) = text.find("\n\n") {
+                let message: String = text.drain(..end + 2).collect();
+                let Some(data) = message.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+                let event: Value = serde_json::from_str(data)?;
+                if event["task_id"] == id.as_str() {
+                    match event["state"].as_str() {
+                        Some("SUCCESS") => return Ok(started.elapsed()),
+                        Some("FAILURE" | "REVOKED") => anyhow::bail!("the conversion failed: {event}"),
+                        _ => {}
+                    }
+                }
             }
         }
         anyhow::bail!("the feed ended before SUCCESS")

@@ -31,6 +31,11 @@ fn age_us(event: &Value) -> Option<u64> {
     age.num_microseconds().map(|us| us.max(1) as u64)
 }
 
+/// Says "subscribed" once; dropping the sender lets the caller see when all have spoken.
+async fn signal(ready: tokio::sync::mpsc::Sender<()>) {
+    let _ = ready.send(()).await;
+}
+
 pub fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit on this process with a valid struct.
     unsafe {
@@ -66,10 +71,10 @@ pub async fn sse_subscriber(
         .send()
         .await
     else {
-        let _ = ready.send(()).await;
+        signal(ready).await;
         return Watch { saw_final: false };
     };
-    let _ = ready.send(()).await;
+    signal(ready).await;
     if !read {
         // Hold the connection without reading until the task ends.
         let mut task = task;
@@ -130,13 +135,13 @@ pub async fn ws_subscriber(
         format!("Bearer {token}").parse().expect("header"),
     );
     let Ok((mut socket, _)) = tokio_tungstenite::connect_async(request).await else {
-        let _ = ready.send(()).await;
+        signal(ready).await;
         return Watch { saw_final: false };
     };
     let _ = socket
         .send(Message::text(r#"{"type":"subscribe","all":true}"#))
         .await;
-    let _ = ready.send(()).await;
+    signal(ready).await;
     if !read {
         let mut task = task;
         let _ = task.wait_for(|t| t.as_deref() == Some("done")).await;
