@@ -50,11 +50,24 @@ impl Server {
         }
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let client = reqwest::Client::new();
-        while !client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        while !client
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let ready = started.elapsed();
-        Ok((Server { child, url, token, _dir: dir }, ready))
+        Ok((
+            Server {
+                child,
+                url,
+                token,
+                _dir: dir,
+            },
+            ready,
+        ))
     }
 
     fn pid(&self) -> u32 {
@@ -62,7 +75,10 @@ impl Server {
     }
 
     async fn upload(&self, client: &reqwest::Client, file: &Path) -> anyhow::Result<String> {
-        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("in.tif");
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("in.tif");
         let item: Value = client
             .post(format!("{}/api/v1/tree-items?name={name}", self.url))
             .bearer_auth(&self.token)
@@ -75,13 +91,24 @@ impl Server {
     }
 
     /// Start → SUCCESS as an SSE client sees it.
-    async fn convert_seen_by_sse(&self, client: &reqwest::Client, item: &str) -> anyhow::Result<Duration> {
+    async fn convert_seen_by_sse(
+        &self,
+        client: &reqwest::Client,
+        item: &str,
+    ) -> anyhow::Result<Duration> {
         use futures_util::StreamExt;
-        let feed = client.get(format!("{}/api/v1/events", self.url)).bearer_auth(&self.token).send().await?;
+        let feed = client
+            .get(format!("{}/api/v1/events", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
         let mut body = feed.bytes_stream();
         let started = Instant::now();
         let task: Value = client
-            .post(format!("{}/api/v1/tree-items/{item}/convert-to-geo-raster", self.url))
+            .post(format!(
+                "{}/api/v1/tree-items/{item}/convert-to-geo-raster",
+                self.url
+            ))
             .bearer_auth(&self.token)
             .send()
             .await?
@@ -93,12 +120,16 @@ impl Server {
             text.push_str(&String::from_utf8_lossy(&chunk?));
             while let Some(end) = text.find("\n\n") {
                 let message: String = text.drain(..end + 2).collect();
-                let Some(data) = message.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+                let Some(data) = message.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                    continue;
+                };
                 let event: Value = serde_json::from_str(data)?;
                 if event["task_id"] == id.as_str() {
                     match event["state"].as_str() {
                         Some("SUCCESS") => return Ok(started.elapsed()),
-                        Some("FAILURE" | "REVOKED") => anyhow::bail!("the conversion failed: {event}"),
+                        Some("FAILURE" | "REVOKED") => {
+                            anyhow::bail!("the conversion failed: {event}")
+                        }
                         _ => {}
                     }
                 }
@@ -130,7 +161,9 @@ fn big_input() -> anyhow::Result<PathBuf> {
     if !path.exists() {
         std::fs::create_dir_all(path.parent().expect("has a parent"))?;
         let status = std::process::Command::new("gdal_translate")
-            .args(["-q", "-outsize", "8192", "8192", "-b", "1", "-b", "1", "-b", "1", "-r", "cubic"])
+            .args([
+                "-q", "-outsize", "8192", "8192", "-b", "1", "-b", "1", "-b", "1", "-r", "cubic",
+            ])
             .args(["-co", "COMPRESS=DEFLATE", "-co", "TILED=YES"])
             .arg(root().join("../shared/data/shade.tif"))
             .arg(&path)
@@ -147,7 +180,12 @@ fn reference_conversion(input: &Path) -> anyhow::Result<Duration> {
     let args = rastercast::convert::Conversion::default().translate_args("average", threads);
     let out = tempfile::Builder::new().suffix(".tif").tempfile()?;
     let started = Instant::now();
-    let status = std::process::Command::new("gdal_translate").arg("-q").args(&args).arg(input).arg(out.path()).status()?;
+    let status = std::process::Command::new("gdal_translate")
+        .arg("-q")
+        .args(&args)
+        .arg(input)
+        .arg(out.path())
+        .status()?;
     anyhow::ensure!(status.success(), "gdal_translate failed");
     Ok(started.elapsed())
 }
@@ -173,17 +211,37 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
         idle.push(load::rss_kib(server.pid()) as f64 / 1024.0);
     }
-    rows.push(Row { figure: "process start → /healthz 200".into(), measured: format!("{:.0} ms", median(ready)), reference: "—".into(), ratio: "—".into(), target: "≤ 200 ms".into() });
-    rows.push(Row { figure: "idle RSS".into(), measured: format!("{:.1} MB", median(idle)), reference: "—".into(), ratio: "—".into(), target: "≤ 30 MB".into() });
+    rows.push(Row {
+        figure: "process start → /healthz 200".into(),
+        measured: format!("{:.0} ms", median(ready)),
+        reference: "—".into(),
+        ratio: "—".into(),
+        target: "≤ 200 ms".into(),
+    });
+    rows.push(Row {
+        figure: "idle RSS".into(),
+        measured: format!("{:.1} MB", median(idle)),
+        reference: "—".into(),
+        ratio: "—".into(),
+        target: "≤ 30 MB".into(),
+    });
 
     // Conversions against gdal_translate with identical creation options.
     let (server, _) = Server::start(&[]).await?;
-    for (label, input) in [("RGB.byte.tif", root().join("../shared/data/RGB.byte.tif")), ("8192×8192×3 from shade.tif", big_input()?)] {
+    for (label, input) in [
+        ("RGB.byte.tif", root().join("../shared/data/RGB.byte.tif")),
+        ("8192×8192×3 from shade.tif", big_input()?),
+    ] {
         let item = server.upload(&client, &input).await?;
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for _ in 0..runs {
-            ours.push(server.convert_seen_by_sse(&client, &item).await?.as_secs_f64());
+            ours.push(
+                server
+                    .convert_seen_by_sse(&client, &item)
+                    .await?
+                    .as_secs_f64(),
+            );
             theirs.push(reference_conversion(&input)?.as_secs_f64());
         }
         let (o, t) = (median(ours), median(theirs));
@@ -197,10 +255,21 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // REST status at 64 connections against a constant handler of the same size.
-    let item = server.upload(&client, &root().join("../shared/data/byte.tif")).await?;
+    let item = server
+        .upload(&client, &root().join("../shared/data/byte.tif"))
+        .await?;
     server.convert_seen_by_sse(&client, &item).await?;
-    let tasks: Value = client.get(format!("{}/api/v1/tasks?limit=1", server.url)).bearer_auth(&server.token).send().await?.json().await?;
-    let task_id = tasks["tasks"][0]["task_id"].as_str().unwrap_or_default().to_string();
+    let tasks: Value = client
+        .get(format!("{}/api/v1/tasks?limit=1", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let task_id = tasks["tasks"][0]["task_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let status_url = format!("{}/api/v1/tasks/{task_id}/status", server.url);
     let body_len = client.get(&status_url).send().await?.bytes().await?.len();
     let reference = reference_server(body_len).await?;
@@ -217,7 +286,11 @@ async fn main() -> anyhow::Result<()> {
     drop(server);
 
     // Push latency to many subscribers of one conversion, and memory per idle subscriber.
-    for (sse, ws) in if quick { vec![(1000, 0)] } else { vec![(1000, 0), (10000, 0), (0, 10000)] } {
+    for (sse, ws) in if quick {
+        vec![(1000, 0)]
+    } else {
+        vec![(1000, 0), (10000, 0), (0, 10000)]
+    } {
         let (server, _) = Server::start(&[]).await?;
         let before = load::rss_kib(server.pid());
         let (p50, p99, max, finals, connected, after) = watch_one(&server, sse, ws, true).await?;
@@ -230,7 +303,11 @@ async fn main() -> anyhow::Result<()> {
             target: "p99 ≤ 50 ms at 10,000".into(),
         });
         rows.push(Row {
-            figure: format!("server memory per subscriber ({} {})", sse + ws, if sse > 0 { "SSE" } else { "WebSocket" }),
+            figure: format!(
+                "server memory per subscriber ({} {})",
+                sse + ws,
+                if sse > 0 { "SSE" } else { "WebSocket" }
+            ),
             measured: format!("{:.1} KiB", per / 1024.0),
             reference: "—".into(),
             ratio: "—".into(),
@@ -246,7 +323,10 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     for _ in 0..count {
         client
-            .post(format!("{}/api/v1/tree-items/{item}/convert-to-geo-raster", server.url))
+            .post(format!(
+                "{}/api/v1/tree-items/{item}/convert-to-geo-raster",
+                server.url
+            ))
             .bearer_auth(&server.token)
             .send()
             .await?
@@ -254,11 +334,25 @@ async fn main() -> anyhow::Result<()> {
     }
     // Done when every one of them is SUCCESS (the server is fresh: no other tasks).
     let success = format!("rastercast_tasks{{state=\"SUCCESS\"}} {count}");
-    while !client.get(format!("{}/metrics", server.url)).send().await?.text().await?.lines().any(|l| l == success) {
+    while !client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await?
+        .text()
+        .await?
+        .lines()
+        .any(|l| l == success)
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
-    rows.push(Row { figure: format!("{count} tiny conversions (byte.tif) queued at once"), measured: format!("{rate:.0} tasks/s"), reference: "—".into(), ratio: "—".into(), target: "≥ 200/s on 2 cores".into() });
+    rows.push(Row {
+        figure: format!("{count} tiny conversions (byte.tif) queued at once"),
+        measured: format!("{rate:.0} tasks/s"),
+        reference: "—".into(),
+        ratio: "—".into(),
+        target: "≥ 200/s on 2 cores".into(),
+    });
     drop(server);
 
     // A conversion with 1,000 subscribers that never read, against none.
@@ -267,7 +361,12 @@ async fn main() -> anyhow::Result<()> {
     let item = server.upload(&client, &big).await?;
     let mut alone = Vec::new();
     for _ in 0..runs.min(3) {
-        alone.push(server.convert_seen_by_sse(&client, &item).await?.as_secs_f64());
+        alone.push(
+            server
+                .convert_seen_by_sse(&client, &item)
+                .await?
+                .as_secs_f64(),
+        );
     }
     drop(server);
     let (server, _) = Server::start(&[]).await?;
@@ -286,13 +385,24 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Connects subscribers to the user feed, converts RGB.byte.tif, and reports latencies.
-async fn watch_one(server: &Server, sse: usize, ws: usize, read: bool) -> anyhow::Result<(f64, f64, f64, usize, usize, u64)> {
+async fn watch_one(
+    server: &Server,
+    sse: usize,
+    ws: usize,
+    read: bool,
+) -> anyhow::Result<(f64, f64, f64, usize, usize, u64)> {
     let latencies = load::latencies();
     let (task_tx, task_rx) = tokio::sync::watch::channel(None::<String>);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
     let mut subscribers = tokio::task::JoinSet::new();
     for i in 0..sse + ws {
-        let (url, token, ready, task, lat) = (server.url.clone(), server.token.clone(), ready_tx.clone(), task_rx.clone(), latencies.clone());
+        let (url, token, ready, task, lat) = (
+            server.url.clone(),
+            server.token.clone(),
+            ready_tx.clone(),
+            task_rx.clone(),
+            latencies.clone(),
+        );
         if i < sse {
             subscribers.spawn(load::sse_subscriber(url, token, ready, task, lat, read));
         } else {
@@ -307,9 +417,14 @@ async fn watch_one(server: &Server, sse: usize, ws: usize, read: bool) -> anyhow
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss = load::rss_kib(server.pid());
     let client = reqwest::Client::new();
-    let item = server.upload(&client, &root().join("../shared/data/RGB.byte.tif")).await?;
+    let item = server
+        .upload(&client, &root().join("../shared/data/RGB.byte.tif"))
+        .await?;
     let t: Value = client
-        .post(format!("{}/api/v1/tree-items/{item}/convert-to-geo-raster", server.url))
+        .post(format!(
+            "{}/api/v1/tree-items/{item}/convert-to-geo-raster",
+            server.url
+        ))
         .bearer_auth(&server.token)
         .send()
         .await?
@@ -322,15 +437,34 @@ async fn watch_one(server: &Server, sse: usize, ws: usize, read: bool) -> anyhow
     }
     let h = latencies.lock().await;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    Ok((ms(0.5), ms(0.99), h.max() as f64 / 1000.0, finals, connected, rss))
+    Ok((
+        ms(0.5),
+        ms(0.99),
+        h.max() as f64 / 1000.0,
+        finals,
+        connected,
+        rss,
+    ))
 }
 
-async fn watch_one_stalled(server: &Server, n: usize, input: &Path, runs: usize) -> anyhow::Result<Vec<f64>> {
+async fn watch_one_stalled(
+    server: &Server,
+    n: usize,
+    input: &Path,
+    runs: usize,
+) -> anyhow::Result<Vec<f64>> {
     let (task_tx, task_rx) = tokio::sync::watch::channel(None::<String>);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
     let mut subscribers = tokio::task::JoinSet::new();
     for _ in 0..n {
-        subscribers.spawn(load::sse_subscriber(server.url.clone(), server.token.clone(), ready_tx.clone(), task_rx.clone(), load::latencies(), false));
+        subscribers.spawn(load::sse_subscriber(
+            server.url.clone(),
+            server.token.clone(),
+            ready_tx.clone(),
+            task_rx.clone(),
+            load::latencies(),
+            false,
+        ));
     }
     drop(ready_tx);
     while ready_rx.recv().await.is_some() {}
@@ -338,7 +472,12 @@ async fn watch_one_stalled(server: &Server, n: usize, input: &Path, runs: usize)
     let item = server.upload(&client, input).await?;
     let mut times = Vec::new();
     for _ in 0..runs {
-        times.push(server.convert_seen_by_sse(&client, &item).await?.as_secs_f64());
+        times.push(
+            server
+                .convert_seen_by_sse(&client, &item)
+                .await?
+                .as_secs_f64(),
+        );
     }
     task_tx.send_replace(Some("done".into()));
     while subscribers.join_next().await.is_some() {}
@@ -354,9 +493,20 @@ async fn reference_server(body_len: usize) -> anyhow::Result<String> {
     let app = axum::Router::new().route("/status", axum::routing::get(move || async move { body }));
     // A separate runtime thread, as a separate server would be.
     std::thread::spawn(move || {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime").block_on(async move {
-            let _ = axum::serve(listener.into_std().map(|l| tokio::net::TcpListener::from_std(l).expect("listener")).expect("std listener"), app).await;
-        });
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async move {
+                let _ = axum::serve(
+                    listener
+                        .into_std()
+                        .map(|l| tokio::net::TcpListener::from_std(l).expect("listener"))
+                        .expect("std listener"),
+                    app,
+                )
+                .await;
+            });
     });
     Ok(url)
 }
@@ -370,7 +520,10 @@ fn write_report(rows: &[Row]) -> anyhow::Result<()> {
         chrono::Utc::now().format("%Y-%m-%d"),
     ));
     for r in rows {
-        md.push_str(&format!("| {} | {} | {} | {} | {} |\n", r.figure, r.measured, r.reference, r.ratio, r.target));
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.figure, r.measured, r.reference, r.ratio, r.target
+        ));
     }
     println!("{md}");
     std::fs::create_dir_all(root().join("docs"))?;

@@ -42,6 +42,9 @@ pub struct Event {
     pub json: Bytes,
     /// The event as an SSE message, `id:` and `data:` lines included.
     pub sse: Bytes,
+    pub state: crate::tasks::TaskState,
+    /// The task's status alone, as `GET /tasks/{id}/status` answers it.
+    pub status: Bytes,
 }
 
 /// The event every live channel sends: a task's full status, plus what it is and where.
@@ -79,6 +82,9 @@ impl Event {
             resync,
             emitted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         };
+        let status = serde_json::to_vec(&body.status)
+            .expect("statuses serialise")
+            .into();
         let json = serde_json::to_vec(&body).expect("events serialise");
         let mut sse = Vec::with_capacity(json.len() + 32);
         sse.extend_from_slice(format!("id: {seq}\ndata: ").as_bytes());
@@ -90,6 +96,8 @@ impl Event {
             user_id: task.user_id,
             kind,
             is_final: task.state.is_final(),
+            state: task.state,
+            status,
             json: json.into(),
             sse: sse.into(),
         }
@@ -108,8 +116,19 @@ struct Inner {
     /// The most recent events, oldest first, for `Last-Event-ID` resumes.
     window: Mutex<VecDeque<Arc<Event>>>,
     window_size: usize,
+    /// Each task's latest event, so status reads need no database. Finished tasks are kept
+    /// up to `LATEST_FINISHED`, oldest forgotten first.
+    latest: Mutex<Latest>,
     stats: BusStats,
 }
+
+#[derive(Default)]
+struct Latest {
+    by_task: std::collections::HashMap<Uuid, Arc<Event>>,
+    finished: VecDeque<Uuid>,
+}
+
+const LATEST_FINISHED: usize = 10_000;
 
 /// Counters for metrics and tests.
 #[derive(Default)]
@@ -135,6 +154,7 @@ impl Bus {
                 position: AtomicU64::new(start),
                 window: Mutex::new(VecDeque::with_capacity(window_size)),
                 window_size,
+                latest: Mutex::default(),
                 stats: BusStats::default(),
             }),
         }
@@ -157,9 +177,35 @@ impl Bus {
             }
             window.push_back(event.clone());
         }
+        {
+            let mut latest = self.inner.latest.lock().unwrap_or_else(|p| p.into_inner());
+            latest.by_task.insert(event.task_id, event.clone());
+            if event.is_final {
+                latest.finished.push_back(event.task_id);
+                if latest.finished.len() > LATEST_FINISHED {
+                    if let Some(old) = latest.finished.pop_front() {
+                        if latest.by_task.get(&old).is_some_and(|e| e.is_final) {
+                            latest.by_task.remove(&old);
+                        }
+                    }
+                }
+            }
+        }
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
         let _ = self.inner.tx.send(event.clone());
         event
+    }
+
+    /// The latest event published for a task since this process started, if any.
+    pub fn latest(&self, task: Uuid) -> Option<Arc<Event>> {
+        let latest = self.inner.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest.by_task.get(&task).cloned()
+    }
+
+    /// Drops a deleted task's latest event.
+    pub fn forget(&self, task: Uuid) {
+        let mut latest = self.inner.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest.by_task.remove(&task);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {

@@ -2,6 +2,8 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -42,21 +44,38 @@ async fn status(
     State(state): State<AppState>,
     MaybeUser(user): MaybeUser,
     Path(id): Path<Uuid>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Response> {
     if state.config.private_task_status && user.is_none() {
         return Err(AppError::Unauthorized(
             "This server requires a token for task status.",
         ));
     }
+    let private = state.config.private_task_status;
+    let allowed = |owner: Uuid| !private || user.as_ref().is_some_and(|u| u.id == owner);
+    // The hot path for pollers: the latest published status, already serialised. A queued
+    // task's queue position moves without events of its own, so it is read from the store.
+    if let Some(event) = state
+        .bus
+        .latest(id)
+        .filter(|e| e.state != TaskState::Pending)
+    {
+        if !allowed(event.user_id) {
+            return Err(AppError::NotFound("task"));
+        }
+        let mut response = event.status.clone().into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(response);
+    }
     let task = state
         .store
         .call(move |c| task_rows::get(c, id))
         .await?
-        .filter(|t| {
-            !state.config.private_task_status || user.as_ref().is_some_and(|u| u.id == t.user_id)
-        })
+        .filter(|t| allowed(t.user_id))
         .ok_or(AppError::NotFound("task"))?;
-    Ok(Json(status_json(&task)))
+    Ok(Json(status_json(&task)).into_response())
 }
 
 /// Cancel a task: a queued one is REVOKED at once; a running one shows "Cancelling…" until
@@ -147,7 +166,10 @@ async fn forget(
         .call(move |c| task_rows::delete(c, user.id, id))
         .await?
     {
-        DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
+        DeleteOutcome::Deleted => {
+            state.bus.forget(id);
+            Ok(StatusCode::NO_CONTENT)
+        }
         DeleteOutcome::Running => Err(AppError::Conflict(
             "The task is still queued or running; cancel it first.".into(),
         )),

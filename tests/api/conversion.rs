@@ -313,6 +313,17 @@ async fn folders_hold_uploads_and_outputs() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // A forgotten task is gone from the status path too (which answers from memory).
+    let gone = server
+        .http
+        .get(server.api(&format!(
+            "/tasks/{}/status",
+            started["task_id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
 }
 
 pub async fn json_post(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
