@@ -511,22 +511,32 @@ async fn reference_server(body_len: usize) -> anyhow::Result<String> {
     Ok(url)
 }
 
+/// Writes the table between the markers of docs/BENCHMARKS.md, keeping the hand-written notes
+/// around it (what each change bought).
 fn write_report(rows: &[Row]) -> anyhow::Result<()> {
-    let mut md = String::from("# Benchmarks\n\nMade by `make bench` (examples/bench.rs): every figure is measured in the same run as its reference, on the same machine; the claim is the ratio.\n\n");
-    md.push_str(&format!(
-        "Machine: {} cores, {}. Date: {}.\n\n| figure | measured | reference (same run) | ratio | target |\n| --- | --- | --- | --- | --- |\n",
+    let mut table = format!(
+        "Machine: {} cores, {} of memory. Date: {}.\n\n| figure | measured | reference (same run) | ratio | target |\n| --- | --- | --- | --- | --- |\n",
         num_cpus(),
-        std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))).unwrap_or_default(),
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")))
+            .unwrap_or_default(),
         chrono::Utc::now().format("%Y-%m-%d"),
-    ));
+    );
     for r in rows {
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            r.figure, r.measured, r.reference, r.ratio, r.target
-        ));
+        table.push_str(&format!("| {} | {} | {} | {} | {} |\n", r.figure, r.measured, r.reference, r.ratio, r.target));
     }
-    println!("{md}");
+    println!("{table}");
+    let path = root().join("docs/BENCHMARKS.md");
+    let (start, end) = ("<!-- bench:start -->", "<!-- bench:end -->");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        format!("# Benchmarks\n\nMade by `make bench` (examples/bench.rs).\n\n{start}\n{end}\n")
+    });
+    let (Some(a), Some(b)) = (old.find(start), old.find(end)) else {
+        anyhow::bail!("{} lost its {start} / {end} markers", path.display());
+    };
+    let new = format!("{}{start}\n{table}{}", &old[..a], &old[b..]);
     std::fs::create_dir_all(root().join("docs"))?;
-    std::fs::write(root().join("docs/BENCHMARKS.md"), md)?;
+    std::fs::write(path, new)?;
     Ok(())
 }
