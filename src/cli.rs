@@ -139,7 +139,12 @@ fn init_tracing(json: bool) {
 fn serve(config: Config) -> anyhow::Result<()> {
     init_tracing(config.log_format.eq_ignore_ascii_case("json"));
     raise_open_files_limit();
-    let runtime = tokio::runtime::Runtime::new()?;
+    // Blocking work is database calls, serialised on one connection anyway: a few threads
+    // serve them all, where tokio's default (512) would grow memory under a connection storm.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let app = crate::app::App::build(config, shutdown.clone()).await?;
