@@ -524,7 +524,10 @@ fn write_report(rows: &[Row]) -> anyhow::Result<()> {
         chrono::Utc::now().format("%Y-%m-%d"),
     );
     for r in rows {
-        table.push_str(&format!("| {} | {} | {} | {} | {} |\n", r.figure, r.measured, r.reference, r.ratio, r.target));
+        table.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.figure, r.measured, r.reference, r.ratio, r.target
+        ));
     }
     println!("{table}");
     let path = root().join("docs/BENCHMARKS.md");

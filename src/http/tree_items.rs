@@ -95,7 +95,29 @@ async fn upload(
     Query(query): Query<UploadQuery>,
     headers: HeaderMap,
     request: Request,
-) -> AppResult<impl IntoResponse> {
+) -> axum::response::Response {
+    match store_upload(state, user, query, headers, request).await {
+        Ok(created) => created.into_response(),
+        Err(error) => {
+            // The rest of a refused body is never read, so this connection cannot carry another
+            // request: say so, or a client's pool would reuse it and fail.
+            let mut response = error.into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
+}
+
+async fn store_upload(
+    state: AppState,
+    user: crate::store::User,
+    query: UploadQuery,
+    headers: HeaderMap,
+    request: Request,
+) -> AppResult<(StatusCode, axum::Json<Item>)> {
     let limit = state.config.max_upload_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
