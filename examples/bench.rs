@@ -391,29 +391,12 @@ async fn watch_one(
     ws: usize,
     read: bool,
 ) -> anyhow::Result<(f64, f64, f64, usize, usize, u64)> {
-    let latencies = load::latencies();
-    let (task_tx, task_rx) = tokio::sync::watch::channel(None::<String>);
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
-    let mut subscribers = tokio::task::JoinSet::new();
-    for i in 0..sse + ws {
-        let (url, token, ready, task, lat) = (
-            server.url.clone(),
-            server.token.clone(),
-            ready_tx.clone(),
-            task_rx.clone(),
-            latencies.clone(),
-        );
-        if i < sse {
-            subscribers.spawn(load::sse_subscriber(url, token, ready, task, lat, read));
-        } else {
-            subscribers.spawn(load::ws_subscriber(url, token, ready, task, lat, read));
-        }
-    }
-    drop(ready_tx);
-    let mut connected = 0;
-    while ready_rx.recv().await.is_some() {
-        connected += 1;
-    }
+    let load::Crowd {
+        mut subscribers,
+        task: task_tx,
+        latencies,
+        connected,
+    } = load::gather(&server.url, &server.token, sse, ws, read).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss = load::rss_kib(server.pid());
     let client = reqwest::Client::new();
@@ -453,21 +436,11 @@ async fn watch_one_stalled(
     input: &Path,
     runs: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    let (task_tx, task_rx) = tokio::sync::watch::channel(None::<String>);
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
-    let mut subscribers = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        subscribers.spawn(load::sse_subscriber(
-            server.url.clone(),
-            server.token.clone(),
-            ready_tx.clone(),
-            task_rx.clone(),
-            load::latencies(),
-            false,
-        ));
-    }
-    drop(ready_tx);
-    while ready_rx.recv().await.is_some() {}
+    let load::Crowd {
+        mut subscribers,
+        task: task_tx,
+        ..
+    } = load::gather(&server.url, &server.token, n, 0, false).await;
     let client = reqwest::Client::new();
     let item = server.upload(&client, input).await?;
     let mut times = Vec::new();

@@ -40,30 +40,12 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     load::raise_fd_limit();
-    let latencies = load::latencies();
-    let (task_tx, task_rx) = tokio::sync::watch::channel(None::<String>);
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
-    let mut subscribers = tokio::task::JoinSet::new();
-    let read = !args.stalled;
-    for i in 0..args.sse + args.ws {
-        let (url, token, ready, task, lat) = (
-            args.url.clone(),
-            args.token.clone(),
-            ready_tx.clone(),
-            task_rx.clone(),
-            latencies.clone(),
-        );
-        if i < args.sse {
-            subscribers.spawn(load::sse_subscriber(url, token, ready, task, lat, read));
-        } else {
-            subscribers.spawn(load::ws_subscriber(url, token, ready, task, lat, read));
-        }
-    }
-    drop(ready_tx);
-    let mut connected = 0;
-    while ready_rx.recv().await.is_some() {
-        connected += 1;
-    }
+    let load::Crowd {
+        mut subscribers,
+        task: task_tx,
+        latencies,
+        connected,
+    } = load::gather(&args.url, &args.token, args.sse, args.ws, !args.stalled).await;
     eprintln!(
         "{connected} subscribers connected; converting {}",
         args.file.display()

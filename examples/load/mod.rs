@@ -31,9 +31,71 @@ fn age_us(event: &Value) -> Option<u64> {
     age.num_microseconds().map(|us| us.max(1) as u64)
 }
 
+/// A crowd of subscribers following the user feed, all connected.
+pub struct Crowd {
+    pub subscribers: tokio::task::JoinSet<Watch>,
+    /// Set the watched task's id here; "done" releases subscribers that do not read.
+    pub task: tokio::sync::watch::Sender<Option<String>>,
+    pub latencies: Latencies,
+    pub connected: usize,
+}
+
+/// Connects `sse` SSE and `ws` WebSocket subscribers and waits until each has subscribed.
+pub async fn gather(url: &str, token: &str, sse: usize, ws: usize, read: bool) -> Crowd {
+    let latencies = latencies();
+    let (task, task_rx) = tokio::sync::watch::channel(None::<String>);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
+    let mut subscribers = tokio::task::JoinSet::new();
+    for i in 0..sse + ws {
+        let (url, token, ready, rx, lat) = (
+            url.to_string(),
+            token.to_string(),
+            ready_tx.clone(),
+            task_rx.clone(),
+            latencies.clone(),
+        );
+        if i < sse {
+            subscribers.spawn(sse_subscriber(url, token, ready, rx, lat, read));
+        } else {
+            subscribers.spawn(ws_subscriber(url, token, ready, rx, lat, read));
+        }
+    }
+    drop(ready_tx);
+    let mut connected = 0;
+    while ready_rx.recv().await.is_some() {
+        connected += 1;
+    }
+    Crowd {
+        subscribers,
+        task,
+        latencies,
+        connected,
+    }
+}
+
 /// Says "subscribed" once; dropping the sender lets the caller see when all have spoken.
 async fn signal(ready: tokio::sync::mpsc::Sender<()>) {
     let _ = ready.send(()).await;
+}
+
+/// Records the latency of an event of the watched task; true once that task has ended.
+fn record(
+    event: &Value,
+    task: &tokio::sync::watch::Receiver<Option<String>>,
+    local: &mut Histogram<u64>,
+) -> bool {
+    if task.borrow().as_deref() != event["task_id"].as_str() {
+        return false;
+    }
+    if event["event"] != "snapshot" {
+        if let Some(us) = age_us(event) {
+            let _ = local.record(us);
+        }
+    }
+    matches!(
+        event["state"].as_str(),
+        Some("SUCCESS" | "FAILURE" | "REVOKED")
+    )
 }
 
 pub fn raise_fd_limit() {
@@ -96,19 +158,7 @@ pub async fn sse_subscriber(
             let Ok(event) = serde_json::from_str::<Value>(data) else {
                 continue;
             };
-            let watched = task.borrow().clone();
-            if watched.as_deref() != event["task_id"].as_str() {
-                continue;
-            }
-            if event["event"] != "snapshot" {
-                if let Some(us) = age_us(&event) {
-                    let _ = local.record(us);
-                }
-            }
-            if matches!(
-                event["state"].as_str(),
-                Some("SUCCESS" | "FAILURE" | "REVOKED")
-            ) {
+            if record(&event, &task, &mut local) {
                 saw_final = true;
                 break 'outer;
             }
@@ -154,19 +204,7 @@ pub async fn ws_subscriber(
         let Ok(event) = serde_json::from_str::<Value>(&text) else {
             continue;
         };
-        let watched = task.borrow().clone();
-        if watched.as_deref() != event["task_id"].as_str() {
-            continue;
-        }
-        if event["event"] != "snapshot" {
-            if let Some(us) = age_us(&event) {
-                let _ = local.record(us);
-            }
-        }
-        if matches!(
-            event["state"].as_str(),
-            Some("SUCCESS" | "FAILURE" | "REVOKED")
-        ) {
+        if record(&event, &task, &mut local) {
             saw_final = true;
             break;
         }
