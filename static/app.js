@@ -242,12 +242,13 @@ const tasks = {
   async load() {
     try {
       const page = await api('/tasks?limit=50');
-      for (const status of page.tasks.reverse()) this.update(status);
+      for (const status of page.tasks.reverse()) this.update(status, { quiet: true });
     } catch (err) { showError(err); }
   },
 
   // Any single event is enough to draw a task; older ones than what is shown are ignored.
-  update(status) {
+  // `quiet`: drawing history at load, not news; the file tree is already fresh.
+  update(status, { quiet = false } = {}) {
     const known = this.byId.get(status.task_id);
     if (known && status.seq != null && known.seq != null && status.seq < known.seq) return;
     if (known && FINAL.has(known.state) && !FINAL.has(status.state)) return;
@@ -260,7 +261,8 @@ const tasks = {
     }
     this.fill(row, status);
     $('no-tasks').hidden = this.byId.size > 0;
-    if (status.state === 'SUCCESS' && known && known.state !== 'SUCCESS') tree.refresh();
+    // A new output item appears beside its source, however the success was first learnt.
+    if (!quiet && status.state === 'SUCCESS' && (!known || known.state !== 'SUCCESS')) tree.refresh();
   },
 
   row(status) {
