@@ -100,8 +100,4 @@ impl Blobs {
         }
         Ok(removed)
     }
-
-    pub fn tmp_dir(&self) -> &Path {
-        &self.tmp
-    }
 }

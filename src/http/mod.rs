@@ -14,7 +14,6 @@ mod ws;
 
 use std::sync::Arc;
 
-use axum::http::Uri;
 use axum::{Extension, Router};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -72,8 +71,7 @@ fn span_without_query(req: &axum::http::Request<axum::body::Body>) -> tracing::S
     tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
 }
 
-async fn not_found(uri: Uri) -> AppError {
-    let _ = uri;
+async fn not_found() -> AppError {
     AppError::NotFound("route")
 }
 
