@@ -410,3 +410,39 @@ async fn a_cancel_is_kept_when_the_server_stops_before_the_work_does() {
         "a cancelled task is not run again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_ignores_a_cancel_is_killed_after_the_grace_time() {
+    let server = TestServer::start_with(&["--cancel-grace-ms", "1000"]).await;
+    let task = start_slow(&server).await;
+    wait_running(&server, &task).await;
+    // A stopped worker reads no "cancel": it stands for GDAL silent inside one long call.
+    let workers = children_of(server.pid());
+    for worker in &workers {
+        // SAFETY: plain kill(2) on the server's child.
+        unsafe { libc::kill(*worker, libc::SIGSTOP) };
+    }
+    let asked = Instant::now();
+    let res = server
+        .req(
+            Method::POST,
+            &format!("/tasks/{task}/cancel"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let status = server.wait_final(&task).await;
+    assert_eq!(status["state"], "REVOKED", "{status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        workers.iter().all(|pid| !alive(*pid)),
+        "the worker was killed"
+    );
+    assert!(server.tmp_files().is_empty(), "{:?}", server.tmp_files());
+}
