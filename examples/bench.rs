@@ -90,6 +90,26 @@ impl Server {
         Ok(item["id"].as_str().unwrap_or_default().to_string())
     }
 
+    /// Starts a conversion of `item` with default options; returns the task id.
+    async fn start_conversion(
+        &self,
+        client: &reqwest::Client,
+        item: &str,
+    ) -> anyhow::Result<String> {
+        let task: Value = client
+            .post(format!(
+                "{}/api/v1/tree-items/{item}/convert-to-geo-raster",
+                self.url
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(task["task_id"].as_str().unwrap_or_default().to_string())
+    }
+
     /// Start → SUCCESS as an SSE client sees it.
     async fn convert_seen_by_sse(
         &self,
@@ -104,17 +124,7 @@ impl Server {
             .await?;
         let mut body = feed.bytes_stream();
         let started = Instant::now();
-        let task: Value = client
-            .post(format!(
-                "{}/api/v1/tree-items/{item}/convert-to-geo-raster",
-                self.url
-            ))
-            .bearer_auth(&self.token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let id = task["task_id"].as_str().unwrap_or_default().to_string();
+        let id = self.start_conversion(client, item).await?;
         let mut text = String::new();
         while let Some(chunk) = body.next().await {
             text.push_str(&String::from_utf8_lossy(&chunk?));
@@ -322,15 +332,7 @@ async fn main() -> anyhow::Result<()> {
     let item = server.upload(&client, &byte).await?;
     let started = Instant::now();
     for _ in 0..count {
-        client
-            .post(format!(
-                "{}/api/v1/tree-items/{item}/convert-to-geo-raster",
-                server.url
-            ))
-            .bearer_auth(&server.token)
-            .send()
-            .await?
-            .error_for_status()?;
+        server.start_conversion(&client, &item).await?;
     }
     // Done when every one of them is SUCCESS (the server is fresh: no other tasks).
     let success = format!("rastercast_tasks{{state=\"SUCCESS\"}} {count}");
@@ -403,17 +405,7 @@ async fn watch_one(
     let item = server
         .upload(&client, &root().join("../shared/data/RGB.byte.tif"))
         .await?;
-    let t: Value = client
-        .post(format!(
-            "{}/api/v1/tree-items/{item}/convert-to-geo-raster",
-            server.url
-        ))
-        .bearer_auth(&server.token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    task_tx.send_replace(t["task_id"].as_str().map(str::to_string));
+    task_tx.send_replace(Some(server.start_conversion(&client, &item).await?));
     let mut finals = 0;
     while let Some(w) = subscribers.join_next().await {
         finals += usize::from(w.map(|w| w.saw_final).unwrap_or(false));

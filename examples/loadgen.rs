@@ -7,19 +7,18 @@
 //! Each connection is a file descriptor on both sides: it raises its own limit to the hard
 //! limit; raise `ulimit -Hn` (and the server's) above the connection count if needed.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "load/mod.rs"]
 mod load;
-
-use std::path::PathBuf;
 
 use clap::Parser;
 
 #[derive(Parser)]
-struct Args {
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
-    url: String,
-    #[arg(long, env = "RASTERCAST_TOKEN")]
-    token: String,
+struct LoadgenArgs {
+    /// The server, token, options and file, as for the other examples.
+    #[command(flatten)]
+    common: common::Args,
     /// SSE subscribers (user feed).
     #[arg(long, default_value_t = 100)]
     sse: usize,
@@ -29,63 +28,38 @@ struct Args {
     /// Subscribers that connect and never read (they must slow nothing down).
     #[arg(long)]
     stalled: bool,
-    /// Conversion options as JSON.
-    #[arg(long, default_value = "{}")]
-    options: String,
-    /// The raster to convert while everyone watches.
-    file: PathBuf,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = LoadgenArgs::parse();
     load::raise_fd_limit();
     let load::Crowd {
         mut subscribers,
         task: task_tx,
         latencies,
         connected,
-    } = load::gather(&args.url, &args.token, args.sse, args.ws, !args.stalled).await;
+    } = load::gather(
+        &args.common.url,
+        &args.common.token,
+        args.sse,
+        args.ws,
+        !args.stalled,
+    )
+    .await;
     eprintln!(
         "{connected} subscribers connected; converting {}",
-        args.file.display()
+        args.common.file.display()
     );
 
     let client = reqwest::Client::new();
-    let name = args
-        .file
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("upload")
-        .to_string();
-    let bytes = tokio::fs::read(&args.file).await?;
-    let item: serde_json::Value = client
-        .post(format!("{}/api/v1/tree-items?name={name}", args.url))
-        .bearer_auth(&args.token)
-        .body(bytes)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let options: serde_json::Value = serde_json::from_str(&args.options)?;
-    let started: serde_json::Value = client
-        .post(format!(
-            "{}/api/v1/tree-items/{}/convert-to-geo-raster",
-            args.url,
-            item["id"].as_str().unwrap_or_default()
-        ))
-        .bearer_auth(&args.token)
-        .json(&options)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let started = common::upload_and_convert(&client, &args.common).await?;
     let task_id = started["task_id"].as_str().unwrap_or_default().to_string();
     task_tx.send_replace(Some(task_id.clone()));
     if args.stalled {
         loop {
             let status: serde_json::Value = client
-                .get(format!("{}/api/v1/tasks/{task_id}/status", args.url))
+                .get(format!("{}/api/v1/tasks/{task_id}/status", args.common.url))
                 .send()
                 .await?
                 .json()

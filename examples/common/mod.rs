@@ -1,4 +1,7 @@
-//! What the three watching examples share: arguments, upload + start, and the progress bar.
+//! What the watching examples share: arguments, upload + start, and the progress bar.
+
+// Each example uses only some of these.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
