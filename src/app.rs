@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::convert::Limits;
 use crate::metrics::Metrics;
 use crate::store::{items, tasks as task_rows, users, Store};
-use crate::tasks::{ChildLimits, Inspector, Queue, Workers};
+use crate::tasks::{ChildLimits, Inspector, Queue, WarmPool, Workers};
 use crate::tree::Blobs;
 
 /// Shared by every handler; cheap to clone.
@@ -104,6 +104,8 @@ impl App {
                 memory_bytes: config.worker_memory_mb << 20,
                 timeout: config.task_timeout(),
                 grace: config.cancel_grace(),
+                // Conversions and upload inspections each have `workers` slots.
+                warm: WarmPool::new(2 * config.workers()),
             },
             limits: Limits {
                 max_pixels: config.max_pixels,

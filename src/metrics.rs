@@ -44,6 +44,8 @@ pub struct Metrics {
     events_published: Counter,
     events_coalesced: Counter,
     events_lag_resyncs: Counter,
+    worker_starts: Counter,
+    workers_idle: Gauge,
 }
 
 impl Default for Metrics {
@@ -121,6 +123,18 @@ impl Metrics {
             "Times a live client fell behind and was resynced with snapshots",
             events_lag_resyncs.clone(),
         );
+        let worker_starts = Counter::default();
+        registry.register(
+            "worker_starts",
+            "Conversion worker processes started (a warm worker takes many jobs)",
+            worker_starts.clone(),
+        );
+        let workers_idle = Gauge::default();
+        registry.register(
+            "workers_idle",
+            "Warm worker processes waiting for a job",
+            workers_idle.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -135,11 +149,18 @@ impl Metrics {
             events_published,
             events_coalesced,
             events_lag_resyncs,
+            worker_starts,
+            workers_idle,
         }
     }
 
     /// The text exposition, after refreshing what is read at scrape time.
-    pub fn render(&self, tasks_by_state: &[(String, i64)], bus: &BusStats) -> String {
+    pub fn render(
+        &self,
+        tasks_by_state: &[(String, i64)],
+        bus: &BusStats,
+        warm: &crate::tasks::WarmPool,
+    ) -> String {
         for state in crate::tasks::TaskState::ALL {
             let count = tasks_by_state
                 .iter()
@@ -161,6 +182,10 @@ impl Metrics {
         copy(&bus.published, &self.events_published);
         copy(&bus.coalesced, &self.events_coalesced);
         copy(&bus.lag_resyncs, &self.events_lag_resyncs);
+        self.worker_starts
+            .inner()
+            .store(warm.started(), Ordering::Relaxed);
+        self.workers_idle.set(warm.idle_count() as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");

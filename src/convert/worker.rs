@@ -1,8 +1,10 @@
-//! The child worker process: one conversion per process, so a hostile file that crashes or
-//! hangs GDAL takes down only itself. The parent talks to it over stdin/stdout in JSON lines.
+//! The child worker process: conversions run outside the server, so a hostile file that
+//! crashes or hangs GDAL takes down only its worker. The parent talks to it over stdin/stdout
+//! in JSON lines.
 //!
-//! Parent → child: one [`Job`] line, then optionally `cancel`. Closing stdin also cancels.
-//! Child → parent: [`Report`] lines, ending with `Done`, `Failed` or `Cancelled`.
+//! Parent → child: a [`Job`] line, then optionally `cancel`; after the job's final report,
+//! the next job line. Closing stdin cancels the running job and ends the process.
+//! Child → parent: per job, [`Report`] lines ending with `Done`, `Failed` or `Cancelled`.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -36,41 +38,61 @@ pub enum Report {
 
 /// Entry point of `rastercast worker`. Returns the process exit code.
 pub fn main() -> i32 {
-    let stdin = std::io::stdin();
-    let mut first = String::new();
-    if stdin.lock().read_line(&mut first).is_err() {
-        return 2;
-    }
-    let job: Job = match serde_json::from_str(&first) {
-        Ok(job) => job,
-        Err(e) => {
-            emit(&Report::Failed {
-                error: format!("bad job: {e}"),
-            });
-            return 2;
-        }
-    };
-    super::hardening::apply(job.cache_mb);
-
     let cancel = Arc::new(AtomicBool::new(false));
+    let (jobs_tx, jobs) = std::sync::mpsc::channel::<String>();
     let watcher = cancel.clone();
     std::thread::spawn(move || {
-        // Any line, or the parent going away (EOF), means stop.
+        let mut stdin = std::io::stdin().lock();
         let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
+        loop {
+            line.clear();
+            match stdin.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line.trim() == "cancel" => watcher.store(true, Ordering::Relaxed),
+                Ok(_) => {
+                    // Reset here, in the thread that reads, so a cancel sent right after this
+                    // job cannot be lost to a reset on the converting thread.
+                    watcher.store(false, Ordering::Relaxed);
+                    if jobs_tx.send(line.clone()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // The parent went away: stop whatever runs.
         watcher.store(true, Ordering::Relaxed);
     });
 
+    let mut hardened = false;
+    for line in jobs {
+        let job: Job = match serde_json::from_str(&line) {
+            Ok(job) => job,
+            Err(e) => {
+                emit(&Report::Failed {
+                    error: format!("bad job: {e}"),
+                });
+                return 2;
+            }
+        };
+        if !hardened {
+            super::hardening::apply(job.cache_mb);
+            hardened = true;
+        }
+        emit(&run(&job, &cancel));
+    }
+    0
+}
+
+fn run(job: &Job, cancel: &AtomicBool) -> Report {
     if job.inspect_only {
-        emit(&match super::inspect(&job.input, &job.limits) {
+        return match super::inspect(&job.input, &job.limits) {
             Ok(described) => Report::Done {
                 result: Box::new(described),
             },
             Err(e) => Report::Failed {
                 error: e.to_string(),
             },
-        });
-        return 0;
+        };
     }
     let mut last = (-1.0f64, Phase::Opening);
     let result = super::convert(
@@ -78,7 +100,7 @@ pub fn main() -> i32 {
         &job.output,
         &job.conversion,
         &job.limits,
-        &cancel,
+        cancel,
         &mut |percent, phase| {
             if percent - last.0 >= 0.1 || phase != last.1 {
                 last = (percent, phase);
@@ -86,7 +108,7 @@ pub fn main() -> i32 {
             }
         },
     );
-    let report = match result {
+    match result {
         Ok(described) => match sync(&job.output) {
             Ok(()) => Report::Done {
                 result: Box::new(described),
@@ -97,9 +119,7 @@ pub fn main() -> i32 {
         },
         Err(ConvertError::Cancelled) => Report::Cancelled,
         Err(ConvertError::Failed(error)) => Report::Failed { error },
-    };
-    emit(&report);
-    0
+    }
 }
 
 /// The parent renames this file into place; it must be on disk before it becomes visible.

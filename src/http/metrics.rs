@@ -22,7 +22,9 @@ async fn metrics(State(state): State<AppState>) -> AppResult<Response> {
         .store
         .call(|c| crate::store::tasks::count_by_state(c))
         .await?;
-    let body = state.metrics.render(&by_state, state.bus.stats());
+    let body = state
+        .metrics
+        .render(&by_state, state.bus.stats(), &state.inspector.child.warm);
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,18 +1,31 @@
-//! Running one conversion in a child process and supervising it: memory and time limits,
-//! cancellation that escalates to SIGKILL, and a crash that fails only this task.
+//! Running conversions in child processes and supervising them: memory and time limits,
+//! cancellation that escalates to SIGKILL, and a crash that fails only its own task.
+//!
+//! Children are kept warm: a worker that finished a job cleanly goes back to an idle pool and
+//! takes the next one, so a tiny conversion does not pay for a process start and GDAL's
+//! initialisation (about 100 ms, far more than the conversion itself). A worker that failed,
+//! was cancelled, timed out or crashed is never reused, and every worker retires after
+//! `MAX_JOBS` jobs or `MAX_IDLE` without work, so a slow leak in a driver cannot accumulate.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::worker::{Job, Report};
 use crate::convert::{GeoRaster, Phase};
+
+/// Jobs one worker process takes before it is retired.
+const MAX_JOBS: u32 = 500;
+/// How long an idle worker is kept before it exits.
+const MAX_IDLE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct ChildLimits {
@@ -21,6 +34,68 @@ pub struct ChildLimits {
     pub timeout: Duration,
     /// How long a cancelled child may take to stop by itself before it is killed.
     pub grace: Duration,
+    /// Idle workers, shared by everyone who runs jobs with these limits.
+    pub warm: WarmPool,
+}
+
+/// Worker processes waiting for their next job.
+#[derive(Debug, Clone, Default)]
+pub struct WarmPool {
+    idle: Arc<Mutex<Vec<Worker>>>,
+    /// At most this many idle workers are kept; 0 turns reuse off.
+    capacity: usize,
+    /// Processes started since the server started, for `/metrics`.
+    started: Arc<AtomicU64>,
+}
+
+impl WarmPool {
+    pub fn new(capacity: usize) -> Self {
+        WarmPool {
+            idle: Arc::default(),
+            capacity,
+            started: Arc::default(),
+        }
+    }
+
+    fn take(&self) -> Option<Worker> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // The most recently used worker is the warmest; older ones may retire by idleness.
+        idle.pop()
+    }
+
+    fn give(&self, mut worker: Worker) {
+        worker.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.capacity {
+            idle.push(worker);
+        }
+    }
+
+    /// Lets workers idle for longer than `MAX_IDLE` exit (dropping one kills it).
+    pub fn retire_idle(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|w| w.idle_since.elapsed() < MAX_IDLE);
+    }
+
+    /// How many worker processes were started so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// How many workers are idle now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// One worker process and its pipes.
+#[derive(Debug)]
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    jobs: u32,
+    idle_since: Instant,
 }
 
 #[derive(Debug)]
@@ -31,30 +106,30 @@ pub enum Outcome {
     Stopped,
 }
 
-/// Runs `job` in a fresh child. `progress` gets every report; `stop` cancels.
+/// Runs `job` in a warm worker, or a fresh one. `progress` gets every report; `stop` cancels.
 pub async fn run(
     job: &Job,
     limits: &ChildLimits,
     stop: &CancellationToken,
     mut progress: impl FnMut(f64, Phase),
 ) -> Outcome {
-    let mut child = match spawn(limits) {
-        Ok(child) => child,
-        Err(e) => return Outcome::Failed(format!("The conversion worker could not start: {e}")),
+    let mut worker = match limits.warm.take() {
+        Some(worker) => worker,
+        None => match Worker::spawn(limits) {
+            Ok(worker) => {
+                limits.warm.started.fetch_add(1, Ordering::Relaxed);
+                worker
+            }
+            Err(e) => {
+                return Outcome::Failed(format!("The conversion worker could not start: {e}"))
+            }
+        },
     };
-    let mut stdin = child.stdin.take().expect("piped");
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::debug!(target: "rastercast::worker", "{line}");
-        }
-    });
+    worker.jobs += 1;
     let mut line = serde_json::to_string(job).expect("job serialises");
     line.push('\n');
-    if let Err(e) = stdin.write_all(line.as_bytes()).await {
-        let _ = child.start_kill();
+    if let Err(e) = worker.stdin.write_all(line.as_bytes()).await {
+        let _ = worker.child.start_kill();
         return Outcome::Failed(format!("The conversion worker did not take the job: {e}"));
     }
 
@@ -64,34 +139,43 @@ pub async fn run(
     let mut stopping = false;
     let mut timed_out = false;
     let mut last_report = None;
-    let mut lines = BufReader::new(stdout).lines();
     loop {
         tokio::select! {
-            line = lines.next_line() => match line {
+            line = worker.lines.next_line() => match line {
                 Ok(Some(line)) => match serde_json::from_str::<Report>(&line) {
                     Ok(Report::Progress { percent, phase }) => progress(percent, phase),
-                    Ok(done) => last_report = Some(done),
+                    Ok(done) => {
+                        last_report = Some(done);
+                        break;
+                    }
                     Err(_) => tracing::warn!(%line, "unreadable line from a worker"),
                 },
                 _ => break,
             },
             _ = stop.cancelled(), if !stopping => {
                 stopping = true;
-                let _ = stdin.write_all(b"cancel\n").await;
+                let _ = worker.stdin.write_all(b"cancel\n").await;
                 kill_at = Instant::now() + limits.grace;
             }
             _ = sleep_until(kill_at) => {
                 tracing::warn!("a cancelled worker did not stop in time; killing it");
-                let _ = child.start_kill();
+                let _ = worker.child.start_kill();
                 kill_at = far;
             }
             _ = sleep_until(deadline), if !timed_out => {
                 timed_out = true;
-                let _ = child.start_kill();
+                let _ = worker.child.start_kill();
             }
         }
     }
-    let status = child.wait().await;
+    let clean = matches!(last_report, Some(Report::Done { .. })) && !stopping && !timed_out;
+    let status = if clean && worker.jobs < MAX_JOBS {
+        limits.warm.give(worker);
+        None
+    } else {
+        let _ = worker.child.start_kill();
+        worker.child.wait().await.ok()
+    };
     match last_report {
         Some(Report::Done { result }) => Outcome::Done(result),
         Some(Report::Failed { error }) if error.contains("cannot allocate") || error.contains("Out of memory") => {
@@ -107,7 +191,7 @@ pub async fn run(
             limits.timeout.as_secs()
         )),
         _ if stopping => Outcome::Stopped,
-        _ => Outcome::Failed(match status.ok().and_then(|s| s.signal()) {
+        _ => Outcome::Failed(match status.and_then(|s| s.signal()) {
             Some(libc::SIGKILL) => "The conversion worker was killed (most likely it ran out of memory) while reading this file.".into(),
             Some(sig) => format!(
                 "The conversion worker crashed (signal {sig}) while reading this file; it may be malformed, or need more than the memory limit of {} MiB.",
@@ -118,38 +202,56 @@ pub async fn run(
     }
 }
 
-fn spawn(limits: &ChildLimits) -> std::io::Result<tokio::process::Child> {
-    let mut cmd = Command::new(&limits.exe);
-    cmd.arg("worker")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let memory = limits.memory_bytes;
-    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
-    // functions (setrlimit, prctl, getppid).
-    unsafe {
-        cmd.pre_exec(move || {
-            let as_limit = libc::rlimit {
-                rlim_cur: memory,
-                rlim_max: memory,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &as_limit) != 0 {
-                return Err(std::io::Error::last_os_error());
+impl Worker {
+    fn spawn(limits: &ChildLimits) -> std::io::Result<Worker> {
+        let mut cmd = Command::new(&limits.exe);
+        cmd.arg("worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let memory = limits.memory_bytes;
+        // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+        // functions (setrlimit, prctl, getppid).
+        unsafe {
+            cmd.pre_exec(move || {
+                let as_limit = libc::rlimit {
+                    rlim_cur: memory,
+                    rlim_max: memory,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &as_limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let no_core = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                // If the server dies, so does its worker: no orphan keeps converting.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // No network at all for code that parses hostile files: a fresh network namespace
+                // has only a loopback that is down. It needs CAP_SYS_ADMIN; without it the other
+                // layers (driver allow-list, server-built paths) still stand.
+                libc::unshare(libc::CLONE_NEWNET);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(target: "rastercast::worker", "{line}");
             }
-            let no_core = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-            // If the server dies, so does its worker: no orphan keeps converting.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            // No network at all for code that parses hostile files: a fresh network namespace
-            // has only a loopback that is down. It needs CAP_SYS_ADMIN; without it the other
-            // layers (driver allow-list, server-built paths) still stand.
-            libc::unshare(libc::CLONE_NEWNET);
-            Ok(())
         });
+        Ok(Worker {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+            jobs: 0,
+            idle_since: Instant::now(),
+        })
     }
-    cmd.spawn()
 }

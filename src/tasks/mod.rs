@@ -9,7 +9,7 @@ mod state;
 use serde::Serialize;
 use uuid::Uuid;
 
-pub use child::{ChildLimits, Outcome};
+pub use child::{ChildLimits, Outcome, WarmPool};
 pub use inspect::Inspector;
 pub use queue::{Queue, Workers};
 pub use state::TaskState;

@@ -96,6 +96,7 @@ impl Workers {
                     self.run(task, &shutdown).instrument(span).await;
                 }
                 Ok(None) => {
+                    self.child.warm.retire_idle();
                     tokio::select! {
                         _ = self.queue.wake.notified() => {}
                         _ = tokio::time::sleep(IDLE_POLL) => {}

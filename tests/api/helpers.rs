@@ -204,6 +204,22 @@ impl TestServer {
         json_of(res).await
     }
 
+    /// One unlabelled figure from `/metrics`, e.g. `rastercast_worker_starts_total`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
     /// Files in the data dir's `tmp/` (partial uploads and outputs).
     pub fn tmp_files(&self) -> Vec<PathBuf> {
         files_in(&self.dir.path().join("tmp"))

@@ -446,3 +446,30 @@ async fn a_worker_that_ignores_a_cancel_is_killed_after_the_grace_time() {
     );
     assert!(server.tmp_files().is_empty(), "{:?}", server.tmp_files());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_workers_take_job_after_job_and_a_failed_one_is_replaced() {
+    let server = TestServer::start().await;
+    let starts = || server.metric("rastercast_worker_starts_total");
+    // The upload's inspection starts the first worker; the conversions reuse it.
+    let item = server.upload(&data("byte.tif")).await;
+    for _ in 0..3 {
+        let started = server.convert(&item, json!({})).await;
+        let status = server.wait_final(started["task_id"].as_str().unwrap()).await;
+        assert_eq!(status["state"], "SUCCESS", "{status}");
+    }
+    assert_eq!(starts().await, 1.0);
+    assert_eq!(server.metric("rastercast_workers_idle").await, 1.0);
+
+    // A worker that read a file it could not convert is not trusted with the next job.
+    let corrupt = server.convert_file(&data("corrupt.tif"), json!({})).await;
+    assert_eq!(corrupt["state"], "FAILURE", "{corrupt}");
+    // Its header reads fine, so the same worker described the upload and then failed on it.
+    assert_eq!(starts().await, 1.0);
+    assert_eq!(server.metric("rastercast_workers_idle").await, 0.0);
+    let started = server.convert(&item, json!({})).await;
+    let status = server.wait_final(started["task_id"].as_str().unwrap()).await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
+    assert_eq!(starts().await, 2.0);
+}
+}
