@@ -1,7 +1,9 @@
 //! The benchmark behind `make bench`: every figure is measured against its reference in the
 //! same run, on this machine, and written to docs/BENCHMARKS.md as a ratio.
 //!
-//! cargo run --release --example bench [-- --quick]
+//! cargo run --release --example bench [-- --quick] [--only startup,convert,status,push,tiny,stalled]
+//!
+//! `--only` runs the named sections and prints their rows without touching docs/BENCHMARKS.md.
 //!
 //! It starts the release server (target/release/rastercast) on loopback, generates its inputs
 //! from ../shared/data, and needs gdal_translate (gdal-bin) for the reference conversions.
@@ -208,181 +210,206 @@ fn num_cpus() -> usize {
 async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let runs = if quick { 3 } else { 5 };
+    let args: Vec<String> = std::env::args().collect();
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').map(str::to_string).collect());
+    let want = |section: &str| only.as_ref().is_none_or(|o| o.iter().any(|s| s == section));
     load::raise_fd_limit();
     let client = reqwest::Client::new();
     let mut rows = Vec::new();
 
     // Start-up and idle memory.
-    let mut ready = Vec::new();
-    let mut idle = Vec::new();
-    for _ in 0..runs {
-        let (server, took) = Server::start(&[]).await?;
-        ready.push(took.as_secs_f64() * 1000.0);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        idle.push(load::rss_kib(server.pid()) as f64 / 1024.0);
-    }
-    rows.push(Row {
-        figure: "process start → /healthz 200".into(),
-        measured: format!("{:.0} ms", median(ready)),
-        reference: "—".into(),
-        ratio: "—".into(),
-        target: "≤ 200 ms".into(),
-    });
-    rows.push(Row {
-        figure: "idle RSS".into(),
-        measured: format!("{:.1} MB", median(idle)),
-        reference: "—".into(),
-        ratio: "—".into(),
-        target: "≤ 30 MB".into(),
-    });
-
-    // Conversions against gdal_translate with identical creation options.
-    let (server, _) = Server::start(&[]).await?;
-    for (label, input) in [
-        ("RGB.byte.tif", root().join("../shared/data/RGB.byte.tif")),
-        ("8192×8192×3 from shade.tif", big_input()?),
-    ] {
-        let item = server.upload(&client, &input).await?;
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
+    if want("startup") {
+        let mut ready = Vec::new();
+        let mut idle = Vec::new();
         for _ in 0..runs {
-            ours.push(
-                server
-                    .convert_seen_by_sse(&client, &item)
-                    .await?
-                    .as_secs_f64(),
-            );
-            theirs.push(reference_conversion(&input)?.as_secs_f64());
+            let (server, took) = Server::start(&[]).await?;
+            ready.push(took.as_secs_f64() * 1000.0);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            idle.push(load::rss_kib(server.pid()) as f64 / 1024.0);
         }
-        let (o, t) = (median(ours), median(theirs));
         rows.push(Row {
-            figure: format!("conversion, start → SUCCESS seen over SSE: {label}"),
-            measured: format!("{:.3} s", o),
-            reference: format!("gdal_translate -of COG: {:.3} s", t),
-            ratio: format!("{:.2}×", o / t),
-            target: "≤ 1.05×".into(),
+            figure: "process start → /healthz 200".into(),
+            measured: format!("{:.0} ms", median(ready)),
+            reference: "—".into(),
+            ratio: "—".into(),
+            target: "≤ 200 ms".into(),
+        });
+        rows.push(Row {
+            figure: "idle RSS".into(),
+            measured: format!("{:.1} MB", median(idle)),
+            reference: "—".into(),
+            ratio: "—".into(),
+            target: "≤ 30 MB".into(),
         });
     }
 
+    // Conversions against gdal_translate with identical creation options.
+    if want("convert") {
+        let (server, _) = Server::start(&[]).await?;
+        for (label, input) in [
+            ("RGB.byte.tif", root().join("../shared/data/RGB.byte.tif")),
+            ("8192×8192×3 from shade.tif", big_input()?),
+        ] {
+            let item = server.upload(&client, &input).await?;
+            let mut ours = Vec::new();
+            let mut theirs = Vec::new();
+            for _ in 0..runs {
+                ours.push(
+                    server
+                        .convert_seen_by_sse(&client, &item)
+                        .await?
+                        .as_secs_f64(),
+                );
+                theirs.push(reference_conversion(&input)?.as_secs_f64());
+            }
+            let (o, t) = (median(ours), median(theirs));
+            rows.push(Row {
+                figure: format!("conversion, start → SUCCESS seen over SSE: {label}"),
+                measured: format!("{:.3} s", o),
+                reference: format!("gdal_translate -of COG: {:.3} s", t),
+                ratio: format!("{:.2}×", o / t),
+                target: "≤ 1.05×".into(),
+            });
+        }
+    }
+
     // REST status at 64 connections against a constant handler of the same size.
-    let item = server
-        .upload(&client, &root().join("../shared/data/byte.tif"))
-        .await?;
-    server.convert_seen_by_sse(&client, &item).await?;
-    let tasks: Value = client
-        .get(format!("{}/api/v1/tasks?limit=1", server.url))
-        .bearer_auth(&server.token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let task_id = tasks["tasks"][0]["task_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let status_url = format!("{}/api/v1/tasks/{task_id}/status", server.url);
-    let body_len = client.get(&status_url).send().await?.bytes().await?.len();
-    let reference = reference_server(body_len).await?;
-    let duration = Duration::from_secs(if quick { 3 } else { 5 });
-    let ours = load::request_rate(&status_url, 64, duration).await;
-    let theirs = load::request_rate(&reference, 64, duration).await;
-    rows.push(Row {
-        figure: "GET /tasks/{id}/status, requests/s at 64 connections".into(),
-        measured: format!("{ours:.0}/s"),
-        reference: format!("constant axum handler, same body size: {theirs:.0}/s"),
-        ratio: format!("{:.2}×", ours / theirs),
-        target: "≥ 0.8×".into(),
-    });
-    drop(server);
+    if want("status") {
+        let (server, _) = Server::start(&[]).await?;
+        let item = server
+            .upload(&client, &root().join("../shared/data/byte.tif"))
+            .await?;
+        server.convert_seen_by_sse(&client, &item).await?;
+        let tasks: Value = client
+            .get(format!("{}/api/v1/tasks?limit=1", server.url))
+            .bearer_auth(&server.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let task_id = tasks["tasks"][0]["task_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let status_url = format!("{}/api/v1/tasks/{task_id}/status", server.url);
+        let body_len = client.get(&status_url).send().await?.bytes().await?.len();
+        let reference = reference_server(body_len).await?;
+        let duration = Duration::from_secs(if quick { 3 } else { 5 });
+        let ours = load::request_rate(&status_url, 64, duration).await;
+        let theirs = load::request_rate(&reference, 64, duration).await;
+        rows.push(Row {
+            figure: "GET /tasks/{id}/status, requests/s at 64 connections".into(),
+            measured: format!("{ours:.0}/s"),
+            reference: format!("constant axum handler, same body size: {theirs:.0}/s"),
+            ratio: format!("{:.2}×", ours / theirs),
+            target: "≥ 0.8×".into(),
+        });
+        drop(server);
+    }
 
     // Push latency to many subscribers of one conversion, and memory per idle subscriber.
-    for (sse, ws) in if quick {
-        vec![(1000, 0)]
-    } else {
-        vec![(1000, 0), (10000, 0), (0, 10000)]
-    } {
-        let (server, _) = Server::start(&[]).await?;
-        let before = load::rss_kib(server.pid());
-        let (p50, p99, max, finals, connected, after) = watch_one(&server, sse, ws, true).await?;
-        let per = (after.saturating_sub(before)) as f64 * 1024.0 / connected.max(1) as f64;
-        rows.push(Row {
+    if want("push") {
+        for (sse, ws) in if quick {
+            vec![(1000, 0)]
+        } else {
+            vec![(1000, 0), (10000, 0), (0, 10000)]
+        } {
+            let (server, _) = Server::start(&[]).await?;
+            let before = load::rss_kib(server.pid());
+            let (p50, p99, max, finals, connected, after) =
+                watch_one(&server, sse, ws, true).await?;
+            let per = (after.saturating_sub(before)) as f64 * 1024.0 / connected.max(1) as f64;
+            rows.push(Row {
             figure: format!("publish → receive latency, {} {} subscribers", sse + ws, if sse > 0 { "SSE" } else { "WebSocket" }),
             measured: format!("p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; {finals}/{connected} saw the final event"),
             reference: "—".into(),
             ratio: "—".into(),
             target: "p99 ≤ 50 ms at 10,000".into(),
         });
-        rows.push(Row {
-            figure: format!(
-                "server memory per subscriber ({} {})",
-                sse + ws,
-                if sse > 0 { "SSE" } else { "WebSocket" }
-            ),
-            measured: format!("{:.1} KiB", per / 1024.0),
-            reference: "—".into(),
-            ratio: "—".into(),
-            target: "≤ 16 KiB".into(),
-        });
+            rows.push(Row {
+                figure: format!(
+                    "server memory per subscriber ({} {})",
+                    sse + ws,
+                    if sse > 0 { "SSE" } else { "WebSocket" }
+                ),
+                measured: format!("{:.1} KiB", per / 1024.0),
+                reference: "—".into(),
+                ratio: "—".into(),
+                target: "≤ 16 KiB".into(),
+            });
+        }
     }
 
     // Tiny conversions queued at once.
-    let count = if quick { 200 } else { 1000 };
-    let (server, _) = Server::start(&[]).await?;
-    let byte = root().join("../shared/data/byte.tif");
-    let item = server.upload(&client, &byte).await?;
-    let started = Instant::now();
-    for _ in 0..count {
-        server.start_conversion(&client, &item).await?;
+    if want("tiny") {
+        let count = if quick { 200 } else { 1000 };
+        let (server, _) = Server::start(&[]).await?;
+        let byte = root().join("../shared/data/byte.tif");
+        let item = server.upload(&client, &byte).await?;
+        let started = Instant::now();
+        for _ in 0..count {
+            server.start_conversion(&client, &item).await?;
+        }
+        // Done when every one of them is SUCCESS (the server is fresh: no other tasks).
+        let success = format!("rastercast_tasks{{state=\"SUCCESS\"}} {count}");
+        while !client
+            .get(format!("{}/metrics", server.url))
+            .send()
+            .await?
+            .text()
+            .await?
+            .lines()
+            .any(|l| l == success)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rate = count as f64 / started.elapsed().as_secs_f64();
+        rows.push(Row {
+            figure: format!("{count} tiny conversions (byte.tif) queued at once"),
+            measured: format!("{rate:.0} tasks/s"),
+            reference: "—".into(),
+            ratio: "—".into(),
+            target: "≥ 200/s on 2 cores".into(),
+        });
+        drop(server);
     }
-    // Done when every one of them is SUCCESS (the server is fresh: no other tasks).
-    let success = format!("rastercast_tasks{{state=\"SUCCESS\"}} {count}");
-    while !client
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await?
-        .text()
-        .await?
-        .lines()
-        .any(|l| l == success)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    rows.push(Row {
-        figure: format!("{count} tiny conversions (byte.tif) queued at once"),
-        measured: format!("{rate:.0} tasks/s"),
-        reference: "—".into(),
-        ratio: "—".into(),
-        target: "≥ 200/s on 2 cores".into(),
-    });
-    drop(server);
 
     // A conversion with 1,000 subscribers that never read, against none.
-    let big = big_input()?;
-    let (server, _) = Server::start(&[]).await?;
-    let item = server.upload(&client, &big).await?;
-    let mut alone = Vec::new();
-    for _ in 0..runs.min(3) {
-        alone.push(
-            server
-                .convert_seen_by_sse(&client, &item)
-                .await?
-                .as_secs_f64(),
-        );
+    if want("stalled") {
+        let big = big_input()?;
+        let (server, _) = Server::start(&[]).await?;
+        let item = server.upload(&client, &big).await?;
+        let mut alone = Vec::new();
+        for _ in 0..runs.min(3) {
+            alone.push(
+                server
+                    .convert_seen_by_sse(&client, &item)
+                    .await?
+                    .as_secs_f64(),
+            );
+        }
+        drop(server);
+        let (server, _) = Server::start(&[]).await?;
+        let stalled = watch_one_stalled(&server, 1000, &big, runs.min(3)).await?;
+        let (a, s) = (median(alone), median(stalled));
+        rows.push(Row {
+            figure: "8192×8192×3 conversion with 1,000 subscribers that never read".into(),
+            measured: format!("{s:.3} s"),
+            reference: format!("the same with none: {a:.3} s"),
+            ratio: format!("{:.2}×", s / a),
+            target: "≤ 1.02×".into(),
+        });
     }
-    drop(server);
-    let (server, _) = Server::start(&[]).await?;
-    let stalled = watch_one_stalled(&server, 1000, &big, runs.min(3)).await?;
-    let (a, s) = (median(alone), median(stalled));
-    rows.push(Row {
-        figure: "8192×8192×3 conversion with 1,000 subscribers that never read".into(),
-        measured: format!("{s:.3} s"),
-        reference: format!("the same with none: {a:.3} s"),
-        ratio: format!("{:.2}×", s / a),
-        target: "≤ 1.02×".into(),
-    });
 
-    write_report(&rows)?;
+    if only.is_some() {
+        print_table(&rows);
+    } else {
+        write_report(&rows)?;
+    }
     Ok(())
 }
 
@@ -479,7 +506,24 @@ async fn reference_server(body_len: usize) -> anyhow::Result<String> {
 /// Writes the table between the markers of docs/BENCHMARKS.md, keeping the hand-written notes
 /// around it (what each change bought).
 fn write_report(rows: &[Row]) -> anyhow::Result<()> {
-    let mut table = format!(
+    let table = print_table(rows);
+    let path = root().join("docs/BENCHMARKS.md");
+    let (start, end) = ("<!-- bench:start -->", "<!-- bench:end -->");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        format!("# Benchmarks\n\nMade by `make bench` (examples/bench.rs).\n\n{start}\n{end}\n")
+    });
+    let (Some(a), Some(b)) = (old.find(start), old.find(end)) else {
+        anyhow::bail!("{} lost its {start} / {end} markers", path.display());
+    };
+    let new = format!("{}{start}\n{table}{}", &old[..a], &old[b..]);
+    std::fs::create_dir_all(root().join("docs"))?;
+    std::fs::write(path, new)?;
+    Ok(())
+}
+
+/// The table as Markdown, printed and returned.
+fn print_table(rows: &[Row]) -> String {
+    let mut table =format!(
         "Machine: {} cores, {} of memory. Date: {}.\n\n| figure | measured | reference (same run) | ratio | target |\n| --- | --- | --- | --- | --- |\n",
         num_cpus(),
         std::fs::read_to_string("/proc/meminfo")
@@ -495,16 +539,5 @@ fn write_report(rows: &[Row]) -> anyhow::Result<()> {
         ));
     }
     println!("{table}");
-    let path = root().join("docs/BENCHMARKS.md");
-    let (start, end) = ("<!-- bench:start -->", "<!-- bench:end -->");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        format!("# Benchmarks\n\nMade by `make bench` (examples/bench.rs).\n\n{start}\n{end}\n")
-    });
-    let (Some(a), Some(b)) = (old.find(start), old.find(end)) else {
-        anyhow::bail!("{} lost its {start} / {end} markers", path.display());
-    };
-    let new = format!("{}{start}\n{table}{}", &old[..a], &old[b..]);
-    std::fs::create_dir_all(root().join("docs"))?;
-    std::fs::write(path, new)?;
-    Ok(())
+    table
 }

@@ -73,34 +73,38 @@ fn from_row(r: &Row) -> rusqlite::Result<Item> {
 
 pub fn insert(conn: &Connection, new: NewItem) -> anyhow::Result<Item> {
     let id = Uuid::now_v7();
-    conn.execute(
-        "INSERT INTO items (id, user_id, name, kind, parent_id, size, content_type, created_at, geo_raster, source_id, blob)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            id.to_string(),
-            new.user_id.to_string(),
-            new.name,
-            if new.kind == ItemKind::Folder { "folder" } else { "file" },
-            new.parent_id.map(|p| p.to_string()),
-            new.size as i64,
-            new.content_type,
-            crate::time::now(),
-            new.geo_raster.map(|g| g.to_string()),
-            new.source_id.map(|s| s.to_string()),
-            new.blob,
-        ],
-    )?;
+    conn.prepare_cached(
+        "INSERT INTO items (id, user_id, name, kind, parent_id, size, content_type,
+         created_at, geo_raster, source_id, blob) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+         ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        id.to_string(),
+        new.user_id.to_string(),
+        new.name,
+        if new.kind == ItemKind::Folder {
+            "folder"
+        } else {
+            "file"
+        },
+        new.parent_id.map(|p| p.to_string()),
+        new.size as i64,
+        new.content_type,
+        crate::time::now(),
+        new.geo_raster.map(|g| g.to_string()),
+        new.source_id.map(|s| s.to_string()),
+        new.blob,
+    ])?;
     Ok(get(conn, new.user_id, id)?.expect("just inserted"))
 }
 
 /// The item if it exists and belongs to `user`.
 pub fn get(conn: &Connection, user: Uuid, id: Uuid) -> anyhow::Result<Option<Item>> {
     Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM items WHERE id = ?1 AND user_id = ?2"),
-            params![id.to_string(), user.to_string()],
-            from_row,
-        )
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM items WHERE id = ?1 AND user_id = ?2"
+        ))?
+        .query_row(params![id.to_string(), user.to_string()], from_row)
         .optional()?)
 }
 
@@ -143,7 +147,8 @@ pub fn delete_tree(
         rows.collect::<Result<Vec<_>, _>>()?
     };
     // Children go with it through ON DELETE CASCADE.
-    tx.execute("DELETE FROM items WHERE id = ?1", [id.to_string()])?;
+    tx.prepare_cached("DELETE FROM items WHERE id = ?1")?
+        .execute([id.to_string()])?;
     tx.commit()?;
     Ok(Some(blobs))
 }

@@ -1,5 +1,6 @@
 //! Persistence in SQLite: users and tokens, tree items, tasks. One connection behind a
-//! mutex, used from blocking threads; WAL with full sync, so a committed row survives a crash.
+//! mutex, used from blocking threads; WAL with full sync, so a committed row survives a crash
+//! (progress and claims skip the fsync: see [`unsynced`]).
 
 pub mod items;
 pub mod tasks;
@@ -31,6 +32,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Every statement the server runs stays prepared (there are about thirty).
+        conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -60,6 +63,20 @@ impl Store {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
     }
+}
+
+/// Runs `f` with commits that skip the fsync, for writes whose loss in a power failure is
+/// harmless: progress, and a task's claim (a lost claim is simply made again). WAL keeps them
+/// atomic and they survive a crash of the process; the next full commit syncs them as well.
+/// Everything a client was promised (a new task, a cancel, a final state) stays on full sync.
+pub fn unsynced<R>(
+    conn: &mut Connection,
+    f: impl FnOnce(&mut Connection) -> anyhow::Result<R>,
+) -> anyhow::Result<R> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let result = f(conn);
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    result
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {

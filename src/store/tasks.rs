@@ -78,30 +78,28 @@ fn from_row(r: &Row) -> rusqlite::Result<TaskRecord> {
 
 pub fn insert(conn: &Connection, new: NewTask) -> anyhow::Result<TaskRecord> {
     let id = Uuid::new_v4();
-    conn.execute(
-        "INSERT INTO tasks (id, user_id, source_id, source_blob, source_name, parent_id, options, state, status, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'PENDING', 'Queued', ?8)",
-        params![
-            id.to_string(),
-            new.user_id.to_string(),
-            new.source_id.to_string(),
-            new.source_blob,
-            new.source_name,
-            new.parent_id.map(|p| p.to_string()),
-            serde_json::to_string(&new.options)?,
-            crate::time::now(),
-        ],
-    )?;
+    conn.prepare_cached(
+        "INSERT INTO tasks (id, user_id, source_id, source_blob, source_name, parent_id,
+         options, state, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
+         'PENDING', 'Queued', ?8)",
+    )?
+    .execute(params![
+        id.to_string(),
+        new.user_id.to_string(),
+        new.source_id.to_string(),
+        new.source_blob,
+        new.source_name,
+        new.parent_id.map(|p| p.to_string()),
+        serde_json::to_string(&new.options)?,
+        crate::time::now(),
+    ])?;
     Ok(get(conn, id)?.expect("just inserted"))
 }
 
 pub fn get(conn: &Connection, id: Uuid) -> anyhow::Result<Option<TaskRecord>> {
     Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
-            [id.to_string()],
-            from_row,
-        )
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?
+        .query_row([id.to_string()], from_row)
         .optional()?)
 }
 
@@ -131,20 +129,21 @@ pub fn list(
 
 /// Moves the oldest PENDING task to PROGRESS and returns it (FIFO).
 pub fn claim_next(conn: &mut Connection) -> anyhow::Result<Option<TaskRecord>> {
+    super::unsynced(conn, claim_next_unsynced)
+}
+
+fn claim_next_unsynced(conn: &mut Connection) -> anyhow::Result<Option<TaskRecord>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let id: Option<String> = tx
-        .query_row(
-            "SELECT id FROM tasks WHERE state = 'PENDING' ORDER BY seq LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT id FROM tasks WHERE state = 'PENDING' ORDER BY seq LIMIT 1")?
+        .query_row([], |r| r.get(0))
         .optional()?;
     let Some(id) = id else { return Ok(None) };
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE tasks SET state = 'PROGRESS', attempts = attempts + 1, status = 'Starting',
          started_at = ?2 WHERE id = ?1 AND state = 'PENDING'",
-        params![id, crate::time::now()],
-    )?;
+    )?
+    .execute(params![id, crate::time::now()])?;
     let task = get(&tx, parse_uuid(id)?)?;
     tx.commit()?;
     Ok(task)
@@ -152,16 +151,19 @@ pub fn claim_next(conn: &mut Connection) -> anyhow::Result<Option<TaskRecord>> {
 
 /// Records progress; it never goes down, and a task being cancelled keeps its "Cancelling…".
 pub fn set_progress(
-    conn: &Connection,
+    conn: &mut Connection,
     id: Uuid,
     progress: f64,
     status: &str,
 ) -> anyhow::Result<bool> {
-    Ok(conn.execute(
-        "UPDATE tasks SET progress = MAX(progress, ?2), status = ?3
-         WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0",
-        params![id.to_string(), progress, status],
-    )? > 0)
+    super::unsynced(conn, |c| {
+        Ok(c.prepare_cached(
+            "UPDATE tasks SET progress = MAX(progress, ?2), status = ?3
+             WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0",
+        )?
+        .execute(params![id.to_string(), progress, status])?
+            > 0)
+    })
 }
 
 pub enum CancelOutcome {
@@ -185,17 +187,18 @@ pub fn request_cancel(
     };
     let outcome = match task.state {
         TaskState::Pending => {
-            tx.execute(
-                "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?2 WHERE id = ?1",
-                params![id.to_string(), crate::time::now()],
-            )?;
+            tx.prepare_cached(
+                "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?2 WHERE
+         id = ?1",
+            )?
+            .execute(params![id.to_string(), crate::time::now()])?;
             CancelOutcome::Revoked
         }
         TaskState::Progress => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE tasks SET cancel_requested = 1, status = 'Cancelling…' WHERE id = ?1",
-                [id.to_string()],
-            )?;
+            )?
+            .execute([id.to_string()])?;
             CancelOutcome::Requested
         }
         state => CancelOutcome::AlreadyFinished(state),
@@ -213,17 +216,19 @@ pub fn finish(
     error: Option<&str>,
 ) -> anyhow::Result<bool> {
     debug_assert!(state.is_final());
-    Ok(conn.execute(
-        "UPDATE tasks SET state = ?2, status = ?3, error = ?4, finished_at = ?5
+    Ok(conn
+        .prepare_cached(
+            "UPDATE tasks SET state = ?2, status = ?3, error = ?4, finished_at = ?5
          WHERE id = ?1 AND state = 'PROGRESS'",
-        params![
+        )?
+        .execute(params![
             id.to_string(),
             state.as_str(),
             status,
             error,
             crate::time::now()
-        ],
-    )? > 0)
+        ])?
+        > 0)
 }
 
 pub enum PublishOutcome {
@@ -247,21 +252,23 @@ pub fn publish_success(
             return Ok(PublishOutcome::FolderGone);
         }
     }
-    let cancelled: bool = tx.query_row(
-        "SELECT cancel_requested OR state != 'PROGRESS' FROM tasks WHERE id = ?1",
-        [task.id.to_string()],
-        |r| r.get(0),
-    )?;
+    let cancelled: bool = tx
+        .prepare_cached("SELECT cancel_requested OR state != 'PROGRESS' FROM tasks WHERE id = ?1")?
+        .query_row([task.id.to_string()], |r| r.get(0))?;
     if cancelled {
         return Ok(PublishOutcome::Cancelled);
     }
     let item = super::items::insert(&tx, output)?;
     result["tree_item_id"] = serde_json::json!(item.id);
-    tx.execute(
-        "UPDATE tasks SET state = 'SUCCESS', progress = 100, status = 'Done', result = ?2, finished_at = ?3
-         WHERE id = ?1",
-        params![task.id.to_string(), result.to_string(), crate::time::now()],
-    )?;
+    tx.prepare_cached(
+        "UPDATE tasks SET state = 'SUCCESS', progress = 100, status = 'Done', result =
+         ?2, finished_at = ?3 WHERE id = ?1",
+    )?
+    .execute(params![
+        task.id.to_string(),
+        result.to_string(),
+        crate::time::now()
+    ])?;
     tx.commit()?;
     Ok(PublishOutcome::Published(item.id))
 }
@@ -274,11 +281,13 @@ pub fn requeue(
     refund_attempt: bool,
     status: &str,
 ) -> anyhow::Result<bool> {
-    let requeued = conn.execute(
-        "UPDATE tasks SET state = 'PENDING', status = ?3, attempts = attempts - ?2
+    let requeued = conn
+        .prepare_cached(
+            "UPDATE tasks SET state = 'PENDING', status = ?3, attempts = attempts - ?2
          WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0",
-        params![id.to_string(), refund_attempt as i64, status],
-    )? > 0;
+        )?
+        .execute(params![id.to_string(), refund_attempt as i64, status])?
+        > 0;
     Ok(requeued || finish(conn, id, TaskState::Revoked, "Cancelled", None)?)
 }
 
@@ -286,16 +295,17 @@ pub fn requeue(
 /// the queue (or ends REVOKED if its cancel was asked for), without using up an attempt.
 pub fn requeue_all_running(conn: &Connection) -> anyhow::Result<usize> {
     let now = crate::time::now();
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?1
          WHERE state = 'PROGRESS' AND cancel_requested = 1",
-        [&now],
-    )?;
-    Ok(conn.execute(
-        "UPDATE tasks SET state = 'PENDING', status = 'Queued; the server restarted', attempts = attempts - 1
-         WHERE state = 'PROGRESS'",
-        [],
-    )?)
+    )?
+    .execute([&now])?;
+    Ok(conn
+        .prepare_cached(
+            "UPDATE tasks SET state = 'PENDING', status = 'Queued; the server restarted',
+         attempts = attempts - 1 WHERE state = 'PROGRESS'",
+        )?
+        .execute([])?)
 }
 
 /// At start-up no task can be running: each PROGRESS task was cut off by a crash. Cancelled
@@ -304,22 +314,23 @@ pub fn requeue_all_running(conn: &Connection) -> anyhow::Result<usize> {
 pub fn recover(conn: &mut Connection, max_attempts: u32) -> anyhow::Result<usize> {
     let tx = conn.transaction()?;
     let now = crate::time::now();
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?1
          WHERE state IN ('PENDING', 'PROGRESS') AND cancel_requested = 1",
-        [&now],
-    )?;
-    tx.execute(
-        "UPDATE tasks SET state = 'FAILURE', status = 'Failed', finished_at = ?1,
-         error = 'The server stopped during this conversion ' || attempts || ' times; it was not retried again.'
-         WHERE state = 'PROGRESS' AND attempts >= ?2",
-        params![now, max_attempts],
-    )?;
-    let requeued = tx.execute(
-        "UPDATE tasks SET state = 'PENDING', status = 'Queued again after a server restart'
+    )?
+    .execute([&now])?;
+    tx.prepare_cached(
+        "UPDATE tasks SET state = 'FAILURE', status = 'Failed', finished_at = ?1, error =
+         'The server stopped during this conversion ' || attempts || ' times; it was not
+         retried again.' WHERE state = 'PROGRESS' AND attempts >= ?2",
+    )?
+    .execute(params![now, max_attempts])?;
+    let requeued = tx
+        .prepare_cached(
+            "UPDATE tasks SET state = 'PENDING', status = 'Queued again after a server restart'
          WHERE state = 'PROGRESS'",
-        [],
-    )?;
+        )?
+        .execute([])?;
     tx.commit()?;
     Ok(requeued)
 }
@@ -337,10 +348,10 @@ pub fn delete(conn: &Connection, user: Uuid, id: Uuid) -> anyhow::Result<DeleteO
     if !task.state.is_final() {
         return Ok(DeleteOutcome::Running);
     }
-    conn.execute(
+    conn.prepare_cached(
         "DELETE FROM tasks WHERE id = ?1 AND state IN ('SUCCESS', 'FAILURE', 'REVOKED')",
-        [id.to_string()],
-    )?;
+    )?
+    .execute([id.to_string()])?;
     Ok(DeleteOutcome::Deleted)
 }
 
@@ -353,9 +364,7 @@ pub fn count_by_state(conn: &Connection) -> anyhow::Result<Vec<(String, i64)>> {
 
 /// Counts of tasks per state (for `/healthz` and, later, metrics).
 pub fn pending_count(conn: &Connection) -> anyhow::Result<i64> {
-    Ok(conn.query_row(
-        "SELECT COUNT(*) FROM tasks WHERE state = 'PENDING'",
-        [],
-        |r| r.get(0),
-    )?)
+    Ok(conn
+        .prepare_cached("SELECT COUNT(*) FROM tasks WHERE state = 'PENDING'")?
+        .query_row([], |r| r.get(0))?)
 }

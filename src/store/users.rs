@@ -24,7 +24,9 @@ pub struct TokenInfo {
 }
 
 pub fn user_count(conn: &Connection) -> anyhow::Result<i64> {
-    Ok(conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?)
+    Ok(conn
+        .prepare_cached("SELECT COUNT(*) FROM users")?
+        .query_row([], |r| r.get(0))?)
 }
 
 pub fn ensure_user(conn: &Connection, name: &str) -> anyhow::Result<User> {
@@ -37,13 +39,18 @@ pub fn ensure_user(conn: &Connection, name: &str) -> anyhow::Result<User> {
                 .all(|c| c.is_alphanumeric() || "._-@".contains(c)),
         "a user name is 1 to 64 letters, digits or . _ - @"
     );
-    conn.execute(
-        "INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO NOTHING",
-        params![Uuid::new_v4().to_string(), name, crate::time::now()],
-    )?;
-    let id = conn.query_row("SELECT id FROM users WHERE name = ?1", [name], |r| {
-        parse_uuid(r.get(0)?)
-    })?;
+    conn.prepare_cached(
+        "INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(name)
+         DO NOTHING",
+    )?
+    .execute(params![
+        Uuid::new_v4().to_string(),
+        name,
+        crate::time::now()
+    ])?;
+    let id = conn
+        .prepare_cached("SELECT id FROM users WHERE name = ?1")?
+        .query_row([name], |r| parse_uuid(r.get(0)?))?;
     Ok(User {
         id,
         name: name.to_string(),
@@ -61,10 +68,15 @@ pub fn create_token(conn: &Connection, user: &User) -> anyhow::Result<String> {
     rand::thread_rng().fill_bytes(&mut id);
     rand::thread_rng().fill_bytes(&mut secret);
     let (id, secret) = (hex::encode(id), hex::encode(secret));
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO tokens (id, user_id, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![id, user.id.to_string(), hash(&secret), crate::time::now()],
-    )?;
+    )?
+    .execute(params![
+        id,
+        user.id.to_string(),
+        hash(&secret),
+        crate::time::now()
+    ])?;
     Ok(format!("rc_{id}_{secret}"))
 }
 
@@ -74,11 +86,17 @@ pub fn authenticate(conn: &Connection, token: &str) -> anyhow::Result<Option<Use
         return Ok(None);
     };
     let row = conn
-        .query_row(
-            "SELECT t.secret_hash, u.id, u.name FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?1",
-            [id],
-            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
-        )
+        .prepare_cached(
+            "SELECT t.secret_hash, u.id, u.name FROM tokens t JOIN users u ON u.id =
+         t.user_id WHERE t.id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
         .optional()?;
     let Some((stored, user_id, name)) = row else {
         return Ok(None);
@@ -110,7 +128,10 @@ pub fn list_tokens(conn: &Connection) -> anyhow::Result<Vec<TokenInfo>> {
 pub fn revoke_token(conn: &Connection, id: &str) -> anyhow::Result<bool> {
     let id = id.strip_prefix("rc_").unwrap_or(id);
     let id = id.split('_').next().unwrap_or(id);
-    Ok(conn.execute("DELETE FROM tokens WHERE id = ?1", [id])? > 0)
+    Ok(conn
+        .prepare_cached("DELETE FROM tokens WHERE id = ?1")?
+        .execute([id])?
+        > 0)
 }
 
 /// How long a browser session lasts.
@@ -123,22 +144,29 @@ pub fn create_session(conn: &Connection, user: &User) -> anyhow::Result<String> 
     let secret = hex::encode(secret);
     let now = chrono::Utc::now();
     let expires = now + chrono::Duration::days(SESSION_DAYS);
-    conn.execute(
-        "INSERT INTO sessions (secret_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-        params![hash(&secret), user.id.to_string(), crate::time::format(now), crate::time::format(expires)],
-    )?;
+    conn.prepare_cached(
+        "INSERT INTO sessions (secret_hash, user_id, created_at, expires_at) VALUES (?1,
+         ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        hash(&secret),
+        user.id.to_string(),
+        crate::time::format(now),
+        crate::time::format(expires)
+    ])?;
     Ok(secret)
 }
 
 /// The user of a live session. The secret is looked up by its hash, so timing reveals nothing.
 pub fn session_user(conn: &Connection, secret: &str) -> anyhow::Result<Option<User>> {
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT u.id, u.name FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.secret_hash = ?1 AND s.expires_at > ?2",
-            params![hash(secret), crate::time::now()],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-        )
+        )?
+        .query_row(params![hash(secret), crate::time::now()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
         .optional()?;
     row.map(|(id, name)| {
         Ok(User {
@@ -150,10 +178,8 @@ pub fn session_user(conn: &Connection, secret: &str) -> anyhow::Result<Option<Us
 }
 
 pub fn delete_session(conn: &Connection, secret: &str) -> anyhow::Result<()> {
-    conn.execute(
-        "DELETE FROM sessions WHERE secret_hash = ?1",
-        [hash(secret)],
-    )?;
+    conn.prepare_cached("DELETE FROM sessions WHERE secret_hash = ?1")?
+        .execute([hash(secret)])?;
     Ok(())
 }
 

@@ -61,9 +61,9 @@ pub struct Workers {
 
 /// How often an idle worker looks at the queue even without a wake-up, as a safety net.
 const IDLE_POLL: Duration = Duration::from_secs(2);
-/// Progress events: at least this much change in points, or at least this much time since
-/// the last one. State changes are never coalesced.
-const PROGRESS_STEP: f64 = 0.5;
+/// Progress events: at most one per task per this interval (about what a UI can show), so a
+/// ten-millisecond conversion costs no progress write at all and a long one ten a second.
+/// State changes are never coalesced.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 impl Workers {
@@ -304,44 +304,45 @@ fn output_name(source: &str) -> String {
     format!("{stem}.cog.tif")
 }
 
-/// Writes progress to the store and the bus, coalesced to what a UI can use: an event when
-/// progress moved at least `PROGRESS_STEP` points or the phase changed, otherwise at most
-/// every `PROGRESS_EVERY`. The watch channel keeps only the newest value, so a slow write
-/// never queues stale ones, and the last value is always written.
+/// Writes progress to the store and the bus, at most every `PROGRESS_EVERY`; the claim's
+/// state event already said the task started. The watch channel keeps only the newest value,
+/// so a slow write never queues stale ones, and the last value is always written.
 async fn report_progress(store: Store, bus: Bus, id: Uuid, mut rx: watch::Receiver<(f64, Phase)>) {
     let write = |(percent, phase): (f64, Phase)| {
         change(&store, &bus, id, EventKind::Progress, move |c| {
             task_rows::set_progress(c, id, percent, phase.sentence())
         })
     };
-    let mut sent: Option<((f64, Phase), tokio::time::Instant)> = None;
+    let mut sent = (*rx.borrow_and_update(), tokio::time::Instant::now());
+    let (mut received, mut written) = (0u64, 0u64);
     loop {
-        let latest = *rx.borrow_and_update();
-        let due = sent.is_none_or(|((p, ph), at)| {
-            latest.0 - p >= PROGRESS_STEP || latest.1 != ph || at.elapsed() >= PROGRESS_EVERY
-        });
-        if due && sent.map(|(v, _)| v) != Some(latest) {
-            if let Err(e) = write(latest).await {
-                tracing::warn!(error = ?e, "could not record progress");
-            }
-            sent = Some((latest, tokio::time::Instant::now()));
-        } else if !due {
-            bus.stats()
-                .coalesced
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        // A value held back waits at most until the interval is over.
-        let held_back = sent.map(|(v, _)| v) != Some(latest);
-        let wake = sent.map_or_else(tokio::time::Instant::now, |(_, at)| at + PROGRESS_EVERY);
         tokio::select! {
-            changed = rx.changed() => if changed.is_err() {
+            changed = rx.changed() => {
+                if changed.is_ok() {
+                    received += 1;
+                    continue;
+                }
                 let last = *rx.borrow();
-                if sent.map(|(v, _)| v) != Some(last) {
+                if last != sent.0 {
+                    written += 1;
                     let _ = write(last).await;
                 }
+                bus.stats().coalesced.fetch_add(
+                    received.saturating_sub(written),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 return;
-            },
-            _ = tokio::time::sleep_until(wake), if held_back => rx.mark_changed(),
+            }
+            _ = tokio::time::sleep_until(sent.1 + PROGRESS_EVERY) => {
+                let latest = *rx.borrow_and_update();
+                if latest != sent.0 {
+                    written += 1;
+                    if let Err(e) = write(latest).await {
+                        tracing::warn!(error = ?e, "could not record progress");
+                    }
+                }
+                sent = (latest, tokio::time::Instant::now());
+            }
         }
     }
 }

@@ -455,7 +455,9 @@ async fn warm_workers_take_job_after_job_and_a_failed_one_is_replaced() {
     let item = server.upload(&data("byte.tif")).await;
     for _ in 0..3 {
         let started = server.convert(&item, json!({})).await;
-        let status = server.wait_final(started["task_id"].as_str().unwrap()).await;
+        let status = server
+            .wait_final(started["task_id"].as_str().unwrap())
+            .await;
         assert_eq!(status["state"], "SUCCESS", "{status}");
     }
     assert_eq!(starts().await, 1.0);
@@ -468,8 +470,9 @@ async fn warm_workers_take_job_after_job_and_a_failed_one_is_replaced() {
     assert_eq!(starts().await, 1.0);
     assert_eq!(server.metric("rastercast_workers_idle").await, 0.0);
     let started = server.convert(&item, json!({})).await;
-    let status = server.wait_final(started["task_id"].as_str().unwrap()).await;
+    let status = server
+        .wait_final(started["task_id"].as_str().unwrap())
+        .await;
     assert_eq!(status["state"], "SUCCESS", "{status}");
     assert_eq!(starts().await, 2.0);
-}
 }
