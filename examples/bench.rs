@@ -208,6 +208,9 @@ fn num_cpus() -> usize {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("--reference-sse") {
+        return reference_sse_server().await;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let runs = if quick { 3 } else { 5 };
     let args: Vec<String> = std::env::args().collect();
@@ -342,6 +345,30 @@ async fn main() -> anyhow::Result<()> {
                 target: "≤ 16 KiB".into(),
             });
         }
+        // The same idle SSE stream against a minimal axum handler in a process of its own,
+        // both measured the same way: raw connections that send the request, then only wait.
+        let n = 1000;
+        let (server, _) = Server::start(&[]).await?;
+        let ours = idle_stream_memory(&server.url, &server.token, server.pid(), n).await?;
+        drop(server);
+        let mut reference = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("--reference-sse")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut first = String::new();
+        BufReader::new(reference.stdout.take().expect("piped"))
+            .read_line(&mut first)
+            .await?;
+        let pid = reference.id().unwrap_or_default();
+        let theirs = idle_stream_memory(first.trim(), "", pid, n).await?;
+        rows.push(Row {
+            figure: format!("server memory per idle SSE subscriber ({n} raw connections)"),
+            measured: format!("{ours:.1} KiB"),
+            reference: format!("minimal axum SSE handler, own process: {theirs:.1} KiB"),
+            ratio: format!("{:.2}×", ours / theirs),
+            target: "≤ 16 KiB".into(),
+        });
     }
 
     // Tiny conversions queued at once.
@@ -474,6 +501,61 @@ async fn watch_one_stalled(
     task_tx.send_replace(Some("done".into()));
     while subscribers.join_next().await.is_some() {}
     Ok(times)
+}
+
+/// RSS growth of `pid` per connection while `n` connections hold `GET /api/v1/events` open
+/// without reading past the response head.
+async fn idle_stream_memory(url: &str, token: &str, pid: u32, n: usize) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = load::rss_kib(pid);
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+        stream
+            .write_all(
+                format!("GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut head = [0u8; 1024];
+        let read = stream.read(&mut head).await?;
+        anyhow::ensure!(
+            head[..read].starts_with(b"HTTP/1.1 200"),
+            "the event stream was refused: {}",
+            String::from_utf8_lossy(&head[..read])
+        );
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = load::rss_kib(pid);
+    Ok(after.saturating_sub(before) as f64 / n as f64)
+}
+
+/// `bench --reference-sse`: the smallest axum server that holds an SSE stream open, for the
+/// memory reference. Prints its address, then serves until killed.
+async fn reference_sse_server() -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("http://{}", listener.local_addr()?);
+    let app = axum::Router::new().route(
+        "/api/v1/events",
+        axum::routing::get(|| async {
+            let retry = futures_util::stream::once(async {
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b"retry: 2000\n\n"))
+            });
+            (
+                [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+                axum::body::Body::from_stream(retry.chain(futures_util::stream::pending())),
+            )
+        }),
+    );
+    axum::serve(listener, app).await?;
+    Ok(())
 }
 
 /// The reference for the status path: a minimal axum server beside the real one, answering a

@@ -159,7 +159,10 @@ impl App {
             .clone()
             .spawn(self.state.workers, shutdown.clone());
         let router = crate::http::router(self.state.clone());
-        let server = axum::serve(self.listener, router)
+        // Each connection gets a clone of the finished router (a reference count). Serving the
+        // Router itself would rebuild every route's middleware stack per connection (about
+        // 60 KiB each), which is what an idle SSE subscriber would then cost.
+        let server = axum::serve(self.listener, tower::make::Shared::new(router))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tokio::select! {
             result = server => result.context("serving HTTP")?,
