@@ -51,8 +51,12 @@ async fn upgrade(
     if state.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
+    // Clients send small control messages and we send one event at a time: tungstenite's
+    // 128 KiB read and write buffers would be most of an idle subscriber's memory.
     Ok(ws
         .max_message_size(64 * 1024)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| Connection::new(state, caller.user).run(socket)))
 }
 
