@@ -8,9 +8,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use uuid::Uuid;
 
 use super::extract::{Path, Query};
@@ -133,13 +133,40 @@ fn sse(state: AppState, follow: Follow, resume_after: Option<u64>) -> Response {
         loop {
             tokio::select! {
                 received = rx.recv() => match received {
-                    Ok(event) if event.seq > floor && follow.matches(&event) => {
-                        yield Ok(event.sse.clone());
-                        if ends(follow, &event) {
-                            return;
+                    Ok(event) => {
+                        // Events already waiting go out in the same write: under load this is
+                        // what keeps a crowd of subscribers from costing a syscall per event.
+                        let mut batch = Batch::default();
+                        let mut next = Some(event);
+                        let mut lagged = false;
+                        while let Some(event) = next.take() {
+                            if event.seq > floor && follow.matches(&event) {
+                                batch.push(&event.sse);
+                                if ends(follow, &event) {
+                                    yield Ok(batch.take().unwrap_or_default());
+                                    return;
+                                }
+                            }
+                            match rx.try_recv() {
+                                Ok(more) => next = Some(more),
+                                Err(TryRecvError::Lagged(_)) => lagged = true,
+                                Err(_) => {}
+                            }
+                        }
+                        if let Some(bytes) = batch.take() {
+                            yield Ok(bytes);
+                        }
+                        if lagged {
+                            let Ok((position, snapshots)) = live::snapshots(&state.store, &state.bus, vec![follow], true).await else { return };
+                            floor = position;
+                            for event in &snapshots {
+                                yield Ok(event.sse.clone());
+                                if ends(follow, event) {
+                                    return;
+                                }
+                            }
                         }
                     }
-                    Ok(_) => {}
                     Err(RecvError::Lagged(_)) => {
                         let Ok((position, snapshots)) = live::snapshots(&state.store, &state.bus, vec![follow], true).await else { return };
                         // Events still queued on `rx` up to `position` are in the snapshots.
@@ -169,6 +196,32 @@ fn sse(state: AppState, follow: Follow, resume_after: Option<u64>) -> Response {
     response
 }
 
+/// Messages for one write: a lone message is passed on as is (no copy), several are joined.
+#[derive(Default)]
+struct Batch {
+    single: Option<Bytes>,
+    joined: BytesMut,
+}
+
+impl Batch {
+    fn push(&mut self, message: &Bytes) {
+        if self.single.is_none() && self.joined.is_empty() {
+            self.single = Some(message.clone());
+            return;
+        }
+        if let Some(first) = self.single.take() {
+            self.joined.extend_from_slice(&first);
+        }
+        self.joined.extend_from_slice(message);
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        self.single
+            .take()
+            .or_else(|| (!self.joined.is_empty()).then(|| self.joined.split().freeze()))
+    }
+}
+
 /// A task's own feed ends once the task is final.
 fn ends(follow: Follow, event: &crate::bus::Event) -> bool {
     matches!(follow, Follow::Task(_)) && event.is_final
@@ -185,6 +238,21 @@ mod tests {
     use super::*;
     use crate::bus::EventKind;
     use crate::store::{tasks::NewTask, users};
+
+    #[test]
+    fn a_batch_passes_one_message_on_and_joins_several_in_order() {
+        let mut batch = Batch::default();
+        assert_eq!(batch.take(), None);
+        let one = Bytes::from_static(b"id: 1\n\n");
+        batch.push(&one);
+        let taken = batch.take().unwrap();
+        assert_eq!(taken.as_ptr(), one.as_ptr(), "a lone message is not copied");
+        batch.push(&one);
+        batch.push(&Bytes::from_static(b"id: 2\n\n"));
+        batch.push(&Bytes::from_static(b"id: 3\n\n"));
+        assert_eq!(batch.take().unwrap(), "id: 1\n\nid: 2\n\nid: 3\n\n");
+        assert_eq!(batch.take(), None);
+    }
 
     #[derive(Parser)]
     struct Args {
