@@ -6,7 +6,8 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 ## Set up and run the server on its embedded defaults (SQLite and files in ./data).
 run: setup
-	cargo run --release -- serve
+	cargo build --release --bins
+	target/release/rastercast serve
 
 ## Set up and run every test: Rust unit and integration tests, then the browser tests.
 test: setup
@@ -16,7 +17,7 @@ test: setup
 
 ## Benchmarks against their references, in release mode; writes docs/BENCHMARKS.md.
 bench: setup
-	cargo build --release --bin rastercast --example bench
+	cargo build --release --bins --example bench
 	ulimit -n "$$(ulimit -Hn)"; target/release/examples/bench $(BENCH_ARGS)
 
 ## Formatting and lints, as CI would want them.

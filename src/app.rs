@@ -61,7 +61,6 @@ impl App {
     pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
-        crate::convert::hardening::apply(config.gdal_cache_mb);
         let store = Store::open(&config.data_dir.join("rastercast.db"))?;
         let blobs = Blobs::open(&config.data_dir)?;
 
@@ -89,7 +88,7 @@ impl App {
             .with_context(|| format!("binding {}", config.addr))?;
         let exe = match &config.worker_exe {
             Some(exe) => exe.clone(),
-            None => std::env::current_exe().context("finding this program to run workers")?,
+            None => crate::tasks::worker_exe()?,
         };
         let bus = Bus::new(config.bus_capacity.max(1), REPLAY_WINDOW);
         let queue = Queue::default();
@@ -131,6 +130,7 @@ impl App {
                 limits: workers.limits.clone(),
                 cache_mb: workers.cache_mb,
                 slots: Arc::new(tokio::sync::Semaphore::new(workers_count)),
+                known_crs: Arc::default(),
             },
             shutdown,
         };

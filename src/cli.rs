@@ -1,16 +1,19 @@
-//! The command line: `serve`, `token`, `convert`, and the hidden `worker`.
+//! The command line: `serve`, `token` and `convert`. (Conversions themselves run in
+//! `rastercast-worker`, the program that links GDAL.)
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::convert::worker::{Job, JobKind};
 use crate::convert::{self, ConvertError, Limits, RequestedOptions};
 use crate::store::{users, Store};
+use crate::tasks::child::{self, Outcome};
+use crate::tasks::{ChildLimits, WarmPool};
 
 #[derive(Parser)]
 #[command(
@@ -32,9 +35,6 @@ enum Command {
     Token(TokenCommand),
     /// Convert one file locally, with a progress bar (Ctrl-C cancels).
     Convert(ConvertArgs),
-    /// Internal: one conversion in a child process, driven over stdin/stdout.
-    #[command(hide = true)]
-    Worker,
 }
 
 #[derive(Args)]
@@ -104,7 +104,6 @@ struct ConvertArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Worker => ExitCode::from(convert::worker::main() as u8),
         Command::Token(cmd) => report(token(cmd)),
         Command::Convert(args) => convert_local(args),
         Command::Serve(config) => report(serve(config)),
@@ -258,11 +257,17 @@ fn convert_local(args: ConvertArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let partial = output.with_extension("tif.part");
-    convert::hardening::apply(256);
+    let exe = match crate::tasks::worker_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("rastercast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = CancellationToken::new();
     let on_ctrl_c = cancel.clone();
-    let _ = ctrlc::set_handler(move || on_ctrl_c.store(true, Ordering::Relaxed));
+    let _ = ctrlc::set_handler(move || on_ctrl_c.cancel());
 
     let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
@@ -272,17 +277,38 @@ fn convert_local(args: ConvertArgs) -> ExitCode {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    let result = convert::convert(
-        &args.input,
-        &partial,
-        &conversion,
-        &Limits::default(),
-        &cancel,
-        &mut |percent, phase| {
-            bar.set_message(phase.sentence());
-            bar.set_position((percent * 10.0) as u64);
-        },
-    );
+    let job = Job {
+        kind: JobKind::Convert,
+        input: args.input.clone(),
+        output: partial.clone(),
+        conversion,
+        limits: Limits::default(),
+        cache_mb: 256,
+    };
+    // Local files on the user's own machine: no memory or time limit, one worker, no reuse.
+    let limits = ChildLimits {
+        exe,
+        memory_bytes: libc::RLIM_INFINITY,
+        timeout: Duration::from_secs(365 * 86400),
+        grace: Duration::from_secs(1),
+        warm: WarmPool::new(0),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let outcome = runtime.block_on(child::run(&job, &limits, &cancel, |percent, phase| {
+        bar.set_message(phase.sentence());
+        bar.set_position((percent * 10.0) as u64);
+    }));
+    let result = match outcome {
+        Outcome::Done(described) => Ok(*described),
+        Outcome::Failed(e) => Err(ConvertError::Failed(e)),
+        Outcome::Stopped => Err(ConvertError::Cancelled),
+    };
+    if result.is_err() {
+        convert::remove_with_side_files(&partial);
+    }
     let result = result.and_then(|described| {
         std::fs::File::open(&partial)
             .and_then(|f| f.sync_all())

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::ConvertError;
 
 /// What clients learn about a converted raster; stored with the output item and the task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GeoRaster {
     pub width: usize,
     pub height: usize,
@@ -35,7 +35,7 @@ pub struct GeoRaster {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BandInfo {
     pub data_type: String,
     pub color_interpretation: String,

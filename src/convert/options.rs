@@ -151,7 +151,8 @@ impl RequestedOptions {
 }
 
 /// Accepts only `AUTHORITY:CODE`. GDAL's general CRS parser would also read files and
-/// fetch URLs named in the string, so nothing else ever reaches it.
+/// fetch URLs named in the string, so nothing else ever reaches it. Whether GDAL knows the code
+/// is [`check_crs`]'s question, asked in a worker: the server does not link GDAL.
 fn normalise_crs(input: &str) -> Result<String, String> {
     let bad =
         || format!("target_crs must be an authority code such as \"EPSG:3857\", not {input:?}");
@@ -163,11 +164,19 @@ fn normalise_crs(input: &str) -> Result<String, String> {
     if !allowed_auth || !code_ok {
         return Err(bad());
     }
-    let normal = format!("{auth}:{code}");
-    gdal::spatial_ref::SpatialRef::from_definition(&normal).map_err(|_| {
-        format!("target_crs {normal} is not a coordinate reference system GDAL knows")
-    })?;
-    Ok(normal)
+    Ok(format!("{auth}:{code}"))
+}
+
+/// Looks a normalised `AUTHORITY:CODE` up in GDAL (PROJ's database); runs in a worker.
+pub fn check_crs(normal: &str) -> Result<super::GeoRaster, String> {
+    let unknown = || format!("target_crs {normal} is not a coordinate reference system GDAL knows");
+    normalise_crs(normal).map_err(|_| unknown())?;
+    let srs = gdal::spatial_ref::SpatialRef::from_definition(normal).map_err(|_| unknown())?;
+    Ok(super::GeoRaster {
+        crs: Some(normal.to_string()),
+        crs_wkt: srs.to_wkt().ok(),
+        ..Default::default()
+    })
 }
 
 fn parse_nodata(value: serde_json::Value) -> Result<String, String> {
@@ -297,7 +306,14 @@ mod tests {
                 .unwrap(),
             "EPSG:3857"
         );
-        assert!(parse(r#"{"target_crs":"EPSG:99999999"}"#).is_err());
+        assert!(check_crs(
+            &parse(r#"{"target_crs":"EPSG:99999999"}"#)
+                .unwrap()
+                .target_crs
+                .unwrap()
+        )
+        .is_err());
+        assert!(check_crs("EPSG:3857").is_ok());
     }
 
     #[test]

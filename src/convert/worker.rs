@@ -15,11 +15,23 @@ use serde::{Deserialize, Serialize};
 
 use super::{Conversion, ConvertError, GeoRaster, Limits, Phase};
 
+/// What a job asks of the worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    #[default]
+    Convert,
+    /// Only describe the input.
+    Inspect,
+    /// Only check that `conversion.target_crs` is a CRS GDAL knows; `Done` carries its name
+    /// and WKT in an otherwise empty description.
+    CheckCrs,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
-    /// Convert (the default), or only describe the input.
     #[serde(default)]
-    pub inspect_only: bool,
+    pub kind: JobKind,
     pub input: PathBuf,
     pub output: PathBuf,
     pub conversion: Conversion,
@@ -84,7 +96,15 @@ pub fn main() -> i32 {
 }
 
 fn run(job: &Job, cancel: &AtomicBool) -> Report {
-    if job.inspect_only {
+    if job.kind == JobKind::CheckCrs {
+        return match super::options::check_crs(job.conversion.target_crs.as_deref().unwrap_or("")) {
+            Ok(described) => Report::Done {
+                result: Box::new(described),
+            },
+            Err(error) => Report::Failed { error },
+        };
+    }
+    if job.kind == JobKind::Inspect {
         return match super::inspect(&job.input, &job.limits) {
             Ok(described) => Report::Done {
                 result: Box::new(described),

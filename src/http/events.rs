@@ -272,6 +272,9 @@ mod tests {
             "127.0.0.1:0",
             "--bus-capacity",
             "1",
+            // No conversion runs here: the server is built, never run.
+            "--worker-exe",
+            "/bin/false",
             "--data-dir",
             dir.path().to_str().unwrap(),
         ]);

@@ -495,6 +495,13 @@ async fn convert(
             })?
     };
     let options = requested.validate().map_err(AppError::Unprocessable)?;
+    if let Some(crs) = &options.target_crs {
+        state
+            .inspector
+            .check_crs(crs)
+            .await
+            .map_err(AppError::Unprocessable)?;
+    }
     let item = owned_item(&state, user.id, id).await?;
     let Some(blob) = item.blob.clone().filter(|_| item.kind == ItemKind::File) else {
         return Err(AppError::Unprocessable(format!(

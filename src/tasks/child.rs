@@ -38,6 +38,18 @@ pub struct ChildLimits {
     pub warm: WarmPool,
 }
 
+/// The worker program, `rastercast-worker`, installed next to this one. It is a program of its
+/// own so that the server never links GDAL (nor loads its hundred libraries).
+pub fn worker_exe() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?.with_file_name("rastercast-worker");
+    anyhow::ensure!(
+        exe.exists(),
+        "{} is missing: build it with the server (`cargo build --release --bins`)",
+        exe.display()
+    );
+    Ok(exe)
+}
+
 /// Worker processes waiting for their next job.
 #[derive(Debug, Clone, Default)]
 pub struct WarmPool {
@@ -205,8 +217,7 @@ pub async fn run(
 impl Worker {
     fn spawn(limits: &ChildLimits) -> std::io::Result<Worker> {
         let mut cmd = Command::new(&limits.exe);
-        cmd.arg("worker")
-            .stdin(Stdio::piped())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);

@@ -1,7 +1,7 @@
 //! Conversion tasks: the state machine, the FIFO queue over a bounded worker pool, and the
 //! child processes that do the work.
 
-mod child;
+pub mod child;
 mod inspect;
 mod queue;
 mod state;
@@ -9,7 +9,7 @@ mod state;
 use serde::Serialize;
 use uuid::Uuid;
 
-pub use child::{ChildLimits, Outcome, WarmPool};
+pub use child::{worker_exe, ChildLimits, Outcome, WarmPool};
 pub use inspect::Inspector;
 pub use queue::{Queue, Workers};
 pub use state::TaskState;

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::child::{self, ChildLimits, Outcome};
 use super::{change, TaskState};
 use crate::bus::{Bus, EventKind};
-use crate::convert::worker::Job;
+use crate::convert::worker::{Job, JobKind};
 use crate::convert::{Limits, Phase};
 use crate::store::items::{ItemKind, NewItem};
 use crate::store::tasks::{self as task_rows, PublishOutcome};
@@ -206,7 +206,7 @@ impl Workers {
             })?;
         let output = self.blobs.temp(".tif");
         let job = Job {
-            inspect_only: false,
+            kind: JobKind::Convert,
             input,
             output: output.path().to_path_buf(),
             conversion: task.options.clone(),

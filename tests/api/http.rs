@@ -271,6 +271,13 @@ async fn every_error_is_json_with_a_detail() {
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
+            // Well-formed, but no such code: a worker asks GDAL, the answer is still a 422.
+            server
+                .req(Method::POST, &convert_path, &t)
+                .json(&json!({"target_crs": "EPSG:99999999"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
             server
                 .req(Method::POST, &convert_path, &t)
                 .json(&json!({"bogus": 1})),
