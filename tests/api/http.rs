@@ -550,3 +550,61 @@ async fn the_openapi_document_covers_every_route() {
     // Every error body is the documented ErrorBody.
     assert!(doc["components"]["schemas"]["ErrorBody"]["properties"]["detail"].is_object());
 }
+
+/// A client that goes away half-way through an upload, raw or multipart, leaves no item and no
+/// bytes on disk, and the server carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_off_half_way_leaves_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let half = vec![0x49u8; 256 * 1024];
+    let boundary = "cut-off-boundary";
+    let uploads = [
+        (
+            "/api/v1/tree-items?name=raw.tif".to_string(),
+            "application/octet-stream".to_string(),
+            Vec::new(),
+        ),
+        (
+            "/api/v1/tree-items".to_string(),
+            format!("multipart/form-data; boundary={boundary}"),
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"multi.tif\"\r\nContent-Type: image/tiff\r\n\r\n"
+            )
+            .into_bytes(),
+        ),
+    ];
+    for (path, content_type, preamble) in uploads {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            server.token,
+            preamble.len() + 2 * half.len(),
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&preamble).await.unwrap();
+        stream.write_all(&half).await.unwrap();
+        stream.flush().await.unwrap();
+        // Let the server take the first half to disk before the client vanishes.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !server.tmp_files().is_empty(),
+            "the upload is under way in tmp/"
+        );
+        drop(stream);
+    }
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.tmp_files().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(server.tmp_files().is_empty(), "{:?}", server.tmp_files());
+    assert!(server.blob_files().is_empty(), "{:?}", server.blob_files());
+    let (status, items) = server.get_json("/tree-items", &server.token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(items, json!([]), "no item from a cut-off upload");
+    // The server still takes a whole upload.
+    let item = server.upload(&data("byte.tif")).await;
+    assert_eq!(item["name"], "byte.tif");
+}
