@@ -60,17 +60,20 @@ pub struct Started {
     pub ws_url: String,
 }
 
-/// Display names keep only the last path segment a browser may send.
+/// Display names keep only the last path segment a browser may send. (They never reach the
+/// disk: stored files have server-made names.) Bidirectional-text controls are refused: they
+/// make `invoice\u{202E}fdp.exe` read as `invoiceexe.pdf` in a file list.
 fn clean_name(raw: &str) -> AppResult<String> {
     let name = raw.rsplit(['/', '\\']).next().unwrap_or(raw).trim();
+    let bidi = |c: char| matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
     if name.is_empty()
         || name.len() > 255
-        || name.chars().any(char::is_control)
+        || name.chars().any(|c| c.is_control() || bidi(c))
         || name == "."
         || name == ".."
     {
         return Err(AppError::BadRequest(
-            "A name is 1 to 255 printable characters, without / or \\.".into(),
+            "A name is 1 to 255 printable characters, without / or \\ or bidirectional-text controls.".into(),
         ));
     }
     Ok(name.to_string())

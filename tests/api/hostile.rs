@@ -299,3 +299,61 @@ async fn a_huge_form_field_is_refused_without_being_held() {
     let (_, items) = server.get_json("/tree-items", &server.token).await;
     assert_eq!(items, json!([]));
 }
+
+/// Names are display names only (stored files get server-made names): a path keeps its last
+/// segment, and names that are empty, too long, or carry NUL, control or bidirectional-text
+/// characters are refused with a 400 and a `detail`; nothing lands on disk for a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_file_names_are_refused_or_reduced_to_a_display_name() {
+    let server = TestServer::start().await;
+    let bytes = std::fs::read(data("byte.tif")).unwrap();
+    let upload = |name: String| {
+        server
+            .req(reqwest::Method::POST, "/tree-items", &server.token)
+            .query(&[("name", name)])
+            .header("content-type", "application/octet-stream")
+            .body(bytes.clone())
+            .send()
+    };
+    for name in [
+        "a\0b.tif".to_string(),
+        "x".repeat(10_000),
+        "invoice\u{202E}fdp.exe".to_string(),
+        "tab\there.tif".to_string(),
+        "..".to_string(),
+        "../".to_string(),
+    ] {
+        let res = upload(name.clone()).await.unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::BAD_REQUEST, "{name:?}");
+        let body: Value = res.json().await.unwrap();
+        assert!(
+            body["detail"].as_str().is_some_and(|d| d.contains("name")),
+            "{body}"
+        );
+    }
+    assert!(
+        server.blob_files().is_empty(),
+        "a refused upload stored bytes"
+    );
+    assert!(server.tmp_files().is_empty());
+
+    for (sent, kept) in [
+        ("../../etc/passwd.tif", "passwd.tif"),
+        ("C:\\Users\\me\\scene.tif", "scene.tif"),
+        ("carte du monde – été.tif", "carte du monde – été.tif"),
+    ] {
+        let res = upload(sent.to_string()).await.unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::CREATED, "{sent:?}");
+        let item: Value = res.json().await.unwrap();
+        assert_eq!(item["name"], kept);
+    }
+    // Stored under server-made names only.
+    let blobs = server.blob_files();
+    assert_eq!(blobs.len(), 3);
+    assert!(
+        blobs
+            .iter()
+            .all(|b| !b.to_string_lossy().contains("passwd")
+                && !b.to_string_lossy().contains("scene"))
+    );
+}
