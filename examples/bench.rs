@@ -32,6 +32,9 @@ impl Server {
         let mut child = tokio::process::Command::new(root().join("target/release/rastercast"))
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
+            // One user plays every client here: the per-user limits are not what is measured.
+            .args(["--max-streams-per-user", "1000000"])
+            .args(["--max-active-tasks-per-user", "1000000"])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Describes uploads in a child worker.
     pub inspector: Inspector,
+    /// Open event streams per user, for `--max-streams-per-user`.
+    pub streams: crate::limits::Streams,
     /// Cancelled on SIGINT/SIGTERM, so handlers refuse new work while the server drains.
     pub shutdown: CancellationToken,
     /// Size of the worker pool, reported by `/healthz`.
@@ -132,6 +134,7 @@ impl App {
                 slots: Arc::new(tokio::sync::Semaphore::new(workers_count)),
                 known_crs: Arc::default(),
             },
+            streams: Default::default(),
             shutdown,
         };
         Ok(App {

@@ -48,6 +48,18 @@ pub struct Config {
     #[arg(long, env = "RASTERCAST_CANCEL_GRACE_MS", default_value_t = 1000)]
     pub cancel_grace_ms: u64,
 
+    /// Tasks one user may have queued or running at once; more get 429.
+    #[arg(
+        long,
+        env = "RASTERCAST_MAX_ACTIVE_TASKS_PER_USER",
+        default_value_t = 1000
+    )]
+    pub max_active_tasks_per_user: u64,
+
+    /// Event streams (SSE and WebSocket) one user may have open at once; more get 429.
+    #[arg(long, env = "RASTERCAST_MAX_STREAMS_PER_USER", default_value_t = 256)]
+    pub max_streams_per_user: usize,
+
     /// Require a token (and ownership) for task status, instead of the task id alone.
     #[arg(long, env = "RASTERCAST_PRIVATE_TASK_STATUS", default_value_t = false)]
     pub private_task_status: bool,

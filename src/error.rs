@@ -27,6 +27,11 @@ pub enum AppError {
     RangeNotSatisfiable(String),
     #[error("{0}")]
     Unprocessable(String),
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after_secs: u64,
+    },
     #[error("The server is out of disk space; try again later.")]
     InsufficientStorage,
     #[error("The server is shutting down; try again in a moment.")]
@@ -48,6 +53,7 @@ impl AppError {
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             AppError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -67,6 +73,7 @@ impl AppError {
             AppError::UnsupportedMediaType(_) => "unsupported_media_type".into(),
             AppError::RangeNotSatisfiable(_) => "range_not_satisfiable".into(),
             AppError::Unprocessable(_) => "unprocessable".into(),
+            AppError::TooManyRequests { .. } => "too_many_requests".into(),
             AppError::InsufficientStorage => "insufficient_storage".into(),
             AppError::ShuttingDown => "shutting_down".into(),
             AppError::Internal(_) => "internal".into(),
@@ -105,6 +112,14 @@ impl IntoResponse for AppError {
             code: self.code(),
         };
         let mut response = (status, Json(body)).into_response();
+        if let AppError::TooManyRequests {
+            retry_after_secs, ..
+        } = &self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

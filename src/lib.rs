@@ -14,6 +14,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod store;

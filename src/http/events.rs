@@ -18,6 +18,7 @@ use crate::app::AppState;
 use crate::auth::StreamCaller;
 use crate::bus::Body as TaskEvent;
 use crate::error::{AppError, AppResult, ErrorBody};
+use crate::limits::StreamSlot;
 use crate::live::{self, Follow};
 use crate::store::tasks as task_rows;
 use utoipa::IntoParams;
@@ -54,7 +55,7 @@ fn resume_point(headers: &HeaderMap, query: &ResumeQuery) -> Option<u64> {
     params(("id" = Uuid, Path, description = "Task id"), ResumeQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses((status = 200, description = "An event stream of TaskEvent", content_type = "text/event-stream", body = TaskEvent),
-        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)), security((), ("bearer" = []), ("cookie" = [])))]
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody), (status = 429, description = "Too many event streams open for this user", body = ErrorBody)), security((), ("bearer" = []), ("cookie" = [])))]
 async fn task_events(
     State(state): State<AppState>,
     caller: StreamCaller,
@@ -76,10 +77,15 @@ async fn task_events(
                 || caller.user.as_ref().is_some_and(|u| u.id == t.user_id)
         })
         .ok_or(AppError::NotFound("task"))?;
+    let slot = caller
+        .user
+        .map(|u| state.streams.open(u.id, state.config.max_streams_per_user))
+        .transpose()?;
     Ok(sse(
         state,
         Follow::Task(task.id),
         resume_point(&headers, &query),
+        slot,
     ))
 }
 
@@ -89,7 +95,7 @@ async fn task_events(
         ("ticket" = Option<String>, Query, description = "A stream ticket, for clients that cannot send headers"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses((status = 200, description = "An event stream of TaskEvent", content_type = "text/event-stream", body = TaskEvent),
-        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody)), security(("bearer" = []), ("cookie" = []), ("ticket" = [])))]
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 429, description = "Too many event streams open for this user", body = ErrorBody)), security(("bearer" = []), ("cookie" = []), ("ticket" = [])))]
 async fn user_events(
     State(state): State<AppState>,
     caller: StreamCaller,
@@ -99,17 +105,27 @@ async fn user_events(
     let user = caller.user.ok_or(AppError::Unauthorized(
         "This feed needs a token, a session cookie or a stream ticket.",
     ))?;
+    let slot = state
+        .streams
+        .open(user.id, state.config.max_streams_per_user)?;
     Ok(sse(
         state,
         Follow::User(user.id),
         resume_point(&headers, &query),
+        Some(slot),
     ))
 }
 
-fn sse(state: AppState, follow: Follow, resume_after: Option<u64>) -> Response {
+fn sse(
+    state: AppState,
+    follow: Follow,
+    resume_after: Option<u64>,
+    slot: Option<StreamSlot>,
+) -> Response {
     let keepalive = state.config.keepalive();
     let body = stream! {
         let _open = crate::metrics::OpenGuard::new(&state.metrics.sse_open);
+        let _slot = slot;
         yield Ok::<Bytes, Infallible>(Bytes::from(format!("retry: {RETRY_MS}\n\n")));
         let start = match live::start(&state.store, &state.bus, follow, resume_after).await {
             Ok(start) => start,
@@ -303,7 +319,7 @@ mod tests {
             .await
             .unwrap();
 
-        let mut body = sse(state.clone(), Follow::User(user.id), None)
+        let mut body = sse(state.clone(), Follow::User(user.id), None, None)
             .into_body()
             .into_data_stream();
         async fn next(

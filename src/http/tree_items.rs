@@ -456,6 +456,7 @@ async fn delete_item(
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
         (status = 415, description = "Options not sent as JSON", body = ErrorBody),
         (status = 422, description = "Impossible options, or a folder", body = ErrorBody),
+        (status = 429, description = "Too many tasks queued or running for this user", body = ErrorBody),
         (status = 503, description = "Shutting down", body = ErrorBody),
     ), security(("bearer" = []), ("cookie" = [])))]
 async fn convert(
@@ -513,9 +514,15 @@ async fn convert(
         )));
     };
     let bus = state.bus.clone();
+    let limit = state.config.max_active_tasks_per_user;
     let task = state
         .store
         .call(move |c| {
+            // Counted and inserted under the one connection's lock: no race past the limit.
+            let active = task_rows::count_active(c, user.id)?;
+            if active >= limit {
+                return Ok(Err(crate::limits::too_many_tasks(active, limit)));
+            }
             let task = task_rows::insert(
                 c,
                 NewTask {
@@ -528,9 +535,9 @@ async fn convert(
                 },
             )?;
             bus.publish(&task, crate::bus::EventKind::State);
-            Ok(task)
+            Ok(Ok(task))
         })
-        .await?;
+        .await??;
     state.queue.wake();
     Ok(axum::Json(Started {
         task_id: task.id,

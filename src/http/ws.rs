@@ -32,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses((status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket upgrade", body = crate::error::ErrorBody), (status = 401, description = "No or bad credentials", body = crate::error::ErrorBody),
         (status = 403, description = "Cookie sign-in from another origin", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many event streams open for this user", body = crate::error::ErrorBody),
         (status = 503, description = "Shutting down", body = crate::error::ErrorBody)),
     security((), ("bearer" = []), ("cookie" = []), ("ticket" = [])))]
 async fn upgrade(
@@ -53,11 +54,19 @@ async fn upgrade(
     }
     // Clients send small control messages and we send one event at a time: tungstenite's
     // 128 KiB read and write buffers would be most of an idle subscriber's memory.
+    let slot = caller
+        .user
+        .as_ref()
+        .map(|u| state.streams.open(u.id, state.config.max_streams_per_user))
+        .transpose()?;
     Ok(ws
         .max_message_size(64 * 1024)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| Connection::new(state, caller.user).run(socket)))
+        .on_upgrade(move |socket| async move {
+            Connection::new(state, caller.user).run(socket).await;
+            drop(slot);
+        }))
 }
 
 #[derive(Deserialize)]

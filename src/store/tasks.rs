@@ -356,6 +356,15 @@ pub fn delete(conn: &Connection, user: Uuid, id: Uuid) -> anyhow::Result<DeleteO
 }
 
 /// How many tasks are in each state.
+/// How many of `user`'s tasks are queued or running.
+pub fn count_active(conn: &Connection, user: Uuid) -> anyhow::Result<u64> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM tasks WHERE user_id = ?1 AND state IN ('PENDING', 'PROGRESS')",
+        )?
+        .query_row([user.to_string()], |r| r.get(0))?)
+}
+
 pub fn count_by_state(conn: &Connection) -> anyhow::Result<Vec<(String, i64)>> {
     let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;

@@ -608,3 +608,120 @@ async fn an_upload_cut_off_half_way_leaves_nothing() {
     let item = server.upload(&data("byte.tif")).await;
     assert_eq!(item["name"], "byte.tif");
 }
+
+/// Per-user limits answer 429 with a `detail` and `Retry-After`, and free up as work ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_limits_answer_429_and_free_up() {
+    let server = TestServer::start_with(&[
+        "--max-active-tasks-per-user",
+        "2",
+        "--max-streams-per-user",
+        "2",
+        "--workers",
+        "1",
+    ])
+    .await;
+    let item = server.upload(&data("byte.tif")).await;
+    let convert_path = format!(
+        "/tree-items/{}/convert-to-geo-raster",
+        item["id"].as_str().unwrap()
+    );
+
+    // Streams: two open feeds, the third is refused, and closing one frees its place.
+    let first = server
+        .req(Method::GET, "/events", &server.token)
+        .send()
+        .await
+        .unwrap();
+    let second = server
+        .req(Method::GET, "/events", &server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let third = server
+        .req(Method::GET, "/events", &server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(third.headers().contains_key(header::RETRY_AFTER));
+    let (_, body) = json_of(third).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("limit is 2"),
+        "{body}"
+    );
+    // Another user has places of their own.
+    let other = server.token_for("other").await;
+    let theirs = server
+        .req(Method::GET, "/events", &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::OK);
+    drop(first);
+    let mut reopened = StatusCode::TOO_MANY_REQUESTS;
+    for _ in 0..50 {
+        let res = server
+            .req(Method::GET, "/events", &server.token)
+            .send()
+            .await
+            .unwrap();
+        reopened = res.status();
+        if reopened == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(reopened, StatusCode::OK, "a closed stream frees its place");
+
+    // Tasks: a long one running and one queued fill the two places; a third is 429.
+    let big = server.upload(&crate::lifecycle::big_raster()).await;
+    let running = server
+        .convert(&big, json!({"overview_resampling": "lanczos"}))
+        .await;
+    let queued = server.convert(&item, json!({})).await;
+    let res = server
+        .req(Method::POST, &convert_path, &server.token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key(header::RETRY_AFTER));
+    let (_, body) = json_of(res).await;
+    assert_eq!(body["code"], "too_many_requests", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("queued or running"),
+        "{body}"
+    );
+    let running = running["task_id"].as_str().unwrap();
+    server
+        .req(
+            Method::POST,
+            &format!("/tasks/{running}/cancel"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    server.wait_final(running).await;
+    server.wait_final(queued["task_id"].as_str().unwrap()).await;
+    let again = server
+        .req(Method::POST, &convert_path, &server.token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "finished tasks free their places"
+    );
+}
