@@ -3,6 +3,8 @@
 //! (progress and claims skip the fsync: see [`unsynced`]).
 
 pub mod items;
+#[cfg(test)]
+mod state_props;
 pub mod tasks;
 pub mod users;
 

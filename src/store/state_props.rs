@@ -1,0 +1,169 @@
+//! Property test of the task state machine as the store implements it: for any sequence of
+//! submit, claim, progress, cancel, success, failure, shutdown requeue and crash-restart, a
+//! final state never changes, every change is one the state machine allows, progress never
+//! goes down, event `seq` only goes up, and once the workers drain the queue (restarting as
+//! often as needed) every task is final.
+
+use proptest::prelude::*;
+use uuid::Uuid;
+
+use super::items::{self, ItemKind, NewItem};
+use super::tasks::{self, NewTask};
+use super::{users, Store};
+use crate::bus::{Bus, EventKind};
+use crate::tasks::TaskState;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit,
+    Claim,
+    Progress(usize, f64),
+    Cancel(usize),
+    Succeed(usize),
+    Fail(usize),
+    /// A clean shutdown puts a running task back in the queue.
+    Requeue(usize),
+    /// The server was killed and started again.
+    CrashRestart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => Just(Op::Submit),
+        3 => Just(Op::Claim),
+        3 => (0..8usize, 0.0..100.0f64).prop_map(|(i, p)| Op::Progress(i, p)),
+        1 => (0..8usize).prop_map(Op::Cancel),
+        2 => (0..8usize).prop_map(Op::Succeed),
+        1 => (0..8usize).prop_map(Op::Fail),
+        1 => (0..8usize).prop_map(Op::Requeue),
+        1 => Just(Op::CrashRestart),
+    ]
+}
+
+const MAX_ATTEMPTS: u32 = 3;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn tasks_always_end_final_and_never_go_back(ops in proptest::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let bus = Bus::new(1 << 16, 1 << 16);
+        let mut last_seq = 0u64;
+        let mut seen: Vec<(TaskState, f64)> = Vec::new();
+        store.blocking(|c| {
+            let user = users::ensure_user(c, "prop")?;
+            let source = items::insert(c, NewItem {
+                user_id: user.id,
+                parent_id: None,
+                name: "src.tif".into(),
+                kind: ItemKind::File,
+                size: 1,
+                content_type: None,
+                blob: Some("0".repeat(32)),
+                geo_raster: None,
+                source_id: None,
+            })?;
+            let mut ids: Vec<Uuid> = Vec::new();
+            let mut publish = |c: &rusqlite::Connection, id: Uuid, last_seq: &mut u64| -> anyhow::Result<()> {
+                let task = tasks::get(c, id)?.expect("task exists");
+                let event = bus.publish(&task, EventKind::State);
+                assert!(event.seq > *last_seq, "seq {} after {}", event.seq, last_seq);
+                *last_seq = event.seq;
+                Ok(())
+            };
+            let pick = |ids: &[Uuid], i: usize| (!ids.is_empty()).then(|| ids[i % ids.len()]);
+            let drain = |c: &mut rusqlite::Connection| -> anyhow::Result<()> {
+                // Workers take every queued task to an end; a restart recovers running ones.
+                for _ in 0..100 {
+                    while let Some(task) = tasks::claim_next(c)? {
+                        tasks::finish(c, task.id, TaskState::Failure, "Failed", Some("drained"))?;
+                    }
+                    if tasks::recover(c, MAX_ATTEMPTS)? == 0 {
+                        return Ok(());
+                    }
+                }
+                panic!("the queue never drained");
+            };
+            for op in ops.iter().cloned().chain([Op::CrashRestart]) {
+                match op {
+                    Op::Submit => {
+                        let task = tasks::insert(c, NewTask {
+                            user_id: user.id,
+                            source_id: source.id,
+                            source_blob: "0".repeat(32),
+                            source_name: "src.tif".into(),
+                            parent_id: None,
+                            options: Default::default(),
+                        })?;
+                        ids.push(task.id);
+                        seen.push((task.state, task.progress));
+                        publish(c, task.id, &mut last_seq)?;
+                    }
+                    Op::Claim => {
+                        if let Some(task) = tasks::claim_next(c)? {
+                            publish(c, task.id, &mut last_seq)?;
+                        }
+                    }
+                    Op::Progress(i, p) => if let Some(id) = pick(&ids, i) {
+                        if tasks::set_progress(c, id, p, "Converting")? {
+                            publish(c, id, &mut last_seq)?;
+                        }
+                    },
+                    Op::Cancel(i) => if let Some(id) = pick(&ids, i) {
+                        tasks::request_cancel(c, user.id, id)?;
+                        publish(c, id, &mut last_seq)?;
+                    },
+                    Op::Succeed(i) => if let Some(id) = pick(&ids, i) {
+                        let record = tasks::get(c, id)?.expect("task exists");
+                        if record.state == TaskState::Progress {
+                            let output = NewItem {
+                                user_id: user.id,
+                                parent_id: None,
+                                name: "src.cog.tif".into(),
+                                kind: ItemKind::File,
+                                size: 1,
+                                content_type: None,
+                                blob: Some(format!("{:032x}", id.as_u128())),
+                                geo_raster: None,
+                                source_id: Some(source.id),
+                            };
+                            tasks::publish_success(c, &record, output, serde_json::json!({}))?;
+                            publish(c, id, &mut last_seq)?;
+                        }
+                    },
+                    Op::Fail(i) => if let Some(id) = pick(&ids, i) {
+                        tasks::finish(c, id, TaskState::Failure, "Failed", Some("broken"))?;
+                        publish(c, id, &mut last_seq)?;
+                    },
+                    Op::Requeue(i) => if let Some(id) = pick(&ids, i) {
+                        tasks::requeue(c, id, true, "Queued; the server restarted")?;
+                        publish(c, id, &mut last_seq)?;
+                    },
+                    Op::CrashRestart => {
+                        tasks::recover(c, MAX_ATTEMPTS)?;
+                    }
+                }
+                for (n, id) in ids.iter().enumerate() {
+                    let now = tasks::get(c, *id)?.expect("task exists");
+                    let (before, progress) = seen[n];
+                    assert!(
+                        now.state == before || before.can_become(now.state),
+                        "{before:?} became {:?} after {op:?}", now.state
+                    );
+                    assert!(!before.is_final() || now.state == before, "a final state changed");
+                    assert!(now.progress >= progress, "progress went down after {op:?}");
+                    assert!(now.attempts <= MAX_ATTEMPTS + 1, "attempts {}", now.attempts);
+                    seen[n] = (now.state, now.progress);
+                }
+            }
+            drain(c)?;
+            for id in &ids {
+                let task = tasks::get(c, *id)?.expect("task exists");
+                assert!(task.state.is_final(), "{:?} left in {:?}", id, task.state);
+            }
+            Ok(())
+        }).unwrap();
+    }
+}
