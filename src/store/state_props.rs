@@ -66,7 +66,7 @@ proptest! {
                 source_id: None,
             })?;
             let mut ids: Vec<Uuid> = Vec::new();
-            let mut publish = |c: &rusqlite::Connection, id: Uuid, last_seq: &mut u64| -> anyhow::Result<()> {
+            let publish = |c: &rusqlite::Connection, id: Uuid, last_seq: &mut u64| -> anyhow::Result<()> {
                 let task = tasks::get(c, id)?.expect("task exists");
                 let event = bus.publish(&task, EventKind::State);
                 assert!(event.seq > *last_seq, "seq {} after {}", event.seq, last_seq);
