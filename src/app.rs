@@ -162,13 +162,14 @@ impl App {
             .clone()
             .spawn(self.state.workers, shutdown.clone());
         let router = crate::http::router(self.state.clone());
-        // Each connection gets a clone of the finished router (a reference count). Serving the
-        // Router itself would rebuild every route's middleware stack per connection (about
-        // 60 KiB each), which is what an idle SSE subscriber would then cost.
-        let server = axum::serve(self.listener, tower::make::Shared::new(router))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = crate::http::serve(
+            self.listener,
+            router,
+            self.state.config.header_timeout(),
+            shutdown.clone(),
+        );
         tokio::select! {
-            result = server => result.context("serving HTTP")?,
+            () = server => {},
             _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => {
                 tracing::warn!("requests still open after the drain time; closing them");
             }

@@ -60,6 +60,10 @@ pub struct Config {
     #[arg(long, env = "RASTERCAST_MAX_STREAMS_PER_USER", default_value_t = 256)]
     pub max_streams_per_user: usize,
 
+    /// Seconds a client gets to send a request's headers; a slower one is disconnected.
+    #[arg(long, env = "RASTERCAST_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    pub header_timeout_secs: u64,
+
     /// Require a token (and ownership) for task status, instead of the task id alone.
     #[arg(long, env = "RASTERCAST_PRIVATE_TASK_STATUS", default_value_t = false)]
     pub private_task_status: bool,
@@ -99,6 +103,10 @@ impl Config {
 
     pub fn task_timeout(&self) -> Duration {
         Duration::from_secs(self.task_timeout_secs)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs.max(1))
     }
 
     pub fn keepalive(&self) -> Duration {

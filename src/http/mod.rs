@@ -7,6 +7,7 @@ mod extract;
 mod health;
 mod metrics;
 mod openapi;
+mod serve;
 mod session;
 mod tasks;
 mod tree_items;
@@ -17,6 +18,8 @@ use std::sync::Arc;
 use axum::{Extension, Router};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
+
+pub use serve::serve;
 
 use crate::app::AppState;
 use crate::error::AppError;

@@ -725,3 +725,43 @@ async fn per_user_limits_answer_429_and_free_up() {
         "finished tasks free their places"
     );
 }
+
+/// A client that sends its headers a byte at a time (slowloris) is disconnected once the
+/// header deadline passes, and the server keeps answering everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_too_slow_with_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(&["--header-timeout-secs", "1"]).await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            // Keep trickling header bytes; the server must still hang up.
+            if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(std::time::Duration::from_millis(200), slow.read(&mut buf))
+                .await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => {} // a 408 before the close is fine
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow client was never disconnected");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    let res = server
+        .http
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
