@@ -175,6 +175,14 @@ impl App {
             }
         }
         shutdown.cancel();
+        // Upgraded WebSockets are no longer the HTTP server's to wait for: give each the moment
+        // it needs to send its 1001 close frame before the process exits.
+        let _ = tokio::time::timeout(DRAIN, async {
+            while self.state.metrics.ws_open.get() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
         let drained = tokio::time::timeout(DRAIN + self.state.config.cancel_grace(), async {
             while pool.join_next().await.is_some() {}
         })
