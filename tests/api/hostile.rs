@@ -357,3 +357,38 @@ async fn hostile_file_names_are_refused_or_reduced_to_a_display_name() {
                 && !b.to_string_lossy().contains("scene"))
     );
 }
+
+/// TIFF caps samples per pixel at 65,535, so that is the most bands a TIFF can declare (the
+/// issue's "100,000" cannot be written): such a file is refused by the band limit, readably.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiff_with_65535_bands_is_refused_by_the_band_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let bands = dir.path().join("bands.tif");
+    let status = std::process::Command::new("gdal_create")
+        .args([
+            "-q", "-of", "GTiff", "-outsize", "1", "1", "-bands", "65535",
+        ])
+        .args(["-ot", "Byte", "-co", "INTERLEAVE=BAND"])
+        .args(["-a_srs", "EPSG:4326", "-a_ullr", "0", "1", "1", "0"])
+        .arg(&bands)
+        .status()
+        .expect("gdal_create (gdal-bin)");
+    assert!(status.success());
+    let server = TestServer::start().await;
+    let status = server.convert_file(&bands, json!({})).await;
+    assert_eq!(status["state"], "FAILURE", "{status}");
+    let error = status["error"].as_str().unwrap();
+    assert!(error.contains("band"), "{error}");
+    assert!(
+        !error.contains(server.data_dir().to_str().unwrap()),
+        "no server path: {error}"
+    );
+    assert!(server.tmp_files().is_empty());
+    let health = server
+        .http
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+}
