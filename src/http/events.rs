@@ -147,7 +147,7 @@ fn sse(
         }
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         loop {
-            tokio::select! {
+            let lagged = tokio::select! {
                 received = rx.recv() => match received {
                     Ok(event) => {
                         // Events already waiting go out in the same write: under load this is
@@ -172,32 +172,27 @@ fn sse(
                         if let Some(bytes) = batch.take() {
                             yield Ok(bytes);
                         }
-                        if lagged {
-                            let Ok((position, snapshots)) = live::snapshots(&state.store, &state.bus, vec![follow], true).await else { return };
-                            floor = position;
-                            for event in &snapshots {
-                                yield Ok(event.sse.clone());
-                                if ends(follow, event) {
-                                    return;
-                                }
-                            }
-                        }
+                        lagged
                     }
-                    Err(RecvError::Lagged(_)) => {
-                        let Ok((position, snapshots)) = live::snapshots(&state.store, &state.bus, vec![follow], true).await else { return };
-                        // Events still queued on `rx` up to `position` are in the snapshots.
-                        floor = position;
-                        for event in &snapshots {
-                            yield Ok(event.sse.clone());
-                            if ends(follow, event) {
-                                return;
-                            }
-                        }
-                    }
+                    Err(RecvError::Lagged(_)) => true,
                     Err(RecvError::Closed) => return,
                 },
-                _ = ticks.tick() => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
+                _ = ticks.tick() => {
+                    yield Ok(Bytes::from_static(b": keep-alive\n\n"));
+                    false
+                }
                 _ = state.shutdown.cancelled() => return,
+            };
+            if lagged {
+                let Ok((position, snapshots)) = live::snapshots(&state.store, &state.bus, vec![follow], true).await else { return };
+                // Events still queued on `rx` up to `position` are in the snapshots.
+                floor = position;
+                for event in &snapshots {
+                    yield Ok(event.sse.clone());
+                    if ends(follow, event) {
+                        return;
+                    }
+                }
             }
         }
     };

@@ -62,10 +62,10 @@ impl Inspector {
     /// Whether GDAL knows `crs` (a normalised `AUTHORITY:CODE`), asked of a worker because the
     /// server itself does not link GDAL. `Err` is a sentence for the client.
     pub async fn check_crs(&self, crs: &str) -> Result<(), String> {
-        let known = |set: &Mutex<HashSet<String>>| {
-            set.lock().unwrap_or_else(|p| p.into_inner()).contains(crs)
-        };
-        if known(&self.known_crs) {
+        let known = (self.known_crs.lock())
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(crs);
+        if known {
             return Ok(());
         }
         let job = Job {
