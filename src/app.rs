@@ -39,6 +39,8 @@ pub struct AppState {
     pub inspector: Inspector,
     /// Open event streams per user, for `--max-streams-per-user`.
     pub streams: crate::limits::Streams,
+    /// Upgraded WebSockets, which shutdown waits for (the HTTP server no longer sees them).
+    pub sockets: tokio_util::task::TaskTracker,
     /// Cancelled on SIGINT/SIGTERM, so handlers refuse new work while the server drains.
     pub shutdown: CancellationToken,
     /// Size of the worker pool, reported by `/healthz`.
@@ -135,6 +137,7 @@ impl App {
                 known_crs: Arc::default(),
             },
             streams: Default::default(),
+            sockets: Default::default(),
             shutdown,
         };
         Ok(App {
@@ -177,12 +180,8 @@ impl App {
         shutdown.cancel();
         // Upgraded WebSockets are no longer the HTTP server's to wait for: give each the moment
         // it needs to send its 1001 close frame before the process exits.
-        let _ = tokio::time::timeout(DRAIN, async {
-            while self.state.metrics.ws_open.get() > 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        self.state.sockets.close();
+        let _ = tokio::time::timeout(DRAIN, self.state.sockets.wait()).await;
         let drained = tokio::time::timeout(DRAIN + self.state.config.cancel_grace(), async {
             while pool.join_next().await.is_some() {}
         })

@@ -63,9 +63,12 @@ async fn upgrade(
         .max_message_size(64 * 1024)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| async move {
-            Connection::new(state, caller.user).run(socket).await;
-            drop(slot);
+        .on_upgrade(move |socket| {
+            let sockets = state.sockets.clone();
+            sockets.track_future(async move {
+                Connection::new(state, caller.user).run(socket).await;
+                drop(slot);
+            })
         }))
 }
 
