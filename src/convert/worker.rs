@@ -50,6 +50,14 @@ pub enum Report {
 
 /// Entry point of `rastercast worker`. Returns the process exit code.
 pub fn main() -> i32 {
+    // A crash ends the worker at once with its signal, which the server reports as the task's
+    // failure. Rust's own SIGSEGV handler (there to name stack overflows) lets a SIGSEGV that
+    // is not a guard-page fault, such as one sent from outside, pass once.
+    // SAFETY: setting a default disposition before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::signal(libc::SIGBUS, libc::SIG_DFL);
+    }
     let cancel = Arc::new(AtomicBool::new(false));
     let (jobs_tx, jobs) = std::sync::mpsc::channel::<String>();
     let watcher = cancel.clone();

@@ -71,8 +71,15 @@ impl WarmPool {
 
     fn take(&self) -> Option<Worker> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // The most recently used worker is the warmest; older ones may retire by idleness.
-        idle.pop()
+        // The most recently used worker is the warmest; older ones may retire by idleness. One
+        // that died while idle (killed by the OOM killer or an operator) must not take a job
+        // and fail it.
+        while let Some(mut worker) = idle.pop() {
+            if matches!(worker.child.try_wait(), Ok(None)) {
+                return Some(worker);
+            }
+        }
+        None
     }
 
     fn give(&self, mut worker: Worker) {

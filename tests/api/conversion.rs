@@ -4,23 +4,7 @@ use gdal::{Dataset, Metadata};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{data, TestServer};
-
-async fn download(server: &TestServer, item_id: &str) -> tempfile::NamedTempFile {
-    let res = server
-        .req(
-            Method::GET,
-            &format!("/tree-items/{item_id}/content"),
-            &server.token,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let file = tempfile::Builder::new().suffix(".tif").tempfile().unwrap();
-    std::fs::write(file.path(), res.bytes().await.unwrap()).unwrap();
-    file
-}
+use crate::helpers::{data, download, TestServer};
 
 fn assert_success(status: &Value) -> &Value {
     assert_eq!(status["state"], "SUCCESS", "{status}");

@@ -306,6 +306,57 @@ async fn spawn(dir: &Path, args: &[String]) -> (Child, String, Option<String>) {
     (child, url, token)
 }
 
+/// An item's bytes, in a temp file GDAL can open.
+pub async fn download(server: &TestServer, item_id: &str) -> tempfile::NamedTempFile {
+    let res = server
+        .req(
+            Method::GET,
+            &format!("/tree-items/{item_id}/content"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let file = tempfile::Builder::new().suffix(".tif").tempfile().unwrap();
+    std::fs::write(file.path(), res.bytes().await.unwrap()).unwrap();
+    file
+}
+
+/// The processes whose parent is `pid` (the server's conversion workers).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Field 4, after the parenthesised command name, is the parent pid.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        if after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok())
+            == Some(pid)
+        {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Whether `pid` runs (a zombie does not count).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
 /// Makes a raster with gdal_translate (from gdal-bin), as a test fixture.
 pub fn gdal_translate(args: &[&str]) {
     let status = std::process::Command::new("gdal_translate")

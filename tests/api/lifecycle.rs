@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{data, gdal_translate, TestServer};
+use crate::helpers::{alive, children_of, data, gdal_translate, TestServer};
 
 /// An 8192×8192 3-band raster made from shade.tif, generated once per test run.
 pub fn big_raster() -> PathBuf {
@@ -250,39 +250,6 @@ async fn a_task_cut_off_too_often_fails_with_a_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashing_worker_fails_only_its_task() {
-    let server = TestServer::start().await;
-    let task = start_slow(&server).await;
-    wait_running(&server, &task).await;
-    for worker in children_of(server.pid()) {
-        // SAFETY: plain kill(2). An abort is what a failed assertion in GDAL looks like (a
-        // sent SIGSEGV would be swallowed once by Rust's stack-overflow handler).
-        unsafe { libc::kill(worker, libc::SIGABRT) };
-    }
-    let status = server.wait_final(&task).await;
-    assert_eq!(status["state"], "FAILURE");
-    assert!(
-        status["error"].as_str().unwrap().contains("crashed"),
-        "{status}"
-    );
-    assert!(server.tmp_files().is_empty());
-    let health: Value = server
-        .http
-        .get(format!("{}/healthz", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(health["status"], "ok");
-    assert_eq!(
-        server.convert_file(&data("byte.tif"), json!({})).await["state"],
-        "SUCCESS"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_moves_through_named_phases() {
     let server = TestServer::start().await;
     let item = server.upload(&big_raster()).await;
@@ -340,38 +307,6 @@ async fn a_conversion_over_the_memory_limit_fails_readably() {
         "{status}"
     );
     assert!(server.tmp_files().is_empty());
-}
-
-fn children_of(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // Field 4, after the parenthesised command name, is the parent pid.
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        if after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<i32>().ok())
-            == Some(pid)
-        {
-            out.push(child);
-        }
-    }
-    out
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 
 mod cli;
 mod conversion;
+mod crashes;
 mod helpers;
 mod hostile;
 mod http;
