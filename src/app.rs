@@ -120,6 +120,7 @@ impl App {
             metrics: metrics.clone(),
         });
         let workers_count = config.workers();
+        let tickets = Tickets::with_ttl(Duration::from_secs(config.stream_ticket_secs));
         let state = AppState {
             workers: config.workers(),
             config: Arc::new(config),
@@ -127,7 +128,7 @@ impl App {
             blobs,
             bus,
             queue,
-            tickets: Tickets::default(),
+            tickets,
             metrics,
             inspector: Inspector {
                 child: workers.child.clone(),

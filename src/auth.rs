@@ -204,6 +204,10 @@ impl Tickets {
         ticket
     }
 
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// The ticket's user, once: the ticket is gone afterwards, used or not yet expired.
     pub fn redeem(&self, ticket: &str) -> Option<User> {
         let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());

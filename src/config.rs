@@ -86,6 +86,15 @@ pub struct Config {
     )]
     pub bus_capacity: usize,
 
+    /// How long a stream ticket stays valid; shortened by tests that need one to expire.
+    #[arg(
+        long,
+        env = "RASTERCAST_STREAM_TICKET_SECS",
+        default_value_t = 30,
+        hide = true
+    )]
+    pub stream_ticket_secs: u64,
+
     /// The executable run as a conversion worker (default: this program).
     #[arg(long, env = "RASTERCAST_WORKER_EXE", hide = true)]
     pub worker_exe: Option<PathBuf>,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::extract::Json;
 use crate::app::AppState;
-use crate::auth::{session_cookie, AuthUser, SESSION_COOKIE, TICKET_TTL};
+use crate::auth::{session_cookie, AuthUser, SESSION_COOKIE};
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::store::users;
 use utoipa::ToSchema;
@@ -54,12 +54,7 @@ fn cookie(value: &str, max_age: i64) -> HeaderValue {
 async fn sign_in(State(state): State<AppState>, Json(body): Json<SignIn>) -> AppResult<Response> {
     let session = state
         .store
-        .call(move |c| {
-            let Some(user) = users::authenticate(c, body.token.trim())? else {
-                return Ok(None);
-            };
-            Ok(Some((users::create_session(c, &user)?, user)))
-        })
+        .call(move |c| users::sign_in(c, body.token.trim()))
         .await?;
     let (secret, user) = session.ok_or(AppError::Unauthorized(
         "The token is invalid or has been revoked.",
@@ -103,6 +98,6 @@ async fn ticket(State(state): State<AppState>, AuthUser(user): AuthUser) -> axum
     let ticket = state.tickets.issue(user);
     axum::Json(Ticket {
         ticket,
-        expires_in: TICKET_TTL.as_secs(),
+        expires_in: state.tickets.ttl().as_secs(),
     })
 }

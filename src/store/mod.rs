@@ -19,7 +19,11 @@ pub use tasks::{NewTask, TaskRecord};
 pub use users::{TokenInfo, User};
 
 /// Numbered migrations; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("schema_2.sql"),
+    include_str!("schema_3.sql"),
+];
 
 #[derive(Clone)]
 pub struct Store {

@@ -80,9 +80,14 @@ pub fn create_token(conn: &Connection, user: &User) -> anyhow::Result<String> {
     Ok(format!("rc_{id}_{secret}"))
 }
 
+/// A token's `(id, secret)`: tokens read `rc_<id>_<secret>`.
+fn token_parts(token: &str) -> Option<(&str, &str)> {
+    token.strip_prefix("rc_")?.split_once('_')
+}
+
 /// The user a token belongs to, or `None` for a malformed, unknown or revoked token.
 pub fn authenticate(conn: &Connection, token: &str) -> anyhow::Result<Option<User>> {
-    let Some((id, secret)) = token.strip_prefix("rc_").and_then(|t| t.split_once('_')) else {
+    let Some((id, secret)) = token_parts(token) else {
         return Ok(None);
     };
     let row = conn
@@ -137,20 +142,34 @@ pub fn revoke_token(conn: &Connection, id: &str) -> anyhow::Result<bool> {
 /// How long a browser session lasts.
 pub const SESSION_DAYS: i64 = 30;
 
-/// Creates a session for `user`; returns its secret, which only the cookie holds.
-pub fn create_session(conn: &Connection, user: &User) -> anyhow::Result<String> {
+/// Signs in with `token`: a session for its user, ended with the token when that is revoked.
+/// Returns the session's secret, which only the cookie holds, or `None` for a bad token.
+pub fn sign_in(conn: &Connection, token: &str) -> anyhow::Result<Option<(String, User)>> {
+    let Some(user) = authenticate(conn, token)? else {
+        return Ok(None);
+    };
+    let token_id = token_parts(token).map(|(id, _)| id);
+    Ok(Some((create_session(conn, &user, token_id)?, user)))
+}
+
+fn create_session(
+    conn: &Connection,
+    user: &User,
+    token_id: Option<&str>,
+) -> anyhow::Result<String> {
     let mut secret = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut secret);
     let secret = hex::encode(secret);
     let now = chrono::Utc::now();
     let expires = now + chrono::Duration::days(SESSION_DAYS);
     conn.prepare_cached(
-        "INSERT INTO sessions (secret_hash, user_id, created_at, expires_at) VALUES (?1,
-         ?2, ?3, ?4)",
+        "INSERT INTO sessions (secret_hash, user_id, token_id, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![
         hash(&secret),
         user.id.to_string(),
+        token_id,
         crate::time::format(now),
         crate::time::format(expires)
     ])?;

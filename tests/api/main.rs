@@ -1,5 +1,6 @@
 //! Integration tests: the real server on port 0, real files, real HTTP.
 
+mod authz;
 mod cli;
 mod conversion;
 mod crashes;
