@@ -204,9 +204,7 @@ async fn store_upload(
         (name, query.parent_id, size, raw_type)
     };
 
-    let content_type = part_type
-        .filter(|t| t != "application/octet-stream")
-        .unwrap_or_else(|| guess_type(&name).to_string());
+    let content_type = stored_type(part_type.as_deref(), &name);
     let user_id = user.id;
     if let Some(folder) = parent_id {
         if !state
@@ -227,7 +225,7 @@ async fn store_upload(
         name,
         kind: ItemKind::File,
         size,
-        content_type: Some(content_type),
+        content_type: Some(content_type.to_string()),
         blob: Some(blob.clone()),
         geo_raster: geo_raster.map(|g| serde_json::to_value(g).expect("serialises")),
         source_id: None,
@@ -312,6 +310,33 @@ async fn write_stream(
     }
     out.flush().await.map_err(AppError::from_io)?;
     Ok(size)
+}
+
+/// Types a stored file may be served with: raster formats, never anything a browser would run
+/// (an upload named `.tif` can be an HTML page too).
+const SERVED_TYPES: &[&str] = &[
+    "image/tiff",
+    "image/jp2",
+    "image/png",
+    "image/jpeg",
+    "application/x-netcdf",
+    "application/zip",
+    "application/octet-stream",
+];
+
+/// The type a file is served with: the client's, when it is one of ours, else one from the name.
+fn stored_type(claimed: Option<&str>, name: &str) -> &'static str {
+    let claimed = claimed.map(|t| {
+        t.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match claimed.and_then(|t| SERVED_TYPES.iter().find(|s| **s == t)) {
+        Some(&"application/octet-stream") | None => guess_type(name),
+        Some(known) => known,
+    }
 }
 
 fn guess_type(name: &str) -> &'static str {

@@ -1,5 +1,6 @@
 //! Uploaded files are hostile: VRTs that read other files or URLs, subdataset options naming
-//! arbitrary paths, and rasters that declare absurd sizes are all refused, leaking nothing.
+//! arbitrary paths, rasters that declare absurd sizes, zip bombs, polyglots and options that
+//! try to reach GDAL's configuration are all refused, leaking nothing and fetching nothing.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -391,4 +392,219 @@ async fn a_tiff_with_65535_bands_is_refused_by_the_band_limit() {
         .await
         .unwrap();
     assert_eq!(health.status(), reqwest::StatusCode::OK);
+}
+
+/// Runs a short Python script (Python's zipfile is the zip tool every Debian has).
+fn python(script: &str, args: &[&std::path::Path]) {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", script])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "{script}");
+}
+
+/// Zip bombs: a member that inflates a thousandfold past the limit, a header that lies about
+/// the size, and a zip inside a zip. Each fails with a reason and nothing is written.
+///
+/// The unpacked size in a zip's header is only a cheap early refusal: a header can lie, and a
+/// deflated GeoTIFF of zeros is as much a bomb as a zip. What bounds the work of any compressed
+/// raster is the pixel limit, checked before a pixel is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zip_bombs_are_refused() {
+    // Over 10 MB unpacked (the upload limit bounds unzipping too) or 10 Mpx is over the limit.
+    let server =
+        TestServer::start_with(&["--max-upload-bytes", "10000000", "--max-pixels", "10000000"])
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("bomb.tif");
+    let status = std::process::Command::new("gdal_create")
+        .args([
+            "-q", "-of", "GTiff", "-outsize", "8000", "8000", "-bands", "1",
+        ])
+        .args(["-a_srs", "EPSG:4326", "-a_ullr", "0", "10", "10", "0"])
+        .arg(&big)
+        .status()
+        .expect("gdal_create (gdal-bin) is installed");
+    assert!(status.success());
+    let bomb = dir.path().join("bomb.zip");
+    python(
+        "import sys,zipfile; z=zipfile.ZipFile(sys.argv[1],'w',zipfile.ZIP_DEFLATED); z.write(sys.argv[2],'bomb.tif'); z.close()",
+        &[&bomb, &big],
+    );
+    assert!(
+        std::fs::metadata(&bomb).unwrap().len() < 1_000_000,
+        "a bomb: 64 MB in a small zip"
+    );
+
+    // The same zip claiming its member is 4 KiB, in the local header and the central directory.
+    let liar = dir.path().join("liar.zip");
+    python(
+        "import sys,struct
+b=bytearray(open(sys.argv[1],'rb').read())
+struct.pack_into('<I',b,22,4096)
+cd=b.rfind(b'PK\\x01\\x02')
+struct.pack_into('<I',b,cd+24,4096)
+open(sys.argv[2],'wb').write(b)",
+        &[&bomb, &liar],
+    );
+
+    // A zip inside a zip.
+    let inner = dir.path().join("inner.zip");
+    python(
+        "import sys,zipfile; z=zipfile.ZipFile(sys.argv[1],'w'); z.write(sys.argv[2],'byte.tif'); z.close()",
+        &[&inner, &data("byte.tif")],
+    );
+    let nested = dir.path().join("nested.zip");
+    python(
+        "import sys,zipfile; z=zipfile.ZipFile(sys.argv[1],'w'); z.write(sys.argv[2],'inner.zip'); z.close()",
+        &[&nested, &inner],
+    );
+
+    for (file, reason) in [
+        (&bomb, "over the limit of 10000000 bytes"),
+        (&liar, "over the limit of 10000000 pixels"),
+        (&nested, "holds no raster file"),
+    ] {
+        let status = server.convert_file(file, json!({})).await;
+        assert_eq!(status["state"], "FAILURE", "{file:?}: {status}");
+        let error = status["error"].as_str().unwrap();
+        assert!(
+            !error.is_empty() && error.contains(reason),
+            "{file:?}: {error}"
+        );
+    }
+    assert!(server.tmp_files().is_empty());
+    let ok = server.convert_file(&data("byte.tif"), json!({})).await;
+    assert_eq!(ok["state"], "SUCCESS");
+}
+
+/// A polyglot: a valid TIFF that is also a zip (holding a VRT that reads /etc/passwd) and an
+/// HTML page with a script, uploaded as `text/html`. It is a TIFF to GDAL and nothing a
+/// browser would run when served back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polyglot_is_only_ever_a_raster() {
+    let server = TestServer::start().await;
+    let (url, hits) = tripwire().await;
+    let dir = tempfile::tempdir().unwrap();
+    let vrt = dir.path().join("inner.tif");
+    std::fs::write(&vrt, raw_vrt("/etc/passwd")).unwrap();
+    let zip = dir.path().join("tail.zip");
+    python(
+        "import sys,zipfile; z=zipfile.ZipFile(sys.argv[1],'w'); z.write(sys.argv[2],'inner.tif'); z.close()",
+        &[&zip, &vrt],
+    );
+    let mut poly = std::fs::read(data("byte.tif")).unwrap();
+    poly.extend_from_slice(format!("<html><script>fetch('{url}')</script></html>").as_bytes());
+    // A zip is read from its end, so the TIFF in front does not stop zip readers.
+    poly.extend(std::fs::read(&zip).unwrap());
+
+    for (name, claimed, stored) in [
+        ("poly.tif", "text/html", "image/tiff"),
+        (
+            "poly.html",
+            "text/html; charset=utf-8",
+            "application/octet-stream",
+        ),
+        ("poly.svg", "image/svg+xml", "application/octet-stream"),
+    ] {
+        let res = server
+            .req(
+                reqwest::Method::POST,
+                &format!("/tree-items?name={name}"),
+                &server.token,
+            )
+            .header("content-type", claimed)
+            .body(poly.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::CREATED);
+        let item: Value = res.json().await.unwrap();
+        assert_eq!(item["content_type"], stored, "{name}");
+        let res = server
+            .req(
+                reqwest::Method::GET,
+                &format!("/tree-items/{}/content", item["id"].as_str().unwrap()),
+                &server.token,
+            )
+            .send()
+            .await
+            .unwrap();
+        let headers = res.headers();
+        assert_eq!(headers["content-type"], stored);
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert!(headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("sandbox"));
+    }
+
+    // GDAL sees the TIFF, converts its 20×20 pixels, and never opens the zip at its end.
+    let item = upload_bytes(&server, "poly.tif", poly).await;
+    let started = server.convert(&item, json!({})).await;
+    let status = server
+        .wait_final(started["task_id"].as_str().unwrap())
+        .await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
+    assert_eq!(status["result"]["width"], 20, "{status}");
+    let output =
+        crate::helpers::download(&server, status["result"]["tree_item_id"].as_str().unwrap()).await;
+    let bytes = std::fs::read(output.path()).unwrap();
+    for secret in [&b"root:"[..], b"<script", b"PK\x03\x04"] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret),
+            "output carries {secret:?}"
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+/// Options that try to reach GDAL's configuration, its command line or the network: each is a
+/// 422 with a reason before any task exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_cannot_inject_gdal_configuration() {
+    let server = TestServer::start().await;
+    let (url, hits) = tripwire().await;
+    let item = server.upload(&data("byte.tif")).await;
+    let path = format!(
+        "/tree-items/{}/convert-to-geo-raster",
+        item["id"].as_str().unwrap()
+    );
+    let attempts = [
+        json!({"target_crs": "EPSG:4326 --config GDAL_HTTP_PROXY 127.0.0.1:1"}),
+        json!({"target_crs": url}),
+        json!({"target_crs": format!("+proj=longlat +nadgrids=@{url}")}),
+        json!({"target_crs": "EPSG:4326\n-co COMPRESS=NONE"}),
+        json!({"compression": "DEFLATE --config CPL_DEBUG ON"}),
+        json!({"compression": "-co"}),
+        json!({"overview_resampling": "lanczos -oo GDAL_DATA=/etc"}),
+        json!({"nodata": "0 --config GDAL_DATA /etc"}),
+        json!({"config": {"GDAL_HTTP_PROXY": "127.0.0.1:1"}}),
+        json!({"creation_options": ["TILED=NO"]}),
+        json!({"GDAL_DATA": "/etc"}),
+        json!({"subdataset": "--config GDAL_DATA /etc"}),
+    ];
+    for options in attempts {
+        let res = server
+            .req(reqwest::Method::POST, &path, &server.token)
+            .json(&options)
+            .send()
+            .await
+            .unwrap();
+        let (code, body) = crate::helpers::json_of(res).await;
+        assert!(
+            code == reqwest::StatusCode::UNPROCESSABLE_ENTITY
+                || (options.get("subdataset").is_some() && code == reqwest::StatusCode::OK),
+            "{options}: {code} {body}"
+        );
+        if code == reqwest::StatusCode::OK {
+            // A subdataset is a name looked up in the file, never a path or an argument.
+            let status = server.wait_final(body["task_id"].as_str().unwrap()).await;
+            assert_eq!(status["state"], "FAILURE", "{status}");
+        }
+    }
+    let (_, tasks) = server.get_json("/tasks", &server.token).await;
+    assert!(tasks["tasks"].as_array().unwrap().len() <= 1);
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
 }
