@@ -35,6 +35,7 @@ impl Server {
             // One user plays every client here: the per-user limits are not what is measured.
             .args(["--max-streams-per-user", "1000000"])
             .args(["--max-active-tasks-per-user", "1000000"])
+            .args(["--max-requests-per-second-per-user", "0"])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

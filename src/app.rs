@@ -39,6 +39,8 @@ pub struct AppState {
     pub inspector: Inspector,
     /// Open event streams per user, for `--max-streams-per-user`.
     pub streams: crate::limits::Streams,
+    /// Requests per user, for `--max-requests-per-second-per-user`.
+    pub rate: crate::limits::RequestRate,
     /// Upgraded WebSockets, which shutdown waits for (the HTTP server no longer sees them).
     pub sockets: tokio_util::task::TaskTracker,
     /// Cancelled on SIGINT/SIGTERM, so handlers refuse new work while the server drains.
@@ -121,6 +123,7 @@ impl App {
         });
         let workers_count = config.workers();
         let tickets = Tickets::with_ttl(Duration::from_secs(config.stream_ticket_secs));
+        let rate = crate::limits::RequestRate::new(config.max_requests_per_second_per_user);
         let state = AppState {
             workers: config.workers(),
             config: Arc::new(config),
@@ -138,6 +141,7 @@ impl App {
                 known_crs: Arc::default(),
             },
             streams: Default::default(),
+            rate,
             sockets: Default::default(),
             shutdown,
         };

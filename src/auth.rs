@@ -58,24 +58,30 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+// Every way of being someone counts against their request rate, whichever it is.
+
 async fn token_user(state: &AppState, token: String) -> Result<User, AppError> {
-    state
+    let user = state
         .store
         .call(move |c| users::authenticate(c, &token))
         .await?
         .ok_or(AppError::Unauthorized(
             "The token is invalid or has been revoked.",
-        ))
+        ))?;
+    state.rate.check(user.id)?;
+    Ok(user)
 }
 
 async fn cookie_user(state: &AppState, secret: String) -> Result<User, AppError> {
-    state
+    let user = state
         .store
         .call(move |c| users::session_user(c, &secret))
         .await?
         .ok_or(AppError::Unauthorized(
             "The session has expired; sign in again.",
-        ))
+        ))?;
+    state.rate.check(user.id)?;
+    Ok(user)
 }
 
 /// True when the request's `Origin` (if any) is this server, judged by its `Host`.
@@ -151,6 +157,7 @@ impl FromRequestParts<AppState> for StreamCaller {
             let user = state.tickets.redeem(ticket).ok_or(AppError::Unauthorized(
                 "The stream ticket is unknown, used or expired.",
             ))?;
+            state.rate.check(user.id)?;
             return Ok(StreamCaller {
                 user: Some(user),
                 via_cookie: false,

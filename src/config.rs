@@ -56,6 +56,14 @@ pub struct Config {
     )]
     pub max_active_tasks_per_user: u64,
 
+    /// Requests per second per user (bursts of four seconds' worth pass); 0 turns it off.
+    #[arg(
+        long,
+        env = "RASTERCAST_MAX_REQUESTS_PER_SECOND_PER_USER",
+        default_value_t = 100
+    )]
+    pub max_requests_per_second_per_user: u32,
+
     /// Event streams (SSE and WebSocket) one user may have open at once; more get 429.
     #[arg(long, env = "RASTERCAST_MAX_STREAMS_PER_USER", default_value_t = 256)]
     pub max_streams_per_user: usize,
@@ -63,6 +71,10 @@ pub struct Config {
     /// Seconds a client gets to send a request's headers; a slower one is disconnected.
     #[arg(long, env = "RASTERCAST_HEADER_TIMEOUT_SECS", default_value_t = 30)]
     pub header_timeout_secs: u64,
+
+    /// A request body that sends nothing for this long is answered 408 and dropped.
+    #[arg(long, env = "RASTERCAST_BODY_TIMEOUT_SECS", default_value_t = 60)]
+    pub body_timeout_secs: u64,
 
     /// Require a token (and ownership) for task status, instead of the task id alone.
     #[arg(long, env = "RASTERCAST_PRIVATE_TASK_STATUS", default_value_t = false)]

@@ -26,6 +26,10 @@ pub enum AppError {
     #[error("{0}")]
     RangeNotSatisfiable(String),
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    #[error("{0}")]
     Unprocessable(String),
     #[error("{detail}")]
     TooManyRequests {
@@ -52,6 +56,8 @@ impl AppError {
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            AppError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
@@ -72,11 +78,25 @@ impl AppError {
             AppError::TooLarge(_) => "too_large".into(),
             AppError::UnsupportedMediaType(_) => "unsupported_media_type".into(),
             AppError::RangeNotSatisfiable(_) => "range_not_satisfiable".into(),
+            AppError::RequestTimeout(_) => "request_timeout".into(),
+            AppError::HeadersTooLarge(_) => "headers_too_large".into(),
             AppError::Unprocessable(_) => "unprocessable".into(),
             AppError::TooManyRequests { .. } => "too_many_requests".into(),
             AppError::InsufficientStorage => "insufficient_storage".into(),
             AppError::ShuttingDown => "shutting_down".into(),
             AppError::Internal(_) => "internal".into(),
+        }
+    }
+
+    /// A request body that failed while being read: one that stopped arriving for longer than
+    /// the body timeout is a 408, anything else (a client gone, a malformed stream) a 400.
+    pub fn from_body(e: &(dyn std::error::Error + 'static), what: &str) -> AppError {
+        if body_timed_out(e) {
+            AppError::RequestTimeout(format!(
+                "{what}: the request body stopped arriving; send it without long pauses."
+            ))
+        } else {
+            AppError::BadRequest(format!("{what}: {e}"))
         }
     }
 
@@ -88,6 +108,26 @@ impl AppError {
             AppError::Internal(e.into())
         }
     }
+}
+
+fn body_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        // io::Error's `source` skips the error it wraps.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if body_timed_out(inner) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Every error response: a readable sentence and a stable machine word.

@@ -1,13 +1,58 @@
-//! Per-user limits that keep one client from taking the server from everyone else: tasks
-//! queued or running, and open event streams (SSE and WebSocket). Going over one is a 429 with
-//! a sentence and a `Retry-After`, never a hang.
+//! Per-user limits that keep one client from taking the server from everyone else: requests
+//! per second, tasks queued or running, and open event streams (SSE and WebSocket). Going over
+//! one is a 429 with a sentence and a `Retry-After`, never a hang.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
 
 use uuid::Uuid;
 
 use crate::error::AppError;
+
+/// Requests per user: a token bucket refilled at `per_second` that holds four seconds' worth,
+/// so a page load or a burst of map tile reads passes and a runaway script does not.
+#[derive(Clone, Default)]
+pub struct RequestRate {
+    /// `None` when the limit is off (0).
+    limiter: Option<Arc<DefaultKeyedRateLimiter<Uuid>>>,
+    per_second: u32,
+}
+
+impl RequestRate {
+    pub fn new(per_second: u32) -> RequestRate {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = rate.saturating_mul(NonZeroU32::new(4).expect("4 is not 0"));
+            Arc::new(DefaultKeyedRateLimiter::keyed(
+                Quota::per_second(rate).allow_burst(burst),
+            ))
+        });
+        RequestRate {
+            limiter,
+            per_second,
+        }
+    }
+
+    /// Counts one request of `user`; a 429 when their bucket is empty.
+    pub fn check(&self, user: Uuid) -> Result<(), AppError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter.check_key(&user).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            AppError::TooManyRequests {
+                detail: format!(
+                    "Too many requests: the limit is {} per second per user. Slow down, or follow tasks on an event stream instead of polling.",
+                    self.per_second
+                ),
+                retry_after_secs: wait.as_secs().max(1),
+            }
+        })
+    }
+}
 
 /// Open SSE streams and WebSockets per user.
 #[derive(Clone, Default)]

@@ -37,7 +37,7 @@ pub fn json_rejection(rejection: JsonRejection) -> AppError {
         {
             AppError::TooLarge("The JSON body is larger than this endpoint accepts.".into())
         }
-        other => AppError::BadRequest(other.body_text()),
+        other => AppError::from_body(&other, "The body could not be read"),
     }
 }
 

@@ -46,6 +46,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(document))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            std::time::Duration::from_secs(state.config.body_timeout_secs),
+        ))
+        .layer(axum::middleware::from_fn(limit_headers))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::count,
@@ -55,6 +59,28 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(span_without_query))
         .with_state(state)
+}
+
+/// Header bytes (names and values together) a request may carry. Beyond hyper's own limits
+/// (about 400 KiB, or 100 header lines) hyper answers a bare 431 itself.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Oversized headers get a 431 with a sentence, like every other refusal.
+async fn limit_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if bytes > MAX_HEADER_BYTES {
+        return axum::response::IntoResponse::into_response(AppError::HeadersTooLarge(format!(
+            "The request's headers take {bytes} bytes; the limit is {MAX_HEADER_BYTES}."
+        )));
+    }
+    next.run(request).await
 }
 
 /// A bug in a handler is a JSON 500 like any other error, and the server keeps serving.

@@ -148,12 +148,11 @@ async fn store_upload(
         let mut file = None;
         let mut parent_id = query.parent_id;
         let mut other_bytes = 0usize;
-        while let Some(field) = multipart.next_field().await.map_err(|e| {
-            AppError::BadRequest(format!(
-                "The multipart body is malformed: {}",
-                e.body_text()
-            ))
-        })? {
+        while let Some(field) = multipart
+            .next_field()
+            .await
+            .map_err(|e| AppError::from_body(&e, "The multipart body is malformed"))?
+        {
             match field.name() {
                 Some("file") if file.is_none() => {
                     let name = clean_name(
@@ -163,7 +162,7 @@ async fn store_upload(
                             .unwrap_or("upload"),
                     )?;
                     let part_type = field.content_type().map(str::to_string);
-                    let stream = field.map(|r| r.map_err(|e| std::io::Error::other(e.body_text())));
+                    let stream = field.map(|r| r.map_err(std::io::Error::other));
                     let size = write_stream(stream, temp.path(), limit).await?;
                     file = Some((name, size, part_type));
                 }
@@ -263,12 +262,11 @@ async fn small_field(
     used: &mut usize,
 ) -> AppResult<String> {
     let mut text = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(|e| {
-        AppError::BadRequest(format!(
-            "The multipart body is malformed: {}",
-            e.body_text()
-        ))
-    })? {
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| AppError::from_body(&e, "The multipart body is malformed"))?
+    {
         *used += chunk.len();
         if *used > FORM_FIELDS_LIMIT {
             return Err(AppError::TooLarge(format!(
@@ -300,8 +298,7 @@ async fn write_stream(
     let mut size = 0u64;
     let mut stream = std::pin::pin!(stream);
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| AppError::BadRequest(format!("The upload was interrupted: {e}")))?;
+        let chunk = chunk.map_err(|e| AppError::from_body(&e, "The upload was interrupted"))?;
         size += chunk.len() as u64;
         if size > limit {
             return Err(too_large(limit));

@@ -765,3 +765,104 @@ async fn a_client_too_slow_with_its_headers_is_disconnected() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+/// A user over the request rate gets 429s with a `Retry-After`, other users do not notice, and
+/// after the wait the user is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_over_the_request_rate_gets_429_and_others_do_not() {
+    let server = TestServer::start_with(&["--max-requests-per-second-per-user", "5"]).await;
+    let other = server.token_for("other").await;
+    let mut refused = None;
+    // The bucket holds four seconds' worth (20); 60 at once empty it.
+    for _ in 0..60 {
+        let res = server
+            .req(Method::GET, "/tree-items", &server.token)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            let retry: u64 = res.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let (_, body) = json_of(res).await;
+            assert_eq!(body["code"], "too_many_requests");
+            refused = Some(retry);
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let retry = refused.expect("the rate limit answered 429");
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let (code, _) = server.get_json("/tree-items", &other).await;
+    assert_eq!(code, StatusCode::OK, "another user is not limited");
+    tokio::time::sleep(std::time::Duration::from_secs(retry)).await;
+    let (code, _) = server.get_json("/tree-items", &server.token).await;
+    assert_eq!(code, StatusCode::OK, "served again after Retry-After");
+}
+
+/// Oversized headers are a 431 with a sentence, and the server carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431_with_a_detail() {
+    let server = TestServer::start().await;
+    let res = server
+        .req(Method::GET, "/tree-items", &server.token)
+        .header("x-padding", "a".repeat(40 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let (_, body) = json_of(res).await;
+    assert_eq!(body["code"], "headers_too_large");
+    let (code, _) = server.get_json("/tree-items", &server.token).await;
+    assert_eq!(code, StatusCode::OK);
+}
+
+/// A body that stops arriving half-way is answered 408 once the body timeout passes: an upload
+/// (raw and multipart) and a JSON body. Nothing is stored and the server carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_gets_408_and_stores_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(&["--body-timeout-secs", "1"]).await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let boundary = "stalled-boundary";
+    let requests = [
+        ("/api/v1/tree-items?name=raw.tif", "application/octet-stream".to_string(), vec![0x49u8; 64 * 1024]),
+        (
+            "/api/v1/tree-items",
+            format!("multipart/form-data; boundary={boundary}"),
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.tif\"\r\n\r\nII*\0")
+                .into_bytes(),
+        ),
+        ("/api/v1/tree-items/folders", "application/json".to_string(), b"{\"name\": \"hal".to_vec()),
+    ];
+    for (path, content_type, part) in requests {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            server.token,
+            part.len() + 100_000,
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&part).await.unwrap();
+        // ... and nothing more.
+        let mut response = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_end(&mut response),
+        )
+        .await;
+        assert!(read.is_ok(), "{path}: no answer to a stalled body");
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
+        assert!(
+            text.contains("\"code\":\"request_timeout\""),
+            "{path}: {text}"
+        );
+    }
+    assert!(server.tmp_files().is_empty());
+    assert!(server.blob_files().is_empty());
+    let (_, items) = server.get_json("/tree-items", &server.token).await;
+    assert_eq!(items, serde_json::json!([]));
+}
