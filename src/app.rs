@@ -68,7 +68,8 @@ impl App {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
         let store = Store::open(&config.data_dir.join("rastercast.db"))?;
-        let blobs = Blobs::open(&config.data_dir)?;
+        let reserve = config.min_free_disk_mb << 20;
+        let blobs = Blobs::open(&config.data_dir)?.with_reserve(reserve);
 
         let max_attempts = config.max_attempts;
         let requeued = store
@@ -116,6 +117,7 @@ impl App {
                 max_pixels: config.max_pixels,
                 max_unzipped_bytes: config.max_upload_bytes,
                 threads: config.gdal_threads(),
+                min_free_bytes: reserve,
                 ..Limits::default()
             },
             cache_mb: config.gdal_cache_mb,

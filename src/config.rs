@@ -28,6 +28,11 @@ pub struct Config {
     #[arg(long, env = "RASTERCAST_MAX_PIXELS", default_value_t = 4_000_000_000)]
     pub max_pixels: u64,
 
+    /// Disk space (MiB) kept free for the database: uploads are refused (507) and conversions
+    /// fail before they would use it, so deleting files to make room always works.
+    #[arg(long, env = "RASTERCAST_MIN_FREE_DISK_MB", default_value_t = 256)]
+    pub min_free_disk_mb: u64,
+
     /// A conversion still running after this many seconds is stopped and fails.
     #[arg(long, env = "RASTERCAST_TASK_TIMEOUT_SECS", default_value_t = 3600)]
     pub task_timeout_secs: u64,

@@ -41,7 +41,7 @@ pub enum AppError {
     #[error("The server is shutting down; try again in a moment.")]
     ShuttingDown,
     #[error("Internal error; it has been logged.")]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
 }
 
 impl AppError {
@@ -169,9 +169,29 @@ impl IntoResponse for AppError {
     }
 }
 
+impl From<anyhow::Error> for AppError {
+    /// A full disk under the database or the files is the client's 507, not a bug.
+    fn from(e: anyhow::Error) -> Self {
+        let full = e.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<rusqlite::Error>(),
+                Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull
+            ) || cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.raw_os_error())
+                .is_some_and(|n| n == libc::ENOSPC || n == libc::EDQUOT)
+        });
+        if full {
+            AppError::InsufficientStorage
+        } else {
+            AppError::Internal(e)
+        }
+    }
+}
+
 impl From<rusqlite::Error> for AppError {
     fn from(e: rusqlite::Error) -> Self {
-        AppError::Internal(e.into())
+        anyhow::Error::from(e).into()
     }
 }
 

@@ -12,6 +12,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod disk;
 pub mod error;
 pub mod http;
 pub mod limits;

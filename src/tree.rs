@@ -10,6 +10,8 @@ use uuid::Uuid;
 pub struct Blobs {
     blobs: PathBuf,
     tmp: PathBuf,
+    /// Bytes kept free for the database (see `disk`).
+    reserve: u64,
 }
 
 /// A file being written in `tmp/`. Dropped without [`Blobs::persist`], it is deleted.
@@ -38,7 +40,25 @@ impl Blobs {
         let tmp = data_dir.join("tmp");
         std::fs::create_dir_all(&blobs)?;
         std::fs::create_dir_all(&tmp)?;
-        Ok(Blobs { blobs, tmp })
+        Ok(Blobs {
+            blobs,
+            tmp,
+            reserve: 0,
+        })
+    }
+
+    /// Keeps `bytes` of the disk free: [`Blobs::check_room`] refuses writes that would use them.
+    pub fn with_reserve(mut self, bytes: u64) -> Blobs {
+        self.reserve = bytes;
+        self
+    }
+
+    /// `ENOSPC` (a 507 for clients) when `extra` more bytes would dip into the reserve.
+    pub fn check_room(&self, extra: u64) -> std::io::Result<()> {
+        if crate::disk::would_dip_into_reserve(&self.tmp, extra, self.reserve) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
     }
 
     /// The path of a stored blob. Names are ours (32 hex digits); anything else is refused

@@ -30,6 +30,9 @@ pub struct Limits {
     pub max_unzipped_bytes: u64,
     /// GDAL threads for this one job (`NUM_THREADS`).
     pub threads: usize,
+    /// Free bytes the conversion must leave on the output's disk; 0 for no check.
+    #[serde(default)]
+    pub min_free_bytes: u64,
 }
 
 impl Default for Limits {
@@ -39,6 +42,7 @@ impl Default for Limits {
             max_bands: 1024,
             max_unzipped_bytes: 8 << 30,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            min_free_bytes: 0,
         }
     }
 }

@@ -10,15 +10,38 @@ use super::{last_gdal_error, Conversion, ConvertError, Limits, Phase};
 
 struct CallbackState<'a> {
     cancel: &'a AtomicBool,
+    /// Watches the output's disk so the conversion stops before it eats the reserve.
+    disk: DiskWatch<'a>,
     /// Fraction of GDAL's progress spent building overviews, which the COG driver does first.
     overview_share: f64,
     report: &'a mut dyn FnMut(f64, Phase),
 }
 
+struct DiskWatch<'a> {
+    dir: &'a Path,
+    min_free: u64,
+    last_check: std::time::Instant,
+    full: bool,
+}
+
+impl DiskWatch<'_> {
+    /// Asks the filesystem at most every 100 ms: GDAL reports progress far more often.
+    fn too_full(&mut self) -> bool {
+        if !self.full
+            && self.min_free > 0
+            && self.last_check.elapsed() >= std::time::Duration::from_millis(100)
+        {
+            self.last_check = std::time::Instant::now();
+            self.full = crate::disk::would_dip_into_reserve(self.dir, 0, self.min_free);
+        }
+        self.full
+    }
+}
+
 unsafe extern "C" fn on_progress(complete: f64, _msg: *const c_char, data: *mut c_void) -> c_int {
     // SAFETY: `data` is the `CallbackState` that `to_cog` keeps alive across GDALTranslate.
     let state = unsafe { &mut *(data as *mut CallbackState) };
-    if state.cancel.load(Ordering::Relaxed) {
+    if state.cancel.load(Ordering::Relaxed) || state.disk.too_full() {
         return 0;
     }
     let phase = if complete < state.overview_share {
@@ -57,8 +80,18 @@ pub fn to_cog(
     )
     .map_err(|_| ConvertError::Failed("The output path has a NUL byte.".into()))?;
 
+    let dir = output.parent().unwrap_or(Path::new("."));
+    if crate::disk::would_dip_into_reserve(dir, 0, limits.min_free_bytes) {
+        return Err(disk_full());
+    }
     let mut state = CallbackState {
         cancel,
+        disk: DiskWatch {
+            dir,
+            min_free: limits.min_free_bytes,
+            last_check: std::time::Instant::now(),
+            full: false,
+        },
         overview_share: overview_share(source, conversion),
         report,
     };
@@ -83,18 +116,27 @@ pub fn to_cog(
             options,
             &mut usage_error,
         );
+        let errno = std::io::Error::last_os_error().raw_os_error();
         gdal_sys::GDALTranslateOptionsFree(options);
         if out.is_null() {
+            let full = state.disk.full || out_of_space(errno, output);
             super::remove_with_side_files(output);
             if cancel.load(Ordering::Relaxed) {
                 return Err(ConvertError::Cancelled);
+            }
+            if full {
+                return Err(disk_full());
             }
             return Err(last_gdal_error("GDAL could not convert this raster"));
         }
         // Closing flushes the file; a failure here means the output is incomplete.
         gdal_sys::GDALClose(out);
         if gdal_sys::CPLGetLastErrorType() == gdal_sys::CPLErr::CE_Failure {
+            let full = out_of_space(std::io::Error::last_os_error().raw_os_error(), output);
             super::remove_with_side_files(output);
+            if full {
+                return Err(disk_full());
+            }
             return Err(last_gdal_error("GDAL could not read all of this raster"));
         }
     }
@@ -103,6 +145,22 @@ pub fn to_cog(
         return Err(ConvertError::Cancelled);
     }
     Ok(())
+}
+
+/// Whether a failed write ran out of disk space. GDAL reports it as libtiff's "IO error
+/// writing tag data"; the system's word for it is errno, or else the disk, nearly full, tells.
+fn out_of_space(errno: Option<i32>, output: &Path) -> bool {
+    matches!(errno, Some(libc::ENOSPC | libc::EDQUOT))
+        || output
+            .parent()
+            .and_then(crate::disk::free_bytes)
+            .is_some_and(|free| free < 1 << 20)
+}
+
+fn disk_full() -> ConvertError {
+    ConvertError::Failed(
+        "The server ran out of disk space while writing the COG; nothing was kept. Try again once space is freed.".into(),
+    )
 }
 
 /// Nearest keeps a palette's classes intact; average is the smooth choice for imagery.

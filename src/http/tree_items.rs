@@ -135,6 +135,10 @@ async fn store_upload(
         .unwrap_or("")
         .to_ascii_lowercase();
 
+    state
+        .blobs
+        .check_room(declared.unwrap_or(0))
+        .map_err(AppError::from_io)?;
     let temp = state.blobs.temp(".upload");
     let (name, parent_id, size, part_type) = if content_type.starts_with("multipart/form-data") {
         let mut multipart = Multipart::from_request(request, &state)
@@ -163,7 +167,7 @@ async fn store_upload(
                     )?;
                     let part_type = field.content_type().map(str::to_string);
                     let stream = field.map(|r| r.map_err(std::io::Error::other));
-                    let size = write_stream(stream, temp.path(), limit).await?;
+                    let size = write_stream(stream, temp.path(), limit, &state.blobs).await?;
                     file = Some((name, size, part_type));
                 }
                 Some("parent_id") => {
@@ -197,7 +201,7 @@ async fn store_upload(
             .into_body()
             .into_data_stream()
             .map(|r| r.map_err(std::io::Error::other));
-        let size = write_stream(stream, temp.path(), limit).await?;
+        let size = write_stream(stream, temp.path(), limit, &state.blobs).await?;
         let raw_type = (!content_type.is_empty() && content_type != "application/octet-stream")
             .then_some(content_type);
         (name, query.parent_id, size, raw_type)
@@ -290,6 +294,7 @@ async fn write_stream(
     stream: impl Stream<Item = std::io::Result<Bytes>>,
     path: &std::path::Path,
     limit: u64,
+    blobs: &crate::tree::Blobs,
 ) -> AppResult<u64> {
     let file = tokio::fs::File::create(path)
         .await
@@ -299,6 +304,11 @@ async fn write_stream(
     let mut stream = std::pin::pin!(stream);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| AppError::from_body(&e, "The upload was interrupted"))?;
+        // Every MiB, the disk's reserve is checked again: other uploads and conversions
+        // fill the disk too.
+        if (size >> 20) != ((size + chunk.len() as u64) >> 20) {
+            blobs.check_room(0).map_err(AppError::from_io)?;
+        }
         size += chunk.len() as u64;
         if size > limit {
             return Err(too_large(limit));

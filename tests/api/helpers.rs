@@ -26,6 +26,8 @@ pub struct TestServer {
     pub token: String,
     pub dir: TempDir,
     args: Vec<String>,
+    /// A command the server runs under (e.g. one that mounts a small disk first).
+    wrapper: Vec<String>,
     pub http: Client,
 }
 
@@ -35,21 +37,46 @@ impl TestServer {
     }
 
     pub async fn start_with(args: &[&str]) -> TestServer {
+        Self::start_wrapped(&[], args).await
+    }
+
+    /// Starts the server with its data dir on a disk of `mb` MiB (a tmpfs in a mount namespace
+    /// of its own, made by `unshare`, so no privileges are needed). The disk lives as long as
+    /// the process: look at it through [`TestServer::view`].
+    pub async fn start_on_small_disk(mb: u32, args: &[&str]) -> TestServer {
+        let mount = format!("mount -t tmpfs -o size={mb}m tmpfs \"$0\" && exec \"$@\"");
+        let wrapper = ["unshare", "--mount", "--map-root-user", "sh", "-c", &mount];
+        Self::start_wrapped(&wrapper, args).await
+    }
+
+    async fn start_wrapped(wrapper: &[&str], args: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, url, token) = spawn(dir.path(), &args).await;
+        let wrapper: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        let (child, url, token) = spawn(dir.path(), &args, &wrapper).await;
         TestServer {
             child: Some(child),
             url,
             token: token.expect("first start prints the admin token"),
             dir,
             args,
+            wrapper,
             http: Client::new(),
         }
     }
 
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// `path` inside the data dir as the server sees it (through its mount namespace, if any).
+    pub fn view(&self, path: &str) -> PathBuf {
+        let dir = self.dir.path().join(path);
+        if self.wrapper.is_empty() {
+            dir
+        } else {
+            PathBuf::from(format!("/proc/{}/root{}", self.pid(), dir.display()))
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -70,7 +97,7 @@ impl TestServer {
     /// Starts again on the same data dir (and a new port).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop first");
-        let (child, url, token) = spawn(self.dir.path(), &self.args).await;
+        let (child, url, token) = spawn(self.dir.path(), &self.args, &self.wrapper).await;
         assert!(token.is_none(), "no new admin token on a second start");
         self.child = Some(child);
         self.url = url;
@@ -222,11 +249,11 @@ impl TestServer {
 
     /// Files in the data dir's `tmp/` (partial uploads and outputs).
     pub fn tmp_files(&self) -> Vec<PathBuf> {
-        files_in(&self.dir.path().join("tmp"))
+        files_in(&self.view("tmp"))
     }
 
     pub fn blob_files(&self) -> Vec<PathBuf> {
-        files_in(&self.dir.path().join("blobs"))
+        files_in(&self.view("blobs"))
     }
 }
 
@@ -264,13 +291,21 @@ pub async fn json_of(res: Response) -> (StatusCode, Value) {
     (status, body)
 }
 
-async fn spawn(dir: &Path, args: &[String]) -> (Child, String, Option<String>) {
+async fn spawn(dir: &Path, args: &[String], wrapper: &[String]) -> (Child, String, Option<String>) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("server.log"))
         .unwrap();
-    let mut child = Command::new(BIN)
+    let mut command = match wrapper {
+        [] => Command::new(BIN),
+        [program, rest @ ..] => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(dir).arg(BIN);
+            command
+        }
+    };
+    let mut child = command
         .arg("serve")
         .args(["--addr", "127.0.0.1:0", "--data-dir"])
         .arg(dir)

@@ -4,6 +4,7 @@ mod authz;
 mod cli;
 mod conversion;
 mod crashes;
+mod disk;
 mod helpers;
 mod hostile;
 mod http;
