@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test lint bench setup
+.PHONY: run test soak lint bench setup
 
 ## Set up and run the server on its embedded defaults (SQLite and files in ./data).
 run: setup
@@ -14,6 +14,11 @@ test: setup
 	@./scripts/setup.sh --browser
 	cargo test
 	node --test tests/browser/
+
+## The soak: 2 × 2,000 conversions with random cancels under 500 churning subscribers (release build).
+soak: setup
+	cargo build --release --bins --example soak
+	ulimit -n "$$(ulimit -Hn)"; target/release/examples/soak $(SOAK_ARGS)
 
 ## Benchmarks against their references, in release mode; writes docs/BENCHMARKS.md.
 bench: setup

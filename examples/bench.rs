@@ -10,154 +10,16 @@
 
 #[path = "load/mod.rs"]
 mod load;
+#[path = "server/mod.rs"]
+mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use server::{root, Server};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-struct Server {
-    child: tokio::process::Child,
-    url: String,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start(args: &[&str]) -> anyhow::Result<(Server, Duration)> {
-        let dir = tempfile::tempdir()?;
-        let started = Instant::now();
-        let mut child = tokio::process::Command::new(root().join("target/release/rastercast"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            // One user plays every client here: the per-user limits are not what is measured.
-            .args(["--max-streams-per-user", "1000000"])
-            .args(["--max-active-tasks-per-user", "1000000"])
-            .args(["--max-requests-per-second-per-user", "0"])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let (mut url, mut token) = (String::new(), String::new());
-        while let Some(line) = lines.next_line().await? {
-            let line = line.trim().to_string();
-            if line.starts_with("rc_") {
-                token = line.clone();
-            }
-            if let Some(u) = line.strip_prefix("rastercast listening on ") {
-                url = u.to_string();
-                break;
-            }
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let client = reqwest::Client::new();
-        while !client
-            .get(format!("{url}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let ready = started.elapsed();
-        Ok((
-            Server {
-                child,
-                url,
-                token,
-                _dir: dir,
-            },
-            ready,
-        ))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("running")
-    }
-
-    async fn upload(&self, client: &reqwest::Client, file: &Path) -> anyhow::Result<String> {
-        let name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("in.tif");
-        let item: Value = client
-            .post(format!("{}/api/v1/tree-items?name={name}", self.url))
-            .bearer_auth(&self.token)
-            .body(tokio::fs::read(file).await?)
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok(item["id"].as_str().unwrap_or_default().to_string())
-    }
-
-    /// Starts a conversion of `item` with default options; returns the task id.
-    async fn start_conversion(
-        &self,
-        client: &reqwest::Client,
-        item: &str,
-    ) -> anyhow::Result<String> {
-        let task: Value = client
-            .post(format!(
-                "{}/api/v1/tree-items/{item}/convert-to-geo-raster",
-                self.url
-            ))
-            .bearer_auth(&self.token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        Ok(task["task_id"].as_str().unwrap_or_default().to_string())
-    }
-
-    /// Start → SUCCESS as an SSE client sees it.
-    async fn convert_seen_by_sse(
-        &self,
-        client: &reqwest::Client,
-        item: &str,
-    ) -> anyhow::Result<Duration> {
-        use futures_util::StreamExt;
-        let feed = client
-            .get(format!("{}/api/v1/events", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        let mut body = feed.bytes_stream();
-        let started = Instant::now();
-        let id = self.start_conversion(client, item).await?;
-        let mut text = String::new();
-        while let Some(chunk) = body.next().await {
-            text.push_str(&String::from_utf8_lossy(&chunk?));
-            while let Some(end) = text.find("\n\n") {
-                let message: String = text.drain(..end + 2).collect();
-                let Some(data) = message.lines().find_map(|l| l.strip_prefix("data: ")) else {
-                    continue;
-                };
-                let event: Value = serde_json::from_str(data)?;
-                if event["task_id"] == id.as_str() {
-                    match event["state"].as_str() {
-                        Some("SUCCESS") => return Ok(started.elapsed()),
-                        Some("FAILURE" | "REVOKED") => {
-                            anyhow::bail!("the conversion failed: {event}")
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-        anyhow::bail!("the feed ended before SUCCESS")
-    }
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

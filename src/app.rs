@@ -171,6 +171,7 @@ impl App {
             .workers
             .clone()
             .spawn(self.state.workers, shutdown.clone());
+        tokio::spawn(crate::memory::trim_until(shutdown.clone()));
         let router = crate::http::router(self.state.clone());
         let server = crate::http::serve(
             self.listener,

@@ -38,13 +38,12 @@ pub struct Event {
     pub kind: EventKind,
     /// The task reached SUCCESS, FAILURE or REVOKED.
     pub is_final: bool,
-    /// The event as JSON: a WebSocket text frame.
+    /// The event as JSON: a WebSocket text frame. It shares its bytes with `sse`: the replay
+    /// window holds ten thousand events, and a final one carries the whole result.
     pub json: Bytes,
     /// The event as an SSE message, `id:` and `data:` lines included.
     pub sse: Bytes,
     pub state: crate::tasks::TaskState,
-    /// The task's status alone, as `GET /tasks/{id}/status` answers it.
-    pub status: Bytes,
 }
 
 /// The event every live channel sends: a task's full status, plus what it is and where.
@@ -82,14 +81,12 @@ impl Event {
             resync,
             emitted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         };
-        let status = serde_json::to_vec(&body.status)
-            .expect("statuses serialise")
-            .into();
-        let json = serde_json::to_vec(&body).expect("events serialise");
-        let mut sse = Vec::with_capacity(json.len() + 32);
-        sse.extend_from_slice(format!("id: {seq}\ndata: ").as_bytes());
-        sse.extend_from_slice(&json);
+        let head = format!("id: {seq}\ndata: ");
+        let mut sse = head.clone().into_bytes();
+        serde_json::to_writer(&mut sse, &body).expect("events serialise");
+        let json_end = sse.len();
         sse.extend_from_slice(b"\n\n");
+        let sse = Bytes::from(sse);
         Event {
             seq,
             task_id: task.id,
@@ -97,12 +94,28 @@ impl Event {
             kind,
             is_final: task.state.is_final(),
             state: task.state,
-            status,
-            json: json.into(),
-            sse: sse.into(),
+            json: sse.slice(head.len()..json_end),
+            sse,
         }
     }
+
+    /// The task's status alone, as `GET /tasks/{id}/status` answers it: the event without the
+    /// fields after the status's own (`"event"` first among them; string values cannot hold
+    /// an unescaped quote, so the search cannot stop inside one).
+    pub fn status(&self) -> Bytes {
+        let json = &self.json[..];
+        let end = json
+            .windows(EVENT_FIELD.len())
+            .rposition(|w| w == EVENT_FIELD)
+            .expect("every event has an \"event\" field");
+        let mut status = Vec::with_capacity(end + 1);
+        status.extend_from_slice(&json[..end]);
+        status.push(b'}');
+        status.into()
+    }
 }
+
+const EVENT_FIELD: &[u8] = b",\"event\":";
 
 #[derive(Clone)]
 pub struct Bus {
@@ -128,7 +141,8 @@ struct Latest {
     finished: VecDeque<Uuid>,
 }
 
-const LATEST_FINISHED: usize = 10_000;
+/// Pollers ask about running and just-finished tasks; older ones are read from the database.
+const LATEST_FINISHED: usize = 1_000;
 
 /// Counters for metrics and tests.
 #[derive(Default)]
@@ -235,5 +249,46 @@ impl Bus {
 
     pub fn stats(&self) -> &BusStats {
         &self.inner.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status cut out of an event is exactly the status serialised alone, even when the
+    /// task's own strings and results look like the event's fields.
+    #[test]
+    fn an_events_status_is_the_status_alone() {
+        let task = TaskRecord {
+            seq: 1,
+            id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            source_id: Uuid::new_v4(),
+            source_blob: "0".repeat(32),
+            source_name: r#"a,"event":"x".tif"#.into(),
+            parent_id: None,
+            options: crate::convert::RequestedOptions::default()
+                .validate()
+                .unwrap(),
+            state: crate::tasks::TaskState::Success,
+            progress: 100.0,
+            status: "Done".into(),
+            result: Some(serde_json::json!({"event": "not ours", "seq": 3})),
+            error: None,
+            attempts: 1,
+            cancel_requested: false,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            started_at: None,
+            finished_at: None,
+            queue_position: None,
+        };
+        let event = Event::new(&task, EventKind::State, 42);
+        let alone = serde_json::to_vec(&TaskStatus::from(&task)).unwrap();
+        assert_eq!(event.status(), Bytes::from(alone));
+        let parsed: serde_json::Value = serde_json::from_slice(&event.json).unwrap();
+        assert_eq!(parsed["seq"], 42);
+        assert!(event.sse.starts_with(b"id: 42\ndata: {"));
+        assert!(event.sse.ends_with(b"}\n\n"));
     }
 }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod live;
+pub mod memory;
 pub mod metrics;
 pub mod store;
 pub mod tasks;

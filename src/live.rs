@@ -59,7 +59,7 @@ pub async fn start(
     resume_after: Option<u64>,
 ) -> anyhow::Result<Start> {
     let bus = bus.clone();
-    store
+    let (rx, position, rows) = store
         .call(move |c| {
             // Under the store's lock no event is published, so subscription, position and
             // the rows read below all describe the same moment.
@@ -76,32 +76,34 @@ pub async fn start(
                         _ => None,
                     };
                     if let Some(task) = ended_unseen {
-                        let first = vec![Arc::new(Event::snapshot(&task, position, false))];
-                        return Ok(Start {
-                            rx,
-                            position,
-                            first,
-                        });
+                        return Ok((rx, position, Rows::Snapshot(vec![task])));
                     }
-                    return Ok(Start {
-                        rx,
-                        position,
-                        first: missed,
-                    });
+                    return Ok((rx, position, Rows::Ready(missed)));
                 }
             }
-            let first = follow
-                .select(c)?
-                .iter()
-                .map(|t| Arc::new(Event::snapshot(t, position, resume_after.is_some())))
-                .collect();
-            Ok(Start {
-                rx,
-                position,
-                first,
-            })
+            Ok((rx, position, Rows::Snapshot(follow.select(c)?)))
         })
-        .await
+        .await?;
+    // Serialising happens after the store's lock is released: a crowd of clients connecting
+    // at once must not hold up the workers' writes.
+    let first = match rows {
+        Rows::Ready(first) => first,
+        Rows::Snapshot(tasks) => tasks
+            .iter()
+            .map(|t| Arc::new(Event::snapshot(t, position, resume_after.is_some())))
+            .collect(),
+    };
+    Ok(Start {
+        rx,
+        position,
+        first,
+    })
+}
+
+/// What a feed starts with, as read under the store's lock.
+enum Rows {
+    Ready(Vec<Arc<Event>>),
+    Snapshot(Vec<TaskRecord>),
 }
 
 /// Fresh snapshots of what `follows` select, and the bus position they are as of. `resync`
@@ -118,16 +120,19 @@ pub async fn snapshots(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let bus = bus.clone();
-    store
+    let (position, tasks) = store
         .call(move |c| {
             let position = bus.position();
-            let mut events = Vec::new();
+            let mut tasks = Vec::new();
             for follow in follows {
-                for task in follow.select(c)? {
-                    events.push(Arc::new(Event::snapshot(&task, position, resync)));
-                }
+                tasks.extend(follow.select(c)?);
             }
-            Ok((position, events))
+            Ok((position, tasks))
         })
-        .await
+        .await?;
+    let events = tasks
+        .iter()
+        .map(|task| Arc::new(Event::snapshot(task, position, resync)))
+        .collect();
+    Ok((position, events))
 }

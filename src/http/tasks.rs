@@ -62,7 +62,7 @@ async fn status(
         if !allowed(event.user_id) {
             return Err(AppError::NotFound("task"));
         }
-        let mut response = event.status.clone().into_response();
+        let mut response = event.status().into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
