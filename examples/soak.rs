@@ -5,7 +5,7 @@
 //! within 10% (the first fills the server's bounded caches). Prints one summary line; exits 1
 //! when a check fails.
 //!
-//! cargo run --release --example soak [-- --tasks 2000 --subscribers 500 --seed N]
+//! cargo run --release --example soak [-- --tasks 2000 --subscribers 500 --warm-rounds 1 --seed N]
 
 #[path = "load/mod.rs"]
 mod load;
@@ -42,6 +42,8 @@ impl Rng {
 struct Args {
     tasks: usize,
     subscribers: usize,
+    /// Rounds before the one whose memory is measured.
+    warm_rounds: usize,
     seed: u64,
 }
 
@@ -49,6 +51,7 @@ fn args() -> Args {
     let mut args = Args {
         tasks: 2000,
         subscribers: 500,
+        warm_rounds: 1,
         seed: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64),
@@ -59,9 +62,10 @@ fn args() -> Args {
         match (flag.as_str(), value) {
             ("--tasks", Some(v)) => args.tasks = v as usize,
             ("--subscribers", Some(v)) => args.subscribers = v as usize,
+            ("--warm-rounds", Some(v)) => args.warm_rounds = v as usize,
             ("--seed", Some(v)) => args.seed = v,
             _ => {
-                eprintln!("usage: soak [--tasks N] [--subscribers N] [--seed N]");
+                eprintln!("usage: soak [--tasks N] [--subscribers N] [--warm-rounds N] [--seed N]");
                 std::process::exit(2);
             }
         }
@@ -511,12 +515,17 @@ async fn main() -> anyhow::Result<ExitCode> {
     // database's page cache, idle workers. Growth over the second round would be a leak.
     // It is the second's twin: what a server holds after a crowd left depends on the crowd
     // and on how long it stayed, as the allocator's arenas and the runtime's threads grow.
-    let warm_args = args;
-    let first = round(&warm_args, &mut rng, &client, &server, (&tiny, &small)).await?;
-    eprintln!(
-        "soak: first round: {}",
-        first.summary(warm_args.subscribers)
-    );
+    let mut failed = Vec::new();
+    for n in 1..=args.warm_rounds {
+        let warm = round(&args, &mut rng, &client, &server, (&tiny, &small)).await?;
+        failed.extend(warm.ok(args.tasks));
+        settle(&client, &server).await;
+        eprintln!(
+            "soak: warm-up round {n}: {}; RSS {:.1} MB",
+            warm.summary(args.subscribers),
+            load::rss_kib(server.pid()) as f64 / 1024.0
+        );
+    }
     // Until the replay window is full, the second round would see it grow.
     while published(&client, &server).await < REPLAY_WINDOW + 1000 {
         for _ in 0..100 {
@@ -559,7 +568,6 @@ async fn main() -> anyhow::Result<ExitCode> {
         files_growth * 100.0,
         args.seed,
     );
-    let mut failed = first.ok(warm_args.tasks);
     failed.extend(second.ok(args.tasks));
     if rss_growth > 0.10 {
         failed.push("the server's memory grew by more than 10%");
