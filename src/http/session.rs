@@ -50,7 +50,8 @@ fn cookie(value: &str, max_age: i64) -> HeaderValue {
 /// Sign in a browser: exchanges a token for an HttpOnly, SameSite=Strict session cookie.
 #[utoipa::path(post, path = "/session", tag = "auth", request_body = SignIn,
     responses((status = 200, description = "Signed in; the cookie is set", body = Who), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody)), security(()))]
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
+        (status = 422, description = "A field has the wrong type or is unknown", body = ErrorBody)), security(()))]
 async fn sign_in(State(state): State<AppState>, Json(body): Json<SignIn>) -> AppResult<Response> {
     let session = state
         .store

@@ -99,8 +99,10 @@ struct ListQuery {
     #[param(inline, value_type = Option<TaskState>)]
     state: Option<String>,
     /// 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `next_cursor` from the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
 }
 

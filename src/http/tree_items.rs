@@ -67,7 +67,7 @@ fn clean_name(raw: &str) -> AppResult<String> {
     let name = raw.rsplit(['/', '\\']).next().unwrap_or(raw).trim();
     let bidi = |c: char| matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
     if name.is_empty()
-        || name.len() > 255
+        || name.chars().count() > 255
         || name.chars().any(|c| c.is_control() || bidi(c))
         || name == "."
         || name == ".."
