@@ -61,11 +61,12 @@ pub struct Config {
     )]
     pub max_active_tasks_per_user: u64,
 
-    /// Requests per second per user (bursts of four seconds' worth pass); 0 turns it off.
+    /// Requests per second per user (bursts of four seconds' worth pass); 0 turns it off. The
+    /// dashboard's map reads a COG with hundreds of Range requests: 100 made it stall.
     #[arg(
         long,
         env = "RASTERCAST_MAX_REQUESTS_PER_SECOND_PER_USER",
-        default_value_t = 100
+        default_value_t = 1000
     )]
     pub max_requests_per_second_per_user: u32,
 
