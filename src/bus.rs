@@ -44,6 +44,8 @@ pub struct Event {
     /// The event as an SSE message, `id:` and `data:` lines included.
     pub sse: Bytes,
     pub state: crate::tasks::TaskState,
+    /// Where the status's own fields end in `json`, found once here rather than per request.
+    status_len: usize,
 }
 
 /// The event every live channel sends: a task's full status, plus what it is and where.
@@ -95,24 +97,28 @@ impl Event {
             is_final: task.state.is_final(),
             state: task.state,
             json: sse.slice(head.len()..json_end),
+            status_len: status_len(&sse[head.len()..json_end]),
             sse,
         }
     }
 
     /// The task's status alone, as `GET /tasks/{id}/status` answers it: the event without the
-    /// fields after the status's own (`"event"` first among them; string values cannot hold
-    /// an unescaped quote, so the search cannot stop inside one).
+    /// fields that follow the status's own.
     pub fn status(&self) -> Bytes {
-        let json = &self.json[..];
-        let end = json
-            .windows(EVENT_FIELD.len())
-            .rposition(|w| w == EVENT_FIELD)
-            .expect("every event has an \"event\" field");
-        let mut status = Vec::with_capacity(end + 1);
-        status.extend_from_slice(&json[..end]);
+        let mut status = Vec::with_capacity(self.status_len + 1);
+        status.extend_from_slice(&self.json[..self.status_len]);
         status.push(b'}');
         status.into()
     }
+}
+
+/// The length of the status's fields in an event's JSON: up to the last `,"event":`, the first
+/// of the fields that follow them (string values cannot hold an unescaped quote, so the search
+/// cannot stop inside one).
+fn status_len(json: &[u8]) -> usize {
+    json.windows(EVENT_FIELD.len())
+        .rposition(|w| w == EVENT_FIELD)
+        .expect("every event has an \"event\" field")
 }
 
 const EVENT_FIELD: &[u8] = b",\"event\":";

@@ -301,11 +301,5 @@ async fn a_worker_killed_by_a_signal_fails_only_its_own_task() {
         assert_eq!(status["state"], "SUCCESS", "signal {signal}: {status}");
         assert!(server.tmp_files().is_empty());
     }
-    let health = server
-        .http
-        .get(format!("{}/healthz", server.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(server.healthz().await, StatusCode::OK);
 }

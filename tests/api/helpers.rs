@@ -231,6 +231,16 @@ impl TestServer {
         json_of(res).await
     }
 
+    /// The status code of `GET /healthz`: the server still serves.
+    pub async fn healthz(&self) -> StatusCode {
+        self.http
+            .get(format!("{}/healthz", self.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
     /// One unlabelled figure from `/metrics`, e.g. `rastercast_worker_starts_total`.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self

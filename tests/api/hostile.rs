@@ -388,13 +388,7 @@ async fn a_tiff_with_65535_bands_is_refused_by_the_band_limit() {
         "no server path: {error}"
     );
     assert!(server.tmp_files().is_empty());
-    let health = server
-        .http
-        .get(format!("{}/healthz", server.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    assert_eq!(server.healthz().await, reqwest::StatusCode::OK);
 }
 
 /// Runs a short Python script (Python's zipfile is the zip tool every Debian has).

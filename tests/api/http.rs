@@ -757,13 +757,7 @@ async fn a_client_too_slow_with_its_headers_is_disconnected() {
     .await;
     assert!(closed.is_ok(), "the slow client was never disconnected");
     assert!(started.elapsed() >= std::time::Duration::from_millis(900));
-    let res = server
-        .http
-        .get(format!("{}/healthz", server.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(server.healthz().await, StatusCode::OK);
 }
 
 /// A user over the request rate gets 429s with a `Retry-After`, other users do not notice, and
