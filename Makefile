@@ -9,13 +9,15 @@ run: setup
 	cargo build --release --bins
 	target/release/rastercast serve
 
-## Set up and run every test: Rust unit and integration tests, then the browser tests.
+## Set up and run every test: Rust unit and integration tests, the browser tests, then the API
+## fuzzed against its own OpenAPI document.
 test: setup
 	@./scripts/setup.sh --browser
 	cargo test
 	node --test tests/browser/
+	scripts/fuzz-api.sh
 
-## The soak: 2 × 2,000 conversions with random cancels under 500 churning subscribers (release build).
+## The soak: 3 × 2,000 conversions with random cancels under 500 churning subscribers (release build).
 soak: setup
 	cargo build --release --bins --example soak
 	ulimit -n "$$(ulimit -Hn)"; target/release/examples/soak $(SOAK_ARGS)

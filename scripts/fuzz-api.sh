@@ -73,6 +73,13 @@ include-path = "/api/v1/tree-items/{id}/convert-to-geo-raster"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 422, 429]
 parameters = { "path.id" = { dictionary = "fixture", probability = 0.8 } }
 
+# `?name=` is required for a raw body only, which a parameter's schema cannot say: a raw upload
+# without it is a 400.
+[[operations]]
+include-path = "/api/v1/tree-items"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 429]
+
 [[operations]]
 include-path = "/api/v1/tree-items/{id}/content"
 parameters = { "path.id" = { dictionary = "fixture", probability = 0.8 } }

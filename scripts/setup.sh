@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing rastercast needs, and only what is missing:
 # GDAL (library, headers and command-line tools), SQLite headers, a C toolchain and Rust;
-# with `--browser`, also Node.js, npm, Debian's Chromium and the pinned npm packages.
+# with `--browser` (what `make test` needs), also Node.js, npm, Debian's Chromium, the pinned npm
+# packages, and Python's venv for the API fuzzer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ if [ "${1:-}" = "--browser" ]; then
     command -v node >/dev/null 2>&1 || packages+=(nodejs)
     command -v npm >/dev/null 2>&1 || packages+=(npm)
     [ -x /usr/bin/chromium ] || packages+=(chromium)
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv)
 fi
 if ((${#packages[@]})); then
     sudo=""

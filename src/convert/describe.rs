@@ -22,8 +22,8 @@ pub struct GeoRaster {
     pub bounds: [f64; 4],
     /// The same in WGS 84 longitude/latitude; `None` without a CRS.
     pub bounds_wgs84: Option<[f64; 4]>,
-    /// The first band's nodata: a number, `"nan"`, or `null`.
-    #[schema(value_type = Option<Object>)]
+    /// The first band's nodata: a number, `"nan"`, `"inf"`, `"-inf"`, or `null`.
+    #[schema(schema_with = nodata_schema)]
     pub nodata: Option<serde_json::Value>,
     pub block_size: [usize; 2],
     pub overviews: Vec<[usize; 2]>,
@@ -39,7 +39,8 @@ pub struct GeoRaster {
 pub struct BandInfo {
     pub data_type: String,
     pub color_interpretation: String,
-    #[schema(value_type = Option<Object>)]
+    /// A number, `"nan"`, `"inf"`, `"-inf"`, or `null`.
+    #[schema(schema_with = nodata_schema)]
     pub nodata: Option<serde_json::Value>,
 }
 
@@ -47,14 +48,32 @@ fn fail(msg: impl Into<String>) -> ConvertError {
     ConvertError::Failed(msg.into())
 }
 
+/// JSON has no NaN or infinity (serde_json would write `null`, which reads as "no nodata"), so
+/// those travel as strings.
 fn nodata_json(v: Option<f64>) -> Option<serde_json::Value> {
-    v.map(|v| {
-        if v.is_nan() {
-            serde_json::Value::String("nan".into())
-        } else {
-            serde_json::json!(v)
-        }
+    v.map(|v| match v {
+        v if v.is_nan() => "nan".into(),
+        f64::INFINITY => "inf".into(),
+        f64::NEG_INFINITY => "-inf".into(),
+        v => serde_json::json!(v),
     })
+}
+
+fn nodata_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["nan", "inf", "-inf"])),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            r#"A number, "nan", "inf", "-inf", or null when there is none"#,
+        ))
+        .build()
+        .into()
 }
 
 /// Opens `path` as GDAL would for a reader, checks `LAYOUT=COG` and describes it.

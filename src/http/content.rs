@@ -29,8 +29,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
         ("If-Range" = Option<String>, Header, description = "Apply Range only if the ETag still matches")),
     responses(
-        (status = 200, description = "The whole file", content_type = "application/octet-stream"),
-        (status = 206, description = "The requested range", content_type = "application/octet-stream"),
+        (status = 200, description = "The whole file, with the type it was stored with", content(("image/tiff"), ("image/jp2"), ("image/png"), ("image/jpeg"), ("application/x-netcdf"), ("application/zip"), ("application/octet-stream"))),
+        (status = 206, description = "The requested range", content(("image/tiff"), ("image/jp2"), ("image/png"), ("image/jpeg"), ("application/x-netcdf"), ("application/zip"), ("application/octet-stream"))),
         (status = 304, description = "Not modified"),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
         (status = 416, description = "The range is outside the file", body = ErrorBody),

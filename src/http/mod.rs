@@ -13,8 +13,6 @@ mod tasks;
 mod tree_items;
 mod ws;
 
-use std::sync::Arc;
-
 use axum::{Extension, Router};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -38,9 +36,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(metrics::router())
         .split_for_parts();
-    let document = openapi::Document(Arc::new(
-        document.to_pretty_json().expect("the document serialises"),
-    ));
+    let document = openapi::Document::new(&document);
     documented
         .merge(dashboard::router())
         .fallback(not_found)

@@ -59,6 +59,55 @@ impl Modify for Security {
 #[derive(Clone)]
 pub struct Document(pub Arc<String>);
 
+impl Document {
+    pub fn new(openapi: &utoipa::openapi::OpenApi) -> Document {
+        let mut value = serde_json::to_value(openapi).expect("the document serialises");
+        describe_event_streams(&mut value);
+        Document(Arc::new(
+            serde_json::to_string_pretty(&value).expect("the document serialises"),
+        ))
+    }
+}
+
+/// The handlers' annotations name the JSON each Server-Sent Event carries; but a
+/// `text/event-stream` schema describes the event itself (`id`, `event`, `data`, `retry`), with
+/// the JSON as a string in `data`. OpenAPI 3.1 says that with `contentMediaType` and
+/// `contentSchema`, which the annotations cannot express, so the stream schemas are rewritten
+/// here.
+fn describe_event_streams(document: &mut serde_json::Value) {
+    let Some(paths) = document.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let streams = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("content")?.get_mut("text/event-stream"));
+    for stream in streams {
+        let Some(payload) = stream.get_mut("schema").map(serde_json::Value::take) else {
+            continue;
+        };
+        stream["schema"] = serde_json::json!({
+            "type": "object",
+            "description": "One Server-Sent Event: `id` is the resume point for `Last-Event-ID`, \
+                            `data` one JSON document.",
+            "required": ["data"],
+            "properties": {
+                "id": {"type": "string"},
+                "event": {"type": "string"},
+                "retry": {"type": "integer", "minimum": 0},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": payload,
+                },
+            },
+        });
+    }
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(openapi_json))
 }

@@ -34,7 +34,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct UploadQuery {
-    /// The display name, for a raw-body upload.
+    /// The display name, for a raw-body upload (required there). A path keeps its last part.
+    #[param(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\ .\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\]*$"
+    )]
     name: Option<String>,
     /// The folder to upload into (the root when omitted).
     parent_id: Option<Uuid>,
@@ -61,19 +66,22 @@ pub struct Started {
 }
 
 /// Display names keep only the last path segment a browser may send. (They never reach the
-/// disk: stored files have server-made names.) Bidirectional-text controls are refused: they
-/// make `invoice\u{202E}fdp.exe` read as `invoiceexe.pdf` in a file list.
+/// disk: stored files have server-made names.) The `pattern` on `UploadQuery::name` and
+/// `NewFolder::name` states this rule for the OpenAPI document; a property test holds the two
+/// together. Control characters and bidirectional-text
+/// controls are refused anywhere in what was sent: they make `invoice\u{202E}fdp.exe` read as
+/// `invoiceexe.pdf` in a file list.
 fn clean_name(raw: &str) -> AppResult<String> {
-    let name = raw.rsplit(['/', '\\']).next().unwrap_or(raw).trim();
     let bidi = |c: char| matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
-    if name.is_empty()
-        || name.chars().count() > 255
-        || name.chars().any(|c| c.is_control() || bidi(c))
-        || name == "."
-        || name == ".."
+    let name = raw.rsplit(['/', '\\']).next().unwrap_or(raw).trim();
+    if raw.chars().count() > 255
+        || raw.chars().any(|c| c.is_control() || bidi(c))
+        || name.chars().all(|c| c.is_whitespace() || c == '.')
     {
         return Err(AppError::BadRequest(
-            "A name is 1 to 255 printable characters, without / or \\ or bidirectional-text controls.".into(),
+            "A name is 1 to 255 characters, with no control or bidirectional-text characters, and \
+             not only spaces and dots."
+                .into(),
         ));
     }
     Ok(name.to_string())
@@ -363,6 +371,11 @@ fn guess_type(name: &str) -> &'static str {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewFolder {
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\ .\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\]*$"
+    )]
     name: String,
     #[serde(default)]
     parent_id: Option<Uuid>,
@@ -579,4 +592,67 @@ async fn convert(
         events_url: format!("/api/v1/tasks/{}/events", task.id),
         ws_url: "/api/v1/ws".into(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use utoipa::{IntoParams, PartialSchema};
+
+    use super::{clean_name, NewFolder, UploadQuery};
+
+    /// The name pattern, as the OpenAPI document states it for folders and raw uploads.
+    fn documented_pattern() -> regex::Regex {
+        let folder = serde_json::to_value(NewFolder::schema()).unwrap();
+        let folder = folder["properties"]["name"]["pattern"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let params = serde_json::to_value(UploadQuery::into_params(|| None)).unwrap();
+        let upload = params
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "name")
+            .unwrap()["schema"]["pattern"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(folder, upload);
+        regex::Regex::new(&folder).unwrap()
+    }
+
+    /// Characters where the rule has edges: separators, dots, spaces of every kind, controls,
+    /// bidirectional-text controls, and plain letters.
+    fn name_char() -> impl Strategy<Value = char> {
+        prop_oneof![
+            prop::sample::select(vec![
+                '/', '\\', '.', ' ', '\t', '\n', '\0', '\u{7f}', '\u{85}', '\u{9f}', '\u{a0}',
+                '\u{1680}', '\u{2000}', '\u{200a}', '\u{200b}', '\u{200e}', '\u{202e}', '\u{2028}',
+                '\u{202f}', '\u{205f}', '\u{2066}', '\u{3000}', '\u{61c}', '\u{feff}',
+            ]),
+            prop::char::range('a', 'e'),
+            any::<char>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn the_documented_pattern_is_the_rule_the_server_applies(
+            chars in prop::collection::vec(name_char(), 0..12)
+        ) {
+            let name: String = chars.into_iter().collect();
+            let documented = documented_pattern().is_match(&name) && name.chars().count() <= 255;
+            prop_assert_eq!(clean_name(&name).is_ok(), documented, "{:?}", name);
+        }
+    }
+
+    #[test]
+    fn a_path_keeps_its_last_part() {
+        assert_eq!(clean_name("../../etc/passwd.tif").unwrap(), "passwd.tif");
+        assert_eq!(clean_name("C:\\Users\\me\\scene.tif").unwrap(), "scene.tif");
+        for refused in ["", " ", "..", "...", "a/ . ", "x/", "a\u{202E}b", "a\0/b"] {
+            assert!(clean_name(refused).is_err(), "{refused:?}");
+        }
+    }
 }
