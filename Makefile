@@ -9,11 +9,12 @@ run: setup
 	cargo build --release --bins
 	target/release/rastercast serve
 
-## Set up and run every test: Rust unit and integration tests, the browser tests, then the API
-## fuzzed against its own OpenAPI document.
+## Set up and run every test: Rust unit and integration tests (the store's on SQLite and on
+## PostgreSQL, started when none answers), the browser tests, then the API fuzzed against its
+## own OpenAPI document.
 test: setup
 	@./scripts/setup.sh --browser
-	cargo test
+	RASTERCAST_TEST_DATABASE_URL="$$(scripts/test-postgres.sh)" cargo test
 	node --test tests/browser/
 	scripts/fuzz-api.sh
 

@@ -75,7 +75,7 @@ impl App {
         let requeued = store
             .call(move |c| task_rows::recover(c, max_attempts))
             .await?;
-        let referenced = store.call(|c| items::referenced_blobs(c)).await?;
+        let referenced = store.call(items::referenced_blobs).await?;
         let swept = blobs.sweep(&referenced)?;
         if requeued > 0 || swept > 0 {
             tracing::info!(requeued, swept, "recovered from an unclean stop");
@@ -195,11 +195,7 @@ impl App {
         })
         .await;
         if drained.is_err() {
-            let requeued = self
-                .state
-                .store
-                .call(|c| task_rows::requeue_all_running(c))
-                .await;
+            let requeued = self.state.store.call(task_rows::requeue_all_running).await;
             tracing::warn!(
                 ?requeued,
                 "workers did not stop in time; their tasks were queued again"

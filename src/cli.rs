@@ -212,7 +212,7 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::List { dir } => {
             let store = open_store(&dir.data_dir)?;
-            let tokens = store.blocking(|c| users::list_tokens(c))?;
+            let tokens = store.blocking(users::list_tokens)?;
             println!("{:<14} {:<24} CREATED", "ID", "USER");
             for t in tokens {
                 println!("{:<14} {:<24} {}", t.id, t.user, t.created_at);

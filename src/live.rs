@@ -29,7 +29,7 @@ impl Follow {
         }
     }
 
-    fn select(self, c: &mut rusqlite::Connection) -> anyhow::Result<Vec<TaskRecord>> {
+    fn select(self, c: &mut crate::store::Db) -> anyhow::Result<Vec<TaskRecord>> {
         match self {
             Follow::Task(id) => Ok(task_rows::get(c, id)?.into_iter().collect()),
             Follow::User(user) => {

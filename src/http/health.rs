@@ -20,10 +20,7 @@ async fn healthz(State(state): State<AppState>) -> AppResult<Json<serde_json::Va
     if state.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
-    let queued = state
-        .store
-        .call(|c| crate::store::tasks::pending_count(c))
-        .await?;
+    let queued = state.store.call(crate::store::tasks::pending_count).await?;
     let bus = state.bus.stats();
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     Ok(Json(serde_json::json!({

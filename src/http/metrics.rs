@@ -20,7 +20,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn metrics(State(state): State<AppState>) -> AppResult<Response> {
     let by_state = state
         .store
-        .call(|c| crate::store::tasks::count_by_state(c))
+        .call(crate::store::tasks::count_by_state)
         .await?;
     let body = state
         .metrics

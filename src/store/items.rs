@@ -1,11 +1,10 @@
 //! Tree items: each user's folders and files. A file's bytes are a blob on disk whose name
 //! the server chose; the item's `name` is display data only.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{opt_uuid, parse_uuid};
+use super::db::{vals, Db, Dialect, Row};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -50,115 +49,119 @@ pub struct NewItem {
 const COLUMNS: &str =
     "id, user_id, name, kind, parent_id, size, content_type, created_at, geo_raster, source_id, blob";
 
-fn from_row(r: &Row) -> rusqlite::Result<Item> {
-    let geo: Option<String> = r.get(8)?;
+fn from_row(r: &Row) -> anyhow::Result<Item> {
     Ok(Item {
-        id: parse_uuid(r.get(0)?)?,
-        user_id: parse_uuid(r.get(1)?)?,
-        name: r.get(2)?,
-        kind: if r.get::<_, String>(3)? == "folder" {
+        id: r.uuid(0)?,
+        user_id: r.uuid(1)?,
+        name: r.text(2)?,
+        kind: if r.text(3)? == "folder" {
             ItemKind::Folder
         } else {
             ItemKind::File
         },
-        parent_id: opt_uuid(r.get(4)?)?,
-        size: r.get::<_, i64>(5)? as u64,
-        content_type: r.get(6)?,
-        created_at: r.get(7)?,
-        geo_raster: geo.and_then(|g| serde_json::from_str(&g).ok()),
-        source_id: opt_uuid(r.get(9)?)?,
-        blob: r.get(10)?,
+        parent_id: r.opt_uuid(4)?,
+        size: r.int(5)? as u64,
+        content_type: r.opt_text(6)?,
+        created_at: r.text(7)?,
+        geo_raster: r.opt_text(8)?.and_then(|g| serde_json::from_str(&g).ok()),
+        source_id: r.opt_uuid(9)?,
+        blob: r.opt_text(10)?,
     })
 }
 
-pub fn insert(conn: &Connection, new: NewItem) -> anyhow::Result<Item> {
+pub fn insert(db: &mut Db, new: NewItem) -> anyhow::Result<Item> {
     let id = Uuid::now_v7();
-    conn.prepare_cached(
+    db.execute(
         "INSERT INTO items (id, user_id, name, kind, parent_id, size, content_type,
          created_at, geo_raster, source_id, blob) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
          ?9, ?10, ?11)",
-    )?
-    .execute(params![
-        id.to_string(),
-        new.user_id.to_string(),
-        new.name,
-        if new.kind == ItemKind::Folder {
-            "folder"
-        } else {
-            "file"
-        },
-        new.parent_id.map(|p| p.to_string()),
-        new.size as i64,
-        new.content_type,
-        crate::time::now(),
-        new.geo_raster.map(|g| g.to_string()),
-        new.source_id.map(|s| s.to_string()),
-        new.blob,
-    ])?;
-    Ok(get(conn, new.user_id, id)?.expect("just inserted"))
+        vals![
+            id,
+            new.user_id,
+            new.name,
+            if new.kind == ItemKind::Folder {
+                "folder"
+            } else {
+                "file"
+            },
+            new.parent_id,
+            new.size as i64,
+            new.content_type,
+            crate::time::now(),
+            new.geo_raster.map(|g| g.to_string()),
+            new.source_id,
+            new.blob,
+        ],
+    )?;
+    Ok(get(db, new.user_id, id)?.expect("just inserted"))
 }
 
 /// The item if it exists and belongs to `user`.
-pub fn get(conn: &Connection, user: Uuid, id: Uuid) -> anyhow::Result<Option<Item>> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM items WHERE id = ?1 AND user_id = ?2"
-        ))?
-        .query_row(params![id.to_string(), user.to_string()], from_row)
-        .optional()?)
+pub fn get(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Option<Item>> {
+    db.query_opt(
+        &format!("SELECT {COLUMNS} FROM items WHERE id = ?1 AND user_id = ?2"),
+        vals![id, user],
+    )?
+    .as_ref()
+    .map(from_row)
+    .transpose()
 }
 
 /// True when `folder` is one of `user`'s folders.
-pub fn is_folder(conn: &Connection, user: Uuid, folder: Uuid) -> anyhow::Result<bool> {
-    Ok(get(conn, user, folder)?.is_some_and(|i| i.kind == ItemKind::Folder))
+pub fn is_folder(db: &mut Db, user: Uuid, folder: Uuid) -> anyhow::Result<bool> {
+    Ok(get(db, user, folder)?.is_some_and(|i| i.kind == ItemKind::Folder))
 }
 
-pub fn children(conn: &Connection, user: Uuid, parent: Option<Uuid>) -> anyhow::Result<Vec<Item>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM items WHERE user_id = ?1 AND parent_id IS ?2
-         ORDER BY kind DESC, name COLLATE NOCASE, id"
-    ))?;
-    let rows = stmt.query_map(
-        params![user.to_string(), parent.map(|p| p.to_string())],
-        from_row,
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn children(db: &mut Db, user: Uuid, parent: Option<Uuid>) -> anyhow::Result<Vec<Item>> {
+    let sql = match db.dialect() {
+        Dialect::Sqlite => format!(
+            "SELECT {COLUMNS} FROM items WHERE user_id = ?1 AND parent_id IS ?2
+             ORDER BY kind DESC, name COLLATE NOCASE, id"
+        ),
+        Dialect::Postgres => format!(
+            "SELECT {COLUMNS} FROM items WHERE user_id = ?1 AND parent_id IS NOT DISTINCT FROM ?2
+             ORDER BY kind DESC, lower(name), id"
+        ),
+    };
+    db.query(&sql, vals![user, parent])?
+        .iter()
+        .map(from_row)
+        .collect()
 }
 
 /// Deletes an item and everything under it; returns the blobs that are now unreferenced,
 /// or `None` when the item is not the user's.
-pub fn delete_tree(
-    conn: &mut Connection,
-    user: Uuid,
-    id: Uuid,
-) -> anyhow::Result<Option<Vec<String>>> {
-    let tx = conn.transaction()?;
-    if get(&tx, user, id)?.is_none() {
-        return Ok(None);
-    }
-    let blobs = {
-        let mut stmt = tx.prepare(
-            "WITH RECURSIVE sub(id) AS (
-                 SELECT ?1 UNION ALL SELECT i.id FROM items i JOIN sub ON i.parent_id = sub.id
-             )
-             SELECT blob FROM items WHERE id IN (SELECT id FROM sub) AND blob IS NOT NULL",
-        )?;
-        let rows = stmt.query_map([id.to_string()], |r| r.get::<_, String>(0))?;
-        rows.collect::<Result<Vec<_>, _>>()?
-    };
-    // Children go with it through ON DELETE CASCADE.
-    tx.prepare_cached("DELETE FROM items WHERE id = ?1")?
-        .execute([id.to_string()])?;
-    tx.commit()?;
-    Ok(Some(blobs))
+pub fn delete_tree(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Option<Vec<String>>> {
+    db.atomically(|db| {
+        if get(db, user, id)?.is_none() {
+            return Ok(None);
+        }
+        let blobs = db
+            .query(
+                "WITH RECURSIVE sub(id) AS (
+                     SELECT CAST(?1 AS TEXT) UNION ALL
+                     SELECT i.id FROM items i JOIN sub ON i.parent_id = sub.id
+                 )
+                 SELECT blob FROM items WHERE id IN (SELECT id FROM sub) AND blob IS NOT NULL",
+                vals![id],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // Children go with it through ON DELETE CASCADE.
+        db.execute("DELETE FROM items WHERE id = ?1", vals![id])?;
+        Ok(Some(blobs))
+    })
 }
 
 /// Every blob name the database refers to, including sources of queued tasks.
-pub fn referenced_blobs(conn: &Connection) -> anyhow::Result<std::collections::HashSet<String>> {
-    let mut stmt = conn.prepare(
+pub fn referenced_blobs(db: &mut Db) -> anyhow::Result<std::collections::HashSet<String>> {
+    db.query(
         "SELECT blob FROM items WHERE blob IS NOT NULL
          UNION SELECT source_blob FROM tasks WHERE state IN ('PENDING', 'PROGRESS')",
-    )?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        &[],
+    )?
+    .iter()
+    .map(|r| r.text(0))
+    .collect()
 }

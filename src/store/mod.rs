@@ -1,11 +1,19 @@
-//! Persistence in SQLite: users and tokens, tree items, tasks. One connection behind a
-//! mutex, used from blocking threads; WAL with full sync, so a committed row survives a crash
-//! (progress and claims skip the fsync: see [`unsynced`]).
+//! Persistence: users and tokens, tree items, tasks. SQLite by default (a file in the data
+//! dir), or PostgreSQL with `--database-url postgres://…`. The row modules are written once
+//! against [`db::Db`]; this module opens either engine and migrates it.
+//!
+//! One connection behind a mutex, used from blocking threads: every change and the event
+//! that announces it happen under that lock, so event order is commit order. SQLite runs WAL
+//! with full sync, so a committed row survives a crash (progress and claims skip the fsync:
+//! see [`db::Db::unsynced`]); PostgreSQL runs each call as one transaction.
 
+pub mod db;
 pub mod items;
 #[cfg(test)]
 mod state_props;
 pub mod tasks;
+#[cfg(test)]
+pub mod testing;
 pub mod users;
 
 use std::path::Path;
@@ -14,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use rusqlite::Connection;
 
+pub use db::Db;
 pub use items::{Item, ItemKind, NewItem};
 pub use tasks::{NewTask, TaskRecord};
 pub use users::{TokenInfo, User};
@@ -25,9 +34,18 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_3.sql"),
 ];
 
+/// The same schema in PostgreSQL's words (its first migration is SQLite's first three); the
+/// table `schema_version` records how many have run.
+const POSTGRES_MIGRATIONS: &[&str] = &[include_str!("postgres_1.sql")];
+
+enum Engine {
+    Sqlite(Connection),
+    Postgres(postgres::Client),
+}
+
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Engine>>,
 }
 
 impl Store {
@@ -42,7 +60,24 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(Engine::Sqlite(conn))),
+        })
+    }
+
+    /// Connects to PostgreSQL at `url` and brings its schema up to date. Several nodes may
+    /// start at once: the migrations run under an advisory lock.
+    pub fn connect(url: &str) -> anyhow::Result<Store> {
+        let config: postgres::Config = url
+            .parse()
+            .with_context(|| format!("reading the database URL {}", redact(url)))?;
+        Store::connect_with(&config).with_context(|| format!("connecting to {}", redact(url)))
+    }
+
+    fn connect_with(config: &postgres::Config) -> anyhow::Result<Store> {
+        let mut client = config.connect(postgres::NoTls)?;
+        migrate_postgres(&mut client)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(Engine::Postgres(client))),
         })
     }
 
@@ -50,39 +85,66 @@ impl Store {
     pub async fn call<R, F>(&self, f: F) -> anyhow::Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Connection) -> anyhow::Result<R> + Send + 'static,
+        F: FnOnce(&mut Db) -> anyhow::Result<R> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .context("database thread panicked")?
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.blocking(f))
+            .await
+            .context("database thread panicked")?
     }
 
-    /// Runs `f` on the connection in the current thread (for the CLI).
-    pub fn blocking<R>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> anyhow::Result<R>,
-    ) -> anyhow::Result<R> {
+    /// Runs `f` on the connection in the current thread (for the CLI and tests).
+    pub fn blocking<R>(&self, f: impl FnOnce(&mut Db) -> anyhow::Result<R>) -> anyhow::Result<R> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+        match &mut *guard {
+            Engine::Sqlite(conn) => f(&mut Db::Sqlite(conn)),
+            Engine::Postgres(client) => {
+                let mut db = Db::Postgres(client.transaction()?);
+                let result = f(&mut db)?;
+                let Db::Postgres(tx) = db else { unreachable!() };
+                tx.commit()?;
+                Ok(result)
+            }
+        }
     }
 }
 
-/// Runs `f` with commits that skip the fsync, for writes whose loss in a power failure is
-/// harmless: progress, and a task's claim (a lost claim is simply made again). WAL keeps them
-/// atomic and they survive a crash of the process; the next full commit syncs them as well.
-/// Everything a client was promised (a new task, a cancel, a final state) stays on full sync.
-pub fn unsynced<R>(
-    conn: &mut Connection,
-    f: impl FnOnce(&mut Connection) -> anyhow::Result<R>,
-) -> anyhow::Result<R> {
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    let result = f(conn);
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    result
+/// A database URL as it may appear in a log: without its password.
+fn redact(url: &str) -> String {
+    match url.split_once("://").zip(url.rfind('@')) {
+        Some(((scheme, rest), at)) => {
+            let user = rest[..at - scheme.len() - 3]
+                .split(':')
+                .next()
+                .unwrap_or("");
+            format!("{scheme}://{user}@{}", &url[at + 1..])
+        }
+        None => url.to_string(),
+    }
+}
+
+fn migrate_postgres(client: &mut postgres::Client) -> anyhow::Result<()> {
+    let mut tx = client.transaction()?;
+    // Held until the transaction ends: a node that starts meanwhile waits, then finds the
+    // work done.
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(7284001);
+         CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL);",
+    )?;
+    let done: i64 = match tx.query_opt("SELECT version FROM schema_version", &[])? {
+        Some(row) => row.get(0),
+        None => {
+            tx.execute("INSERT INTO schema_version VALUES (0)", &[])?;
+            0
+        }
+    };
+    for (i, sql) in POSTGRES_MIGRATIONS.iter().enumerate().skip(done as usize) {
+        tx.batch_execute(sql)
+            .with_context(|| format!("running PostgreSQL migration {}", i + 1))?;
+        tx.execute("UPDATE schema_version SET version = $1", &[&(i as i64 + 1)])?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -95,14 +157,4 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
         tx.commit()?;
     }
     Ok(())
-}
-
-fn parse_uuid(s: String) -> rusqlite::Result<uuid::Uuid> {
-    uuid::Uuid::parse_str(&s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-fn opt_uuid(s: Option<String>) -> rusqlite::Result<Option<uuid::Uuid>> {
-    s.map(parse_uuid).transpose()
 }

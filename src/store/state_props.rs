@@ -47,34 +47,48 @@ proptest! {
 
     #[test]
     fn tasks_always_end_final_and_never_go_back(ops in proptest::collection::vec(op(), 1..60)) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        let bus = Bus::new(1 << 16, 1 << 16);
-        let mut last_seq = 0u64;
-        let mut seen: Vec<(TaskState, f64)> = Vec::new();
-        store.blocking(|c| {
+        for test in super::testing::stores() {
+            run(&test.store, &ops);
+        }
+    }
+}
+
+fn run(store: &Store, ops: &[Op]) {
+    let bus = Bus::new(1 << 16, 1 << 16);
+    let mut last_seq = 0u64;
+    let mut seen: Vec<(TaskState, f64)> = Vec::new();
+    store
+        .blocking(|c| {
             let user = users::ensure_user(c, "prop")?;
-            let source = items::insert(c, NewItem {
-                user_id: user.id,
-                parent_id: None,
-                name: "src.tif".into(),
-                kind: ItemKind::File,
-                size: 1,
-                content_type: None,
-                blob: Some("0".repeat(32)),
-                geo_raster: None,
-                source_id: None,
-            })?;
+            let source = items::insert(
+                c,
+                NewItem {
+                    user_id: user.id,
+                    parent_id: None,
+                    name: "src.tif".into(),
+                    kind: ItemKind::File,
+                    size: 1,
+                    content_type: None,
+                    blob: Some("0".repeat(32)),
+                    geo_raster: None,
+                    source_id: None,
+                },
+            )?;
             let mut ids: Vec<Uuid> = Vec::new();
-            let publish = |c: &rusqlite::Connection, id: Uuid, last_seq: &mut u64| -> anyhow::Result<()> {
+            let publish = |c: &mut super::Db, id: Uuid, last_seq: &mut u64| -> anyhow::Result<()> {
                 let task = tasks::get(c, id)?.expect("task exists");
                 let event = bus.publish(&task, EventKind::State);
-                assert!(event.seq > *last_seq, "seq {} after {}", event.seq, last_seq);
+                assert!(
+                    event.seq > *last_seq,
+                    "seq {} after {}",
+                    event.seq,
+                    last_seq
+                );
                 *last_seq = event.seq;
                 Ok(())
             };
             let pick = |ids: &[Uuid], i: usize| (!ids.is_empty()).then(|| ids[i % ids.len()]);
-            let drain = |c: &mut rusqlite::Connection| -> anyhow::Result<()> {
+            let drain = |c: &mut super::Db| -> anyhow::Result<()> {
                 // Workers take every queued task to an end; a restart recovers running ones.
                 for _ in 0..100 {
                     while let Some(task) = tasks::claim_next(c)? {
@@ -89,14 +103,17 @@ proptest! {
             for op in ops.iter().cloned().chain([Op::CrashRestart]) {
                 match op {
                     Op::Submit => {
-                        let task = tasks::insert(c, NewTask {
-                            user_id: user.id,
-                            source_id: source.id,
-                            source_blob: "0".repeat(32),
-                            source_name: "src.tif".into(),
-                            parent_id: None,
-                            options: Default::default(),
-                        })?;
+                        let task = tasks::insert(
+                            c,
+                            NewTask {
+                                user_id: user.id,
+                                source_id: source.id,
+                                source_blob: "0".repeat(32),
+                                source_name: "src.tif".into(),
+                                parent_id: None,
+                                options: Default::default(),
+                            },
+                        )?;
                         ids.push(task.id);
                         seen.push((task.state, task.progress));
                         publish(c, task.id, &mut last_seq)?;
@@ -106,41 +123,51 @@ proptest! {
                             publish(c, task.id, &mut last_seq)?;
                         }
                     }
-                    Op::Progress(i, p) => if let Some(id) = pick(&ids, i) {
-                        if tasks::set_progress(c, id, p, "Converting")? {
+                    Op::Progress(i, p) => {
+                        if let Some(id) = pick(&ids, i) {
+                            if tasks::set_progress(c, id, p, "Converting")? {
+                                publish(c, id, &mut last_seq)?;
+                            }
+                        }
+                    }
+                    Op::Cancel(i) => {
+                        if let Some(id) = pick(&ids, i) {
+                            tasks::request_cancel(c, user.id, id)?;
                             publish(c, id, &mut last_seq)?;
                         }
-                    },
-                    Op::Cancel(i) => if let Some(id) = pick(&ids, i) {
-                        tasks::request_cancel(c, user.id, id)?;
-                        publish(c, id, &mut last_seq)?;
-                    },
-                    Op::Succeed(i) => if let Some(id) = pick(&ids, i) {
-                        let record = tasks::get(c, id)?.expect("task exists");
-                        if record.state == TaskState::Progress {
-                            let output = NewItem {
-                                user_id: user.id,
-                                parent_id: None,
-                                name: "src.cog.tif".into(),
-                                kind: ItemKind::File,
-                                size: 1,
-                                content_type: None,
-                                blob: Some(format!("{:032x}", id.as_u128())),
-                                geo_raster: None,
-                                source_id: Some(source.id),
-                            };
-                            tasks::publish_success(c, &record, output, serde_json::json!({}))?;
+                    }
+                    Op::Succeed(i) => {
+                        if let Some(id) = pick(&ids, i) {
+                            let record = tasks::get(c, id)?.expect("task exists");
+                            if record.state == TaskState::Progress {
+                                let output = NewItem {
+                                    user_id: user.id,
+                                    parent_id: None,
+                                    name: "src.cog.tif".into(),
+                                    kind: ItemKind::File,
+                                    size: 1,
+                                    content_type: None,
+                                    blob: Some(format!("{:032x}", id.as_u128())),
+                                    geo_raster: None,
+                                    source_id: Some(source.id),
+                                };
+                                tasks::publish_success(c, &record, output, serde_json::json!({}))?;
+                                publish(c, id, &mut last_seq)?;
+                            }
+                        }
+                    }
+                    Op::Fail(i) => {
+                        if let Some(id) = pick(&ids, i) {
+                            tasks::finish(c, id, TaskState::Failure, "Failed", Some("broken"))?;
                             publish(c, id, &mut last_seq)?;
                         }
-                    },
-                    Op::Fail(i) => if let Some(id) = pick(&ids, i) {
-                        tasks::finish(c, id, TaskState::Failure, "Failed", Some("broken"))?;
-                        publish(c, id, &mut last_seq)?;
-                    },
-                    Op::Requeue(i) => if let Some(id) = pick(&ids, i) {
-                        tasks::requeue(c, id, true, "Queued; the server restarted")?;
-                        publish(c, id, &mut last_seq)?;
-                    },
+                    }
+                    Op::Requeue(i) => {
+                        if let Some(id) = pick(&ids, i) {
+                            tasks::requeue(c, id, true, "Queued; the server restarted")?;
+                            publish(c, id, &mut last_seq)?;
+                        }
+                    }
                     Op::CrashRestart => {
                         tasks::recover(c, MAX_ATTEMPTS)?;
                     }
@@ -150,11 +177,19 @@ proptest! {
                     let (before, progress) = seen[n];
                     assert!(
                         now.state == before || before.can_become(now.state),
-                        "{before:?} became {:?} after {op:?}", now.state
+                        "{before:?} became {:?} after {op:?}",
+                        now.state
                     );
-                    assert!(!before.is_final() || now.state == before, "a final state changed");
+                    assert!(
+                        !before.is_final() || now.state == before,
+                        "a final state changed"
+                    );
                     assert!(now.progress >= progress, "progress went down after {op:?}");
-                    assert!(now.attempts <= MAX_ATTEMPTS + 1, "attempts {}", now.attempts);
+                    assert!(
+                        now.attempts <= MAX_ATTEMPTS + 1,
+                        "attempts {}",
+                        now.attempts
+                    );
                     seen[n] = (now.state, now.progress);
                 }
             }
@@ -164,6 +199,6 @@ proptest! {
                 assert!(task.state.is_final(), "{:?} left in {:?}", id, task.state);
             }
             Ok(())
-        }).unwrap();
-    }
+        })
+        .unwrap();
 }

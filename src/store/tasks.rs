@@ -1,10 +1,9 @@
 //! Task rows: the durable queue. Every state change is one conditional UPDATE whose WHERE
 //! clause is the state machine's precondition, so two actors can never both win a race.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
-use super::{opt_uuid, parse_uuid};
+use super::db::{vals, Db, Dialect, Row};
 use crate::convert::Conversion;
 use crate::tasks::TaskState;
 
@@ -46,124 +45,123 @@ const COLUMNS: &str = "seq, id, user_id, source_id, source_blob, source_name, pa
      progress, status, result, error, attempts, cancel_requested, created_at, started_at, finished_at, \
      CASE WHEN state = 'PENDING' THEN (SELECT COUNT(*) FROM tasks q WHERE q.state = 'PENDING' AND q.seq <= tasks.seq) END";
 
-fn from_row(r: &Row) -> rusqlite::Result<TaskRecord> {
-    let bad = |i, e: String| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
-    };
-    let options: String = r.get(7)?;
-    let state: String = r.get(8)?;
-    let result: Option<String> = r.get(11)?;
+fn from_row(r: &Row) -> anyhow::Result<TaskRecord> {
+    let state = r.text(8)?;
     Ok(TaskRecord {
-        seq: r.get(0)?,
-        id: parse_uuid(r.get(1)?)?,
-        user_id: parse_uuid(r.get(2)?)?,
-        source_id: parse_uuid(r.get(3)?)?,
-        source_blob: r.get(4)?,
-        source_name: r.get(5)?,
-        parent_id: opt_uuid(r.get(6)?)?,
-        options: serde_json::from_str(&options).map_err(|e| bad(7, e.to_string()))?,
-        state: TaskState::parse(&state).ok_or_else(|| bad(8, state.clone()))?,
-        progress: r.get(9)?,
-        status: r.get(10)?,
-        result: result.and_then(|s| serde_json::from_str(&s).ok()),
-        error: r.get(12)?,
-        attempts: r.get(13)?,
-        cancel_requested: r.get(14)?,
-        created_at: r.get(15)?,
-        started_at: r.get(16)?,
-        finished_at: r.get(17)?,
-        queue_position: r.get(18)?,
+        seq: r.int(0)?,
+        id: r.uuid(1)?,
+        user_id: r.uuid(2)?,
+        source_id: r.uuid(3)?,
+        source_blob: r.text(4)?,
+        source_name: r.text(5)?,
+        parent_id: r.opt_uuid(6)?,
+        options: serde_json::from_str(&r.text(7)?)?,
+        state: TaskState::parse(&state)
+            .ok_or_else(|| anyhow::anyhow!("unknown task state {state:?}"))?,
+        progress: r.real(9)?,
+        status: r.text(10)?,
+        result: r.opt_text(11)?.and_then(|s| serde_json::from_str(&s).ok()),
+        error: r.opt_text(12)?,
+        attempts: u32::try_from(r.int(13)?)?,
+        cancel_requested: r.int(14)? != 0,
+        created_at: r.text(15)?,
+        started_at: r.opt_text(16)?,
+        finished_at: r.opt_text(17)?,
+        queue_position: r.opt_int(18)?,
     })
 }
 
-pub fn insert(conn: &Connection, new: NewTask) -> anyhow::Result<TaskRecord> {
+pub fn insert(db: &mut Db, new: NewTask) -> anyhow::Result<TaskRecord> {
     let id = Uuid::new_v4();
-    conn.prepare_cached(
+    db.execute(
         "INSERT INTO tasks (id, user_id, source_id, source_blob, source_name, parent_id,
          options, state, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
          'PENDING', 'Queued', ?8)",
-    )?
-    .execute(params![
-        id.to_string(),
-        new.user_id.to_string(),
-        new.source_id.to_string(),
-        new.source_blob,
-        new.source_name,
-        new.parent_id.map(|p| p.to_string()),
-        serde_json::to_string(&new.options)?,
-        crate::time::now(),
-    ])?;
-    Ok(get(conn, id)?.expect("just inserted"))
+        vals![
+            id,
+            new.user_id,
+            new.source_id,
+            new.source_blob,
+            new.source_name,
+            new.parent_id,
+            serde_json::to_string(&new.options)?,
+            crate::time::now(),
+        ],
+    )?;
+    Ok(get(db, id)?.expect("just inserted"))
 }
 
-pub fn get(conn: &Connection, id: Uuid) -> anyhow::Result<Option<TaskRecord>> {
-    Ok(conn
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?
-        .query_row([id.to_string()], from_row)
-        .optional()?)
+pub fn get(db: &mut Db, id: Uuid) -> anyhow::Result<Option<TaskRecord>> {
+    db.query_opt(
+        &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
+        vals![id],
+    )?
+    .as_ref()
+    .map(from_row)
+    .transpose()
 }
 
 /// The caller's tasks, newest first; `before` is the `seq` cursor of the previous page.
 pub fn list(
-    conn: &Connection,
+    db: &mut Db,
     user: Uuid,
     state: Option<TaskState>,
     limit: u32,
     before: Option<i64>,
 ) -> anyhow::Result<Vec<TaskRecord>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM tasks WHERE user_id = ?1 AND (?2 IS NULL OR state = ?2)
-         AND (?3 IS NULL OR seq < ?3) ORDER BY seq DESC LIMIT ?4"
-    ))?;
-    let rows = stmt.query_map(
-        params![
-            user.to_string(),
-            state.map(TaskState::as_str),
-            before,
-            limit
-        ],
-        from_row,
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Moves the oldest PENDING task to PROGRESS and returns it (FIFO).
-pub fn claim_next(conn: &mut Connection) -> anyhow::Result<Option<TaskRecord>> {
-    super::unsynced(conn, claim_next_unsynced)
-}
-
-fn claim_next_unsynced(conn: &mut Connection) -> anyhow::Result<Option<TaskRecord>> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let id: Option<String> = tx
-        .prepare_cached("SELECT id FROM tasks WHERE state = 'PENDING' ORDER BY seq LIMIT 1")?
-        .query_row([], |r| r.get(0))
-        .optional()?;
-    let Some(id) = id else { return Ok(None) };
-    tx.prepare_cached(
-        "UPDATE tasks SET state = 'PROGRESS', attempts = attempts + 1, status = 'Starting',
-         started_at = ?2 WHERE id = ?1 AND state = 'PENDING'",
+    db.query(
+        &format!(
+            "SELECT {COLUMNS} FROM tasks WHERE user_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
+             AND (CAST(?3 AS BIGINT) IS NULL OR seq < ?3) ORDER BY seq DESC LIMIT ?4"
+        ),
+        vals![user, state.map(TaskState::as_str), before, limit],
     )?
-    .execute(params![id, crate::time::now()])?;
-    let task = get(&tx, parse_uuid(id)?)?;
-    tx.commit()?;
-    Ok(task)
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+/// Moves the oldest PENDING task to PROGRESS and returns it (FIFO). Concurrent claimers
+/// (other nodes, on PostgreSQL) skip the rows each other have locked.
+pub fn claim_next(db: &mut Db) -> anyhow::Result<Option<TaskRecord>> {
+    db.unsynced(|db| {
+        db.atomically(|db| {
+            let pick = match db.dialect() {
+                Dialect::Sqlite => {
+                    "SELECT id FROM tasks WHERE state = 'PENDING' ORDER BY seq LIMIT 1"
+                }
+                Dialect::Postgres => {
+                    "SELECT id FROM tasks WHERE state = 'PENDING' ORDER BY seq LIMIT 1
+                     FOR UPDATE SKIP LOCKED"
+                }
+            };
+            let Some(row) = db.query_opt(pick, &[])? else {
+                return Ok(None);
+            };
+            let id = row.uuid(0)?;
+            db.execute(
+                "UPDATE tasks SET state = 'PROGRESS', attempts = attempts + 1, status = 'Starting',
+                 started_at = ?2 WHERE id = ?1 AND state = 'PENDING'",
+                vals![id, crate::time::now()],
+            )?;
+            get(db, id)
+        })
+    })
 }
 
 /// Records progress; it never goes down, and a task being cancelled keeps its "Cancelling…".
-pub fn set_progress(
-    conn: &mut Connection,
-    id: Uuid,
-    progress: f64,
-    status: &str,
-) -> anyhow::Result<bool> {
-    super::unsynced(conn, |c| {
-        Ok(c.prepare_cached(
+pub fn set_progress(db: &mut Db, id: Uuid, progress: f64, status: &str) -> anyhow::Result<bool> {
+    let sql = match db.dialect() {
+        Dialect::Sqlite => {
             "UPDATE tasks SET progress = MAX(progress, ?2), status = ?3
-             WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0",
-        )?
-        .execute(params![id.to_string(), progress, status])?
-            > 0)
-    })
+             WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0"
+        }
+        Dialect::Postgres => {
+            "UPDATE tasks SET progress = GREATEST(progress, ?2), status = ?3
+             WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0"
+        }
+    };
+    db.unsynced(|db| Ok(db.execute(sql, vals![id, progress, status])? > 0))
 }
 
 pub enum CancelOutcome {
@@ -175,60 +173,59 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-pub fn request_cancel(
-    conn: &mut Connection,
-    user: Uuid,
-    id: Uuid,
-) -> anyhow::Result<CancelOutcome> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let task = get(&tx, id)?.filter(|t| t.user_id == user);
-    let Some(task) = task else {
-        return Ok(CancelOutcome::NotFound);
-    };
-    let outcome = match task.state {
-        TaskState::Pending => {
-            tx.prepare_cached(
-                "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?2 WHERE
-         id = ?1",
+pub fn request_cancel(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<CancelOutcome> {
+    db.atomically(|db| {
+        let lock = match db.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        };
+        let task = db
+            .query_opt(
+                &format!("SELECT state, user_id FROM tasks WHERE id = ?1{lock}"),
+                vals![id],
             )?
-            .execute(params![id.to_string(), crate::time::now()])?;
-            CancelOutcome::Revoked
-        }
-        TaskState::Progress => {
-            tx.prepare_cached(
-                "UPDATE tasks SET cancel_requested = 1, status = 'Cancelling…' WHERE id = ?1",
-            )?
-            .execute([id.to_string()])?;
-            CancelOutcome::Requested
-        }
-        state => CancelOutcome::AlreadyFinished(state),
-    };
-    tx.commit()?;
-    Ok(outcome)
+            .map(|r| anyhow::Ok((r.text(0)?, r.uuid(1)?)))
+            .transpose()?
+            .filter(|(_, owner)| *owner == user);
+        let Some((state, _)) = task else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        Ok(match TaskState::parse(&state) {
+            Some(TaskState::Pending) => {
+                db.execute(
+                    "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?2
+                     WHERE id = ?1",
+                    vals![id, crate::time::now()],
+                )?;
+                CancelOutcome::Revoked
+            }
+            Some(TaskState::Progress) => {
+                db.execute(
+                    "UPDATE tasks SET cancel_requested = 1, status = 'Cancelling…' WHERE id = ?1",
+                    vals![id],
+                )?;
+                CancelOutcome::Requested
+            }
+            Some(state) => CancelOutcome::AlreadyFinished(state),
+            None => anyhow::bail!("unknown task state {state:?}"),
+        })
+    })
 }
 
 /// Ends a running task. Returns false if it was not running (someone else ended it).
 pub fn finish(
-    conn: &Connection,
+    db: &mut Db,
     id: Uuid,
     state: TaskState,
     status: &str,
     error: Option<&str>,
 ) -> anyhow::Result<bool> {
     debug_assert!(state.is_final());
-    Ok(conn
-        .prepare_cached(
-            "UPDATE tasks SET state = ?2, status = ?3, error = ?4, finished_at = ?5
+    Ok(db.execute(
+        "UPDATE tasks SET state = ?2, status = ?3, error = ?4, finished_at = ?5
          WHERE id = ?1 AND state = 'PROGRESS'",
-        )?
-        .execute(params![
-            id.to_string(),
-            state.as_str(),
-            status,
-            error,
-            crate::time::now()
-        ])?
-        > 0)
+        vals![id, state.as_str(), status, error, crate::time::now()],
+    )? > 0)
 }
 
 pub enum PublishOutcome {
@@ -241,98 +238,90 @@ pub enum PublishOutcome {
 /// Marks the task SUCCESS and makes its output item visible, in one transaction.
 /// Writes nothing if the task was cancelled meanwhile or its folder is gone.
 pub fn publish_success(
-    conn: &mut Connection,
+    db: &mut Db,
     task: &TaskRecord,
     output: super::NewItem,
     mut result: serde_json::Value,
 ) -> anyhow::Result<PublishOutcome> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    if let Some(folder) = output.parent_id {
-        if !super::items::is_folder(&tx, task.user_id, folder)? {
-            return Ok(PublishOutcome::FolderGone);
+    db.atomically(|db| {
+        let lock = match db.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        };
+        if let Some(folder) = output.parent_id {
+            if !super::items::is_folder(db, task.user_id, folder)? {
+                return Ok(PublishOutcome::FolderGone);
+            }
         }
-    }
-    let cancelled: bool = tx
-        .prepare_cached("SELECT cancel_requested OR state != 'PROGRESS' FROM tasks WHERE id = ?1")?
-        .query_row([task.id.to_string()], |r| r.get(0))?;
-    if cancelled {
-        return Ok(PublishOutcome::Cancelled);
-    }
-    let item = super::items::insert(&tx, output)?;
-    result["tree_item_id"] = serde_json::json!(item.id);
-    tx.prepare_cached(
-        "UPDATE tasks SET state = 'SUCCESS', progress = 100, status = 'Done', result =
-         ?2, finished_at = ?3 WHERE id = ?1",
-    )?
-    .execute(params![
-        task.id.to_string(),
-        result.to_string(),
-        crate::time::now()
-    ])?;
-    tx.commit()?;
-    Ok(PublishOutcome::Published(item.id))
+        let cancelled = db
+            .query_one(
+                &format!("SELECT cancel_requested, state FROM tasks WHERE id = ?1{lock}"),
+                vals![task.id],
+            )
+            .and_then(|r| Ok(r.int(0)? != 0 || r.text(1)? != "PROGRESS"))?;
+        if cancelled {
+            return Ok(PublishOutcome::Cancelled);
+        }
+        let item = super::items::insert(db, output)?;
+        result["tree_item_id"] = serde_json::json!(item.id);
+        db.execute(
+            "UPDATE tasks SET state = 'SUCCESS', progress = 100, status = 'Done', result =
+             ?2, finished_at = ?3 WHERE id = ?1",
+            vals![task.id, result.to_string(), crate::time::now()],
+        )?;
+        Ok(PublishOutcome::Published(item.id))
+    })
 }
 
 /// Puts a running task back in the queue; on a clean shutdown the attempt is refunded. A task
 /// whose cancel was asked for is not queued again: it ends REVOKED.
-pub fn requeue(
-    conn: &Connection,
-    id: Uuid,
-    refund_attempt: bool,
-    status: &str,
-) -> anyhow::Result<bool> {
-    let requeued = conn
-        .prepare_cached(
-            "UPDATE tasks SET state = 'PENDING', status = ?3, attempts = attempts - ?2
+pub fn requeue(db: &mut Db, id: Uuid, refund_attempt: bool, status: &str) -> anyhow::Result<bool> {
+    let requeued = db.execute(
+        "UPDATE tasks SET state = 'PENDING', status = ?3, attempts = attempts - ?2
          WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0",
-        )?
-        .execute(params![id.to_string(), refund_attempt as i64, status])?
-        > 0;
-    Ok(requeued || finish(conn, id, TaskState::Revoked, "Cancelled", None)?)
+        vals![id, refund_attempt as i64, status],
+    )? > 0;
+    Ok(requeued || finish(db, id, TaskState::Revoked, "Cancelled", None)?)
 }
 
 /// On a shutdown that could not wait for its workers: every task still running goes back to
 /// the queue (or ends REVOKED if its cancel was asked for), without using up an attempt.
-pub fn requeue_all_running(conn: &Connection) -> anyhow::Result<usize> {
-    let now = crate::time::now();
-    conn.prepare_cached(
+pub fn requeue_all_running(db: &mut Db) -> anyhow::Result<usize> {
+    db.execute(
         "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?1
          WHERE state = 'PROGRESS' AND cancel_requested = 1",
-    )?
-    .execute([&now])?;
-    Ok(conn
-        .prepare_cached(
-            "UPDATE tasks SET state = 'PENDING', status = 'Queued; the server restarted',
+        vals![crate::time::now()],
+    )?;
+    db.execute(
+        "UPDATE tasks SET state = 'PENDING', status = 'Queued; the server restarted',
          attempts = attempts - 1 WHERE state = 'PROGRESS'",
-        )?
-        .execute([])?)
+        &[],
+    )
 }
 
 /// At start-up no task can be running: each PROGRESS task was cut off by a crash. Cancelled
 /// ones become REVOKED, those with attempts left are queued again, the rest fail.
 /// Returns how many were queued again.
-pub fn recover(conn: &mut Connection, max_attempts: u32) -> anyhow::Result<usize> {
-    let tx = conn.transaction()?;
-    let now = crate::time::now();
-    tx.prepare_cached(
-        "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?1
-         WHERE state IN ('PENDING', 'PROGRESS') AND cancel_requested = 1",
-    )?
-    .execute([&now])?;
-    tx.prepare_cached(
-        "UPDATE tasks SET state = 'FAILURE', status = 'Failed', finished_at = ?1, error =
-         'The server stopped during this conversion ' || attempts || ' times; it was not
-         retried again.' WHERE state = 'PROGRESS' AND attempts >= ?2",
-    )?
-    .execute(params![now, max_attempts])?;
-    let requeued = tx
-        .prepare_cached(
+pub fn recover(db: &mut Db, max_attempts: u32) -> anyhow::Result<usize> {
+    db.atomically(|db| {
+        let now = crate::time::now();
+        db.execute(
+            "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?1
+             WHERE state IN ('PENDING', 'PROGRESS') AND cancel_requested = 1",
+            vals![&now],
+        )?;
+        db.execute(
+            "UPDATE tasks SET state = 'FAILURE', status = 'Failed', finished_at = ?1, error =
+             'The server stopped during this conversion ' || attempts || ' times; it was not
+             retried again.' WHERE state = 'PROGRESS' AND attempts >= ?2",
+            vals![now, max_attempts],
+        )?;
+        db.execute(
             "UPDATE tasks SET state = 'PENDING', status = 'Queued again after a server restart'
-         WHERE state = 'PROGRESS'",
-        )?
-        .execute([])?;
-    tx.commit()?;
-    Ok(requeued)
+             WHERE state = 'PROGRESS'",
+            &[],
+        )
+    })
 }
 
 pub enum DeleteOutcome {
@@ -341,39 +330,40 @@ pub enum DeleteOutcome {
     NotFound,
 }
 
-pub fn delete(conn: &Connection, user: Uuid, id: Uuid) -> anyhow::Result<DeleteOutcome> {
-    let Some(task) = get(conn, id)?.filter(|t| t.user_id == user) else {
+pub fn delete(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<DeleteOutcome> {
+    let Some(task) = get(db, id)?.filter(|t| t.user_id == user) else {
         return Ok(DeleteOutcome::NotFound);
     };
     if !task.state.is_final() {
         return Ok(DeleteOutcome::Running);
     }
-    conn.prepare_cached(
+    db.execute(
         "DELETE FROM tasks WHERE id = ?1 AND state IN ('SUCCESS', 'FAILURE', 'REVOKED')",
-    )?
-    .execute([id.to_string()])?;
+        vals![id],
+    )?;
     Ok(DeleteOutcome::Deleted)
 }
 
-/// How many tasks are in each state.
 /// How many of `user`'s tasks are queued or running.
-pub fn count_active(conn: &Connection, user: Uuid) -> anyhow::Result<u64> {
-    Ok(conn
-        .prepare_cached(
+pub fn count_active(db: &mut Db, user: Uuid) -> anyhow::Result<u64> {
+    Ok(db
+        .query_one(
             "SELECT COUNT(*) FROM tasks WHERE user_id = ?1 AND state IN ('PENDING', 'PROGRESS')",
+            vals![user],
         )?
-        .query_row([user.to_string()], |r| r.get(0))?)
+        .int(0)? as u64)
 }
 
-pub fn count_by_state(conn: &Connection) -> anyhow::Result<Vec<(String, i64)>> {
-    let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+/// How many tasks are in each state.
+pub fn count_by_state(db: &mut Db) -> anyhow::Result<Vec<(String, i64)>> {
+    db.query("SELECT state, COUNT(*) FROM tasks GROUP BY state", &[])?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.int(1)?)))
+        .collect()
 }
 
-/// Counts of tasks per state (for `/healthz` and, later, metrics).
-pub fn pending_count(conn: &Connection) -> anyhow::Result<i64> {
-    Ok(conn
-        .prepare_cached("SELECT COUNT(*) FROM tasks WHERE state = 'PENDING'")?
-        .query_row([], |r| r.get(0))?)
+/// How many tasks are queued (for `/healthz`).
+pub fn pending_count(db: &mut Db) -> anyhow::Result<i64> {
+    db.query_one("SELECT COUNT(*) FROM tasks WHERE state = 'PENDING'", &[])?
+        .int(0)
 }

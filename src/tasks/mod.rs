@@ -16,7 +16,6 @@ pub use state::TaskState;
 
 use std::sync::Arc;
 
-use rusqlite::Connection;
 use tokio::sync::broadcast;
 
 use crate::bus::{Bus, Event, EventKind};
@@ -82,7 +81,7 @@ pub async fn change<F>(
     apply: F,
 ) -> anyhow::Result<Option<TaskRecord>>
 where
-    F: FnOnce(&mut Connection) -> anyhow::Result<bool> + Send + 'static,
+    F: FnOnce(&mut crate::store::Db) -> anyhow::Result<bool> + Send + 'static,
 {
     let bus = bus.clone();
     store
@@ -108,7 +107,7 @@ pub struct Snapshot {
 
 pub async fn snapshot<F>(store: &Store, bus: &Bus, select: F) -> anyhow::Result<Snapshot>
 where
-    F: FnOnce(&mut Connection) -> anyhow::Result<Vec<TaskRecord>> + Send + 'static,
+    F: FnOnce(&mut crate::store::Db) -> anyhow::Result<Vec<TaskRecord>> + Send + 'static,
 {
     let bus = bus.clone();
     store
