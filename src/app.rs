@@ -67,16 +67,37 @@ impl App {
     pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
-        let store = Store::open(&config.data_dir.join("rastercast.db"))?;
+        let bus = Bus::new(config.bus_capacity.max(1), REPLAY_WINDOW);
+        let shared = config.database_url.is_some();
+        let store = match &config.database_url {
+            Some(url) => {
+                // The blocking client drives a runtime of its own: not on this one's thread.
+                let (url, bus) = (url.clone(), bus.clone());
+                tokio::task::spawn_blocking(move || Store::connect(&url, bus)).await??
+            }
+            None => Store::open(&config.data_dir.join("rastercast.db"), bus.clone())?,
+        };
         let reserve = config.min_free_disk_mb << 20;
         let blobs = Blobs::open(&config.data_dir)?.with_reserve(reserve);
 
+        // Alone on SQLite, every running task was cut off by this process's own stop. With
+        // other nodes on the database, they may be running theirs: expired leases tell
+        // (`Workers::reap`), and files younger than an hour may be theirs.
         let max_attempts = config.max_attempts;
-        let requeued = store
-            .call(move |c| task_rows::recover(c, max_attempts))
-            .await?;
+        let requeued = if shared {
+            0
+        } else {
+            store
+                .call(move |c| task_rows::recover(c, max_attempts))
+                .await?
+        };
         let referenced = store.call(items::referenced_blobs).await?;
-        let swept = blobs.sweep(&referenced)?;
+        let min_age = if shared {
+            Duration::from_secs(3600)
+        } else {
+            Duration::ZERO
+        };
+        let swept = blobs.sweep(&referenced, min_age)?;
         if requeued > 0 || swept > 0 {
             tracing::info!(requeued, swept, "recovered from an unclean stop");
         }
@@ -97,7 +118,6 @@ impl App {
             Some(exe) => exe.clone(),
             None => crate::tasks::worker_exe()?,
         };
-        let bus = Bus::new(config.bus_capacity.max(1), REPLAY_WINDOW);
         let queue = Queue::default();
         let metrics = Arc::new(Metrics::new());
         let workers = Arc::new(Workers {
@@ -122,6 +142,9 @@ impl App {
             },
             cache_mb: config.gdal_cache_mb,
             metrics: metrics.clone(),
+            node: uuid::Uuid::new_v4().to_string().into(),
+            lease: Duration::from_secs_f64(config.lease_secs.max(0.3)),
+            max_attempts: config.max_attempts,
         });
         let workers_count = config.workers();
         let tickets = Tickets::with_ttl(Duration::from_secs(config.stream_ticket_secs));
@@ -167,10 +190,14 @@ impl App {
     /// running tasks back in the queue and returns.
     pub async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.state.shutdown.clone();
-        let mut pool = self
-            .workers
-            .clone()
-            .spawn(self.state.workers, shutdown.clone());
+        self.state.store.relay_events(shutdown.clone());
+        let mut pool = if self.state.config.role.converts() {
+            self.workers
+                .clone()
+                .spawn(self.state.workers, shutdown.clone())
+        } else {
+            tokio::task::JoinSet::new()
+        };
         tokio::spawn(crate::memory::trim_until(shutdown.clone()));
         let router = crate::http::router(self.state.clone());
         let server = crate::http::serve(
@@ -195,7 +222,12 @@ impl App {
         })
         .await;
         if drained.is_err() {
-            let requeued = self.state.store.call(task_rows::requeue_all_running).await;
+            let node = self.workers.node.clone();
+            let requeued = self
+                .state
+                .store
+                .call(move |c| task_rows::requeue_all_running(c, &node))
+                .await;
             tracing::warn!(
                 ?requeued,
                 "workers did not stop in time; their tasks were queued again"

@@ -29,6 +29,22 @@ pub enum EventKind {
     Snapshot,
 }
 
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::State => "state",
+            EventKind::Progress => "progress",
+            EventKind::Snapshot => "snapshot",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        [EventKind::State, EventKind::Progress, EventKind::Snapshot]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
 /// One event, ready to send on any channel.
 #[derive(Debug)]
 pub struct Event {
@@ -102,6 +118,36 @@ impl Event {
         }
     }
 
+    /// An event as the store's event log keeps it (PostgreSQL), made again on any node.
+    pub fn from_stored(
+        seq: u64,
+        task_id: Uuid,
+        user_id: Uuid,
+        kind: EventKind,
+        state: crate::tasks::TaskState,
+        sse: Bytes,
+    ) -> anyhow::Result<Event> {
+        let start = sse
+            .windows(DATA_FIELD.len())
+            .position(|w| w == DATA_FIELD)
+            .map(|i| i + DATA_FIELD.len())
+            .ok_or_else(|| anyhow::anyhow!("a stored event without data"))?;
+        let end = sse.len().saturating_sub(2);
+        anyhow::ensure!(start <= end, "a stored event too short");
+        let json = sse.slice(start..end);
+        Ok(Event {
+            seq,
+            task_id,
+            user_id,
+            kind,
+            is_final: state.is_final(),
+            state,
+            status_len: status_len(&json),
+            json,
+            sse,
+        })
+    }
+
     /// The task's status alone, as `GET /tasks/{id}/status` answers it: the event without the
     /// fields that follow the status's own.
     pub fn status(&self) -> Bytes {
@@ -122,6 +168,7 @@ fn status_len(json: &[u8]) -> usize {
 }
 
 const EVENT_FIELD: &[u8] = b",\"event\":";
+const DATA_FIELD: &[u8] = b"data: ";
 
 #[derive(Clone)]
 pub struct Bus {
@@ -190,6 +237,24 @@ impl Bus {
     pub fn publish(&self, task: &TaskRecord, kind: EventKind) -> Arc<Event> {
         let seq = self.inner.position.fetch_add(1, Ordering::SeqCst) + 1;
         let event = Arc::new(Event::new(task, kind, seq));
+        self.deliver(event.clone());
+        event
+    }
+
+    /// Delivers an event whose `seq` was given elsewhere (by PostgreSQL's event log, for events
+    /// from every node), in `seq` order.
+    pub fn deliver_stored(&self, event: Event) {
+        self.inner.position.fetch_max(event.seq, Ordering::SeqCst);
+        self.deliver(Arc::new(event));
+    }
+
+    /// Counts from `seq` instead of the clock: on PostgreSQL the event log numbers events, and
+    /// its last one is where this node's bus starts.
+    pub fn start_at(&self, seq: u64) {
+        self.inner.position.store(seq, Ordering::SeqCst);
+    }
+
+    fn deliver(&self, event: Arc<Event>) {
         {
             let mut window = self.inner.window.lock().unwrap_or_else(|p| p.into_inner());
             if window.len() == self.inner.window_size {
@@ -212,8 +277,7 @@ impl Bus {
             }
         }
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
-        let _ = self.inner.tx.send(event.clone());
-        event
+        let _ = self.inner.tx.send(event);
     }
 
     /// The latest event published for a task since this process started, if any.
@@ -296,5 +360,18 @@ mod tests {
         assert_eq!(parsed["seq"], 42);
         assert!(event.sse.starts_with(b"id: 42\ndata: {"));
         assert!(event.sse.ends_with(b"}\n\n"));
+
+        let stored = Event::from_stored(
+            event.seq,
+            event.task_id,
+            event.user_id,
+            event.kind,
+            event.state,
+            event.sse.clone(),
+        )
+        .unwrap();
+        assert_eq!(stored.json, event.json);
+        assert_eq!(stored.status(), event.status());
+        assert!(stored.is_final);
     }
 }

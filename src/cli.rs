@@ -41,6 +41,9 @@ enum Command {
 struct DataDir {
     #[arg(long, env = "RASTERCAST_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    /// The server's PostgreSQL, when it runs on one (as `serve --database-url`).
+    #[arg(long, env = "RASTERCAST_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -194,15 +197,20 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn open_store(dir: &Path) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(dir)?;
-    Store::open(&dir.join("rastercast.db"))
+fn open_store(dir: &DataDir) -> anyhow::Result<Store> {
+    // The CLI changes users and tokens only: nothing it does is announced.
+    let bus = crate::bus::Bus::new(1, 1);
+    if let Some(url) = &dir.database_url {
+        return Store::connect(url, bus);
+    }
+    std::fs::create_dir_all(&dir.data_dir)?;
+    Store::open(&dir.data_dir.join("rastercast.db"), bus)
 }
 
 fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create { user, dir } => {
-            let store = open_store(&dir.data_dir)?;
+            let store = open_store(&dir)?;
             let token = store.blocking(|c| {
                 let user = users::ensure_user(c, &user)?;
                 users::create_token(c, &user)
@@ -211,7 +219,7 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             println!("{token}");
         }
         TokenCommand::List { dir } => {
-            let store = open_store(&dir.data_dir)?;
+            let store = open_store(&dir)?;
             let tokens = store.blocking(users::list_tokens)?;
             println!("{:<14} {:<24} CREATED", "ID", "USER");
             for t in tokens {
@@ -219,7 +227,7 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             }
         }
         TokenCommand::Revoke { id, dir } => {
-            let store = open_store(&dir.data_dir)?;
+            let store = open_store(&dir)?;
             anyhow::ensure!(
                 store.blocking(|c| users::revoke_token(c, &id))?,
                 "no token with id {id:?}"

@@ -4,7 +4,24 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    All,
+    Api,
+    Worker,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        self != Role::Worker
+    }
+
+    pub fn converts(self) -> bool {
+        self != Role::Api
+    }
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -15,6 +32,21 @@ pub struct Config {
     /// Directory holding the database, the stored files and temporary files.
     #[arg(long, env = "RASTERCAST_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// PostgreSQL to keep users, items, tasks and events in (`postgres://user@host/db`),
+    /// shared by several nodes; without it, SQLite in the data dir.
+    #[arg(long, env = "RASTERCAST_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// What this node does: `all`, `api` (HTTP only, no conversions) or `worker`
+    /// (conversions, with only /healthz and /metrics over HTTP).
+    #[arg(long, env = "RASTERCAST_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
+
+    /// Seconds a node's claim on a running task lasts without a heartbeat; after that another
+    /// node takes the task over (PostgreSQL). Heartbeats go every third of it, at most 1 s apart.
+    #[arg(long, env = "RASTERCAST_LEASE_SECS", default_value_t = 30.0)]
+    pub lease_secs: f64,
 
     /// Conversions run at once (default: the number of CPU cores).
     #[arg(long, env = "RASTERCAST_WORKERS")]

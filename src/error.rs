@@ -40,6 +40,8 @@ pub enum AppError {
     InsufficientStorage,
     #[error("The server is shutting down; try again in a moment.")]
     ShuttingDown,
+    #[error("The database does not answer; try again in a moment.")]
+    DatabaseUnavailable,
     #[error("Internal error; it has been logged.")]
     Internal(anyhow::Error),
 }
@@ -61,7 +63,9 @@ impl AppError {
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-            AppError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::ShuttingDown | AppError::DatabaseUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,6 +88,7 @@ impl AppError {
             AppError::TooManyRequests { .. } => "too_many_requests".into(),
             AppError::InsufficientStorage => "insufficient_storage".into(),
             AppError::ShuttingDown => "shutting_down".into(),
+            AppError::DatabaseUnavailable => "database_unavailable".into(),
             AppError::Internal(_) => "internal".into(),
         }
     }

@@ -61,12 +61,14 @@ pub async fn start(
     let bus = bus.clone();
     let (rx, position, rows) = store
         .call(move |c| {
-            // Under the store's lock no event is published, so subscription, position and
-            // the rows read below all describe the same moment.
+            // Under the store's lock no event is published on this node, so subscription,
+            // position and the rows read below all describe the same moment. (On PostgreSQL,
+            // events up to `position` may still reach the bus after the subscription: they
+            // are below `position`, so the feed skips them.)
             let rx = bus.subscribe();
-            let position = bus.position();
+            let position = c.position()?;
             if let Some(after) = resume_after {
-                if let Some(missed) = bus.replay(after, |e| follow.matches(e)) {
+                if let Some(missed) = c.replay(after, |e| follow.matches(e))? {
                     // A task that ended before the client left: nothing new to replay, so the
                     // final state is sent again and the feed can end instead of idling.
                     let ended_unseen = match follow {
@@ -119,10 +121,9 @@ pub async fn snapshots(
             .lag_resyncs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let bus = bus.clone();
     let (position, tasks) = store
         .call(move |c| {
-            let position = bus.position();
+            let position = c.position()?;
             let mut tasks = Vec::new();
             for follow in follows {
                 tasks.extend(follow.select(c)?);

@@ -103,17 +103,35 @@ impl Blobs {
     }
 
     /// Start-up clean-up after a crash: partial uploads and outputs in `tmp/`, and blobs
-    /// whose row was never committed. Returns how many files were removed.
-    pub fn sweep(&self, referenced: &HashSet<String>) -> std::io::Result<usize> {
+    /// whose row was never committed, when last modified at least `min_age` ago. (Nodes that
+    /// share the directory write there too: a file another node is between writing and
+    /// committing must survive this node's start.) Returns how many files were removed.
+    pub fn sweep(
+        &self,
+        referenced: &HashSet<String>,
+        min_age: std::time::Duration,
+    ) -> std::io::Result<usize> {
+        let old_enough = |entry: &std::fs::DirEntry| {
+            min_age.is_zero()
+                || entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= min_age)
+        };
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.tmp)? {
-            std::fs::remove_file(entry?.path())?;
-            removed += 1;
+            let entry = entry?;
+            if old_enough(&entry) {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
         }
         for entry in std::fs::read_dir(&self.blobs)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !referenced.contains(&name) {
+            if !referenced.contains(&name) && old_enough(&entry) {
                 std::fs::remove_file(entry.path())?;
                 removed += 1;
             }

@@ -308,7 +308,7 @@ mod tests {
                         options: Default::default(),
                     },
                 )?;
-                task_rows::claim_next(c)?;
+                task_rows::claim_next(c, "test", 60_000)?;
                 Ok((user, task))
             })
             .await
@@ -329,13 +329,9 @@ mod tests {
         // Five events while the stream is not polled: its receiver (capacity 1) lags.
         for step in 1..=5 {
             let id = task.id;
-            crate::tasks::change(
-                &state.store,
-                &state.bus,
-                id,
-                EventKind::Progress,
-                move |c| task_rows::set_progress(c, id, step as f64 * 10.0, "Converting"),
-            )
+            crate::tasks::change(&state.store, id, EventKind::Progress, move |c| {
+                task_rows::set_progress(c, id, "test", step as f64 * 10.0, "Converting")
+            })
             .await
             .unwrap();
         }

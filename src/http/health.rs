@@ -15,16 +15,25 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// 200 once the server takes work; 503 while it shuts down or its database does not answer.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "Healthy: queue length, worker count, event counters", body = Object),
-        (status = 503, description = "Shutting down", body = crate::error::ErrorBody)), security(()))]
+        (status = 503, description = "Shutting down, or the database does not answer", body = crate::error::ErrorBody)), security(()))]
 async fn healthz(State(state): State<AppState>) -> AppResult<Json<serde_json::Value>> {
     if state.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
-    let queued = state.store.call(crate::store::tasks::pending_count).await?;
+    let queued = state
+        .store
+        .call(crate::store::tasks::pending_count)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = ?e, "health check: the database does not answer");
+            AppError::DatabaseUnavailable
+        })?;
     let bus = state.bus.stats();
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     Ok(Json(serde_json::json!({
         "status": "ok",
+        "database": if state.config.database_url.is_some() { "postgres" } else { "sqlite" },
+        "role": format!("{:?}", state.config.role).to_lowercase(),
         "queued": queued,
         "workers": state.workers,
         "events": {

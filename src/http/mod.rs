@@ -23,6 +23,20 @@ use crate::app::AppState;
 use crate::error::AppError;
 
 pub fn router(state: AppState) -> Router {
+    if !state.config.role.serves_api() {
+        // A worker node answers its load balancer's health checks and its metrics scrapes.
+        return Router::new()
+            .merge(
+                OpenApiRouter::new()
+                    .merge(health::router())
+                    .merge(metrics::router())
+                    .split_for_parts()
+                    .0,
+            )
+            .fallback(not_found)
+            .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(span_without_query))
+            .with_state(state);
+    }
     let api = OpenApiRouter::new()
         .merge(tree_items::router())
         .merge(content::router())

@@ -54,9 +54,12 @@ async fn status(
     let allowed = |owner: Uuid| !private || user.as_ref().is_some_and(|u| u.id == owner);
     // The hot path for pollers: the latest published status, already serialised. A queued
     // task's queue position moves without events of its own, so it is read from the store.
-    if let Some(event) = state
-        .bus
-        .latest(id)
+    // With several nodes, this node's bus may trail the database by a moment, and a poller
+    // that saw the database's newer status must never see an older one: read the store.
+    let single_node = state.config.database_url.is_none();
+    if let Some(event) = single_node
+        .then(|| state.bus.latest(id))
+        .flatten()
         .filter(|e| e.state != TaskState::Pending)
     {
         if !allowed(event.user_id) {
@@ -88,7 +91,7 @@ async fn cancel(
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
 ) -> AppResult<Json<serde_json::Value>> {
-    let task = crate::tasks::cancel(&state.store, &state.bus, &state.queue, user.id, id).await?;
+    let task = crate::tasks::cancel(&state.store, &state.queue, user.id, id).await?;
     Ok(Json(status_json(&task)))
 }
 

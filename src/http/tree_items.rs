@@ -558,12 +558,12 @@ async fn convert(
             item.name
         )));
     };
-    let bus = state.bus.clone();
     let limit = state.config.max_active_tasks_per_user;
     let task = state
         .store
         .call(move |c| {
-            // Counted and inserted under the one connection's lock: no race past the limit.
+            // Counted and inserted in one call that holds the user's row (PostgreSQL) or the
+            // one connection's lock (SQLite): no race past the limit.
             let active = task_rows::count_active(c, user.id)?;
             if active >= limit {
                 return Ok(Err(crate::limits::too_many_tasks(active, limit)));
@@ -579,7 +579,7 @@ async fn convert(
                     options,
                 },
             )?;
-            bus.publish(&task, crate::bus::EventKind::State);
+            c.publish(&task, crate::bus::EventKind::State)?;
             Ok(Ok(task))
         })
         .await??;

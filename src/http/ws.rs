@@ -236,7 +236,7 @@ impl Connection {
                     )];
                 };
                 let s = &self.state;
-                match crate::tasks::cancel(&s.store, &s.bus, &s.queue, user.id, task_id).await {
+                match crate::tasks::cancel(&s.store, &s.queue, user.id, task_id).await {
                     Ok(_) => Vec::new(),
                     Err(e) => vec![error_frame(e)],
                 }

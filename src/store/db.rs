@@ -12,10 +12,15 @@ use std::borrow::Cow;
 use anyhow::Context;
 use uuid::Uuid;
 
-/// A connection, inside [`super::Store::call`]. For PostgreSQL the whole call is one
-/// transaction, committed when the call returns `Ok`; SQLite commits per statement (or per
-/// [`Db::atomically`] block), under the store's one lock.
-pub enum Db<'a> {
+/// A connection, inside [`super::Store::call`], and the bus its changes are announced on.
+/// For PostgreSQL the whole call is one transaction, committed when the call returns `Ok`;
+/// SQLite commits per statement (or per [`Db::atomically`] block), under the store's one lock.
+pub struct Db<'a> {
+    pub(super) conn: Conn<'a>,
+    pub(super) bus: &'a crate::bus::Bus,
+}
+
+pub(super) enum Conn<'a> {
     Sqlite(&'a mut rusqlite::Connection),
     Postgres(postgres::Transaction<'a>),
 }
@@ -42,25 +47,25 @@ pub struct Row(Vec<Value>);
 
 impl Db<'_> {
     pub fn dialect(&self) -> Dialect {
-        match self {
-            Db::Sqlite(_) => Dialect::Sqlite,
-            Db::Postgres(_) => Dialect::Postgres,
+        match self.conn {
+            Conn::Sqlite(_) => Dialect::Sqlite,
+            Conn::Postgres(_) => Dialect::Postgres,
         }
     }
 
     /// Runs a statement; returns how many rows it changed.
     pub fn execute(&mut self, sql: &str, params: &[Value]) -> anyhow::Result<usize> {
-        match self {
-            Db::Sqlite(c) => Ok(c
+        match &mut self.conn {
+            Conn::Sqlite(c) => Ok(c
                 .prepare_cached(sql)?
                 .execute(rusqlite::params_from_iter(params))?),
-            Db::Postgres(tx) => Ok(tx.execute(&*postgres_sql(sql), &pg_params(params))? as usize),
+            Conn::Postgres(tx) => Ok(tx.execute(&*postgres_sql(sql), &pg_params(params))? as usize),
         }
     }
 
     pub fn query(&mut self, sql: &str, params: &[Value]) -> anyhow::Result<Vec<Row>> {
-        match self {
-            Db::Sqlite(c) => {
+        match &mut self.conn {
+            Conn::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql)?;
                 let width = stmt.column_count();
                 let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
@@ -71,7 +76,7 @@ impl Db<'_> {
                 })?;
                 Ok(rows.collect::<Result<_, _>>()?)
             }
-            Db::Postgres(tx) => tx
+            Conn::Postgres(tx) => tx
                 .query(&*postgres_sql(sql), &pg_params(params))?
                 .iter()
                 .map(row_from_postgres)
@@ -95,7 +100,7 @@ impl Db<'_> {
         &mut self,
         f: impl FnOnce(&mut Db) -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
-        if let Db::Postgres(_) = self {
+        if let Conn::Postgres(_) = self.conn {
             return f(self);
         }
         self.execute_batch("BEGIN IMMEDIATE")?;
@@ -119,14 +124,14 @@ impl Db<'_> {
         &mut self,
         f: impl FnOnce(&mut Db) -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
-        match self {
-            Db::Sqlite(_) => {
+        match self.conn {
+            Conn::Sqlite(_) => {
                 self.execute_batch("PRAGMA synchronous = NORMAL")?;
                 let result = f(self);
                 self.execute_batch("PRAGMA synchronous = FULL")?;
                 result
             }
-            Db::Postgres(_) => {
+            Conn::Postgres(_) => {
                 self.execute_batch("SET LOCAL synchronous_commit = off")?;
                 f(self)
             }
@@ -134,9 +139,9 @@ impl Db<'_> {
     }
 
     pub fn execute_batch(&mut self, sql: &str) -> anyhow::Result<()> {
-        match self {
-            Db::Sqlite(c) => c.execute_batch(sql)?,
-            Db::Postgres(tx) => tx.batch_execute(sql)?,
+        match &mut self.conn {
+            Conn::Sqlite(c) => c.execute_batch(sql)?,
+            Conn::Postgres(tx) => tx.batch_execute(sql)?,
         }
         Ok(())
     }
@@ -157,7 +162,7 @@ fn pg_params(params: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
         .collect()
 }
 
-fn row_from_postgres(row: &postgres::Row) -> anyhow::Result<Row> {
+pub(super) fn row_from_postgres(row: &postgres::Row) -> anyhow::Result<Row> {
     use postgres::types::Type;
     (0..row.len())
         .map(|i| {

@@ -8,6 +8,7 @@
 //! see [`db::Db::unsynced`]); PostgreSQL runs each call as one transaction.
 
 pub mod db;
+pub mod events;
 pub mod items;
 #[cfg(test)]
 mod state_props;
@@ -32,11 +33,15 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("schema_2.sql"),
     include_str!("schema_3.sql"),
+    include_str!("schema_4.sql"),
 ];
 
 /// The same schema in PostgreSQL's words (its first migration is SQLite's first three); the
 /// table `schema_version` records how many have run.
-const POSTGRES_MIGRATIONS: &[&str] = &[include_str!("postgres_1.sql")];
+const POSTGRES_MIGRATIONS: &[&str] = &[
+    include_str!("postgres_1.sql"),
+    include_str!("postgres_2.sql"),
+];
 
 enum Engine {
     Sqlite(Connection),
@@ -46,10 +51,14 @@ enum Engine {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Engine>>,
+    /// Where changes are announced (see [`events`]).
+    bus: crate::bus::Bus,
+    /// PostgreSQL's connection settings, for the event relay's own connection.
+    postgres: Option<postgres::Config>,
 }
 
 impl Store {
-    pub fn open(path: &Path) -> anyhow::Result<Store> {
+    pub fn open(path: &Path, bus: crate::bus::Bus) -> anyhow::Result<Store> {
         let mut conn = Connection::open(path)
             .with_context(|| format!("opening the database {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -61,24 +70,40 @@ impl Store {
         migrate(&mut conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(Engine::Sqlite(conn))),
+            bus,
+            postgres: None,
         })
     }
 
     /// Connects to PostgreSQL at `url` and brings its schema up to date. Several nodes may
     /// start at once: the migrations run under an advisory lock.
-    pub fn connect(url: &str) -> anyhow::Result<Store> {
+    pub fn connect(url: &str, bus: crate::bus::Bus) -> anyhow::Result<Store> {
         let config: postgres::Config = url
             .parse()
             .with_context(|| format!("reading the database URL {}", redact(url)))?;
-        Store::connect_with(&config).with_context(|| format!("connecting to {}", redact(url)))
+        Store::connect_with(&config, bus).with_context(|| format!("connecting to {}", redact(url)))
     }
 
-    fn connect_with(config: &postgres::Config) -> anyhow::Result<Store> {
+    fn connect_with(config: &postgres::Config, bus: crate::bus::Bus) -> anyhow::Result<Store> {
         let mut client = config.connect(postgres::NoTls)?;
         migrate_postgres(&mut client)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(Engine::Postgres(client))),
+            bus,
+            postgres: Some(config.clone()),
         })
+    }
+
+    /// On PostgreSQL, starts delivering every node's events to this node's bus (see
+    /// [`events::relay`]); on SQLite there is nothing to relay.
+    pub fn relay_events(&self, shutdown: tokio_util::sync::CancellationToken) {
+        if let Some(config) = self.postgres.clone() {
+            let bus = self.bus.clone();
+            std::thread::Builder::new()
+                .name("event-relay".into())
+                .spawn(move || events::relay(config, bus, shutdown))
+                .expect("a thread starts");
+        }
     }
 
     /// Runs `f` on the connection in a blocking thread.
@@ -96,12 +121,26 @@ impl Store {
     /// Runs `f` on the connection in the current thread (for the CLI and tests).
     pub fn blocking<R>(&self, f: impl FnOnce(&mut Db) -> anyhow::Result<R>) -> anyhow::Result<R> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let bus = &self.bus;
         match &mut *guard {
-            Engine::Sqlite(conn) => f(&mut Db::Sqlite(conn)),
+            Engine::Sqlite(conn) => f(&mut Db {
+                conn: db::Conn::Sqlite(conn),
+                bus,
+            }),
             Engine::Postgres(client) => {
-                let mut db = Db::Postgres(client.transaction()?);
+                // After the server restarted or the network dropped, start afresh.
+                if client.is_closed() {
+                    let config = self.postgres.as_ref().expect("PostgreSQL has its settings");
+                    *client = config.connect(postgres::NoTls)?;
+                }
+                let mut db = Db {
+                    conn: db::Conn::Postgres(client.transaction()?),
+                    bus,
+                };
                 let result = f(&mut db)?;
-                let Db::Postgres(tx) = db else { unreachable!() };
+                let db::Conn::Postgres(tx) = db.conn else {
+                    unreachable!("made above")
+                };
                 tx.commit()?;
                 Ok(result)
             }

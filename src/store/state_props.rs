@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::items::{self, ItemKind, NewItem};
 use super::tasks::{self, NewTask};
 use super::{users, Store};
-use crate::bus::{Bus, EventKind};
+use crate::bus::EventKind;
 use crate::tasks::TaskState;
 
 #[derive(Debug, Clone)]
@@ -25,6 +25,10 @@ enum Op {
     Requeue(usize),
     /// The server was killed and started again.
     CrashRestart,
+    /// The node running tasks stopped renewing its leases, and they ran out.
+    NodeLost,
+    /// A node whose leases ran out tries to end a task anyway.
+    StaleFail(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -37,6 +41,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..8usize).prop_map(Op::Fail),
         1 => (0..8usize).prop_map(Op::Requeue),
         1 => Just(Op::CrashRestart),
+        1 => Just(Op::NodeLost),
+        1 => (0..8usize).prop_map(Op::StaleFail),
     ]
 }
 
@@ -54,8 +60,10 @@ proptest! {
 }
 
 fn run(store: &Store, ops: &[Op]) {
-    let bus = Bus::new(1 << 16, 1 << 16);
     let mut last_seq = 0u64;
+    // Claims go to the current node; each lost node is followed by a new one.
+    let mut generation = 0u32;
+    let node = |generation: u32| format!("node-{generation}");
     let mut seen: Vec<(TaskState, f64)> = Vec::new();
     store
         .blocking(|c| {
@@ -77,22 +85,24 @@ fn run(store: &Store, ops: &[Op]) {
             let mut ids: Vec<Uuid> = Vec::new();
             let publish = |c: &mut super::Db, id: Uuid, last_seq: &mut u64| -> anyhow::Result<()> {
                 let task = tasks::get(c, id)?.expect("task exists");
-                let event = bus.publish(&task, EventKind::State);
-                assert!(
-                    event.seq > *last_seq,
-                    "seq {} after {}",
-                    event.seq,
-                    last_seq
-                );
-                *last_seq = event.seq;
+                let seq = c.publish(&task, EventKind::State)?;
+                assert!(seq > *last_seq, "seq {seq} after {last_seq}");
+                *last_seq = seq;
                 Ok(())
             };
             let pick = |ids: &[Uuid], i: usize| (!ids.is_empty()).then(|| ids[i % ids.len()]);
             let drain = |c: &mut super::Db| -> anyhow::Result<()> {
                 // Workers take every queued task to an end; a restart recovers running ones.
                 for _ in 0..100 {
-                    while let Some(task) = tasks::claim_next(c)? {
-                        tasks::finish(c, task.id, TaskState::Failure, "Failed", Some("drained"))?;
+                    while let Some(task) = tasks::claim_next(c, "drainer", 60_000)? {
+                        tasks::finish(
+                            c,
+                            task.id,
+                            "drainer",
+                            TaskState::Failure,
+                            "Failed",
+                            Some("drained"),
+                        )?;
                     }
                     if tasks::recover(c, MAX_ATTEMPTS)? == 0 {
                         return Ok(());
@@ -119,13 +129,13 @@ fn run(store: &Store, ops: &[Op]) {
                         publish(c, task.id, &mut last_seq)?;
                     }
                     Op::Claim => {
-                        if let Some(task) = tasks::claim_next(c)? {
+                        if let Some(task) = tasks::claim_next(c, &node(generation), 60_000)? {
                             publish(c, task.id, &mut last_seq)?;
                         }
                     }
                     Op::Progress(i, p) => {
                         if let Some(id) = pick(&ids, i) {
-                            if tasks::set_progress(c, id, p, "Converting")? {
+                            if tasks::set_progress(c, id, &node(generation), p, "Converting")? {
                                 publish(c, id, &mut last_seq)?;
                             }
                         }
@@ -151,25 +161,65 @@ fn run(store: &Store, ops: &[Op]) {
                                     geo_raster: None,
                                     source_id: Some(source.id),
                                 };
-                                tasks::publish_success(c, &record, output, serde_json::json!({}))?;
+                                tasks::publish_success(
+                                    c,
+                                    &record,
+                                    &node(generation),
+                                    output,
+                                    serde_json::json!({}),
+                                )?;
                                 publish(c, id, &mut last_seq)?;
                             }
                         }
                     }
                     Op::Fail(i) => {
                         if let Some(id) = pick(&ids, i) {
-                            tasks::finish(c, id, TaskState::Failure, "Failed", Some("broken"))?;
+                            tasks::finish(
+                                c,
+                                id,
+                                &node(generation),
+                                TaskState::Failure,
+                                "Failed",
+                                Some("broken"),
+                            )?;
                             publish(c, id, &mut last_seq)?;
                         }
                     }
                     Op::Requeue(i) => {
                         if let Some(id) = pick(&ids, i) {
-                            tasks::requeue(c, id, true, "Queued; the server restarted")?;
+                            tasks::requeue(
+                                c,
+                                id,
+                                &node(generation),
+                                true,
+                                "Queued; the server restarted",
+                            )?;
                             publish(c, id, &mut last_seq)?;
                         }
                     }
                     Op::CrashRestart => {
                         tasks::recover(c, MAX_ATTEMPTS)?;
+                        generation += 1;
+                    }
+                    Op::NodeLost => {
+                        let later = tasks::now_ms() + 3_600_000;
+                        for id in tasks::expire_leases(c, later, MAX_ATTEMPTS)? {
+                            publish(c, id, &mut last_seq)?;
+                        }
+                        generation += 1;
+                    }
+                    Op::StaleFail(i) => {
+                        if let (Some(id), Some(old)) = (pick(&ids, i), generation.checked_sub(1)) {
+                            let ended = tasks::finish(
+                                c,
+                                id,
+                                &node(old),
+                                TaskState::Failure,
+                                "Failed",
+                                None,
+                            )?;
+                            assert!(!ended, "a node whose lease ran out ended a task");
+                        }
                     }
                 }
                 for (n, id) in ids.iter().enumerate() {

@@ -1,5 +1,10 @@
 //! Task rows: the durable queue. Every state change is one conditional UPDATE whose WHERE
 //! clause is the state machine's precondition, so two actors can never both win a race.
+//!
+//! A running task is leased: the node that claimed it (`lease_owner`, a per-process id) holds
+//! it until `lease_until` (milliseconds since the epoch) and renews it by [`heartbeat`]. Every
+//! change a worker makes to its task names the owner, so a node whose lease ran out (and whose
+//! task another node took over) changes nothing and publishes nothing.
 
 use uuid::Uuid;
 
@@ -121,9 +126,15 @@ pub fn list(
     .collect()
 }
 
-/// Moves the oldest PENDING task to PROGRESS and returns it (FIFO). Concurrent claimers
-/// (other nodes, on PostgreSQL) skip the rows each other have locked.
-pub fn claim_next(db: &mut Db) -> anyhow::Result<Option<TaskRecord>> {
+/// Milliseconds since the epoch, the unit of `lease_until`.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Moves the oldest PENDING task to PROGRESS, leased to `owner` for `lease_ms`, and returns
+/// it (FIFO). Concurrent claimers (other nodes, on PostgreSQL) skip the rows each other have
+/// locked.
+pub fn claim_next(db: &mut Db, owner: &str, lease_ms: i64) -> anyhow::Result<Option<TaskRecord>> {
     db.unsynced(|db| {
         db.atomically(|db| {
             let pick = match db.dialect() {
@@ -141,27 +152,102 @@ pub fn claim_next(db: &mut Db) -> anyhow::Result<Option<TaskRecord>> {
             let id = row.uuid(0)?;
             db.execute(
                 "UPDATE tasks SET state = 'PROGRESS', attempts = attempts + 1, status = 'Starting',
-                 started_at = ?2 WHERE id = ?1 AND state = 'PENDING'",
-                vals![id, crate::time::now()],
+                 started_at = ?2, lease_owner = ?3, lease_until = ?4
+                 WHERE id = ?1 AND state = 'PENDING'",
+                vals![id, crate::time::now(), owner, now_ms() + lease_ms],
             )?;
             get(db, id)
         })
     })
 }
 
+pub enum Heartbeat {
+    /// Still ours; `cancel` says a cancel was asked for (on any node).
+    Held { cancel: bool },
+    /// The lease ran out and the task was taken over or ended: stop, publish nothing.
+    Lost,
+}
+
+/// Renews `owner`'s lease on a running task.
+pub fn heartbeat(db: &mut Db, id: Uuid, owner: &str, lease_ms: i64) -> anyhow::Result<Heartbeat> {
+    db.unsynced(|db| {
+        let renewed = db.execute(
+            "UPDATE tasks SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2
+             AND state = 'PROGRESS'",
+            vals![id, owner, now_ms() + lease_ms],
+        )? > 0;
+        if !renewed {
+            return Ok(Heartbeat::Lost);
+        }
+        let cancel = db
+            .query_one(
+                "SELECT cancel_requested FROM tasks WHERE id = ?1",
+                vals![id],
+            )?
+            .int(0)?
+            != 0;
+        Ok(Heartbeat::Held { cancel })
+    })
+}
+
+/// Running tasks whose lease ran out before `now_ms`: their node stopped or lost the database.
+/// Cancelled ones become REVOKED, those with attempts left are queued again, the rest fail.
+/// Returns the ids changed, for their events.
+pub fn expire_leases(db: &mut Db, now_ms: i64, max_attempts: u32) -> anyhow::Result<Vec<Uuid>> {
+    db.atomically(|db| {
+        let lock = match db.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        };
+        let expired = db
+            .query(
+                &format!(
+                    "SELECT id FROM tasks WHERE state = 'PROGRESS' AND lease_until < ?1{lock}"
+                ),
+                vals![now_ms],
+            )?
+            .iter()
+            .map(|r| r.uuid(0))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let now = crate::time::now();
+        for id in &expired {
+            db.execute(
+                "UPDATE tasks SET lease_owner = NULL, lease_until = NULL, state = CASE
+                     WHEN cancel_requested = 1 THEN 'REVOKED'
+                     WHEN attempts >= ?2 THEN 'FAILURE' ELSE 'PENDING' END,
+                 status = CASE
+                     WHEN cancel_requested = 1 THEN 'Cancelled'
+                     WHEN attempts >= ?2 THEN 'Failed'
+                     ELSE 'Queued again: the node running it stopped' END,
+                 error = CASE WHEN cancel_requested = 0 AND attempts >= ?2 THEN
+                     'The node running this conversion stopped ' || attempts ||
+                     ' times; it was not retried again.' END,
+                 finished_at = CASE WHEN cancel_requested = 1 OR attempts >= ?2 THEN ?3 END
+                 WHERE id = ?1 AND state = 'PROGRESS'",
+                vals![*id, max_attempts, &now],
+            )?;
+        }
+        Ok(expired)
+    })
+}
+
 /// Records progress; it never goes down, and a task being cancelled keeps its "Cancelling…".
-pub fn set_progress(db: &mut Db, id: Uuid, progress: f64, status: &str) -> anyhow::Result<bool> {
-    let sql = match db.dialect() {
-        Dialect::Sqlite => {
-            "UPDATE tasks SET progress = MAX(progress, ?2), status = ?3
-             WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0"
-        }
-        Dialect::Postgres => {
-            "UPDATE tasks SET progress = GREATEST(progress, ?2), status = ?3
-             WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0"
-        }
+pub fn set_progress(
+    db: &mut Db,
+    id: Uuid,
+    owner: &str,
+    progress: f64,
+    status: &str,
+) -> anyhow::Result<bool> {
+    let max = match db.dialect() {
+        Dialect::Sqlite => "MAX",
+        Dialect::Postgres => "GREATEST",
     };
-    db.unsynced(|db| Ok(db.execute(sql, vals![id, progress, status])? > 0))
+    let sql = format!(
+        "UPDATE tasks SET progress = {max}(progress, ?2), status = ?3
+         WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0 AND lease_owner = ?4"
+    );
+    db.unsynced(|db| Ok(db.execute(&sql, vals![id, progress, status, owner])? > 0))
 }
 
 pub enum CancelOutcome {
@@ -212,19 +298,22 @@ pub fn request_cancel(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Cance
     })
 }
 
-/// Ends a running task. Returns false if it was not running (someone else ended it).
+/// Ends `owner`'s running task. Returns false if it was not running under that owner
+/// (someone else ended it, or its lease ran out and another node has it).
 pub fn finish(
     db: &mut Db,
     id: Uuid,
+    owner: &str,
     state: TaskState,
     status: &str,
     error: Option<&str>,
 ) -> anyhow::Result<bool> {
     debug_assert!(state.is_final());
     Ok(db.execute(
-        "UPDATE tasks SET state = ?2, status = ?3, error = ?4, finished_at = ?5
-         WHERE id = ?1 AND state = 'PROGRESS'",
-        vals![id, state.as_str(), status, error, crate::time::now()],
+        "UPDATE tasks SET state = ?2, status = ?3, error = ?4, finished_at = ?5,
+         lease_owner = NULL, lease_until = NULL
+         WHERE id = ?1 AND state = 'PROGRESS' AND lease_owner = ?6",
+        vals![id, state.as_str(), status, error, crate::time::now(), owner],
     )? > 0)
 }
 
@@ -233,6 +322,8 @@ pub enum PublishOutcome {
     Published(Uuid),
     Cancelled,
     FolderGone,
+    /// The lease ran out: another node owns the task now.
+    LeaseLost,
 }
 
 /// Marks the task SUCCESS and makes its output item visible, in one transaction.
@@ -240,6 +331,7 @@ pub enum PublishOutcome {
 pub fn publish_success(
     db: &mut Db,
     task: &TaskRecord,
+    owner: &str,
     output: super::NewItem,
     mut result: serde_json::Value,
 ) -> anyhow::Result<PublishOutcome> {
@@ -253,49 +345,60 @@ pub fn publish_success(
                 return Ok(PublishOutcome::FolderGone);
             }
         }
-        let cancelled = db
-            .query_one(
-                &format!("SELECT cancel_requested, state FROM tasks WHERE id = ?1{lock}"),
-                vals![task.id],
-            )
-            .and_then(|r| Ok(r.int(0)? != 0 || r.text(1)? != "PROGRESS"))?;
-        if cancelled {
+        let row = db.query_one(
+            &format!("SELECT cancel_requested, state, lease_owner FROM tasks WHERE id = ?1{lock}"),
+            vals![task.id],
+        )?;
+        if row.opt_text(2)?.as_deref() != Some(owner) {
+            return Ok(PublishOutcome::LeaseLost);
+        }
+        if row.int(0)? != 0 || row.text(1)? != "PROGRESS" {
             return Ok(PublishOutcome::Cancelled);
         }
         let item = super::items::insert(db, output)?;
         result["tree_item_id"] = serde_json::json!(item.id);
         db.execute(
             "UPDATE tasks SET state = 'SUCCESS', progress = 100, status = 'Done', result =
-             ?2, finished_at = ?3 WHERE id = ?1",
+             ?2, finished_at = ?3, lease_owner = NULL, lease_until = NULL WHERE id = ?1",
             vals![task.id, result.to_string(), crate::time::now()],
         )?;
         Ok(PublishOutcome::Published(item.id))
     })
 }
 
-/// Puts a running task back in the queue; on a clean shutdown the attempt is refunded. A task
-/// whose cancel was asked for is not queued again: it ends REVOKED.
-pub fn requeue(db: &mut Db, id: Uuid, refund_attempt: bool, status: &str) -> anyhow::Result<bool> {
+/// Puts `owner`'s running task back in the queue; on a clean shutdown the attempt is
+/// refunded. A task whose cancel was asked for is not queued again: it ends REVOKED.
+pub fn requeue(
+    db: &mut Db,
+    id: Uuid,
+    owner: &str,
+    refund_attempt: bool,
+    status: &str,
+) -> anyhow::Result<bool> {
     let requeued = db.execute(
-        "UPDATE tasks SET state = 'PENDING', status = ?3, attempts = attempts - ?2
-         WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0",
-        vals![id, refund_attempt as i64, status],
+        "UPDATE tasks SET state = 'PENDING', status = ?3, attempts = attempts - ?2,
+         lease_owner = NULL, lease_until = NULL
+         WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0 AND lease_owner = ?4",
+        vals![id, refund_attempt as i64, status, owner],
     )? > 0;
-    Ok(requeued || finish(db, id, TaskState::Revoked, "Cancelled", None)?)
+    Ok(requeued || finish(db, id, owner, TaskState::Revoked, "Cancelled", None)?)
 }
 
-/// On a shutdown that could not wait for its workers: every task still running goes back to
-/// the queue (or ends REVOKED if its cancel was asked for), without using up an attempt.
-pub fn requeue_all_running(db: &mut Db) -> anyhow::Result<usize> {
+/// On a shutdown that could not wait for its workers: every task `owner` still runs goes
+/// back to the queue (or ends REVOKED if its cancel was asked for), without using up an
+/// attempt.
+pub fn requeue_all_running(db: &mut Db, owner: &str) -> anyhow::Result<usize> {
     db.execute(
-        "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?1
-         WHERE state = 'PROGRESS' AND cancel_requested = 1",
-        vals![crate::time::now()],
+        "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?1,
+         lease_owner = NULL, lease_until = NULL
+         WHERE state = 'PROGRESS' AND cancel_requested = 1 AND lease_owner = ?2",
+        vals![crate::time::now(), owner],
     )?;
     db.execute(
         "UPDATE tasks SET state = 'PENDING', status = 'Queued; the server restarted',
-         attempts = attempts - 1 WHERE state = 'PROGRESS'",
-        &[],
+         attempts = attempts - 1, lease_owner = NULL, lease_until = NULL
+         WHERE state = 'PROGRESS' AND lease_owner = ?1",
+        vals![owner],
     )
 }
 
@@ -344,8 +447,12 @@ pub fn delete(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<DeleteOutcome
     Ok(DeleteOutcome::Deleted)
 }
 
-/// How many of `user`'s tasks are queued or running.
+/// How many of `user`'s tasks are queued or running. On PostgreSQL the user's row stays
+/// locked until the call ends, so that nodes counting at once cannot both pass a limit.
 pub fn count_active(db: &mut Db, user: Uuid) -> anyhow::Result<u64> {
+    if db.dialect() == Dialect::Postgres {
+        db.query("SELECT 1 FROM users WHERE id = ?1 FOR UPDATE", vals![user])?;
+    }
     Ok(db
         .query_one(
             "SELECT COUNT(*) FROM tasks WHERE user_id = ?1 AND state IN ('PENDING', 'PROGRESS')",

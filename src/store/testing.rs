@@ -1,6 +1,6 @@
 //! The stores every store test runs against: SQLite in a temporary directory, and PostgreSQL
-//! when `RASTERCAST_TEST_DATABASE_URL` names a server (each store in a schema of its own,
-//! dropped afterwards).
+//! (`RASTERCAST_TEST_DATABASE_URL`, or the server `scripts/test-postgres.sh` finds or starts),
+//! each PostgreSQL store in a schema of its own, dropped afterwards.
 
 use super::Store;
 
@@ -14,13 +14,14 @@ pub struct TestStore {
 pub fn stores() -> Vec<TestStore> {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut stores = vec![TestStore {
-        store: Store::open(&dir.path().join("db.sqlite")).expect("SQLite opens"),
+        store: Store::open(&dir.path().join("db.sqlite"), bus()).expect("SQLite opens"),
         engine: "sqlite",
         _dir: Some(dir),
         schema: None,
     }];
-    if let Ok(url) = std::env::var("RASTERCAST_TEST_DATABASE_URL") {
-        let admin: postgres::Config = url.parse().expect("RASTERCAST_TEST_DATABASE_URL parses");
+    {
+        let url = test_database_url();
+        let admin: postgres::Config = url.parse().expect("the test database URL parses");
         let schema = format!("rc_test_{}", uuid::Uuid::new_v4().simple());
         admin
             .connect(postgres::NoTls)
@@ -29,7 +30,7 @@ pub fn stores() -> Vec<TestStore> {
         let mut config = admin.clone();
         config.options(&format!("-c search_path={schema}"));
         stores.push(TestStore {
-            store: Store::connect_with(&config).expect("PostgreSQL store opens"),
+            store: Store::connect_with(&config, bus()).expect("PostgreSQL store opens"),
             engine: "postgres",
             _dir: None,
             schema: Some((admin, schema)),
@@ -46,4 +47,24 @@ impl Drop for TestStore {
             }
         }
     }
+}
+
+fn bus() -> crate::bus::Bus {
+    crate::bus::Bus::new(1 << 16, 1 << 16)
+}
+
+fn test_database_url() -> String {
+    if let Ok(url) = std::env::var("RASTERCAST_TEST_DATABASE_URL") {
+        return url;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-postgres.sh");
+    let out = std::process::Command::new(script)
+        .output()
+        .expect("scripts/test-postgres.sh runs");
+    assert!(
+        out.status.success(),
+        "scripts/test-postgres.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

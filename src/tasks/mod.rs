@@ -14,11 +14,7 @@ pub use inspect::Inspector;
 pub use queue::{Queue, Workers};
 pub use state::TaskState;
 
-use std::sync::Arc;
-
-use tokio::sync::broadcast;
-
-use crate::bus::{Bus, Event, EventKind};
+use crate::bus::EventKind;
 use crate::error::{AppError, AppResult};
 use crate::store::tasks::{self as task_rows, CancelOutcome};
 use crate::store::{Store, TaskRecord};
@@ -71,11 +67,10 @@ pub fn status_json(task: &TaskRecord) -> serde_json::Value {
     serde_json::to_value(TaskStatus::from(task)).expect("status serialises")
 }
 
-/// Runs `apply` on one task and, if it changed the task, publishes its new status, all under
-/// the store's lock: event order is commit order. Returns the task as it now is.
+/// Runs `apply` on one task and, if it changed the task, announces its new status, all in one
+/// store call: event order is commit order. Returns the task as it now is.
 pub async fn change<F>(
     store: &Store,
-    bus: &Bus,
     id: Uuid,
     kind: EventKind,
     apply: F,
@@ -83,57 +78,21 @@ pub async fn change<F>(
 where
     F: FnOnce(&mut crate::store::Db) -> anyhow::Result<bool> + Send + 'static,
 {
-    let bus = bus.clone();
     store
         .call(move |c| {
             let changed = apply(c)?;
             let task = task_rows::get(c, id)?;
             if let (true, Some(task)) = (changed, &task) {
-                bus.publish(task, kind);
+                c.publish(task, kind)?;
             }
             Ok(task)
         })
         .await
 }
 
-/// A consistent starting point for a live feed: a bus subscription, the bus position, and
-/// the tasks (chosen by `select`) as they are at that position, read under the store's lock
-/// so that no event falls between the snapshot and the subscription.
-pub struct Snapshot {
-    pub rx: broadcast::Receiver<Arc<Event>>,
-    pub position: u64,
-    pub tasks: Vec<TaskRecord>,
-}
-
-pub async fn snapshot<F>(store: &Store, bus: &Bus, select: F) -> anyhow::Result<Snapshot>
-where
-    F: FnOnce(&mut crate::store::Db) -> anyhow::Result<Vec<TaskRecord>> + Send + 'static,
-{
-    let bus = bus.clone();
-    store
-        .call(move |c| {
-            let rx = bus.subscribe();
-            let position = bus.position();
-            let tasks = select(c)?;
-            Ok(Snapshot {
-                rx,
-                position,
-                tasks,
-            })
-        })
-        .await
-}
-
 /// Cancels one of `user`'s tasks: a queued one is REVOKED at once, a running one shows
-/// "Cancelling…" until its worker has stopped. Final tasks are a conflict.
-pub async fn cancel(
-    store: &Store,
-    bus: &Bus,
-    queue: &Queue,
-    user: Uuid,
-    id: Uuid,
-) -> AppResult<TaskRecord> {
-    let bus = bus.clone();
+/// "Cancelling…" until its worker (on whichever node) has stopped. Final tasks are a conflict.
+pub async fn cancel(store: &Store, queue: &Queue, user: Uuid, id: Uuid) -> AppResult<TaskRecord> {
     let (outcome, task) = store
         .call(move |c| {
             let outcome = task_rows::request_cancel(c, user, id)?;
@@ -141,7 +100,7 @@ pub async fn cancel(
             if let (CancelOutcome::Revoked | CancelOutcome::Requested, Some(task)) =
                 (&outcome, &task)
             {
-                bus.publish(task, EventKind::State);
+                c.publish(task, EventKind::State)?;
             }
             Ok((outcome, task))
         })

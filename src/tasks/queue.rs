@@ -18,7 +18,7 @@ use crate::bus::{Bus, EventKind};
 use crate::convert::worker::{Job, JobKind};
 use crate::convert::{Limits, Phase};
 use crate::store::items::{ItemKind, NewItem};
-use crate::store::tasks::{self as task_rows, PublishOutcome};
+use crate::store::tasks::{self as task_rows, Heartbeat, PublishOutcome};
 use crate::store::{Store, TaskRecord};
 use crate::tree::Blobs;
 
@@ -57,6 +57,11 @@ pub struct Workers {
     pub limits: Limits,
     pub cache_mb: usize,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This process's id as the owner of the tasks it runs.
+    pub node: Arc<str>,
+    /// How long a claim lasts without a heartbeat.
+    pub lease: Duration,
+    pub max_attempts: u32,
 }
 
 /// How often an idle worker looks at the queue even without a wake-up, as a safety net.
@@ -74,18 +79,58 @@ impl Workers {
             let shutdown = shutdown.clone();
             set.spawn(async move { workers.work(n, shutdown).await });
         }
+        let workers = self.clone();
+        set.spawn(async move { workers.reap(shutdown).await });
         set
+    }
+
+    /// Heartbeats go every third of the lease, and at least every second: that is also how
+    /// soon a cancel sent to another node reaches the conversion.
+    fn beat(&self) -> Duration {
+        (self.lease / 3).min(Duration::from_secs(1))
+    }
+
+    /// Takes back tasks whose node stopped renewing its lease (killed, or cut off from the
+    /// database), on whichever node notices first.
+    async fn reap(&self, shutdown: CancellationToken) {
+        let max_attempts = self.max_attempts;
+        while !shutdown.is_cancelled() {
+            let reaped = self
+                .store
+                .call(move |c| {
+                    let ids = task_rows::expire_leases(c, task_rows::now_ms(), max_attempts)?;
+                    for id in &ids {
+                        if let Some(task) = task_rows::get(c, *id)? {
+                            c.publish(&task, EventKind::State)?;
+                        }
+                    }
+                    Ok(ids)
+                })
+                .await;
+            match reaped {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::warn!(tasks = ?ids, "took back tasks whose lease ran out");
+                    self.queue.wake();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = ?e, "could not look for expired leases"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.beat()) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
     }
 
     async fn work(&self, n: usize, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            let bus = self.bus.clone();
+            let (node, lease) = (self.node.clone(), self.lease.as_millis() as i64);
             let claimed = self
                 .store
                 .call(move |c| {
-                    let task = task_rows::claim_next(c)?;
+                    let task = task_rows::claim_next(c, &node, lease)?;
                     if let Some(task) = &task {
-                        bus.publish(task, EventKind::State);
+                        c.publish(task, EventKind::State)?;
                     }
                     Ok(task)
                 })
@@ -133,7 +178,16 @@ impl Workers {
             stop.cancel();
         }
         let started = std::time::Instant::now();
+        let heartbeat = tokio::spawn(keep_lease(
+            self.store.clone(),
+            id,
+            self.node.clone(),
+            self.lease,
+            self.beat(),
+            stop.clone(),
+        ));
         let result = self.convert(&task, &stop).await;
+        heartbeat.abort();
         let outcome = match &result {
             Ok(()) => "success",
             Err(Outcome::Failed(_)) => "failure",
@@ -151,25 +205,28 @@ impl Workers {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
 
-        let (store, bus) = (&self.store, &self.bus);
+        // Each end below names this node as the owner: if the lease ran out meanwhile, the
+        // task is another node's now and none of them changes it.
+        let store = &self.store;
+        let node = self.node.clone();
         let ended = match result {
             Ok(()) => Ok(None),
             Err(Outcome::Stopped) if shutdown.is_cancelled() => {
-                change(store, bus, id, EventKind::State, move |c| {
-                    task_rows::requeue(c, id, true, "Queued; the server restarted")
+                change(store, id, EventKind::State, move |c| {
+                    task_rows::requeue(c, id, &node, true, "Queued; the server restarted")
                 })
                 .await
             }
             Err(Outcome::Stopped) => {
-                change(store, bus, id, EventKind::State, move |c| {
-                    task_rows::finish(c, id, TaskState::Revoked, "Cancelled", None)
+                change(store, id, EventKind::State, move |c| {
+                    task_rows::finish(c, id, &node, TaskState::Revoked, "Cancelled", None)
                 })
                 .await
             }
             Err(Outcome::Failed(error)) => {
                 tracing::info!(%error, "conversion failed");
-                change(store, bus, id, EventKind::State, move |c| {
-                    task_rows::finish(c, id, TaskState::Failure, "Failed", Some(&error))
+                change(store, id, EventKind::State, move |c| {
+                    task_rows::finish(c, id, &node, TaskState::Failure, "Failed", Some(&error))
                 })
                 .await
             }
@@ -179,10 +236,12 @@ impl Workers {
             // Never leave the task in PROGRESS: one more try, after the database settles.
             tracing::error!(error = ?e, "could not record the end of a task; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let retried = change(store, bus, id, EventKind::State, move |c| {
+            let node = self.node.clone();
+            let retried = change(store, id, EventKind::State, move |c| {
                 task_rows::finish(
                     c,
                     id,
+                    &node,
                     TaskState::Failure,
                     "Failed",
                     Some("The result could not be recorded."),
@@ -219,6 +278,7 @@ impl Workers {
             self.store.clone(),
             self.bus.clone(),
             task.id,
+            self.node.clone(),
             progress_rx,
         ));
         let outcome = child::run(&job, &self.child, stop, |percent, phase| {
@@ -256,15 +316,15 @@ impl Workers {
             source_id: Some(task.source_id),
         };
         let record = task.clone();
-        let bus = self.bus.clone();
+        let node = self.node.clone();
         let published = self
             .store
             .call(move |c| {
-                let outcome = task_rows::publish_success(c, &record, new_item, geo)?;
+                let outcome = task_rows::publish_success(c, &record, &node, new_item, geo)?;
                 if let (PublishOutcome::Published(_), Some(task)) =
                     (&outcome, task_rows::get(c, record.id)?)
                 {
-                    bus.publish(&task, EventKind::State);
+                    c.publish(&task, EventKind::State)?;
                 }
                 Ok(outcome)
             })
@@ -279,6 +339,10 @@ impl Workers {
                 self.blobs.remove(vec![blob]).await;
                 match other {
                     Ok(PublishOutcome::Cancelled) => Err(Outcome::Stopped),
+                    Ok(PublishOutcome::LeaseLost) => {
+                        tracing::warn!("the lease ran out before the output was published; another node has the task");
+                        Err(Outcome::Stopped)
+                    }
                     Ok(PublishOutcome::FolderGone) => Err(Outcome::Failed(
                         "The folder the output belonged in was deleted before the conversion finished.".into(),
                     )),
@@ -289,6 +353,36 @@ impl Workers {
                     Ok(PublishOutcome::Published(_)) => unreachable!(),
                 }
             }
+        }
+    }
+}
+
+/// Renews this node's lease on a running task until aborted. A cancel asked for on any node,
+/// or a lease that ran out, stops the conversion.
+async fn keep_lease(
+    store: Store,
+    id: Uuid,
+    node: Arc<str>,
+    lease: Duration,
+    beat: Duration,
+    stop: CancellationToken,
+) {
+    let lease = lease.as_millis() as i64;
+    loop {
+        tokio::time::sleep(beat).await;
+        let node = node.clone();
+        match store
+            .call(move |c| task_rows::heartbeat(c, id, &node, lease))
+            .await
+        {
+            Ok(Heartbeat::Held { cancel: false }) => {}
+            Ok(Heartbeat::Held { cancel: true }) => stop.cancel(),
+            Ok(Heartbeat::Lost) => {
+                tracing::warn!("the lease on this task ran out; stopping it");
+                stop.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(error = ?e, "could not renew the lease"),
         }
     }
 }
@@ -307,10 +401,17 @@ fn output_name(source: &str) -> String {
 /// Writes progress to the store and the bus, at most every `PROGRESS_EVERY`; the claim's
 /// state event already said the task started. The watch channel keeps only the newest value,
 /// so a slow write never queues stale ones, and the last value is always written.
-async fn report_progress(store: Store, bus: Bus, id: Uuid, mut rx: watch::Receiver<(f64, Phase)>) {
+async fn report_progress(
+    store: Store,
+    bus: Bus,
+    id: Uuid,
+    node: Arc<str>,
+    mut rx: watch::Receiver<(f64, Phase)>,
+) {
     let write = |(percent, phase): (f64, Phase)| {
-        change(&store, &bus, id, EventKind::Progress, move |c| {
-            task_rows::set_progress(c, id, percent, phase.sentence())
+        let node = node.clone();
+        change(&store, id, EventKind::Progress, move |c| {
+            task_rows::set_progress(c, id, &node, percent, phase.sentence())
         })
     };
     let mut sent = (*rx.borrow_and_update(), tokio::time::Instant::now());

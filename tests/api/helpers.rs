@@ -24,7 +24,8 @@ pub struct TestServer {
     pub url: String,
     /// The admin token printed on first start.
     pub token: String,
-    pub dir: TempDir,
+    /// Shared by the nodes of a cluster ([`TestServer::join`]).
+    pub dir: std::sync::Arc<TempDir>,
     args: Vec<String>,
     /// A command the server runs under (e.g. one that mounts a small disk first).
     wrapper: Vec<String>,
@@ -58,9 +59,24 @@ impl TestServer {
             child: Some(child),
             url,
             token: token.expect("first start prints the admin token"),
-            dir,
+            dir: std::sync::Arc::new(dir),
             args,
             wrapper,
+            http: Client::new(),
+        }
+    }
+
+    /// Another node beside this one: the same data dir, `args` (its database among them).
+    pub async fn join(&self, args: &[&str]) -> TestServer {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, url, _) = spawn(self.dir.path(), &args, &[]).await;
+        TestServer {
+            child: Some(child),
+            url,
+            token: self.token.clone(),
+            dir: self.dir.clone(),
+            args,
+            wrapper: Vec::new(),
             http: Client::new(),
         }
     }
@@ -105,9 +121,16 @@ impl TestServer {
 
     /// A token for another user, made with the CLI as an operator would.
     pub async fn token_for(&self, user: &str) -> String {
+        let database = self
+            .args
+            .iter()
+            .position(|a| a == "--database-url")
+            .map(|i| self.args[i..=i + 1].to_vec())
+            .unwrap_or_default();
         let out = Command::new(BIN)
             .args(["token", "create", "--user", user, "--data-dir"])
             .arg(self.dir.path())
+            .args(database)
             .output()
             .await
             .expect("token create runs");
@@ -410,4 +433,58 @@ pub fn gdal_translate(args: &[&str]) {
         .status()
         .expect("gdal_translate (gdal-bin) is installed");
     assert!(status.success(), "gdal_translate {args:?}");
+}
+
+/// A PostgreSQL database of the test's own: a fresh schema on the server that
+/// `scripts/test-postgres.sh` finds or starts, dropped when this is dropped.
+pub struct TestDatabase {
+    pub url: String,
+    admin: String,
+    schema: String,
+}
+
+impl TestDatabase {
+    pub fn new() -> TestDatabase {
+        let admin = match std::env::var("RASTERCAST_TEST_DATABASE_URL") {
+            Ok(url) => url,
+            Err(_) => {
+                let out = std::process::Command::new(
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-postgres.sh"),
+                )
+                .output()
+                .expect("scripts/test-postgres.sh runs");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8(out.stdout).unwrap().trim().to_string()
+            }
+        };
+        let schema = format!("rc_nodes_{}", uuid::Uuid::new_v4().simple());
+        run_sql(&admin, &format!("CREATE SCHEMA {schema}"))
+            .expect("the test PostgreSQL takes a new schema");
+        let join = if admin.contains('?') { '&' } else { '?' };
+        TestDatabase {
+            url: format!("{admin}{join}options=-c%20search_path%3D{schema}"),
+            admin,
+            schema,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let _ = run_sql(&self.admin, &format!("DROP SCHEMA {} CASCADE", self.schema));
+    }
+}
+
+/// The blocking client runs a runtime of its own, which must not be inside the test's.
+fn run_sql(url: &str, sql: &str) -> Result<(), postgres::Error> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        postgres::Client::connect(&url, postgres::NoTls)?.batch_execute(&sql)
+    })
+    .join()
+    .expect("the SQL thread finishes")
 }

@@ -12,3 +12,4 @@ mod isolation;
 mod lifecycle;
 mod live;
 mod live_clients;
+mod nodes;

@@ -1,0 +1,174 @@
+//! Announcing changes. On SQLite the in-process bus numbers and delivers each event at once,
+//! under the store's lock. On PostgreSQL the event is written to the `task_events` log in the
+//! transaction of the change it announces, and [`relay`] delivers the log, in `seq` order, to
+//! the bus of every node: watchers on any node see every node's events, and a resume
+//! (`Last-Event-ID`) is answered from the log, whichever node the client reconnects to.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use postgres::fallible_iterator::FallibleIterator;
+use tokio_util::sync::CancellationToken;
+
+use super::db::{vals, Conn, Db};
+use crate::bus::{Bus, Event, EventKind};
+use crate::store::TaskRecord;
+
+/// How many events the log keeps for resumes, as the in-process replay window does.
+pub const LOG_SIZE: i64 = 10_000;
+/// Serialises event-writing transactions across nodes, so that `seq` order is commit order.
+const EVENT_LOCK: i64 = 7_284_002;
+const CHANNEL: &str = "rastercast_events";
+
+impl Db<'_> {
+    /// Announces the task's new state; call it after the change, as the call's last write.
+    /// Returns the event's `seq`.
+    pub fn publish(&mut self, task: &TaskRecord, kind: EventKind) -> anyhow::Result<u64> {
+        if let Conn::Sqlite(_) = self.conn {
+            return Ok(self.bus.publish(task, kind).seq);
+        }
+        self.execute(&format!("SELECT pg_advisory_xact_lock({EVENT_LOCK})"), &[])?;
+        let seq = self
+            .query_one("SELECT nextval('task_events_seq')", &[])?
+            .int(0)?;
+        let event = Event::new(task, kind, seq as u64);
+        self.execute(
+            "INSERT INTO task_events (seq, task_id, user_id, kind, state, sse)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            vals![
+                seq,
+                task.id,
+                task.user_id,
+                kind.as_str(),
+                task.state.as_str(),
+                event.sse.to_vec()
+            ],
+        )?;
+        self.execute(&format!("SELECT pg_notify('{CHANNEL}', '')"), &[])?;
+        Ok(seq as u64)
+    }
+
+    /// The `seq` of the last event announced: a snapshot read in the same call is the state
+    /// after every event up to it.
+    pub fn position(&mut self) -> anyhow::Result<u64> {
+        if let Conn::Sqlite(_) = self.conn {
+            return Ok(self.bus.position());
+        }
+        let last = self
+            .query_one("SELECT COALESCE(MAX(seq), 0) FROM task_events", &[])?
+            .int(0)?;
+        Ok(last as u64)
+    }
+
+    /// The events after `after` that `keep` selects, or `None` when the log (or the replay
+    /// window) no longer holds all of them.
+    pub fn replay(
+        &mut self,
+        after: u64,
+        keep: impl Fn(&Event) -> bool,
+    ) -> anyhow::Result<Option<Vec<Arc<Event>>>> {
+        if let Conn::Sqlite(_) = self.conn {
+            return Ok(self.bus.replay(after, keep));
+        }
+        let position = self.position()?;
+        let oldest = self
+            .query_one("SELECT MIN(seq) FROM task_events", &[])?
+            .opt_int(0)?
+            .map_or(position + 1, |s| s as u64);
+        if after > position || after + 1 < oldest {
+            return Ok(None);
+        }
+        let events = self
+            .query(
+                &format!("SELECT {EVENT_COLUMNS} FROM task_events WHERE seq > ?1 ORDER BY seq"),
+                vals![after as i64],
+            )?
+            .iter()
+            .map(stored_event)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(
+            events
+                .into_iter()
+                .filter(|e| keep(e))
+                .map(Arc::new)
+                .collect(),
+        ))
+    }
+}
+
+const EVENT_COLUMNS: &str = "seq, task_id, user_id, kind, state, sse";
+
+fn stored_event(row: &super::db::Row) -> anyhow::Result<Event> {
+    let (kind, state) = (row.text(3)?, row.text(4)?);
+    Event::from_stored(
+        row.int(0)? as u64,
+        row.uuid(1)?,
+        row.uuid(2)?,
+        EventKind::parse(&kind).with_context(|| format!("unknown event kind {kind:?}"))?,
+        crate::tasks::TaskState::parse(&state)
+            .with_context(|| format!("unknown task state {state:?}"))?,
+        row.blob(5)?.into(),
+    )
+}
+
+/// How long the relay waits for a notification before it looks at the log anyway (a
+/// notification lost with a dropped connection costs at most this), and between reconnects.
+const RELAY_POLL: Duration = Duration::from_millis(500);
+
+/// PostgreSQL: delivers the event log to `bus`, in `seq` order, until `shutdown`; and keeps
+/// the log to its last [`LOG_SIZE`] events. Runs on a thread of its own with a connection of
+/// its own, which only LISTENs and reads.
+pub fn relay(config: postgres::Config, bus: Bus, shutdown: CancellationToken) {
+    let mut last: Option<i64> = None;
+    let mut pruned = std::time::Instant::now();
+    while !shutdown.is_cancelled() {
+        let mut run = || -> anyhow::Result<()> {
+            let mut client = config.connect(postgres::NoTls)?;
+            client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+            if last.is_none() {
+                let start: i64 = client
+                    .query_one("SELECT COALESCE(MAX(seq), 0) FROM task_events", &[])?
+                    .get(0);
+                bus.start_at(start as u64);
+                last = Some(start);
+            }
+            while !shutdown.is_cancelled() {
+                // One notification or the poll interval, then whatever else is already queued.
+                let woke = client
+                    .notifications()
+                    .timeout_iter(RELAY_POLL)
+                    .next()?
+                    .is_some();
+                if woke {
+                    while client.notifications().iter().next()?.is_some() {}
+                }
+                let rows = client.query(
+                    &format!(
+                        "SELECT {EVENT_COLUMNS} FROM task_events WHERE seq > $1 ORDER BY seq LIMIT 1000"
+                    ),
+                    &[&last.unwrap_or(0)],
+                )?;
+                for row in &rows {
+                    let row = super::db::row_from_postgres(row)?;
+                    let event = stored_event(&row)?;
+                    last = Some(event.seq as i64);
+                    bus.deliver_stored(event);
+                }
+                if pruned.elapsed() > Duration::from_secs(10) {
+                    pruned = std::time::Instant::now();
+                    client.execute(
+                        "DELETE FROM task_events WHERE seq < (SELECT seq FROM task_events
+                         ORDER BY seq DESC OFFSET $1 LIMIT 1)",
+                        &[&LOG_SIZE],
+                    )?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = run() {
+            tracing::error!(error = ?e, "the event relay lost its connection; reconnecting");
+            std::thread::sleep(RELAY_POLL);
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Several nodes on one PostgreSQL and one data dir, as real processes: a task runs once, on
+//! whichever node claims it; every node's watchers see its events; a cancel or a resume works
+//! from any node; a node killed mid-task is replaced. Leases are 1.5 s here, so a dead node's
+//! task is taken over within a few seconds.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{children_of, data, TestDatabase, TestServer};
+use crate::lifecycle::big_raster;
+use crate::live_clients::{is_final, ws_connect, ws_next, ws_send, Sse};
+
+const LEASE_SECS: &str = "1.5";
+
+/// Nodes with the given roles, on `db` and one shared data dir, each with one worker.
+async fn cluster(db: &TestDatabase, roles: &[&str]) -> Vec<TestServer> {
+    let mut nodes: Vec<TestServer> = Vec::new();
+    for role in roles {
+        let args = [
+            "--database-url",
+            &db.url,
+            "--role",
+            role,
+            "--lease-secs",
+            LEASE_SECS,
+            "--workers",
+            "1",
+        ];
+        let node = match nodes.first() {
+            None => TestServer::start_with(&args).await,
+            Some(first) => first.join(&args).await,
+        };
+        nodes.push(node);
+    }
+    nodes
+}
+
+/// Conversions this node finished with a success, from its own `/metrics`.
+async fn successes(node: &TestServer) -> u64 {
+    let text = node
+        .http
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("rastercast_conversion_seconds_count{outcome=\"success\"} ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The events of a feed that are not snapshots, as (seq, state, progress).
+fn changes(events: &[(String, Value)]) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .filter(|(_, e)| e["event"] != "snapshot")
+        .map(|(id, e)| {
+            (
+                id.clone(),
+                e["state"].to_string(),
+                e["progress"].to_string(),
+            )
+        })
+        .collect()
+}
+
+fn outputs_of(items: &Value, source: &str) -> usize {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["source_id"] == source)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_sent_to_one_node_runs_on_another_and_watchers_everywhere_see_every_event() {
+    let db = TestDatabase::new();
+    let nodes = cluster(&db, &["api", "worker", "api"]).await;
+    let (a, worker, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // A worker node serves only its health and metrics.
+    let res = worker
+        .http
+        .get(worker.api("/tasks"))
+        .bearer_auth(&worker.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let health: Value = worker
+        .http
+        .get(format!("{}/healthz", worker.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["database"], "postgres");
+    assert_eq!(health["role"], "worker");
+
+    let item = a.upload(&big_raster()).await;
+    let feed =
+        |node: &TestServer| Sse::open(node.http.get(node.api("/events")).bearer_auth(&node.token));
+    let (mut on_a, mut on_c) = (feed(a).await, feed(c).await);
+    let started = a.convert(&item, json!({})).await;
+    let id = started["task_id"].as_str().unwrap().to_string();
+    let done = |e: &Value| e["task_id"] == id.as_str() && is_final(e);
+    let (seen_a, seen_c) = (on_a.events_until(done).await, on_c.events_until(done).await);
+
+    let (changes_a, changes_c) = (changes(&seen_a), changes(&seen_c));
+    assert_eq!(
+        changes_a, changes_c,
+        "both nodes' watchers saw the same events"
+    );
+    assert!(
+        changes_a.len() >= 3,
+        "queued, started, …, done: {changes_a:?}"
+    );
+    assert!(changes_a.iter().any(|(_, s, _)| s == "\"PROGRESS\""));
+    assert_eq!(changes_a.last().unwrap().1, "\"SUCCESS\"");
+    let seqs: Vec<u64> = changes_a
+        .iter()
+        .map(|(s, _, _)| s.parse().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    // The worker node ran it; the API nodes ran nothing.
+    assert_eq!(successes(worker).await, 1);
+    assert_eq!(successes(a).await + successes(c).await, 0);
+    // Its output is readable from any node, and the status is the same everywhere.
+    let status = c.wait_final(&id).await;
+    assert_eq!(status["state"], "SUCCESS");
+    assert_eq!(status["attempts"], 1);
+    let output = status["result"]["tree_item_id"].as_str().unwrap();
+    let res = c
+        .req(
+            reqwest::Method::GET,
+            &format!("/tree-items/{output}/content"),
+            &c.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.bytes().await.unwrap().len() > 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_cancel_on_one_node_stops_the_work_on_another() {
+    let db = TestDatabase::new();
+    let nodes = cluster(&db, &["api", "worker"]).await;
+    let (api, worker) = (&nodes[0], &nodes[1]);
+    let item = api.upload(&big_raster()).await;
+    let slow = json!({"target_crs": "EPSG:4326", "overview_resampling": "lanczos"});
+    let id = api.convert(&item, slow).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.wait_for(&id, Duration::from_secs(60), |s| {
+        s["state"] == "PROGRESS" && s["progress"].as_f64().unwrap() > 2.0
+    })
+    .await;
+    assert!(
+        !children_of(worker.pid()).is_empty(),
+        "the worker node converts"
+    );
+
+    let mut socket = ws_connect(
+        &api.url,
+        &[("authorization", format!("Bearer {}", api.token))],
+    )
+    .await
+    .unwrap();
+    ws_send(&mut socket, json!({"type": "subscribe", "task_id": id})).await;
+    assert_eq!(ws_next(&mut socket).await.unwrap()["event"], "snapshot");
+    let asked = Instant::now();
+    ws_send(&mut socket, json!({"type": "cancel", "task_id": id})).await;
+    loop {
+        let frame = ws_next(&mut socket).await.expect("the socket stays open");
+        if frame["task_id"] == id.as_str() && frame["state"] == "REVOKED" {
+            break;
+        }
+    }
+    let took = asked.elapsed();
+    // A heartbeat (every 0.5 s here, at most 1 s apart) carries the cancel to the worker
+    // node, and the worker gets its grace time (1 s) to stop.
+    assert!(took < Duration::from_secs(5), "cancel took {took:?}");
+    let status = api.wait_final(&id).await;
+    assert_eq!(status["state"], "REVOKED");
+    assert_eq!(successes(worker).await, 0);
+    let items = api.get_json("/tree-items", &api.token).await.1;
+    assert_eq!(outputs_of(&items, item["id"].as_str().unwrap()), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_on_another_node_misses_nothing() {
+    let db = TestDatabase::new();
+    let nodes = cluster(&db, &["worker", "api", "api"]).await;
+    let (a, c) = (&nodes[1], &nodes[2]);
+    let item = a.upload(&big_raster()).await;
+    let id = a.convert(&item, json!({})).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/tasks/{id}/events");
+    // A reference watcher that stays, and one that leaves after three events.
+    let mut reference = Sse::open(c.http.get(c.api(&path))).await;
+    let mut leaver = Sse::open(a.http.get(a.api(&path))).await;
+    let mut first = Vec::new();
+    while first.len() < 3 {
+        let m = leaver.next().await.expect("events");
+        if let (Some(id), Some(data)) = (m.id, m.data) {
+            first.push((id, data));
+        }
+    }
+    drop(leaver);
+    let whole = reference.events_until(is_final).await;
+    let last_id = first.last().unwrap().0.clone();
+    let mut resumed = Sse::open(c.http.get(c.api(&path)).header("Last-Event-ID", &last_id)).await;
+    let rest = resumed.events_until(is_final).await;
+
+    assert!(
+        rest.iter().all(|(_, e)| e["event"] != "snapshot"),
+        "a replay, not a snapshot: {rest:?}"
+    );
+    let mut joined = changes(&first);
+    joined.extend(changes(&rest));
+    let expected: Vec<_> = changes(&whole)
+        .into_iter()
+        .filter(|(seq, _, _)| {
+            seq.parse::<u64>().unwrap() > first[0].0.parse::<u64>().unwrap()
+                || first.iter().any(|(s, _)| s == seq)
+        })
+        .collect();
+    assert_eq!(joined, expected);
+    assert_eq!(rest.last().unwrap().1["state"], "SUCCESS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_task_is_replaced_and_the_task_finishes_once() {
+    let db = TestDatabase::new();
+    let mut nodes = cluster(&db, &["api", "worker", "worker"]).await;
+    let item = nodes[0].upload(&big_raster()).await;
+    let slow = json!({"target_crs": "EPSG:4326", "overview_resampling": "lanczos"});
+    let id = nodes[0].convert(&item, slow).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    nodes[0]
+        .wait_for(&id, Duration::from_secs(60), |s| {
+            s["state"] == "PROGRESS" && s["progress"].as_f64().unwrap() > 2.0
+        })
+        .await;
+    let busy = (1..3)
+        .find(|&n| !children_of(nodes[n].pid()).is_empty())
+        .expect("one worker node converts");
+    let child = children_of(nodes[busy].pid());
+    nodes[busy].stop(libc::SIGKILL).await;
+
+    let status = nodes[0].wait_final(&id).await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
+    assert_eq!(status["attempts"], 2, "{status}");
+    let other = 3 - busy;
+    assert_eq!(successes(&nodes[other]).await, 1);
+    let items = nodes[0].get_json("/tree-items", &nodes[0].token).await.1;
+    assert_eq!(outputs_of(&items, item["id"].as_str().unwrap()), 1);
+    // The killed node's conversion died with it, and left nothing visible.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(child.iter().all(|pid| !crate::helpers::alive(*pid)));
+    let blobs = nodes[0].blob_files().len();
+    let listed = items.as_array().unwrap().len();
+    assert_eq!(
+        blobs, listed,
+        "every blob is an item's, every item has its blob"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_tasks_over_three_nodes_each_run_once() {
+    let db = TestDatabase::new();
+    let nodes = cluster(&db, &["all", "all", "all"]).await;
+    let item = nodes[0].upload(&data("byte.tif")).await;
+    let mut ids = Vec::new();
+    for n in 0..200 {
+        let node = &nodes[n % 3];
+        ids.push(
+            node.convert(&item, json!({})).await["task_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let mut outputs = HashSet::new();
+    for (n, id) in ids.iter().enumerate() {
+        let status = nodes[(n + 1) % 3].wait_final(id).await;
+        assert_eq!(status["state"], "SUCCESS", "{status}");
+        assert_eq!(status["attempts"], 1, "{status}");
+        outputs.insert(
+            status["result"]["tree_item_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(outputs.len(), 200, "each task published its own output");
+    let items = nodes[1].get_json("/tree-items", &nodes[1].token).await.1;
+    assert_eq!(outputs_of(&items, item["id"].as_str().unwrap()), 200);
+    let mut per_node = Vec::new();
+    for node in &nodes {
+        per_node.push(successes(node).await);
+    }
+    assert_eq!(per_node.iter().sum::<u64>(), 200, "{per_node:?}");
+    assert!(
+        per_node.iter().filter(|&&n| n > 0).count() >= 2,
+        "the work was shared: {per_node:?}"
+    );
+}
