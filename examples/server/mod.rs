@@ -14,12 +14,26 @@ pub struct Server {
     pub child: tokio::process::Child,
     pub url: String,
     pub token: String,
-    _dir: tempfile::TempDir,
+    /// Shared by the nodes of a cluster ([`Server::join`]).
+    dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 impl Server {
     pub async fn start(args: &[&str]) -> anyhow::Result<(Server, Duration)> {
-        let dir = tempfile::tempdir()?;
+        Server::start_in(std::sync::Arc::new(tempfile::tempdir()?), args).await
+    }
+
+    /// Another node beside this one, on the same data dir (`args` name the shared database).
+    pub async fn join(&self, args: &[&str]) -> anyhow::Result<Server> {
+        let (mut node, _) = Server::start_in(self.dir.clone(), args).await?;
+        node.token = self.token.clone();
+        Ok(node)
+    }
+
+    async fn start_in(
+        dir: std::sync::Arc<tempfile::TempDir>,
+        args: &[&str],
+    ) -> anyhow::Result<(Server, Duration)> {
         let started = Instant::now();
         let mut child = tokio::process::Command::new(root().join("target/release/rastercast"))
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
@@ -62,7 +76,7 @@ impl Server {
                 child,
                 url,
                 token,
-                _dir: dir,
+                dir,
             },
             ready,
         ))

@@ -110,6 +110,12 @@ impl TestServer {
             .expect("wait")
     }
 
+    /// Sends `signal` without waiting (SIGSTOP and SIGCONT pause and resume the server).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
     /// Starts again on the same data dir (and a new port).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop first");

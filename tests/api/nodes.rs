@@ -325,3 +325,67 @@ async fn two_hundred_tasks_over_three_nodes_each_run_once() {
         "the work was shared: {per_node:?}"
     );
 }
+
+/// A node paused past its lease (as a long GC pause or a network partition would) finds on
+/// waking that another node has its task: it stops, and publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_past_its_lease_publishes_nothing() {
+    let db = TestDatabase::new();
+    let nodes = cluster(&db, &["api", "worker", "worker"]).await;
+    let item = nodes[0].upload(&big_raster()).await;
+    let id = nodes[0].convert(&item, json!({})).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    nodes[0]
+        .wait_for(&id, Duration::from_secs(60), |s| s["state"] == "PROGRESS")
+        .await;
+    let busy = loop {
+        if let Some(n) = (1..3).find(|&n| !children_of(nodes[n].pid()).is_empty()) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Its conversion child keeps running; the node itself stops renewing the lease.
+    nodes[busy].signal(libc::SIGSTOP);
+    nodes[0]
+        .wait_for(&id, Duration::from_secs(60), |s| s["attempts"] == 2)
+        .await;
+    nodes[busy].signal(libc::SIGCONT);
+
+    let status = nodes[0].wait_final(&id).await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
+    assert_eq!(status["attempts"], 2);
+    // Time for the woken node to finish its own run and find the lease gone.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        successes(&nodes[busy]).await,
+        0,
+        "the cut-off node published"
+    );
+    assert_eq!(successes(&nodes[3 - busy]).await, 1);
+    let items = nodes[0].get_json("/tree-items", &nodes[0].token).await.1;
+    assert_eq!(outputs_of(&items, item["id"].as_str().unwrap()), 1);
+    assert_eq!(nodes[0].blob_files().len(), items.as_array().unwrap().len());
+}
+
+/// Nodes that start at once on a new database migrate it once, in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_at_once_migrate_the_database_once() {
+    let db = TestDatabase::new();
+    let runs = (0..4).map(|_| {
+        tokio::process::Command::new(crate::helpers::BIN)
+            .args(["token", "list", "--database-url", &db.url])
+            .output()
+    });
+    for out in futures_util::future::join_all(runs).await {
+        let out = out.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let nodes = cluster(&db, &["all", "all"]).await;
+    assert_eq!(nodes[1].healthz().await, 200);
+}
