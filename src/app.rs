@@ -118,6 +118,10 @@ impl App {
             Some(exe) => exe.clone(),
             None => crate::tasks::worker_exe()?,
         };
+        // Before serving: a feed that starts must find the relay already listening.
+        let relay = store.clone();
+        let relay_shutdown = shutdown.clone();
+        tokio::task::spawn_blocking(move || relay.relay_events(relay_shutdown)).await??;
         let queue = Queue::default();
         let metrics = Arc::new(Metrics::new());
         let workers = Arc::new(Workers {
@@ -144,6 +148,7 @@ impl App {
             metrics: metrics.clone(),
             node: uuid::Uuid::new_v4().to_string().into(),
             lease: Duration::from_secs_f64(config.lease_secs.max(0.3)),
+            reap: shared,
             max_attempts: config.max_attempts,
         });
         let workers_count = config.workers();
@@ -190,7 +195,6 @@ impl App {
     /// running tasks back in the queue and returns.
     pub async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.state.shutdown.clone();
-        self.state.store.relay_events(shutdown.clone());
         let mut pool = if self.state.config.role.converts() {
             self.workers
                 .clone()

@@ -65,6 +65,7 @@ pub async fn start(
             // position and the rows read below all describe the same moment. (On PostgreSQL,
             // events up to `position` may still reach the bus after the subscription: they
             // are below `position`, so the feed skips them.)
+            c.consistent_reads()?;
             let rx = bus.subscribe();
             let position = c.position()?;
             if let Some(after) = resume_after {
@@ -123,6 +124,7 @@ pub async fn snapshots(
     }
     let (position, tasks) = store
         .call(move |c| {
+            c.consistent_reads()?;
             let position = c.position()?;
             let mut tasks = Vec::new();
             for follow in follows {

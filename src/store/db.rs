@@ -116,10 +116,10 @@ impl Db<'_> {
         }
     }
 
-    /// Runs `f` with commits that skip the fsync, for writes whose loss in a power failure is
-    /// harmless: progress, and a task's claim (a lost claim is simply made again). The writes
-    /// stay atomic and survive a crash of the process; everything a client was promised (a
-    /// new task, a cancel, a final state) stays on full sync.
+    /// Runs `f` with commits that skip the fsync (SQLite), for writes whose loss in a power
+    /// failure is harmless: progress, and a task's claim (a lost claim is simply made again).
+    /// The writes stay atomic and survive a crash of the process; everything a client was
+    /// promised (a new task, a cancel, a final state) stays on full sync.
     pub fn unsynced<R>(
         &mut self,
         f: impl FnOnce(&mut Db) -> anyhow::Result<R>,
@@ -131,10 +131,9 @@ impl Db<'_> {
                 self.execute_batch("PRAGMA synchronous = FULL")?;
                 result
             }
-            Conn::Postgres(_) => {
-                self.execute_batch("SET LOCAL synchronous_commit = off")?;
-                f(self)
-            }
+            // PostgreSQL keeps its commits synchronous: these transactions also write events
+            // and advance the event sequence, which a crash must not take back.
+            Conn::Postgres(_) => f(self),
         }
     }
 

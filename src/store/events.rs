@@ -49,8 +49,18 @@ impl Db<'_> {
         Ok(seq as u64)
     }
 
-    /// The `seq` of the last event announced: a snapshot read in the same call is the state
-    /// after every event up to it.
+    /// Makes every read of this call see one moment of the database (PostgreSQL: a
+    /// repeatable-read transaction; SQLite already is one under the store's lock). Call it
+    /// first.
+    pub fn consistent_reads(&mut self) -> anyhow::Result<()> {
+        if let Conn::Postgres(_) = self.conn {
+            self.execute_batch("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+        }
+        Ok(())
+    }
+
+    /// The `seq` of the last event announced: a snapshot read in the same call (after
+    /// [`Db::consistent_reads`]) is the state after every event up to it.
     pub fn position(&mut self) -> anyhow::Result<u64> {
         if let Conn::Sqlite(_) = self.conn {
             return Ok(self.bus.position());
@@ -61,8 +71,9 @@ impl Db<'_> {
         Ok(last as u64)
     }
 
-    /// The events after `after` that `keep` selects, or `None` when the log (or the replay
-    /// window) no longer holds all of them.
+    /// The events after `after`, up to [`Db::position`], that `keep` selects, or `None` when
+    /// the log (or the replay window) no longer holds all of them. On PostgreSQL, call
+    /// [`Db::consistent_reads`] first, so that position and events are one moment's.
     pub fn replay(
         &mut self,
         after: u64,
@@ -81,8 +92,11 @@ impl Db<'_> {
         }
         let events = self
             .query(
-                &format!("SELECT {EVENT_COLUMNS} FROM task_events WHERE seq > ?1 ORDER BY seq"),
-                vals![after as i64],
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM task_events WHERE seq > ?1 AND seq <= ?2
+                     ORDER BY seq"
+                ),
+                vals![after as i64, position as i64],
             )?
             .iter()
             .map(stored_event)
@@ -115,24 +129,43 @@ fn stored_event(row: &super::db::Row) -> anyhow::Result<Event> {
 /// How long the relay waits for a notification before it looks at the log anyway (a
 /// notification lost with a dropped connection costs at most this), and between reconnects.
 const RELAY_POLL: Duration = Duration::from_millis(500);
+/// Events younger than this are never pruned, however many there are: a relay that lost its
+/// connection for less than this misses nothing when it is back.
+const LOG_MIN_AGE_MS: i64 = 10 * 60 * 1000;
 
-/// PostgreSQL: delivers the event log to `bus`, in `seq` order, until `shutdown`; and keeps
-/// the log to its last [`LOG_SIZE`] events. Runs on a thread of its own with a connection of
-/// its own, which only LISTENs and reads.
-pub fn relay(config: postgres::Config, bus: Bus, shutdown: CancellationToken) {
-    let mut last: Option<i64> = None;
+/// Starts listening on `client`; returns the log's last `seq`, where the relay starts.
+pub fn listen(client: &mut postgres::Client) -> anyhow::Result<u64> {
+    client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+    let last: i64 = client
+        .query_one("SELECT COALESCE(MAX(seq), 0) FROM task_events", &[])?
+        .get(0);
+    Ok(last as u64)
+}
+
+/// PostgreSQL: delivers the event log after `start` to `bus`, in `seq` order, until
+/// `shutdown`, on `client` (already listening) and on new connections after a loss; and keeps
+/// the log to its last [`LOG_SIZE`] events, none younger than ten minutes. Runs on a thread of
+/// its own.
+pub fn relay(
+    config: postgres::Config,
+    client: postgres::Client,
+    start: u64,
+    bus: Bus,
+    shutdown: CancellationToken,
+) {
+    let mut last = start as i64;
     let mut pruned = std::time::Instant::now();
+    let mut client = Some(client);
     while !shutdown.is_cancelled() {
         let mut run = || -> anyhow::Result<()> {
-            let mut client = config.connect(postgres::NoTls)?;
-            client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-            if last.is_none() {
-                let start: i64 = client
-                    .query_one("SELECT COALESCE(MAX(seq), 0) FROM task_events", &[])?
-                    .get(0);
-                bus.start_at(start as u64);
-                last = Some(start);
-            }
+            let mut client = match client.take() {
+                Some(c) => c,
+                None => {
+                    let mut c = super::connect_postgres(&config)?;
+                    listen(&mut c)?;
+                    c
+                }
+            };
             while !shutdown.is_cancelled() {
                 // One notification or the poll interval, then whatever else is already queued.
                 let woke = client
@@ -147,20 +180,21 @@ pub fn relay(config: postgres::Config, bus: Bus, shutdown: CancellationToken) {
                     &format!(
                         "SELECT {EVENT_COLUMNS} FROM task_events WHERE seq > $1 ORDER BY seq LIMIT 1000"
                     ),
-                    &[&last.unwrap_or(0)],
+                    &[&last],
                 )?;
                 for row in &rows {
                     let row = super::db::row_from_postgres(row)?;
                     let event = stored_event(&row)?;
-                    last = Some(event.seq as i64);
+                    last = event.seq as i64;
                     bus.deliver_stored(event);
                 }
                 if pruned.elapsed() > Duration::from_secs(10) {
                     pruned = std::time::Instant::now();
                     client.execute(
                         "DELETE FROM task_events WHERE seq < (SELECT seq FROM task_events
-                         ORDER BY seq DESC OFFSET $1 LIMIT 1)",
-                        &[&LOG_SIZE],
+                         ORDER BY seq DESC OFFSET $1 LIMIT 1)
+                         AND at_ms < CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT) - $2",
+                        &[&LOG_SIZE, &LOG_MIN_AGE_MS],
                     )?;
                 }
             }

@@ -154,6 +154,13 @@ pub fn delete_tree(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Option<V
     })
 }
 
+/// True when an item's bytes are `blob`.
+pub fn refers_to_blob(db: &mut Db, blob: &str) -> anyhow::Result<bool> {
+    Ok(db
+        .query_opt("SELECT 1 FROM items WHERE blob = ?1", vals![blob])?
+        .is_some())
+}
+
 /// Every blob name the database refers to, including sources of queued tasks.
 pub fn referenced_blobs(db: &mut Db) -> anyhow::Result<std::collections::HashSet<String>> {
     db.query(

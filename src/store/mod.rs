@@ -45,7 +45,32 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
 
 enum Engine {
     Sqlite(Connection),
-    Postgres(postgres::Client),
+    Postgres(PgClient),
+}
+
+/// The blocking PostgreSQL client drives a runtime of its own, which it shuts down when
+/// dropped: that must not happen on one of the server's runtime threads (the last `Store`
+/// clone may go there), so a client is dropped on a thread of its own.
+struct PgClient(Option<postgres::Client>);
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            std::thread::spawn(move || drop(client));
+        }
+    }
+}
+
+/// Connects with the limits a server needs: a database that does not answer fails a call in
+/// seconds instead of holding the store's lock for minutes.
+fn connect_postgres(config: &postgres::Config) -> anyhow::Result<postgres::Client> {
+    let mut config = config.clone();
+    config
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .keepalives_idle(std::time::Duration::from_secs(30));
+    let mut client = config.connect(postgres::NoTls)?;
+    client.batch_execute("SET statement_timeout = '30s'; SET lock_timeout = '10s'")?;
+    Ok(client)
 }
 
 #[derive(Clone)]
@@ -85,25 +110,33 @@ impl Store {
     }
 
     fn connect_with(config: &postgres::Config, bus: crate::bus::Bus) -> anyhow::Result<Store> {
-        let mut client = config.connect(postgres::NoTls)?;
+        let mut client = connect_postgres(config)?;
         migrate_postgres(&mut client)?;
         Ok(Store {
-            conn: Arc::new(Mutex::new(Engine::Postgres(client))),
+            conn: Arc::new(Mutex::new(Engine::Postgres(PgClient(Some(client))))),
             bus,
             postgres: Some(config.clone()),
         })
     }
 
     /// On PostgreSQL, starts delivering every node's events to this node's bus (see
-    /// [`events::relay`]); on SQLite there is nothing to relay.
-    pub fn relay_events(&self, shutdown: tokio_util::sync::CancellationToken) {
-        if let Some(config) = self.postgres.clone() {
-            let bus = self.bus.clone();
-            std::thread::Builder::new()
-                .name("event-relay".into())
-                .spawn(move || events::relay(config, bus, shutdown))
-                .expect("a thread starts");
-        }
+    /// [`events::relay`]) and returns once the relay listens, so that no feed can start
+    /// between the log's end and the relay's start; on SQLite there is nothing to relay.
+    pub fn relay_events(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Some(config) = self.postgres.clone() else {
+            return Ok(());
+        };
+        let mut client = connect_postgres(&config)?;
+        let start = events::listen(&mut client)?;
+        self.bus.start_at(start);
+        let bus = self.bus.clone();
+        std::thread::Builder::new()
+            .name("event-relay".into())
+            .spawn(move || events::relay(config, client, start, bus, shutdown))?;
+        Ok(())
     }
 
     /// Runs `f` on the connection in a blocking thread.
@@ -127,22 +160,37 @@ impl Store {
                 conn: db::Conn::Sqlite(conn),
                 bus,
             }),
-            Engine::Postgres(client) => {
-                // After the server restarted or the network dropped, start afresh.
-                if client.is_closed() {
-                    let config = self.postgres.as_ref().expect("PostgreSQL has its settings");
-                    *client = config.connect(postgres::NoTls)?;
+            Engine::Postgres(PgClient(slot)) => {
+                let config = self.postgres.as_ref().expect("PostgreSQL has its settings");
+                // A connection that the server restart or a network cut closed is found out
+                // only when used: a BEGIN that fails on it is tried once more on a new one
+                // (nothing has run yet).
+                for attempt in 0..2 {
+                    let client = match slot {
+                        Some(client) if !client.is_closed() => client,
+                        _ => slot.insert(connect_postgres(config)?),
+                    };
+                    let failed = match client.transaction() {
+                        Ok(tx) => {
+                            let mut db = Db {
+                                conn: db::Conn::Postgres(tx),
+                                bus,
+                            };
+                            let result = f(&mut db)?;
+                            let db::Conn::Postgres(tx) = db.conn else {
+                                unreachable!("made above")
+                            };
+                            tx.commit()?;
+                            return Ok(result);
+                        }
+                        Err(e) => e,
+                    };
+                    if attempt > 0 || !slot.as_ref().is_some_and(|c| c.is_closed()) {
+                        return Err(failed.into());
+                    }
+                    tracing::warn!(error = %failed, "the database connection was lost; reconnecting");
                 }
-                let mut db = Db {
-                    conn: db::Conn::Postgres(client.transaction()?),
-                    bus,
-                };
-                let result = f(&mut db)?;
-                let db::Conn::Postgres(tx) = db.conn else {
-                    unreachable!("made above")
-                };
-                tx.commit()?;
-                Ok(result)
+                unreachable!("the second attempt returns")
             }
         }
     }

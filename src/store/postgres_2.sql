@@ -10,7 +10,9 @@ CREATE TABLE task_events (
     user_id   TEXT NOT NULL,
     kind      TEXT NOT NULL,
     state     TEXT NOT NULL,
-    sse       BYTEA NOT NULL
+    sse       BYTEA NOT NULL,
+    -- When it was written (milliseconds, the database's clock): young events are never pruned.
+    at_ms     BIGINT NOT NULL DEFAULT CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)
 );
 
 -- A running task is leased to the node that claimed it (see store/tasks.rs).

@@ -202,8 +202,7 @@ fn run(store: &Store, ops: &[Op]) {
                         generation += 1;
                     }
                     Op::NodeLost => {
-                        let later = tasks::now_ms() + 3_600_000;
-                        for id in tasks::expire_leases(c, later, MAX_ATTEMPTS)? {
+                        for id in tasks::expire_leases(c, 3_600_000, MAX_ATTEMPTS)? {
                             publish(c, id, &mut last_seq)?;
                         }
                         generation += 1;

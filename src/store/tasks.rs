@@ -1,10 +1,11 @@
 //! Task rows: the durable queue. Every state change is one conditional UPDATE whose WHERE
 //! clause is the state machine's precondition, so two actors can never both win a race.
 //!
-//! A running task is leased: the node that claimed it (`lease_owner`, a per-process id) holds
-//! it until `lease_until` (milliseconds since the epoch) and renews it by [`heartbeat`]. Every
-//! change a worker makes to its task names the owner, so a node whose lease ran out (and whose
-//! task another node took over) changes nothing and publishes nothing.
+//! A running task is leased: the claim (`lease_owner`, the claiming process's id and a token
+//! of this claim alone) holds it until `lease_until` (milliseconds since the epoch, on the
+//! database's clock) and renews it by [`heartbeat`]. Every change a worker makes to its task
+//! names its claim, so a run whose lease ran out (and whose task was taken over, even by
+//! another worker of the same process) changes nothing and publishes nothing.
 
 use uuid::Uuid;
 
@@ -126,9 +127,18 @@ pub fn list(
     .collect()
 }
 
-/// Milliseconds since the epoch, the unit of `lease_until`.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+/// The database's clock in milliseconds since the epoch, the unit of `lease_until`: one
+/// clock for every node, so a node whose clock is off cannot steal or keep leases.
+fn now_ms(db: &Db) -> &'static str {
+    match db.dialect() {
+        Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+        Dialect::Postgres => "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)",
+    }
+}
+
+/// A fresh claim's owner: `node` (the process) and a token of this claim alone.
+pub fn claim_owner(node: &str) -> String {
+    format!("{node}/{}", Uuid::new_v4().simple())
 }
 
 /// Moves the oldest PENDING task to PROGRESS, leased to `owner` for `lease_ms`, and returns
@@ -151,10 +161,13 @@ pub fn claim_next(db: &mut Db, owner: &str, lease_ms: i64) -> anyhow::Result<Opt
             };
             let id = row.uuid(0)?;
             db.execute(
-                "UPDATE tasks SET state = 'PROGRESS', attempts = attempts + 1, status = 'Starting',
-                 started_at = ?2, lease_owner = ?3, lease_until = ?4
-                 WHERE id = ?1 AND state = 'PENDING'",
-                vals![id, crate::time::now(), owner, now_ms() + lease_ms],
+                &format!(
+                    "UPDATE tasks SET state = 'PROGRESS', attempts = attempts + 1,
+                     status = 'Starting', started_at = ?2, lease_owner = ?3,
+                     lease_until = {} + ?4 WHERE id = ?1 AND state = 'PENDING'",
+                    now_ms(db)
+                ),
+                vals![id, crate::time::now(), owner, lease_ms],
             )?;
             get(db, id)
         })
@@ -172,9 +185,12 @@ pub enum Heartbeat {
 pub fn heartbeat(db: &mut Db, id: Uuid, owner: &str, lease_ms: i64) -> anyhow::Result<Heartbeat> {
     db.unsynced(|db| {
         let renewed = db.execute(
-            "UPDATE tasks SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2
-             AND state = 'PROGRESS'",
-            vals![id, owner, now_ms() + lease_ms],
+            &format!(
+                "UPDATE tasks SET lease_until = {} + ?3 WHERE id = ?1 AND lease_owner = ?2
+                 AND state = 'PROGRESS'",
+                now_ms(db)
+            ),
+            vals![id, owner, lease_ms],
         )? > 0;
         if !renewed {
             return Ok(Heartbeat::Lost);
@@ -190,10 +206,10 @@ pub fn heartbeat(db: &mut Db, id: Uuid, owner: &str, lease_ms: i64) -> anyhow::R
     })
 }
 
-/// Running tasks whose lease ran out before `now_ms`: their node stopped or lost the database.
-/// Cancelled ones become REVOKED, those with attempts left are queued again, the rest fail.
-/// Returns the ids changed, for their events.
-pub fn expire_leases(db: &mut Db, now_ms: i64, max_attempts: u32) -> anyhow::Result<Vec<Uuid>> {
+/// Running tasks whose lease ran out (`ahead_ms` from now; tests look ahead): their node
+/// stopped or lost the database. Cancelled ones become REVOKED, those with attempts left are
+/// queued again, the rest fail. Returns the ids changed, for their events.
+pub fn expire_leases(db: &mut Db, ahead_ms: i64, max_attempts: u32) -> anyhow::Result<Vec<Uuid>> {
     db.atomically(|db| {
         let lock = match db.dialect() {
             Dialect::Sqlite => "",
@@ -202,9 +218,10 @@ pub fn expire_leases(db: &mut Db, now_ms: i64, max_attempts: u32) -> anyhow::Res
         let expired = db
             .query(
                 &format!(
-                    "SELECT id FROM tasks WHERE state = 'PROGRESS' AND lease_until < ?1{lock}"
+                    "SELECT id FROM tasks WHERE state = 'PROGRESS' AND lease_until < {} + ?1{lock}",
+                    now_ms(db)
                 ),
-                vals![now_ms],
+                vals![ahead_ms],
             )?
             .iter()
             .map(|r| r.uuid(0))
@@ -384,21 +401,22 @@ pub fn requeue(
     Ok(requeued || finish(db, id, owner, TaskState::Revoked, "Cancelled", None)?)
 }
 
-/// On a shutdown that could not wait for its workers: every task `owner` still runs goes
-/// back to the queue (or ends REVOKED if its cancel was asked for), without using up an
+/// On a shutdown that could not wait for its workers: every task `node`'s claims still run
+/// goes back to the queue (or ends REVOKED if its cancel was asked for), without using up an
 /// attempt.
-pub fn requeue_all_running(db: &mut Db, owner: &str) -> anyhow::Result<usize> {
+pub fn requeue_all_running(db: &mut Db, node: &str) -> anyhow::Result<usize> {
+    let claims = format!("{node}/%");
     db.execute(
         "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?1,
          lease_owner = NULL, lease_until = NULL
-         WHERE state = 'PROGRESS' AND cancel_requested = 1 AND lease_owner = ?2",
-        vals![crate::time::now(), owner],
+         WHERE state = 'PROGRESS' AND cancel_requested = 1 AND lease_owner LIKE ?2",
+        vals![crate::time::now(), &claims],
     )?;
     db.execute(
         "UPDATE tasks SET state = 'PENDING', status = 'Queued; the server restarted',
          attempts = attempts - 1, lease_owner = NULL, lease_until = NULL
-         WHERE state = 'PROGRESS' AND lease_owner = ?1",
-        vals![owner],
+         WHERE state = 'PROGRESS' AND lease_owner LIKE ?1",
+        vals![claims],
     )
 }
 

@@ -61,6 +61,9 @@ pub struct Workers {
     pub node: Arc<str>,
     /// How long a claim lasts without a heartbeat.
     pub lease: Duration,
+    /// Take back tasks whose lease ran out: with other nodes on the database. Alone, a
+    /// process's tasks can only be cut off by its own stop, which start-up recovery covers.
+    pub reap: bool,
     pub max_attempts: u32,
 }
 
@@ -79,8 +82,10 @@ impl Workers {
             let shutdown = shutdown.clone();
             set.spawn(async move { workers.work(n, shutdown).await });
         }
-        let workers = self.clone();
-        set.spawn(async move { workers.reap(shutdown).await });
+        if self.reap {
+            let workers = self.clone();
+            set.spawn(async move { workers.reap(shutdown).await });
+        }
         set
     }
 
@@ -98,7 +103,7 @@ impl Workers {
             let reaped = self
                 .store
                 .call(move |c| {
-                    let ids = task_rows::expire_leases(c, task_rows::now_ms(), max_attempts)?;
+                    let ids = task_rows::expire_leases(c, 0, max_attempts)?;
                     for id in &ids {
                         if let Some(task) = task_rows::get(c, *id)? {
                             c.publish(&task, EventKind::State)?;
@@ -124,11 +129,12 @@ impl Workers {
 
     async fn work(&self, n: usize, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            let (node, lease) = (self.node.clone(), self.lease.as_millis() as i64);
+            let owner: Arc<str> = task_rows::claim_owner(&self.node).into();
+            let (claim, lease) = (owner.clone(), self.lease.as_millis() as i64);
             let claimed = self
                 .store
                 .call(move |c| {
-                    let task = task_rows::claim_next(c, &node, lease)?;
+                    let task = task_rows::claim_next(c, &claim, lease)?;
                     if let Some(task) = &task {
                         c.publish(task, EventKind::State)?;
                     }
@@ -138,7 +144,7 @@ impl Workers {
             match claimed {
                 Ok(Some(task)) => {
                     let span = tracing::info_span!("task", id = %task.id, worker = n);
-                    self.run(task, &shutdown).instrument(span).await;
+                    self.run(task, owner, &shutdown).instrument(span).await;
                 }
                 Ok(None) => {
                     self.child.warm.retire_idle();
@@ -164,7 +170,8 @@ impl Workers {
             .flatten()
     }
 
-    async fn run(&self, task: TaskRecord, shutdown: &CancellationToken) {
+    /// Runs a task this worker claimed as `owner`.
+    async fn run(&self, task: TaskRecord, owner: Arc<str>, shutdown: &CancellationToken) {
         let id = task.id;
         tracing::info!(source = %task.source_name, attempt = task.attempts, "conversion started");
         let stop = shutdown.child_token();
@@ -181,12 +188,12 @@ impl Workers {
         let heartbeat = tokio::spawn(keep_lease(
             self.store.clone(),
             id,
-            self.node.clone(),
+            owner.clone(),
             self.lease,
             self.beat(),
             stop.clone(),
         ));
-        let result = self.convert(&task, &stop).await;
+        let result = self.convert(&task, &owner, &stop).await;
         heartbeat.abort();
         let outcome = match &result {
             Ok(()) => "success",
@@ -205,10 +212,10 @@ impl Workers {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
 
-        // Each end below names this node as the owner: if the lease ran out meanwhile, the
-        // task is another node's now and none of them changes it.
+        // Each end below names this claim: if the lease ran out meanwhile, the task is another
+        // claim's now and none of them changes it.
         let store = &self.store;
-        let node = self.node.clone();
+        let node = owner.clone();
         let ended = match result {
             Ok(()) => Ok(None),
             Err(Outcome::Stopped) if shutdown.is_cancelled() => {
@@ -236,7 +243,7 @@ impl Workers {
             // Never leave the task in PROGRESS: one more try, after the database settles.
             tracing::error!(error = ?e, "could not record the end of a task; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let node = self.node.clone();
+            let node = owner.clone();
             let retried = change(store, id, EventKind::State, move |c| {
                 task_rows::finish(
                     c,
@@ -255,7 +262,12 @@ impl Workers {
     }
 
     /// Runs the child and publishes its output. `Err` says how the task ended otherwise.
-    async fn convert(&self, task: &TaskRecord, stop: &CancellationToken) -> Result<(), Outcome> {
+    async fn convert(
+        &self,
+        task: &TaskRecord,
+        owner: &Arc<str>,
+        stop: &CancellationToken,
+    ) -> Result<(), Outcome> {
         let input = self
             .blobs
             .path(&task.source_blob)
@@ -278,7 +290,7 @@ impl Workers {
             self.store.clone(),
             self.bus.clone(),
             task.id,
-            self.node.clone(),
+            owner.clone(),
             progress_rx,
         ));
         let outcome = child::run(&job, &self.child, stop, |percent, phase| {
@@ -316,7 +328,7 @@ impl Workers {
             source_id: Some(task.source_id),
         };
         let record = task.clone();
-        let node = self.node.clone();
+        let node = owner.clone();
         let published = self
             .store
             .call(move |c| {
@@ -336,7 +348,22 @@ impl Workers {
                 Ok(())
             }
             other => {
-                self.blobs.remove(vec![blob]).await;
+                // An error may have come after the commit (a connection lost while it was
+                // acknowledged): the file is removed only when no item refers to it. If that
+                // cannot be told either, it stays, and a later start's sweep removes it.
+                let unreferenced = match &other {
+                    Ok(_) => true,
+                    Err(_) => {
+                        let name = blob.clone();
+                        self.store
+                            .call(move |c| crate::store::items::refers_to_blob(c, &name))
+                            .await
+                            .is_ok_and(|referenced| !referenced)
+                    }
+                };
+                if unreferenced {
+                    self.blobs.remove(vec![blob]).await;
+                }
                 match other {
                     Ok(PublishOutcome::Cancelled) => Err(Outcome::Stopped),
                     Ok(PublishOutcome::LeaseLost) => {

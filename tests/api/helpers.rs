@@ -472,10 +472,28 @@ impl TestDatabase {
             .expect("the test PostgreSQL takes a new schema");
         let join = if admin.contains('?') { '&' } else { '?' };
         TestDatabase {
-            url: format!("{admin}{join}options=-c%20search_path%3D{schema}"),
+            url: format!(
+                "{admin}{join}options=-c%20search_path%3D{schema}&application_name={schema}"
+            ),
             admin,
             schema,
         }
+    }
+}
+
+impl TestDatabase {
+    /// Ends every server connection that works in this database's schema, as a database
+    /// restart or a network cut would.
+    pub fn cut_connections(&self) {
+        run_sql(
+            &self.admin,
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = '{}'",
+                self.schema
+            ),
+        )
+        .expect("connections are cut");
     }
 }
 

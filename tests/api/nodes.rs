@@ -369,7 +369,8 @@ async fn a_node_cut_off_past_its_lease_publishes_nothing() {
     assert_eq!(nodes[0].blob_files().len(), items.as_array().unwrap().len());
 }
 
-/// Nodes that start at once on a new database migrate it once, in turn.
+/// Nodes that start at once on a new database migrate it once, in turn; a node stopped with
+/// SIGTERM exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_at_once_migrate_the_database_once() {
     let db = TestDatabase::new();
@@ -386,6 +387,56 @@ async fn nodes_starting_at_once_migrate_the_database_once() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let nodes = cluster(&db, &["all", "all"]).await;
+    let mut nodes = cluster(&db, &["all", "all"]).await;
     assert_eq!(nodes[1].healthz().await, 200);
+    // And a node leaves cleanly on SIGTERM.
+    let status = nodes[1].stop(libc::SIGTERM).await;
+    assert!(status.success(), "{status:?}");
+}
+
+/// A node whose database connections are cut answers 503 on `/healthz` while it cannot reach
+/// the database, reconnects by itself, and its watchers get events again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reconnects_after_its_database_connections_are_cut() {
+    let db = TestDatabase::new();
+    let nodes = cluster(&db, &["all"]).await;
+    let node = &nodes[0];
+    assert_eq!(node.healthz().await, 200);
+    let item = node.upload(&data("byte.tif")).await;
+
+    db.cut_connections();
+    // The first use of a cut connection fails (503), the next reconnects.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut codes = Vec::new();
+    loop {
+        let code = node.healthz().await;
+        codes.push(code.as_u16());
+        if code == 200 {
+            break;
+        }
+        assert_eq!(code, 503, "{codes:?}");
+        assert!(Instant::now() < deadline, "no reconnect: {codes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health: Value = node
+        .http
+        .get(format!("{}/healthz", node.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+
+    // The relay reconnected too: a feed sees a new conversion through to SUCCESS.
+    let mut feed = Sse::open(node.http.get(node.api("/events")).bearer_auth(&node.token)).await;
+    let id = node.convert(&item, json!({})).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let seen = feed
+        .events_until(|e| e["task_id"] == id.as_str() && is_final(e))
+        .await;
+    assert_eq!(seen.last().unwrap().1["state"], "SUCCESS");
 }
