@@ -35,7 +35,8 @@ async fn healthz(State(state): State<AppState>) -> AppResult<Json<serde_json::Va
         "database": if state.config.database_url.is_some() { "postgres" } else { "sqlite" },
         "role": format!("{:?}", state.config.role).to_lowercase(),
         "queued": queued,
-        "workers": state.workers,
+        // An API node runs no conversions.
+        "workers": if state.config.role.converts() { state.workers } else { 0 },
         "events": {
             "published": count(&bus.published),
             "coalesced": count(&bus.coalesced),
