@@ -132,6 +132,8 @@ test('a reload in the middle of a task reattaches to it', async (t) => {
   await page.waitForFunction(() => Number(document.querySelector('#tasks li .bar')?.getAttribute('aria-valuenow')) > 3, null, { timeout: 60000 });
   await page.reload();
   await page.waitForSelector('#app:not([hidden])');
+  // The task list comes with the live feed's first snapshot, a moment after the page shows.
+  await page.waitForSelector('#tasks li .bar', { timeout: 15000 });
   const after = await progress();
   assert.ok(after > 3, `the task is back after the reload at ${after}%`);
   await page.waitForFunction((p) => Number(document.querySelector('#tasks li .bar').getAttribute('aria-valuenow')) > p, after, { timeout: 60000 });
