@@ -73,7 +73,13 @@ impl App {
             Some(url) => {
                 // The blocking client drives a runtime of its own: not on this one's thread.
                 let (url, bus) = (url.clone(), bus.clone());
-                tokio::task::spawn_blocking(move || Store::connect(&url, bus)).await??
+                let log = crate::store::events::LogLimits {
+                    size: config.event_log_size.max(1),
+                    min_age: Duration::from_secs(config.event_log_min_age_secs),
+                };
+                tokio::task::spawn_blocking(move || Store::connect(&url, bus))
+                    .await??
+                    .with_event_log(log)
             }
             None => Store::open(&config.data_dir.join("rastercast.db"), bus.clone())?,
         };

@@ -145,6 +145,24 @@ pub struct Config {
     )]
     pub stream_ticket_secs: u64,
 
+    /// PostgreSQL's event log keeps at least this many events (and every event younger than
+    /// `--event-log-min-age-secs`); small values let tests prune it.
+    #[arg(
+        long,
+        env = "RASTERCAST_EVENT_LOG_SIZE",
+        default_value_t = 10_000,
+        hide = true
+    )]
+    pub event_log_size: i64,
+
+    #[arg(
+        long,
+        env = "RASTERCAST_EVENT_LOG_MIN_AGE_SECS",
+        default_value_t = 600,
+        hide = true
+    )]
+    pub event_log_min_age_secs: u64,
+
     /// The executable run as a conversion worker (default: this program).
     #[arg(long, env = "RASTERCAST_WORKER_EXE", hide = true)]
     pub worker_exe: Option<PathBuf>,

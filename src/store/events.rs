@@ -15,8 +15,23 @@ use super::db::{vals, Conn, Db};
 use crate::bus::{Bus, Event, EventKind};
 use crate::store::TaskRecord;
 
-/// How many events the log keeps for resumes, as the in-process replay window does.
-pub const LOG_SIZE: i64 = 10_000;
+/// What the event log keeps: at least `size` events (as the in-process replay window does),
+/// and every event younger than `min_age`, so that a relay that lost its connection for less
+/// than that misses nothing when it is back.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    pub size: i64,
+    pub min_age: Duration,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        LogLimits {
+            size: 10_000,
+            min_age: Duration::from_secs(600),
+        }
+    }
+}
 /// Serialises event-writing transactions across nodes, so that `seq` order is commit order.
 const EVENT_LOCK: i64 = 7_284_002;
 const CHANNEL: &str = "rastercast_events";
@@ -129,9 +144,6 @@ fn stored_event(row: &super::db::Row) -> anyhow::Result<Event> {
 /// How long the relay waits for a notification before it looks at the log anyway (a
 /// notification lost with a dropped connection costs at most this), and between reconnects.
 const RELAY_POLL: Duration = Duration::from_millis(500);
-/// Events younger than this are never pruned, however many there are: a relay that lost its
-/// connection for less than this misses nothing when it is back.
-const LOG_MIN_AGE_MS: i64 = 10 * 60 * 1000;
 
 /// Starts listening on `client`; returns the log's last `seq`, where the relay starts.
 pub fn listen(client: &mut postgres::Client) -> anyhow::Result<u64> {
@@ -143,17 +155,21 @@ pub fn listen(client: &mut postgres::Client) -> anyhow::Result<u64> {
 }
 
 /// PostgreSQL: delivers the event log after `start` to `bus`, in `seq` order, until
-/// `shutdown`, on `client` (already listening) and on new connections after a loss; and keeps
-/// the log to its last [`LOG_SIZE`] events, none younger than ten minutes. Runs on a thread of
-/// its own.
+/// `shutdown`, on `client` (already listening) and on new connections after a loss; and prunes
+/// the log to `limits`. A relay that finds the log pruned past what it delivered (it was cut
+/// off or paused for longer than `limits.min_age`) resyncs the bus's feeds with snapshots of
+/// every task changed meanwhile. Runs on a thread of its own.
 pub fn relay(
     config: postgres::Config,
     client: postgres::Client,
     start: u64,
     bus: Bus,
+    limits: LogLimits,
     shutdown: CancellationToken,
 ) {
     let mut last = start as i64;
+    // When the relay last knew itself up to date: tasks changed since may need a resync.
+    let mut synced_at = chrono::Utc::now();
     let mut pruned = std::time::Instant::now();
     let mut client = Some(client);
     while !shutdown.is_cancelled() {
@@ -182,19 +198,27 @@ pub fn relay(
                     ),
                     &[&last],
                 )?;
-                for row in &rows {
-                    let row = super::db::row_from_postgres(row)?;
-                    let event = stored_event(&row)?;
-                    last = event.seq as i64;
-                    bus.deliver_stored(event);
+                let first: Option<i64> = rows.first().map(|r| r.get(0));
+                if first.is_some_and(|f| f > last + 1) && pruned_past(&mut client, last)? {
+                    let since = synced_at - chrono::Duration::minutes(1);
+                    tracing::warn!(%since, "the event log was pruned past this node's relay; resyncing its feeds");
+                    last = resync(&mut client, &bus, &crate::time::format(since))?;
+                } else {
+                    for row in &rows {
+                        let row = super::db::row_from_postgres(row)?;
+                        let event = stored_event(&row)?;
+                        last = event.seq as i64;
+                        bus.deliver_stored(event);
+                    }
                 }
+                synced_at = chrono::Utc::now();
                 if pruned.elapsed() > Duration::from_secs(10) {
                     pruned = std::time::Instant::now();
                     client.execute(
                         "DELETE FROM task_events WHERE seq < (SELECT seq FROM task_events
                          ORDER BY seq DESC OFFSET $1 LIMIT 1)
                          AND at_ms < CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT) - $2",
-                        &[&LOG_SIZE, &LOG_MIN_AGE_MS],
+                        &[&limits.size, &(limits.min_age.as_millis() as i64)],
                     )?;
                 }
             }
@@ -205,4 +229,36 @@ pub fn relay(
             std::thread::sleep(RELAY_POLL);
         }
     }
+}
+
+/// True when the log no longer holds the events right after `last`: its oldest is later.
+/// (A gap in `seq` alone is no sign: a rolled-back transaction leaves one.)
+fn pruned_past(client: &mut postgres::Client, last: i64) -> anyhow::Result<bool> {
+    let oldest: Option<i64> = client
+        .query_one("SELECT MIN(seq) FROM task_events", &[])?
+        .get(0);
+    Ok(oldest.is_some_and(|o| o > last + 1))
+}
+
+/// Delivers a resync snapshot of every task changed since `since` (and every unfinished one)
+/// as of the log's end, and returns that end.
+fn resync(client: &mut postgres::Client, bus: &Bus, since: &str) -> anyhow::Result<i64> {
+    let mut db = Db {
+        conn: Conn::Postgres(client.transaction()?),
+        bus,
+    };
+    db.consistent_reads()?;
+    let position = db.position()?;
+    let tasks = super::tasks::changed_since(&mut db, since)?;
+    let Conn::Postgres(tx) = db.conn else {
+        unreachable!("made above")
+    };
+    tx.commit()?;
+    for task in &tasks {
+        bus.deliver_stored(Event::snapshot(task, position, true));
+    }
+    bus.stats()
+        .lag_resyncs
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(position as i64)
 }

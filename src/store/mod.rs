@@ -80,6 +80,8 @@ pub struct Store {
     bus: crate::bus::Bus,
     /// PostgreSQL's connection settings, for the event relay's own connection.
     postgres: Option<postgres::Config>,
+    /// What PostgreSQL's event log keeps.
+    log: events::LogLimits,
 }
 
 impl Store {
@@ -97,6 +99,7 @@ impl Store {
             conn: Arc::new(Mutex::new(Engine::Sqlite(conn))),
             bus,
             postgres: None,
+            log: events::LogLimits::default(),
         })
     }
 
@@ -116,7 +119,14 @@ impl Store {
             conn: Arc::new(Mutex::new(Engine::Postgres(PgClient(Some(client))))),
             bus,
             postgres: Some(config.clone()),
+            log: events::LogLimits::default(),
         })
+    }
+
+    /// Keeps PostgreSQL's event log to `limits` instead of the defaults.
+    pub fn with_event_log(mut self, limits: events::LogLimits) -> Store {
+        self.log = limits;
+        self
     }
 
     /// On PostgreSQL, starts delivering every node's events to this node's bus (see
@@ -132,10 +142,10 @@ impl Store {
         let mut client = connect_postgres(&config)?;
         let start = events::listen(&mut client)?;
         self.bus.start_at(start);
-        let bus = self.bus.clone();
+        let (bus, limits) = (self.bus.clone(), self.log);
         std::thread::Builder::new()
             .name("event-relay".into())
-            .spawn(move || events::relay(config, client, start, bus, shutdown))?;
+            .spawn(move || events::relay(config, client, start, bus, limits, shutdown))?;
         Ok(())
     }
 

@@ -107,6 +107,20 @@ pub fn get(db: &mut Db, id: Uuid) -> anyhow::Result<Option<TaskRecord>> {
     .transpose()
 }
 
+/// Every unfinished task, and every task that finished at or after `since` (RFC 3339).
+pub fn changed_since(db: &mut Db, since: &str) -> anyhow::Result<Vec<TaskRecord>> {
+    db.query(
+        &format!(
+            "SELECT {COLUMNS} FROM tasks WHERE state IN ('PENDING', 'PROGRESS')
+             OR finished_at >= ?1 ORDER BY seq"
+        ),
+        vals![since],
+    )?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
 /// The caller's tasks, newest first; `before` is the `seq` cursor of the previous page.
 pub fn list(
     db: &mut Db,

@@ -16,9 +16,13 @@ const LEASE_SECS: &str = "1.5";
 
 /// Nodes with the given roles, on `db` and one shared data dir, each with one worker.
 async fn cluster(db: &TestDatabase, roles: &[&str]) -> Vec<TestServer> {
+    cluster_with(db, roles, &[]).await
+}
+
+async fn cluster_with(db: &TestDatabase, roles: &[&str], extra: &[&str]) -> Vec<TestServer> {
     let mut nodes: Vec<TestServer> = Vec::new();
     for role in roles {
-        let args = [
+        let mut args = vec![
             "--database-url",
             &db.url,
             "--role",
@@ -28,6 +32,7 @@ async fn cluster(db: &TestDatabase, roles: &[&str]) -> Vec<TestServer> {
             "--workers",
             "1",
         ];
+        args.extend_from_slice(extra);
         let node = match nodes.first() {
             None => TestServer::start_with(&args).await,
             Some(first) => first.join(&args).await,
@@ -439,4 +444,50 @@ async fn a_node_reconnects_after_its_database_connections_are_cut() {
         .events_until(|e| e["task_id"] == id.as_str() && is_final(e))
         .await;
     assert_eq!(seen.last().unwrap().1["state"], "SUCCESS");
+}
+
+/// A node paused for longer than the event log keeps events comes back to a pruned log: its
+/// watchers get a resync snapshot of every task that changed meanwhile, final states included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_slept_past_the_event_log_resyncs_its_watchers() {
+    let db = TestDatabase::new();
+    let small_log = ["--event-log-size", "2", "--event-log-min-age-secs", "0"];
+    let nodes = cluster_with(&db, &["api", "all"], &small_log).await;
+    let (sleeper, busy) = (&nodes[0], &nodes[1]);
+    let mut feed = Sse::open(
+        sleeper
+            .http
+            .get(sleeper.api("/events"))
+            .bearer_auth(&sleeper.token),
+    )
+    .await;
+    assert!(feed.next().await.is_some(), "the feed starts");
+
+    sleeper.signal(libc::SIGSTOP);
+    let item = busy.upload(&data("byte.tif")).await;
+    let mut ids = HashSet::new();
+    for _ in 0..3 {
+        let id = busy.convert(&item, json!({})).await["task_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        busy.wait_final(&id).await;
+        ids.insert(id);
+    }
+    // The busy node prunes its log every 10 s, down to 2 events here.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    sleeper.signal(libc::SIGCONT);
+
+    let mut finished = HashSet::new();
+    let mut resynced = false;
+    while finished.len() < ids.len() {
+        let message = feed.next().await.expect("the feed stays open");
+        let Some(event) = message.data else { continue };
+        let id = event["task_id"].as_str().unwrap_or_default().to_string();
+        if ids.contains(&id) && event["state"] == "SUCCESS" {
+            resynced |= event["resync"] == true;
+            finished.insert(id);
+        }
+    }
+    assert!(resynced, "the final states came as a resync");
 }
