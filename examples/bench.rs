@@ -252,26 +252,7 @@ async fn main() -> anyhow::Result<()> {
     if want("tiny") {
         let count = if quick { 200 } else { 1000 };
         let (server, _) = Server::start(&[]).await?;
-        let byte = root().join("../shared/data/byte.tif");
-        let item = server.upload(&client, &byte).await?;
-        let started = Instant::now();
-        for _ in 0..count {
-            server.start_conversion(&client, &item).await?;
-        }
-        // Done when every one of them is SUCCESS (the server is fresh: no other tasks).
-        let success = format!("rastercast_tasks{{state=\"SUCCESS\"}} {count}");
-        while !client
-            .get(format!("{}/metrics", server.url))
-            .send()
-            .await?
-            .text()
-            .await?
-            .lines()
-            .any(|l| l == success)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let rate = count as f64 / started.elapsed().as_secs_f64();
+        let rate = tiny_rate(&client, &[server], count).await?;
         rows.push(Row {
             figure: format!("{count} tiny conversions (byte.tif) queued at once"),
             measured: format!("{rate:.0} tasks/s"),
@@ -280,7 +261,6 @@ async fn main() -> anyhow::Result<()> {
             target: "≥ 200/s on 2 cores".into(),
             met: Some(rate >= 200.0),
         });
-        drop(server);
     }
 
     // A conversion with 1,000 subscribers that never read, against none.
@@ -500,15 +480,10 @@ fn write_report(rows: &[Row]) -> anyhow::Result<()> {
 /// Tasks per second for `count` tiny conversions sent round-robin to `n` nodes that share a
 /// fresh PostgreSQL schema and data dir; each node runs as many workers as there are cores.
 async fn nodes_rate(client: &reqwest::Client, n: usize, count: usize) -> anyhow::Result<f64> {
-    let admin = match std::env::var("RASTERCAST_TEST_DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            let out =
-                std::process::Command::new(root().join("scripts/test-postgres.sh")).output()?;
-            anyhow::ensure!(out.status.success(), "scripts/test-postgres.sh failed");
-            String::from_utf8(out.stdout)?.trim().to_string()
-        }
-    };
+    // The script answers RASTERCAST_TEST_DATABASE_URL when it is set.
+    let out = std::process::Command::new(root().join("scripts/test-postgres.sh")).output()?;
+    anyhow::ensure!(out.status.success(), "scripts/test-postgres.sh failed");
+    let admin = String::from_utf8(out.stdout)?.trim().to_string();
     let schema = format!("rc_bench_{}", std::process::id());
     let sql = |sql: String| {
         let admin = admin.clone();
@@ -530,40 +505,38 @@ async fn nodes_rate(client: &reqwest::Client, n: usize, count: usize) -> anyhow:
         let node = nodes[0].join(&args).await?;
         nodes.push(node);
     }
+    let rate = tiny_rate(client, &nodes, count).await?;
+    drop(nodes);
+    sql(format!("DROP SCHEMA {schema} CASCADE"))?;
+    Ok(rate)
+}
+
+/// Tasks per second for `count` conversions of `byte.tif` sent round-robin to fresh `nodes`
+/// at once, until every one of them is SUCCESS.
+async fn tiny_rate(
+    client: &reqwest::Client,
+    nodes: &[Server],
+    count: usize,
+) -> anyhow::Result<f64> {
     let item = nodes[0]
         .upload(client, &root().join("../shared/data/byte.tif"))
         .await?;
     let started = Instant::now();
     for i in 0..count {
-        nodes[i % n].start_conversion(client, &item).await?;
+        nodes[i % nodes.len()]
+            .start_conversion(client, &item)
+            .await?;
     }
     loop {
-        let mut done = 0usize;
-        for node in &nodes {
-            let text = client
-                .get(format!("{}/metrics", node.url))
-                .send()
-                .await?
-                .text()
-                .await?;
-            done += text
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("rastercast_conversion_seconds_count{outcome=\"success\"} ")?
-                        .parse::<usize>()
-                        .ok()
-                })
-                .unwrap_or(0);
+        let mut done = 0;
+        for node in nodes {
+            done += node.successes(client).await?;
         }
         if done >= count {
-            break;
+            return Ok(count as f64 / started.elapsed().as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    drop(nodes);
-    sql(format!("DROP SCHEMA {schema} CASCADE"))?;
-    Ok(rate)
 }
 
 /// The table as Markdown, printed and returned.

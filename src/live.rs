@@ -69,7 +69,7 @@ pub async fn start(
             let rx = bus.subscribe();
             let position = c.position()?;
             if let Some(after) = resume_after {
-                if let Some(missed) = c.replay(after, |e| follow.matches(e))? {
+                if let Some(missed) = c.replay(after, position, |e| follow.matches(e))? {
                     // A task that ended before the client left: nothing new to replay, so the
                     // final state is sent again and the feed can end instead of idling.
                     let ended_unseen = match follow {

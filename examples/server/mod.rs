@@ -122,6 +122,25 @@ impl Server {
         Ok(task["task_id"].as_str().unwrap_or_default().to_string())
     }
 
+    /// Conversions this node finished with a success, from its own `/metrics` (0 before the
+    /// first, whose count starts the series).
+    pub async fn successes(&self, client: &reqwest::Client) -> anyhow::Result<usize> {
+        let text = client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("rastercast_conversion_seconds_count{outcome=\"success\"} ")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0))
+    }
+
     /// Start → SUCCESS as an SSE client sees it.
     pub async fn convert_seen_by_sse(
         &self,

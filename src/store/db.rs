@@ -45,6 +45,26 @@ pub enum Value {
 #[derive(Debug)]
 pub struct Row(Vec<Value>);
 
+impl<'a> Db<'a> {
+    /// Runs `f` in PostgreSQL transaction `tx` and commits it when `f` succeeds.
+    pub(super) fn in_transaction<R>(
+        tx: postgres::Transaction<'a>,
+        bus: &'a crate::bus::Bus,
+        f: impl FnOnce(&mut Db) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        let mut db = Db {
+            conn: Conn::Postgres(tx),
+            bus,
+        };
+        let result = f(&mut db)?;
+        let Conn::Postgres(tx) = db.conn else {
+            unreachable!("made above")
+        };
+        tx.commit()?;
+        Ok(result)
+    }
+}
+
 impl Db<'_> {
     pub fn dialect(&self) -> Dialect {
         match self.conn {

@@ -43,14 +43,24 @@ impl Db<'_> {
         if let Conn::Sqlite(_) = self.conn {
             return Ok(self.bus.publish(task, kind).seq);
         }
-        self.execute(&format!("SELECT pg_advisory_xact_lock({EVENT_LOCK})"), &[])?;
+        // Two round trips per event: the lock and the number, then the row and its notice.
+        // (The lock is taken in the FROM clause, so before the number is.)
         let seq = self
-            .query_one("SELECT nextval('task_events_seq')", &[])?
+            .query_one(
+                &format!(
+                    "SELECT nextval('task_events_seq')
+                     FROM (SELECT pg_advisory_xact_lock({EVENT_LOCK})) AS locked"
+                ),
+                &[],
+            )?
             .int(0)?;
         let event = Event::new(task, kind, seq as u64);
         self.execute(
-            "INSERT INTO task_events (seq, task_id, user_id, kind, state, sse)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            &format!(
+                "WITH stored AS (INSERT INTO task_events (seq, task_id, user_id, kind, state, sse)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq)
+                 SELECT pg_notify('{CHANNEL}', '') FROM stored"
+            ),
             vals![
                 seq,
                 task.id,
@@ -60,7 +70,6 @@ impl Db<'_> {
                 event.sse.to_vec()
             ],
         )?;
-        self.execute(&format!("SELECT pg_notify('{CHANNEL}', '')"), &[])?;
         Ok(seq as u64)
     }
 
@@ -86,18 +95,19 @@ impl Db<'_> {
         Ok(last as u64)
     }
 
-    /// The events after `after`, up to [`Db::position`], that `keep` selects, or `None` when
-    /// the log (or the replay window) no longer holds all of them. On PostgreSQL, call
-    /// [`Db::consistent_reads`] first, so that position and events are one moment's.
+    /// The events after `after`, up to `position` (from [`Db::position`] in the same call),
+    /// that `keep` selects, or `None` when the log (or the replay window) no longer holds all
+    /// of them. On PostgreSQL, call [`Db::consistent_reads`] first, so that position and
+    /// events are one moment's.
     pub fn replay(
         &mut self,
         after: u64,
+        position: u64,
         keep: impl Fn(&Event) -> bool,
     ) -> anyhow::Result<Option<Vec<Arc<Event>>>> {
         if let Conn::Sqlite(_) = self.conn {
             return Ok(self.bus.replay(after, keep));
         }
-        let position = self.position()?;
         let oldest = self
             .query_one("SELECT MIN(seq) FROM task_events", &[])?
             .opt_int(0)?
@@ -243,17 +253,10 @@ fn pruned_past(client: &mut postgres::Client, last: i64) -> anyhow::Result<bool>
 /// Delivers a resync snapshot of every task changed since `since` (and every unfinished one)
 /// as of the log's end, and returns that end.
 fn resync(client: &mut postgres::Client, bus: &Bus, since: &str) -> anyhow::Result<i64> {
-    let mut db = Db {
-        conn: Conn::Postgres(client.transaction()?),
-        bus,
-    };
-    db.consistent_reads()?;
-    let position = db.position()?;
-    let tasks = super::tasks::changed_since(&mut db, since)?;
-    let Conn::Postgres(tx) = db.conn else {
-        unreachable!("made above")
-    };
-    tx.commit()?;
+    let (position, tasks) = Db::in_transaction(client.transaction()?, bus, |db| {
+        db.consistent_reads()?;
+        Ok((db.position()?, super::tasks::changed_since(db, since)?))
+    })?;
     for task in &tasks {
         bus.deliver_stored(Event::snapshot(task, position, true));
     }

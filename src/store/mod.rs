@@ -181,18 +181,7 @@ impl Store {
                         _ => slot.insert(connect_postgres(config)?),
                     };
                     let failed = match client.transaction() {
-                        Ok(tx) => {
-                            let mut db = Db {
-                                conn: db::Conn::Postgres(tx),
-                                bus,
-                            };
-                            let result = f(&mut db)?;
-                            let db::Conn::Postgres(tx) = db.conn else {
-                                unreachable!("made above")
-                            };
-                            tx.commit()?;
-                            return Ok(result);
-                        }
+                        Ok(tx) => return Db::in_transaction(tx, bus, f),
                         Err(e) => e,
                     };
                     if attempt > 0 || !slot.as_ref().is_some_and(|c| c.is_closed()) {

@@ -53,10 +53,8 @@ fn bus() -> crate::bus::Bus {
     crate::bus::Bus::new(1 << 16, 1 << 16)
 }
 
+/// The script answers `RASTERCAST_TEST_DATABASE_URL` when it is set.
 fn test_database_url() -> String {
-    if let Ok(url) = std::env::var("RASTERCAST_TEST_DATABASE_URL") {
-        return url;
-    }
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-postgres.sh");
     let out = std::process::Command::new(script)
         .output()

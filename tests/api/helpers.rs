@@ -270,20 +270,39 @@ impl TestServer {
             .status()
     }
 
-    /// One unlabelled figure from `/metrics`, e.g. `rastercast_worker_starts_total`.
+    /// One figure from `/metrics`, e.g. `rastercast_worker_starts_total`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .http
+        let text = self.metrics_text().await;
+        figure(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    /// One figure from `/metrics`, 0 while it has not been counted yet (labelled series
+    /// appear with their first count).
+    pub async fn metric_or_zero(&self, name: &str) -> f64 {
+        figure(&self.metrics_text().await, name).unwrap_or(0.0)
+    }
+
+    async fn metrics_text(&self) -> String {
+        self.http
             .get(format!("{}/metrics", self.url))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .unwrap()
+    }
+
+    /// The body of `GET /healthz`.
+    pub async fn health(&self) -> Value {
+        self.http
+            .get(format!("{}/healthz", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Files in the data dir's `tmp/` (partial uploads and outputs).
@@ -302,6 +321,12 @@ impl Drop for TestServer {
             let _ = child.start_kill();
         }
     }
+}
+
+fn figure(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 pub fn files_in(dir: &Path) -> Vec<PathBuf> {
@@ -451,22 +476,18 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub fn new() -> TestDatabase {
-        let admin = match std::env::var("RASTERCAST_TEST_DATABASE_URL") {
-            Ok(url) => url,
-            Err(_) => {
-                let out = std::process::Command::new(
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-postgres.sh"),
-                )
-                .output()
-                .expect("scripts/test-postgres.sh runs");
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                String::from_utf8(out.stdout).unwrap().trim().to_string()
-            }
-        };
+        // The script answers RASTERCAST_TEST_DATABASE_URL when it is set.
+        let out = std::process::Command::new(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-postgres.sh"),
+        )
+        .output()
+        .expect("scripts/test-postgres.sh runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let admin = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let schema = format!("rc_nodes_{}", uuid::Uuid::new_v4().simple());
         run_sql(&admin, &format!("CREATE SCHEMA {schema}"))
             .expect("the test PostgreSQL takes a new schema");
@@ -482,6 +503,29 @@ impl TestDatabase {
 }
 
 impl TestDatabase {
+    /// The PostgreSQL server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        let rest = self
+            .url
+            .split("127.0.0.1:")
+            .nth(1)
+            .expect("the test database is on 127.0.0.1");
+        rest[..rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len())]
+            .parse()
+            .unwrap()
+    }
+
+    /// This database's URL, reached through `port` on 127.0.0.1 instead.
+    pub fn url_through(&self, port: u16) -> String {
+        self.url.replacen(
+            &format!("127.0.0.1:{}", self.port()),
+            &format!("127.0.0.1:{port}"),
+            1,
+        )
+    }
+
     /// Ends every server connection that works in this database's schema, as a database
     /// restart or a network cut would.
     pub fn cut_connections(&self) {

@@ -43,7 +43,7 @@ pub fn big_raster() -> PathBuf {
 }
 
 /// Options that make the big raster take several seconds: a reprojection and lanczos.
-fn slow() -> Value {
+pub fn slow() -> Value {
     json!({"target_crs": "EPSG:4326", "overview_resampling": "lanczos"})
 }
 
@@ -53,7 +53,7 @@ async fn start_slow(server: &TestServer) -> String {
     started["task_id"].as_str().unwrap().to_string()
 }
 
-async fn wait_running(server: &TestServer, task: &str) -> Value {
+pub async fn wait_running(server: &TestServer, task: &str) -> Value {
     server
         .wait_for(task, Duration::from_secs(60), |s| {
             s["state"] == "PROGRESS" && s["progress"].as_f64().unwrap() > 2.0

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::helpers::{children_of, data, TestDatabase, TestServer};
-use crate::lifecycle::big_raster;
+use crate::lifecycle::{big_raster, slow, wait_running};
 use crate::live_clients::{is_final, ws_connect, ws_next, ws_send, Sse};
 
 const LEASE_SECS: &str = "1.5";
@@ -44,22 +44,20 @@ async fn cluster_with(db: &TestDatabase, roles: &[&str], extra: &[&str]) -> Vec<
 
 /// Conversions this node finished with a success, from its own `/metrics`.
 async fn successes(node: &TestServer) -> u64 {
-    let text = node
-        .http
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("rastercast_conversion_seconds_count{outcome=\"success\"} ")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
+    node.metric_or_zero("rastercast_conversion_seconds_count{outcome=\"success\"}")
+        .await as u64
+}
+
+/// Which of the worker nodes `nodes[1..]` runs the conversion (it has a worker child).
+async fn busy_node(nodes: &[TestServer]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(n) = (1..nodes.len()).find(|&n| !children_of(nodes[n].pid()).is_empty()) {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "one worker node converts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The events of a feed that are not snapshots, as (seq, state, progress).
@@ -101,15 +99,7 @@ async fn a_task_sent_to_one_node_runs_on_another_and_watchers_everywhere_see_eve
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
-    let health: Value = worker
-        .http
-        .get(format!("{}/healthz", worker.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = worker.health().await;
     assert_eq!(health["database"], "postgres");
     assert_eq!(health["role"], "worker");
 
@@ -166,15 +156,11 @@ async fn a_websocket_cancel_on_one_node_stops_the_work_on_another() {
     let nodes = cluster(&db, &["api", "worker"]).await;
     let (api, worker) = (&nodes[0], &nodes[1]);
     let item = api.upload(&big_raster()).await;
-    let slow = json!({"target_crs": "EPSG:4326", "overview_resampling": "lanczos"});
-    let id = api.convert(&item, slow).await["task_id"]
+    let id = api.convert(&item, slow()).await["task_id"]
         .as_str()
         .unwrap()
         .to_string();
-    api.wait_for(&id, Duration::from_secs(60), |s| {
-        s["state"] == "PROGRESS" && s["progress"].as_f64().unwrap() > 2.0
-    })
-    .await;
+    wait_running(api, &id).await;
     assert!(
         !children_of(worker.pid()).is_empty(),
         "the worker node converts"
@@ -256,19 +242,12 @@ async fn a_node_killed_mid_task_is_replaced_and_the_task_finishes_once() {
     let db = TestDatabase::new();
     let mut nodes = cluster(&db, &["api", "worker", "worker"]).await;
     let item = nodes[0].upload(&big_raster()).await;
-    let slow = json!({"target_crs": "EPSG:4326", "overview_resampling": "lanczos"});
-    let id = nodes[0].convert(&item, slow).await["task_id"]
+    let id = nodes[0].convert(&item, slow()).await["task_id"]
         .as_str()
         .unwrap()
         .to_string();
-    nodes[0]
-        .wait_for(&id, Duration::from_secs(60), |s| {
-            s["state"] == "PROGRESS" && s["progress"].as_f64().unwrap() > 2.0
-        })
-        .await;
-    let busy = (1..3)
-        .find(|&n| !children_of(nodes[n].pid()).is_empty())
-        .expect("one worker node converts");
+    wait_running(&nodes[0], &id).await;
+    let busy = busy_node(&nodes).await;
     let child = children_of(nodes[busy].pid());
     nodes[busy].stop(libc::SIGKILL).await;
 
@@ -345,12 +324,7 @@ async fn a_node_cut_off_past_its_lease_publishes_nothing() {
     nodes[0]
         .wait_for(&id, Duration::from_secs(60), |s| s["state"] == "PROGRESS")
         .await;
-    let busy = loop {
-        if let Some(n) = (1..3).find(|&n| !children_of(nodes[n].pid()).is_empty()) {
-            break n;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let busy = busy_node(&nodes).await;
     // Its conversion child keeps running; the node itself stops renewing the lease.
     nodes[busy].signal(libc::SIGSTOP);
     nodes[0]
@@ -423,16 +397,7 @@ async fn a_node_reconnects_after_its_database_connections_are_cut() {
         assert!(Instant::now() < deadline, "no reconnect: {codes:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let health: Value = node
-        .http
-        .get(format!("{}/healthz", node.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(health["status"], "ok");
+    assert_eq!(node.health().await["status"], "ok");
 
     // The relay reconnected too: a feed sees a new conversion through to SUCCESS.
     let mut feed = Sse::open(node.http.get(node.api("/events")).bearer_auth(&node.token)).await;
@@ -490,4 +455,99 @@ async fn a_node_that_slept_past_the_event_log_resyncs_its_watchers() {
         }
     }
     assert!(resynced, "the final states came as a resync");
+}
+
+/// A TCP path to PostgreSQL that a test can cut and mend, as a network would.
+struct Cable {
+    port: u16,
+    target: u16,
+    carrying: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Cable {
+    async fn to(target: u16) -> Cable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        Cable {
+            port,
+            target,
+            carrying: Some(tokio::spawn(carry(listener, target))),
+        }
+    }
+
+    /// Closes every connection through the cable and refuses new ones.
+    fn cut(&mut self) {
+        if let Some(task) = self.carrying.take() {
+            task.abort();
+        }
+    }
+
+    async fn mend(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.carrying = Some(tokio::spawn(carry(listener, self.target)));
+    }
+}
+
+/// Accepts connections and joins each to the target; dropped (aborted), it drops them all.
+async fn carry(listener: tokio::net::TcpListener, target: u16) {
+    let mut connections = tokio::task::JoinSet::new();
+    while let Ok((mut down, _)) = listener.accept().await {
+        connections.spawn(async move {
+            let mut up = tokio::net::TcpStream::connect(("127.0.0.1", target)).await?;
+            tokio::io::copy_bidirectional(&mut down, &mut up).await
+        });
+    }
+}
+
+/// A node that cannot reach its database says so on `/healthz` (503), and is healthy again,
+/// events included, once the network is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_database_out_of_reach_and_its_return() {
+    let db = TestDatabase::new();
+    let mut cable = Cable::to(db.port()).await;
+    let url = db.url_through(cable.port);
+    let node = TestServer::start_with(&["--database-url", &url, "--workers", "1"]).await;
+    assert_eq!(node.healthz().await, 200);
+    let item = node.upload(&data("byte.tif")).await;
+
+    cable.cut();
+    let health = |status: u16| {
+        let node = &node;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let res = node
+                    .http
+                    .get(format!("{}/healthz", node.url))
+                    .send()
+                    .await
+                    .unwrap();
+                if res.status().as_u16() == status {
+                    return res.json::<Value>().await.unwrap();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "/healthz never answered {status}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let down = health(503).await;
+    assert_eq!(down["code"], "database_unavailable");
+    assert!(down["detail"].as_str().unwrap().contains("database"));
+
+    cable.mend().await;
+    assert_eq!(health(200).await["status"], "ok");
+    let mut feed = Sse::open(node.http.get(node.api("/events")).bearer_auth(&node.token)).await;
+    let id = node.convert(&item, json!({})).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let seen = feed
+        .events_until(|e| e["task_id"] == id.as_str() && is_final(e))
+        .await;
+    assert_eq!(seen.last().unwrap().1["state"], "SUCCESS");
 }
