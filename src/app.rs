@@ -41,6 +41,10 @@ pub struct AppState {
     pub streams: crate::limits::Streams,
     /// Requests per user, for `--max-requests-per-second-per-user`.
     pub rate: crate::limits::RequestRate,
+    /// Sign-ins per address and per token, for `--max-sign-ins-per-minute`.
+    pub sign_ins: crate::limits::SignInRate,
+    /// Ends open streams whose token or session is revoked.
+    pub revocations: crate::revocation::Revocations,
     /// Upgraded WebSockets, which shutdown waits for (the HTTP server no longer sees them).
     pub sockets: tokio_util::task::TaskTracker,
     /// Cancelled on SIGINT/SIGTERM, so handlers refuse new work while the server drains.
@@ -160,6 +164,12 @@ impl App {
         let workers_count = config.workers();
         let tickets = Tickets::with_ttl(Duration::from_secs(config.stream_ticket_secs));
         let rate = crate::limits::RequestRate::new(config.max_requests_per_second_per_user);
+        let sign_ins = crate::limits::SignInRate::new(config.max_sign_ins_per_minute);
+        let config_streams = (
+            config.max_streams_per_user,
+            config.max_anonymous_streams_per_ip,
+            config.max_anonymous_streams,
+        );
         let state = AppState {
             workers: config.workers(),
             config: Arc::new(config),
@@ -176,8 +186,14 @@ impl App {
                 slots: Arc::new(tokio::sync::Semaphore::new(workers_count)),
                 known_crs: Arc::default(),
             },
-            streams: Default::default(),
+            streams: crate::limits::Streams::new(crate::limits::StreamLimits {
+                per_user: config_streams.0,
+                anonymous_per_ip: config_streams.1,
+                anonymous_total: config_streams.2,
+            }),
             rate,
+            sign_ins,
+            revocations: Default::default(),
             sockets: Default::default(),
             shutdown,
         };
@@ -209,6 +225,12 @@ impl App {
             tokio::task::JoinSet::new()
         };
         tokio::spawn(crate::memory::trim_until(shutdown.clone()));
+        tokio::spawn(
+            self.state
+                .revocations
+                .clone()
+                .run(self.state.store.clone(), shutdown.clone()),
+        );
         let router = crate::http::router(self.state.clone());
         let server = crate::http::serve(
             self.listener,

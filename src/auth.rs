@@ -11,7 +11,8 @@ use rand::RngCore;
 
 use crate::app::AppState;
 use crate::error::AppError;
-use crate::store::{users, User};
+use crate::store::users::{self, Credential};
+use crate::store::User;
 
 pub const SESSION_COOKIE: &str = "rastercast_session";
 
@@ -22,11 +23,34 @@ pub struct AuthUser(pub User);
 /// but wrong are still a 401, so a client never mistakes a typo for anonymous access.
 pub struct MaybeUser(pub Option<User>);
 
+/// A request with a valid bearer token or session cookie, and which of them it was.
+pub struct AuthCaller {
+    pub user: User,
+    pub credential: Credential,
+}
+
 /// Credentials for live streams, which browsers open without headers: a bearer token, a
-/// `?ticket=`, or the session cookie. `via_cookie` lets the WebSocket check `Origin`.
+/// `?ticket=`, or the session cookie. `via_cookie` lets the WebSocket check `Origin`; the
+/// `credential` (the ticket's, for a ticket) ends the stream when it is revoked; anonymous
+/// streams are counted by `ip`.
 pub struct StreamCaller {
     pub user: Option<User>,
+    pub credential: Option<Credential>,
     pub via_cookie: bool,
+    pub ip: std::net::IpAddr,
+}
+
+/// The address the connection came from (`http::serve` records it on every request).
+pub fn peer_ip(parts: &Parts) -> std::net::IpAddr {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), peer_ip_of)
+}
+
+/// An IPv4 peer reached over an IPv6 socket counts as its IPv4 address.
+pub fn peer_ip_of(info: &axum::extract::ConnectInfo<std::net::SocketAddr>) -> std::net::IpAddr {
+    info.0.ip().to_canonical()
 }
 
 fn bearer(headers: &HeaderMap) -> Result<Option<String>, AppError> {
@@ -84,24 +108,52 @@ async fn cookie_user(state: &AppState, secret: String) -> Result<User, AppError>
     Ok(user)
 }
 
-/// True when the request's `Origin` (if any) is this server, judged by its `Host`.
+/// True when the request's `Origin` (if any) is this server: the same scheme, host and port.
+/// The scheme is `http`, or what a proxy in front says in `X-Forwarded-Proto` (a browser
+/// cannot set that header on a cross-site request without a preflight we never grant).
 pub fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    !host.is_empty() && authority.eq_ignore_ascii_case(host)
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(host) = text(header::HOST).filter(|h| !h.is_empty()) else {
+        return false;
+    };
+    let scheme = text(header::HeaderName::from_static("x-forwarded-proto"))
+        .and_then(|v| v.split(',').next())
+        .map_or("http", str::trim)
+        .to_ascii_lowercase();
+    // Browsers write an Origin in lower case, with no path and no default port.
+    let Some(authority) = origin.strip_prefix(&format!("{scheme}://")) else {
+        return false;
+    };
+    let with_port = |authority: &str| -> Option<(String, u16)> {
+        let default = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return None,
+        };
+        let (name, port) = match authority.rsplit_once(':') {
+            // An IPv6 literal's colons are inside its brackets.
+            Some((name, port)) if !port.contains(']') => (name, port.parse().ok()?),
+            _ => (authority, default),
+        };
+        (!name.is_empty()).then(|| (name.to_ascii_lowercase(), port))
+    };
+    matches!((with_port(authority), with_port(host)), (Some(a), Some(b)) if a == b)
 }
 
 /// Header first, then cookie. A cookie on a state-changing request must come from our own
 /// pages (SameSite=Strict already stops other sites; this is the second lock).
-async fn credentials(parts: &Parts, state: &AppState) -> Result<Option<User>, AppError> {
+async fn credentials(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<Option<(User, Credential)>, AppError> {
     if let Some(token) = bearer(&parts.headers)? {
-        return token_user(state, token).await.map(Some);
+        let credential = Credential::of_token(&token);
+        return token_user(state, token)
+            .await
+            .map(|u| Some((u, credential)));
     }
     if let Some(secret) = session_cookie(&parts.headers) {
         let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -110,7 +162,10 @@ async fn credentials(parts: &Parts, state: &AppState) -> Result<Option<User>, Ap
                 "Cross-origin requests cannot use the session cookie.",
             ));
         }
-        return cookie_user(state, secret).await.map(Some);
+        let credential = Credential::of_session(&secret);
+        return cookie_user(state, secret)
+            .await
+            .map(|u| Some((u, credential)));
     }
     Ok(None)
 }
@@ -119,9 +174,18 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let caller = AuthCaller::from_request_parts(parts, state).await?;
+        Ok(AuthUser(caller.user))
+    }
+}
+
+impl FromRequestParts<AppState> for AuthCaller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         credentials(parts, state)
             .await?
-            .map(AuthUser)
+            .map(|(user, credential)| AuthCaller { user, credential })
             .ok_or(AppError::Unauthorized(
                 "This endpoint needs a token: send `Authorization: Bearer <token>`.",
             ))
@@ -132,7 +196,7 @@ impl FromRequestParts<AppState> for MaybeUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        Ok(MaybeUser(credentials(parts, state).await?))
+        Ok(MaybeUser(credentials(parts, state).await?.map(|(u, _)| u)))
     }
 }
 
@@ -140,12 +204,17 @@ impl FromRequestParts<AppState> for StreamCaller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let ip = peer_ip(parts);
+        let signed = |user, credential, via_cookie| StreamCaller {
+            user: Some(user),
+            credential: Some(credential),
+            via_cookie,
+            ip,
+        };
         if let Some(token) = bearer(&parts.headers)? {
+            let credential = Credential::of_token(&token);
             let user = token_user(state, token).await?;
-            return Ok(StreamCaller {
-                user: Some(user),
-                via_cookie: false,
-            });
+            return Ok(signed(user, credential, false));
         }
         let ticket = parts
             .uri
@@ -154,25 +223,31 @@ impl FromRequestParts<AppState> for StreamCaller {
             .flat_map(|q| q.split('&'))
             .find_map(|kv| kv.strip_prefix("ticket="));
         if let Some(ticket) = ticket {
-            let user = state.tickets.redeem(ticket).ok_or(AppError::Unauthorized(
-                "The stream ticket is unknown, used or expired.",
-            ))?;
+            let refused =
+                || AppError::Unauthorized("The stream ticket is unknown, used or expired.");
+            let (user, credential) = state.tickets.redeem(ticket).ok_or_else(refused)?;
+            // A ticket is worth no more than what it was issued with, which may be revoked.
+            let check = credential.clone();
+            if !state
+                .store
+                .call(move |c| users::is_valid(c, &check))
+                .await?
+            {
+                return Err(refused());
+            }
             state.rate.check(user.id)?;
-            return Ok(StreamCaller {
-                user: Some(user),
-                via_cookie: false,
-            });
+            return Ok(signed(user, credential, false));
         }
         if let Some(secret) = session_cookie(&parts.headers) {
+            let credential = Credential::of_session(&secret);
             let user = cookie_user(state, secret).await?;
-            return Ok(StreamCaller {
-                user: Some(user),
-                via_cookie: true,
-            });
+            return Ok(signed(user, credential, true));
         }
         Ok(StreamCaller {
             user: None,
+            credential: None,
             via_cookie: false,
+            ip,
         })
     }
 }
@@ -180,7 +255,7 @@ impl FromRequestParts<AppState> for StreamCaller {
 /// Single-use stream tickets, kept in memory: they live for seconds.
 #[derive(Clone)]
 pub struct Tickets {
-    issued: Arc<Mutex<HashMap<String, (User, Instant)>>>,
+    issued: Arc<Mutex<HashMap<String, (User, Credential, Instant)>>>,
     ttl: Duration,
 }
 
@@ -200,14 +275,14 @@ impl Tickets {
         }
     }
 
-    pub fn issue(&self, user: User) -> String {
+    pub fn issue(&self, user: User, credential: Credential) -> String {
         let mut bytes = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut bytes);
         let ticket = hex::encode(bytes);
         let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        issued.retain(|_, (_, expires)| *expires > now);
-        issued.insert(ticket.clone(), (user, now + self.ttl));
+        issued.retain(|_, (_, _, expires)| *expires > now);
+        issued.insert(ticket.clone(), (user, credential, now + self.ttl));
         ticket
     }
 
@@ -215,11 +290,12 @@ impl Tickets {
         self.ttl
     }
 
-    /// The ticket's user, once: the ticket is gone afterwards, used or not yet expired.
-    pub fn redeem(&self, ticket: &str) -> Option<User> {
+    /// The ticket's user and the credential it was issued with, once: the ticket is gone
+    /// afterwards, used or not yet expired.
+    pub fn redeem(&self, ticket: &str) -> Option<(User, Credential)> {
         let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
-        let (user, expires) = issued.remove(ticket)?;
-        (expires > Instant::now()).then_some(user)
+        let (user, credential, expires) = issued.remove(ticket)?;
+        (expires > Instant::now()).then_some((user, credential))
     }
 }
 
@@ -237,15 +313,16 @@ mod tests {
     #[test]
     fn tickets_work_once_and_expire() {
         let tickets = Tickets::default();
-        let ticket = tickets.issue(alice());
+        let credential = Credential::of_token("rc_0123_secret");
+        let ticket = tickets.issue(alice(), credential.clone());
         assert_eq!(
-            tickets.redeem(&ticket).map(|u| u.name),
-            Some("alice".into())
+            tickets.redeem(&ticket).map(|(u, c)| (u.name, c)),
+            Some(("alice".into(), credential.clone()))
         );
         assert!(tickets.redeem(&ticket).is_none(), "single use");
 
         let short = Tickets::with_ttl(Duration::from_millis(10));
-        let ticket = short.issue(alice());
+        let ticket = short.issue(alice(), credential);
         std::thread::sleep(Duration::from_millis(30));
         assert!(short.redeem(&ticket).is_none(), "expired");
     }
@@ -259,5 +336,32 @@ mod tests {
         assert!(same_origin(&headers));
         headers.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
         assert!(!same_origin(&headers));
+        for other in [
+            "https://127.0.0.1:8000",
+            "HTTP://127.0.0.1:8000",
+            "http://127.0.0.1:8001",
+            "http://127.0.0.1",
+            "null",
+            "127.0.0.1:8000",
+        ] {
+            headers.insert(header::ORIGIN, other.parse().unwrap());
+            assert!(!same_origin(&headers), "{other}");
+        }
+
+        // Default ports: `Host: example.org` is port 80 over http, 443 behind a TLS proxy.
+        headers.insert(header::HOST, "Example.org".parse().unwrap());
+        headers.insert(header::ORIGIN, "http://example.org".parse().unwrap());
+        assert!(same_origin(&headers));
+        headers.insert(header::ORIGIN, "http://example.org:80".parse().unwrap());
+        assert!(same_origin(&headers));
+        headers.insert(header::ORIGIN, "https://example.org".parse().unwrap());
+        assert!(!same_origin(&headers), "another scheme is another origin");
+        headers.insert("x-forwarded-proto", "https".parse().unwrap());
+        assert!(same_origin(&headers));
+        headers.insert(header::ORIGIN, "http://example.org".parse().unwrap());
+        assert!(!same_origin(&headers));
+        headers.insert(header::HOST, "[::1]:8000".parse().unwrap());
+        headers.insert(header::ORIGIN, "https://[::1]:8000".parse().unwrap());
+        assert!(same_origin(&headers));
     }
 }

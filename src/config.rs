@@ -106,6 +106,31 @@ pub struct Config {
     #[arg(long, env = "RASTERCAST_MAX_STREAMS_PER_USER", default_value_t = 256)]
     pub max_streams_per_user: usize,
 
+    /// Event streams opened without credentials (by task id alone) from one IP address; more
+    /// get 429.
+    #[arg(
+        long,
+        env = "RASTERCAST_MAX_ANONYMOUS_STREAMS_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_anonymous_streams_per_ip: usize,
+
+    /// Event streams opened without credentials, from every address together; more get 429.
+    #[arg(long, env = "RASTERCAST_MAX_ANONYMOUS_STREAMS", default_value_t = 2048)]
+    pub max_anonymous_streams: usize,
+
+    /// Sign-ins (`POST /session`) per minute from one IP address, and with one token.
+    #[arg(long, env = "RASTERCAST_MAX_SIGN_INS_PER_MINUTE", default_value_t = 20)]
+    pub max_sign_ins_per_minute: u32,
+
+    /// Uploads slower than this on average, once `--body-timeout-secs` have passed, get 408.
+    #[arg(
+        long,
+        env = "RASTERCAST_MIN_UPLOAD_BYTES_PER_SEC",
+        default_value_t = 1024
+    )]
+    pub min_upload_bytes_per_sec: u64,
+
     /// Seconds a client gets to send a request's headers; a slower one is disconnected.
     #[arg(long, env = "RASTERCAST_HEADER_TIMEOUT_SECS", default_value_t = 30)]
     pub header_timeout_secs: u64,

@@ -96,7 +96,9 @@ impl AppError {
     /// A request body that failed while being read: one that stopped arriving for longer than
     /// the body timeout is a 408, anything else (a client gone, a malformed stream) a 400.
     pub fn from_body(e: &(dyn std::error::Error + 'static), what: &str) -> AppError {
-        if body_timed_out(e) {
+        if let Some(slow) = find::<crate::limits::TooSlow>(e) {
+            AppError::RequestTimeout(format!("{what}: {slow}; send it faster."))
+        } else if find::<tower_http::timeout::TimeoutError>(e).is_some() {
             AppError::RequestTimeout(format!(
                 "{what}: the request body stopped arriving; send it without long pauses."
             ))
@@ -115,24 +117,26 @@ impl AppError {
     }
 }
 
-fn body_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The first error of type `T` in `e`'s chain.
+fn find<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
     let mut next = Some(e);
     while let Some(e) = next {
-        if e.is::<tower_http::timeout::TimeoutError>() {
-            return true;
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
         }
         // io::Error's `source` skips the error it wraps.
-        if let Some(inner) = e
+        if let Some(found) = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
+            .and_then(|inner| find::<T>(inner))
         {
-            if body_timed_out(inner) {
-                return true;
-            }
+            return Some(found);
         }
         next = e.source();
     }
-    false
+    None
 }
 
 /// Every error response: a readable sentence and a stable machine word.

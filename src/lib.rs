@@ -19,6 +19,7 @@ pub mod limits;
 pub mod live;
 pub mod memory;
 pub mod metrics;
+pub mod revocation;
 pub mod store;
 pub mod tasks;
 pub mod time;

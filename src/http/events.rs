@@ -20,6 +20,7 @@ use crate::bus::Body as TaskEvent;
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::limits::StreamSlot;
 use crate::live::{self, Follow};
+use crate::revocation::Watched;
 use crate::store::tasks as task_rows;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -55,7 +56,7 @@ fn resume_point(headers: &HeaderMap, query: &ResumeQuery) -> Option<u64> {
     params(("id" = Uuid, Path, description = "Task id"), ResumeQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses((status = 200, description = "An event stream of TaskEvent", content_type = "text/event-stream", body = TaskEvent),
-        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody), (status = 429, description = "Too many event streams open for this user", body = ErrorBody)), security((), ("bearer" = []), ("cookie" = [])))]
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody), (status = 429, description = "Too many event streams open for this user, or without credentials from this address or in all", body = ErrorBody)), security((), ("bearer" = []), ("cookie" = [])))]
 async fn task_events(
     State(state): State<AppState>,
     caller: StreamCaller,
@@ -77,15 +78,16 @@ async fn task_events(
                 || caller.user.as_ref().is_some_and(|u| u.id == t.user_id)
         })
         .ok_or(AppError::NotFound("task"))?;
-    let slot = caller
-        .user
-        .map(|u| state.streams.open(u.id, state.config.max_streams_per_user))
-        .transpose()?;
+    let slot = state
+        .streams
+        .open(caller.user.as_ref().map(|u| u.id), caller.ip)?;
+    let watched = caller.credential.map(|c| state.revocations.watch(c));
     Ok(sse(
         state,
         Follow::Task(task.id),
         resume_point(&headers, &query),
-        slot,
+        Some(slot),
+        watched,
     ))
 }
 
@@ -105,14 +107,14 @@ async fn user_events(
     let user = caller.user.ok_or(AppError::Unauthorized(
         "This feed needs a token, a session cookie or a stream ticket.",
     ))?;
-    let slot = state
-        .streams
-        .open(user.id, state.config.max_streams_per_user)?;
+    let slot = state.streams.open(Some(user.id), caller.ip)?;
+    let watched = caller.credential.map(|c| state.revocations.watch(c));
     Ok(sse(
         state,
         Follow::User(user.id),
         resume_point(&headers, &query),
         Some(slot),
+        watched,
     ))
 }
 
@@ -121,11 +123,15 @@ fn sse(
     follow: Follow,
     resume_after: Option<u64>,
     slot: Option<StreamSlot>,
+    watched: Option<Watched>,
 ) -> Response {
     let keepalive = state.config.keepalive();
     let body = stream! {
         let _open = crate::metrics::OpenGuard::new(&state.metrics.sse_open);
         let _slot = slot;
+        // Anonymous streams have no credential to lose: their token is never cancelled.
+        let revoked = watched.as_ref().map(|w| w.ended.clone()).unwrap_or_default();
+        let _watched = watched;
         yield Ok::<Bytes, Infallible>(Bytes::from(format!("retry: {RETRY_MS}\n\n")));
         let start = match live::start(&state.store, &state.bus, follow, resume_after).await {
             Ok(start) => start,
@@ -182,6 +188,10 @@ fn sse(
                     false
                 }
                 _ = state.shutdown.cancelled() => return,
+                _ = revoked.cancelled() => {
+                    yield Ok(Bytes::from_static(b": the credentials of this stream were revoked\n\n"));
+                    return;
+                }
             };
             if lagged {
                 let Ok((position, snapshots)) = live::snapshots(&state.store, &state.bus, vec![follow], true).await else { return };
@@ -314,7 +324,7 @@ mod tests {
             .await
             .unwrap();
 
-        let mut body = sse(state.clone(), Follow::User(user.id), None, None)
+        let mut body = sse(state.clone(), Follow::User(user.id), None, None, None)
             .into_body()
             .into_data_stream();
         async fn next(

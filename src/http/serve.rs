@@ -1,9 +1,13 @@
 //! Accepting connections: hyper with a deadline for request headers, so a client that sends
-//! its headers a byte at a time (slowloris) holds a connection for seconds, not forever.
-//! (`axum::serve` sets no timer, hence no such deadline.)
+//! its headers a byte at a time (slowloris), or nothing at all, holds a connection for
+//! seconds, not forever. (`axum::serve` sets no timer, hence no such deadline.)
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -11,6 +15,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 /// Serves `router` until `shutdown`, then waits for open requests and streams to end (the
 /// caller bounds that wait).
@@ -28,7 +33,7 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -41,14 +46,37 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        // hyper's header timer starts at the first byte (the protocol sniffing before it has
+        // none), so a connection that sends nothing is timed here, from the accept.
+        let started = Arc::new(AtomicBool::new(false));
+        let seen = started.clone();
         // Each connection shares the finished router (a reference count), not a rebuilt one.
-        let service = TowerToHyperService::new(router.clone());
+        let service = router.clone().map_request(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                seen.store(true, Ordering::Relaxed);
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(peer));
+                request.map(axum::body::Body::new)
+            },
+        );
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = tokio::time::sleep(header_timeout) => {
+                    if !started.load(Ordering::Relaxed) {
+                        tracing::debug!(%peer, "no request within the header timeout; closing");
+                        return;
+                    }
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

@@ -1,14 +1,16 @@
 //! Browser sign-in: a token exchanged for an HttpOnly, SameSite=Strict session cookie, and
 //! single-use stream tickets for clients that cannot set headers.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::extract::Json;
 use crate::app::AppState;
-use crate::auth::{session_cookie, AuthUser, SESSION_COOKIE};
+use crate::auth::{peer_ip_of, same_origin, session_cookie, AuthCaller, AuthUser, SESSION_COOKIE};
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::store::users;
 use utoipa::ToSchema;
@@ -51,8 +53,18 @@ fn cookie(value: &str, max_age: i64) -> HeaderValue {
 #[utoipa::path(post, path = "/session", tag = "auth", request_body = SignIn,
     responses((status = 200, description = "Signed in; the cookie is set", body = Who), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
         (status = 415, description = "The body is not JSON", body = ErrorBody),
-        (status = 422, description = "A field has the wrong type or is unknown", body = ErrorBody)), security(()))]
-async fn sign_in(State(state): State<AppState>, Json(body): Json<SignIn>) -> AppResult<Response> {
+        (status = 422, description = "A field has the wrong type or is unknown", body = ErrorBody),
+        (status = 429, description = "Too many sign-ins from this address or with this token", body = ErrorBody)), security(()))]
+async fn sign_in(
+    State(state): State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    Json(body): Json<SignIn>,
+) -> AppResult<Response> {
+    let token_id = match users::Credential::of_token(body.token.trim()) {
+        users::Credential::Token(id) => id,
+        users::Credential::Session(_) => unreachable!("a token's credential"),
+    };
+    state.sign_ins.check(peer_ip_of(&peer), &token_id)?;
     let session = state
         .store
         .call(move |c| users::sign_in(c, body.token.trim()))
@@ -75,15 +87,23 @@ async fn who(AuthUser(user): AuthUser) -> axum::Json<Who> {
     axum::Json(Who { user: user.name })
 }
 
-/// Sign out: ends the session and clears the cookie.
+/// Sign out: ends the session, closes the streams it opened and clears the cookie.
 #[utoipa::path(delete, path = "/session", tag = "auth",
-    responses((status = 204, description = "Signed out")), security((), ("cookie" = [])))]
+    responses((status = 204, description = "Signed out"),
+        (status = 403, description = "Sign-out from another origin", body = ErrorBody)), security((), ("cookie" = [])))]
 async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Response> {
     if let Some(secret) = session_cookie(&headers) {
+        // Like every other write with the cookie: another site cannot sign the user out.
+        if !same_origin(&headers) {
+            return Err(AppError::Forbidden(
+                "Cross-origin requests cannot use the session cookie.",
+            ));
+        }
         state
             .store
             .call(move |c| users::delete_session(c, &secret))
             .await?;
+        state.revocations.check_now();
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
@@ -95,8 +115,8 @@ async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> AppResul
 /// A single-use stream ticket that expires after 30 s, for `EventSource` and `WebSocket`.
 #[utoipa::path(post, path = "/stream-tickets", tag = "auth",
     responses((status = 200, description = "A ticket", body = Ticket), (status = 401, description = "No or bad credentials", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
-async fn ticket(State(state): State<AppState>, AuthUser(user): AuthUser) -> axum::Json<Ticket> {
-    let ticket = state.tickets.issue(user);
+async fn ticket(State(state): State<AppState>, caller: AuthCaller) -> axum::Json<Ticket> {
+    let ticket = state.tickets.issue(caller.user, caller.credential);
     axum::Json(Ticket {
         ticket,
         expires_in: state.tickets.ttl().as_secs(),

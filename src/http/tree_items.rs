@@ -130,6 +130,9 @@ async fn store_upload(
     request: Request,
 ) -> AppResult<(StatusCode, axum::Json<Item>)> {
     let limit = state.config.max_upload_bytes;
+    let grace = std::time::Duration::from_secs(state.config.body_timeout_secs);
+    let min_rate = state.config.min_upload_bytes_per_sec;
+    let request = request.map(|body| crate::limits::min_rate(body, min_rate, grace));
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -295,6 +298,21 @@ fn too_large(limit: u64) -> AppError {
     AppError::TooLarge(format!(
         "The upload is larger than the limit of {limit} bytes."
     ))
+}
+
+/// `application/json` or `application/…+json`, parameters aside: the media type itself, so
+/// that `text/plain; x=json` (a type a page may send cross-site without asking) is refused.
+fn is_json_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json") && !sub.contains('/'))
 }
 
 /// Streams a body to `path`, never holding more than one chunk in memory.
@@ -526,8 +544,7 @@ async fn convert(
     } else {
         let is_json = headers
             .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|t| t.to_ascii_lowercase().contains("json"));
+            .is_none_or(|t| is_json_type(t.to_str().unwrap_or("")));
         if !is_json {
             return Err(AppError::UnsupportedMediaType(
                 "Send the options as JSON with `Content-Type: application/json`.".into(),

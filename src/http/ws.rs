@@ -18,6 +18,8 @@ use crate::app::AppState;
 use crate::auth::{same_origin, StreamCaller};
 use crate::error::AppError;
 use crate::live::{self, Follow};
+use crate::revocation::Watched;
+use crate::store::users::{self, Credential};
 use crate::store::{tasks as task_rows, User};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -32,7 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses((status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket upgrade", body = crate::error::ErrorBody), (status = 401, description = "No or bad credentials", body = crate::error::ErrorBody),
         (status = 403, description = "Cookie sign-in from another origin", body = crate::error::ErrorBody),
-        (status = 429, description = "Too many event streams open for this user", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many event streams open for this user, or without credentials from this address or in all", body = crate::error::ErrorBody),
         (status = 503, description = "Shutting down", body = crate::error::ErrorBody)),
     security((), ("bearer" = []), ("cookie" = []), ("ticket" = [])))]
 async fn upgrade(
@@ -54,11 +56,13 @@ async fn upgrade(
     }
     // Clients send small control messages and we send one event at a time: tungstenite's
     // 128 KiB read and write buffers would be most of an idle subscriber's memory.
-    let slot = caller
-        .user
-        .as_ref()
-        .map(|u| state.streams.open(u.id, state.config.max_streams_per_user))
-        .transpose()?;
+    let slot = state
+        .streams
+        .open(caller.user.as_ref().map(|u| u.id), caller.ip)?;
+    let watched = caller
+        .credential
+        .clone()
+        .map(|c| state.revocations.watch(c));
     Ok(ws
         .max_message_size(64 * 1024)
         .read_buffer_size(4 * 1024)
@@ -66,7 +70,9 @@ async fn upgrade(
         .on_upgrade(move |socket| {
             let sockets = state.sockets.clone();
             sockets.track_future(async move {
-                Connection::new(state, caller.user).run(socket).await;
+                Connection::new(state, caller.user, caller.credential)
+                    .run(socket, watched)
+                    .await;
                 drop(slot);
             })
         }))
@@ -93,6 +99,8 @@ enum ClientMessage {
 struct Connection {
     state: AppState,
     user: Option<User>,
+    /// What the socket was opened with; checked again before a cancel.
+    credential: Option<Credential>,
     /// What this socket follows, each with the bus position its snapshot covers.
     follows: HashMap<Follow, u64>,
 }
@@ -106,15 +114,21 @@ fn event_frame(json: &bytes::Bytes) -> Message {
 }
 
 impl Connection {
-    fn new(state: AppState, user: Option<User>) -> Connection {
+    fn new(state: AppState, user: Option<User>, credential: Option<Credential>) -> Connection {
         Connection {
             state,
             user,
+            credential,
             follows: HashMap::new(),
         }
     }
 
-    async fn run(mut self, socket: WebSocket) {
+    async fn run(mut self, socket: WebSocket, watched: Option<Watched>) {
+        // Anonymous sockets have no credential to lose: their token is never cancelled.
+        let revoked = watched
+            .as_ref()
+            .map(|w| w.ended.clone())
+            .unwrap_or_default();
         let _open = crate::metrics::OpenGuard::new(&self.state.metrics.ws_open);
         let (mut sink, mut incoming) = socket.split();
         let mut rx = self.state.bus.subscribe();
@@ -136,6 +150,10 @@ impl Connection {
                         last_heard = Instant::now();
                         Vec::new()
                     }
+                    Some(Err(e)) if too_long(&e) => {
+                        let _ = close(&mut sink, 1009, "messages are limited to 64 KiB").await;
+                        return;
+                    }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 },
                 received = rx.recv() => match received {
@@ -153,6 +171,10 @@ impl Connection {
                 }
                 _ = shutdown.cancelled() => {
                     let _ = close(&mut sink, 1001, "server shutting down").await;
+                    return;
+                }
+                _ = revoked.cancelled() => {
+                    let _ = close(&mut sink, 1008, "the credentials of this socket were revoked").await;
                     return;
                 }
             };
@@ -236,6 +258,19 @@ impl Connection {
                     )];
                 };
                 let s = &self.state;
+                if let Some(credential) = self.credential.clone() {
+                    // The watcher closes a revoked socket within a moment; a cancel sent in
+                    // that moment is refused all the same.
+                    match s.store.call(move |c| users::is_valid(c, &credential)).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            return vec![error_frame(
+                                "The credentials of this socket were revoked.",
+                            )]
+                        }
+                        Err(e) => return vec![error_frame(AppError::from(e))],
+                    }
+                }
                 match crate::tasks::cancel(&s.store, &s.queue, user.id, task_id).await {
                     Ok(_) => Vec::new(),
                     Err(e) => vec![error_frame(e)],
@@ -256,6 +291,18 @@ impl Connection {
             .map(|_| ())
             .ok_or(AppError::NotFound("task"))
     }
+}
+
+/// A message over `max_message_size`, which tungstenite reports as a read error.
+fn too_long(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 async fn close<S>(sink: &mut S, code: u16, reason: &'static str) -> Result<(), axum::Error>

@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_2.sql"),
     include_str!("schema_3.sql"),
     include_str!("schema_4.sql"),
+    include_str!("schema_5.sql"),
 ];
 
 /// The same schema in PostgreSQL's words (its first migration is SQLite's first three); the
@@ -41,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
 const POSTGRES_MIGRATIONS: &[&str] = &[
     include_str!("postgres_1.sql"),
     include_str!("postgres_2.sql"),
+    include_str!("postgres_3.sql"),
 ];
 
 enum Engine {

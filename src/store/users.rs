@@ -68,6 +68,39 @@ pub fn create_token(db: &mut Db, user: &User) -> anyhow::Result<String> {
     Ok(format!("rc_{id}_{secret}"))
 }
 
+/// What a caller signed in with, so that streams opened with it can be ended when it is
+/// revoked: a token (by id) or a browser session (by its secret's hash).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Credential {
+    Token(String),
+    Session(Vec<u8>),
+}
+
+impl Credential {
+    /// The credential of a token as a client sends it (`rc_<id>_<secret>`).
+    pub fn of_token(token: &str) -> Credential {
+        Credential::Token(token_parts(token).map_or("", |(id, _)| id).to_string())
+    }
+
+    /// The credential of a session cookie's secret.
+    pub fn of_session(secret: &str) -> Credential {
+        Credential::Session(hash(secret))
+    }
+}
+
+/// Whether `credential` still signs anyone in: the token is not revoked, the session not
+/// ended, expired, or cut off with its token.
+pub fn is_valid(db: &mut Db, credential: &Credential) -> anyhow::Result<bool> {
+    let row = match credential {
+        Credential::Token(id) => db.query_opt("SELECT 1 FROM tokens WHERE id = ?1", vals![id])?,
+        Credential::Session(key) => db.query_opt(
+            "SELECT 1 FROM sessions WHERE secret_hash = ?1 AND expires_at > ?2",
+            vals![key.clone(), crate::time::now()],
+        )?,
+    };
+    Ok(row.is_some())
+}
+
 /// A token's `(id, secret)`: tokens read `rc_<id>_<secret>`.
 fn token_parts(token: &str) -> Option<(&str, &str)> {
     token.strip_prefix("rc_")?.split_once('_')
@@ -115,7 +148,11 @@ pub fn list_tokens(db: &mut Db) -> anyhow::Result<Vec<TokenInfo>> {
 pub fn revoke_token(db: &mut Db, id: &str) -> anyhow::Result<bool> {
     let id = id.strip_prefix("rc_").unwrap_or(id);
     let id = id.split('_').next().unwrap_or(id);
-    Ok(db.execute("DELETE FROM tokens WHERE id = ?1", vals![id])? > 0)
+    let revoked = db.execute("DELETE FROM tokens WHERE id = ?1", vals![id])? > 0;
+    if revoked {
+        credentials_changed(db)?;
+    }
+    Ok(revoked)
 }
 
 /// How long a browser session lasts.
@@ -128,6 +165,11 @@ pub fn sign_in(db: &mut Db, token: &str) -> anyhow::Result<Option<(String, User)
         return Ok(None);
     };
     let token_id = token_parts(token).map(|(id, _)| id);
+    // Expired sessions are removed here rather than on a timer: sign-ins are what add rows.
+    db.execute(
+        "DELETE FROM sessions WHERE expires_at <= ?1",
+        vals![crate::time::now()],
+    )?;
     Ok(Some((create_session(db, &user, token_id)?, user)))
 }
 
@@ -168,11 +210,25 @@ pub fn session_user(db: &mut Db, secret: &str) -> anyhow::Result<Option<User>> {
 }
 
 pub fn delete_session(db: &mut Db, secret: &str) -> anyhow::Result<()> {
-    db.execute(
+    let ended = db.execute(
         "DELETE FROM sessions WHERE secret_hash = ?1",
         vals![hash(secret)],
     )?;
+    if ended > 0 {
+        credentials_changed(db)?;
+    }
     Ok(())
+}
+
+fn credentials_changed(db: &mut Db) -> anyhow::Result<()> {
+    db.execute("UPDATE credential_changes SET n = n + 1", &[])?;
+    Ok(())
+}
+
+/// A number that changes whenever a token is revoked or a session ended, on any node.
+pub fn credential_changes(db: &mut Db) -> anyhow::Result<i64> {
+    db.query_one("SELECT n FROM credential_changes", &[])?
+        .int(0)
 }
 
 #[cfg(test)]
@@ -192,9 +248,26 @@ mod tests {
                     forged.push('x');
                     assert_eq!(authenticate(c, &forged)?, None);
                     assert_eq!(authenticate(c, "rc_nope")?, None);
+                    let (secret, _) = sign_in(c, &token)?.expect("a session");
+                    let session = Credential::of_session(&secret);
+                    assert!(is_valid(c, &Credential::of_token(&token))?);
+                    assert!(is_valid(c, &session)?);
                     let id = &list_tokens(c)?[0].id;
                     assert!(revoke_token(c, id)?);
                     assert_eq!(authenticate(c, &token)?, None);
+                    assert!(!is_valid(c, &Credential::of_token(&token))?);
+                    assert!(!is_valid(c, &session)?, "a session ends with its token");
+
+                    // An expired session is gone once someone signs in again.
+                    let token = create_token(c, &alice)?;
+                    let (old, _) = sign_in(c, &token)?.expect("a session");
+                    c.execute(
+                        "UPDATE sessions SET expires_at = ?1 WHERE secret_hash = ?2",
+                        vals!["2000-01-01T00:00:00.000Z", hash(&old)],
+                    )?;
+                    sign_in(c, &token)?.expect("a session");
+                    let left = c.query_one("SELECT COUNT(*) FROM sessions", &[])?.int(0)?;
+                    assert_eq!(left, 1, "the expired session was pruned");
                     Ok(())
                 })
                 .unwrap_or_else(|e| panic!("{}: {e:?}", test.engine));

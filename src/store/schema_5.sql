@@ -1,0 +1,4 @@
+-- Version 5: a counter bumped by every revoke and sign-out, so that each node notices with one
+-- small read that the credentials behind its open streams must be checked again.
+CREATE TABLE credential_changes (n INTEGER NOT NULL);
+INSERT INTO credential_changes VALUES (0);
