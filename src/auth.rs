@@ -252,10 +252,13 @@ impl FromRequestParts<AppState> for StreamCaller {
     }
 }
 
+/// A ticket's user, the credential it was issued with, and when it expires.
+type Issued = (User, Credential, Instant);
+
 /// Single-use stream tickets, kept in memory: they live for seconds.
 #[derive(Clone)]
 pub struct Tickets {
-    issued: Arc<Mutex<HashMap<String, (User, Credential, Instant)>>>,
+    issued: Arc<Mutex<HashMap<String, Issued>>>,
     ttl: Duration,
 }
 
