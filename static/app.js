@@ -74,12 +74,45 @@ async function start() {
   };
   // The URL printed on first start carries the token in the fragment, which never reaches
   // the server's logs; it is exchanged for the cookie and removed from the address bar.
-  const fragment = new URLSearchParams(location.hash.slice(1));
-  if (fragment.get('token')) {
+  const token = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (token) {
     history.replaceState(null, '', location.pathname + location.search);
-    try { await signIn(fragment.get('token')); } catch (err) { showError(err); }
+    try { await signInByLink(token); } catch (err) { showError(err); }
   }
+  // A link followed while the page is open changes only the fragment: start over with it.
+  window.addEventListener('hashchange', () => {
+    if (new URLSearchParams(location.hash.slice(1)).get('token')) location.reload();
+  });
   await enter();
+}
+
+// A link can carry anyone's token: one that would replace the session already here (and send
+// everything uploaded next into someone else's account) needs the person's yes first.
+async function signInByLink(token) {
+  let current = null;
+  try { current = await api('/session'); } catch (err) { if (err.status !== 401) throw err; }
+  if (!current) return signIn(token);
+  // The bearer header takes precedence over the cookie: this asks whose token it is, and
+  // changes nothing.
+  const incoming = await api('/session', { headers: { Authorization: 'Bearer ' + token } });
+  if (incoming.user === current.user) return;
+  if (await confirmSwitch(current.user, incoming.user)) await signIn(token);
+}
+
+function confirmSwitch(current, incoming) {
+  const dialog = $('switch-user');
+  $('switch-text').textContent =
+    `You are signed in as ${current}. Sign in as ${incoming} instead?`;
+  $('switch-stay').textContent = `Stay signed in as ${current}`;
+  $('switch-go').textContent = `Sign in as ${incoming}`;
+  return new Promise((resolve) => {
+    const answer = (yes) => { dialog.close(); resolve(yes); };
+    $('switch-stay').onclick = () => answer(false);
+    $('switch-go').onclick = () => answer(true);
+    dialog.oncancel = (e) => { e.preventDefault(); answer(false); };
+    dialog.showModal();
+    $('switch-stay').focus();
+  });
 }
 
 async function enter() {

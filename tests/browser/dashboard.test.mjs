@@ -205,3 +205,39 @@ test('folders are created, entered, filled by drag and drop, and deleted', async
   await page.waitForSelector('#items li.muted:has-text("empty")');
   assert.deepEqual(errors, []);
 });
+
+test('a sign-in link for another account asks before replacing the session, and replaces nothing until confirmed', async (t) => {
+  const { server, page } = await signedIn(t);
+  const bob = server.tokenFor('bob');
+  const who = () => page.evaluate(async () => (await (await fetch('/api/v1/session')).json()).user);
+  assert.equal(await page.textContent('#who'), 'admin');
+
+  // An attacker's link, opened in a new tab of the signed-in browser.
+  const other = await page.context().newPage();
+  await other.goto(`${server.url}/#token=${bob}`);
+  const dialog = other.locator('#switch-user');
+  await dialog.waitFor({ state: 'visible' });
+  assert.equal(await other.textContent('#switch-text'), 'You are signed in as admin. Sign in as bob instead?');
+  assert.equal(await other.evaluate(() => location.hash), '', 'the token leaves the address bar');
+  assert.equal(await who(), 'admin', 'nothing is replaced while the question is open');
+  await shot(other, 'switch-account');
+  await other.click('#switch-stay');
+  await other.waitForSelector('#app:not([hidden])');
+  assert.equal(await other.textContent('#who'), 'admin');
+  assert.equal(await who(), 'admin');
+
+  // A link followed in the open page (only the fragment changes) asks too; yes switches.
+  await other.evaluate((token) => { location.hash = 'token=' + token; }, bob);
+  await dialog.waitFor({ state: 'visible' });
+  assert.equal(await who(), 'admin');
+  await other.click('#switch-go');
+  await other.waitForFunction(() => document.getElementById('who').textContent === 'bob');
+  assert.equal(await who(), 'bob');
+
+  // The same account's link asks nothing.
+  await other.goto('about:blank');
+  await other.goto(`${server.url}/#token=${bob}`);
+  await other.waitForSelector('#app:not([hidden])');
+  assert.equal(await other.locator('#switch-user').isVisible(), false);
+  assert.equal(await other.textContent('#who'), 'bob');
+});

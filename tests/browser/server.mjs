@@ -31,6 +31,11 @@ export async function startServer(args = []) {
   });
   return {
     url, token, dir,
+    /// A token for another user, made with the CLI as an operator would.
+    tokenFor(user) {
+      const out = execFileSync(binary, ['token', 'create', '--user', user, '--data-dir', dir], { encoding: 'utf8' });
+      return out.trim().split('\n').pop().trim();
+    },
     async stop() { child.kill('SIGTERM'); await new Promise((r) => child.on('exit', r)); rmSync(dir, { recursive: true, force: true }); },
   };
 }
