@@ -13,3 +13,4 @@ mod lifecycle;
 mod live;
 mod live_clients;
 mod nodes;
+mod security;
