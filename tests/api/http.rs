@@ -131,42 +131,24 @@ async fn uploads_over_the_limit_get_413_and_leave_nothing() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("\"detail\""), "{answer}");
 
-    // Sent by a client with a body over the limit: refused, if the client stays to read it.
-    let res = server
-        .req(Method::POST, "/tree-items?name=big.tif", &server.token)
-        .body(big.clone())
-        .send()
-        .await;
-    if let Ok(res) = res {
-        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    }
-
-    // Streamed without a length: refused once the limit is crossed.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        big.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
-    let stream = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let res = server
-        .req(Method::POST, "/tree-items?name=big.tif", &server.token)
-        .body(stream)
-        .send()
-        .await;
-    if let Ok(res) = res {
-        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    }
-
-    // Multipart too.
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(big).file_name("big.tif"),
+    // Bodies that cross the limit while streaming (no length declared): raw, and multipart.
+    let raw = format!(
+        "POST /api/v1/tree-items?name=big.tif HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        server.token
     );
-    let res = server
-        .req(Method::POST, "/tree-items", &server.token)
-        .multipart(form)
-        .send()
-        .await;
-    if let Ok(res) = res {
-        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    }
+    over_the_limit(&addr, raw, big.clone(), 100_000).await;
+    let boundary = "rastercast-test-boundary";
+    let mut multipart = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.tif\"\r\nContent-Type: image/tiff\r\n\r\n"
+    )
+    .into_bytes();
+    multipart.extend_from_slice(&big);
+    multipart.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let head = format!(
+        "POST /api/v1/tree-items HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        server.token
+    );
+    over_the_limit(&addr, head, multipart, 100_000).await;
 
     let (_, items) = server.get_json("/tree-items", &server.token).await;
     assert_eq!(items, json!([]));
@@ -175,6 +157,61 @@ async fn uploads_over_the_limit_get_413_and_leave_nothing() {
 
     // A small file still goes through.
     server.upload(&data("byte.tif")).await;
+}
+
+/// Sends `head` then `body` in chunks (chunked encoding) while reading the answer, which must
+/// be a 413 with its sentence. A server that refuses mid-body may reset the connection before
+/// the answer is read; then the reset must have come after the limit was sent.
+async fn over_the_limit(addr: &str, head: String, body: Vec<u8>, limit: usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = socket.into_split();
+    let sent = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = sent.clone();
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await?;
+        for chunk in body.chunks(16 * 1024) {
+            write
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+            write.write_all(chunk).await?;
+            write.write_all(b"\r\n").await?;
+            counted.fetch_add(chunk.len(), Ordering::Relaxed);
+        }
+        write.write_all(b"0\r\n\r\n").await
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if answer.ends_with(b"}") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), read_all)
+        .await
+        .expect("answered or closed");
+    writer.abort();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    if answer.is_empty() {
+        let sent = sent.load(Ordering::Relaxed);
+        assert!(
+            sent > limit,
+            "reset after only {sent} bytes, under the limit"
+        );
+    } else {
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(
+            answer.contains(&format!("larger than the limit of {limit} bytes")),
+            "{answer}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,11 @@ async fn revoke(server: &TestServer, token: &str, database: Option<&str>) {
         command.args(["--database-url", url]);
     }
     let out = command.output().await.expect("token revoke runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Reads `sse` until it ends; panics if it goes on for a minute.
@@ -55,7 +59,11 @@ async fn closed(socket: &mut Socket) -> (CloseCode, String) {
 }
 
 async fn ticket(server: &TestServer, token: &str) -> String {
-    let res = server.req(Method::POST, "/stream-tickets", token).send().await.unwrap();
+    let res = server
+        .req(Method::POST, "/stream-tickets", token)
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(res).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["ticket"].as_str().unwrap().to_string()
@@ -77,7 +85,9 @@ async fn sign_in(server: &TestServer, token: &str) -> String {
 
 /// A queued task of `token`'s user. API-only servers run none, so it stays PENDING.
 async fn pending_task(server: &TestServer, token: &str) -> String {
-    let item = server.upload_as(token, &data("RGB.byte.tif"), "RGB.byte.tif").await;
+    let item = server
+        .upload_as(token, &data("RGB.byte.tif"), "RGB.byte.tif")
+        .await;
     server.convert_as(token, &item, json!({})).await["task_id"]
         .as_str()
         .unwrap()
@@ -92,13 +102,25 @@ async fn a_revoked_token_closes_its_streams_voids_its_tickets_and_cancels_nothin
 
     let mut feed = Sse::open(server.req(Method::GET, "/events", &bob)).await;
     assert_eq!(feed.status, StatusCode::OK);
-    let mut task_feed = Sse::open(server.req(Method::GET, &format!("/tasks/{task}/events"), &bob)).await;
+    let mut task_feed =
+        Sse::open(server.req(Method::GET, &format!("/tasks/{task}/events"), &bob)).await;
     assert_eq!(task_feed.status, StatusCode::OK);
     let cookie = sign_in(&server, &bob).await;
-    let mut cookie_feed = Sse::open(server.http.get(server.api("/events")).header("cookie", &cookie)).await;
+    let mut cookie_feed = Sse::open(
+        server
+            .http
+            .get(server.api("/events"))
+            .header("cookie", &cookie),
+    )
+    .await;
     assert_eq!(cookie_feed.status, StatusCode::OK);
     let unused = ticket(&server, &bob).await;
-    let mut by_ticket = Sse::open(server.http.get(server.api(&format!("/events?ticket={}", ticket(&server, &bob).await)))).await;
+    let mut by_ticket = Sse::open(
+        server
+            .http
+            .get(server.api(&format!("/events?ticket={}", ticket(&server, &bob).await))),
+    )
+    .await;
     assert_eq!(by_ticket.status, StatusCode::OK);
     let mut socket = ws_connect(&server.url, &[("Authorization", format!("Bearer {bob}"))])
         .await
@@ -106,16 +128,26 @@ async fn a_revoked_token_closes_its_streams_voids_its_tickets_and_cancels_nothin
     ws_send(&mut socket, json!({"type": "subscribe", "task_id": task})).await;
     assert_eq!(ws_next(&mut socket).await.unwrap()["state"], "PENDING");
     // Someone else's anonymous watch of the same task is not theirs to lose.
-    let mut anonymous = Sse::open(server.http.get(server.api(&format!("/tasks/{task}/events")))).await;
+    let mut anonymous = Sse::open(
+        server
+            .http
+            .get(server.api(&format!("/tasks/{task}/events"))),
+    )
+    .await;
     assert_eq!(anonymous.status, StatusCode::OK);
     assert!(anonymous.next().await.unwrap().retry.is_some());
-    assert_eq!(anonymous.next().await.unwrap().data.unwrap()["state"], "PENDING");
+    assert_eq!(
+        anonymous.next().await.unwrap().data.unwrap()["state"],
+        "PENDING"
+    );
 
     let revoked = Instant::now();
     revoke(&server, &bob, None).await;
     // A cancel sent at once, before the socket is closed, is refused too.
     let _ = socket
-        .send(Message::text(json!({"type": "cancel", "task_id": task}).to_string()))
+        .send(Message::text(
+            json!({"type": "cancel", "task_id": task}).to_string(),
+        ))
         .await;
     let (code, reason) = closed(&mut socket).await;
     assert_eq!(code, CloseCode::Policy, "{reason}");
@@ -123,12 +155,28 @@ async fn a_revoked_token_closes_its_streams_voids_its_tickets_and_cancels_nothin
     for stream in [&mut feed, &mut task_feed, &mut cookie_feed, &mut by_ticket] {
         ends(stream).await;
     }
-    println!("every stream of the revoked token closed {:?} after the revoke", revoked.elapsed());
+    println!(
+        "every stream of the revoked token closed {:?} after the revoke",
+        revoked.elapsed()
+    );
 
-    let res = server.http.get(server.api(&format!("/events?ticket={unused}"))).send().await.unwrap();
+    let res = server
+        .http
+        .get(server.api(&format!("/events?ticket={unused}")))
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(res).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "a ticket issued before the revoke: {body}");
-    assert_eq!(server.status(&task).await["state"], "PENDING", "the cancel did nothing");
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a ticket issued before the revoke: {body}"
+    );
+    assert_eq!(
+        server.status(&task).await["state"],
+        "PENDING",
+        "the cancel did nothing"
+    );
 
     // The anonymous watcher is still there: the one SSE stream left open.
     assert_eq!(server.metric("rastercast_sse_connections").await, 1.0);
@@ -139,23 +187,59 @@ async fn a_revoked_token_closes_its_streams_voids_its_tickets_and_cancels_nothin
 async fn signing_out_ends_the_sessions_streams_and_only_our_own_pages_may() {
     let server = TestServer::start_with(&["--role", "api"]).await;
     let cookie = sign_in(&server, &server.token).await;
-    let mut feed = Sse::open(server.http.get(server.api("/events")).header("cookie", &cookie)).await;
+    let mut feed = Sse::open(
+        server
+            .http
+            .get(server.api("/events"))
+            .header("cookie", &cookie),
+    )
+    .await;
     assert_eq!(feed.status, StatusCode::OK);
     let host = server.url.trim_start_matches("http://").to_string();
 
     // Another site's page cannot sign the user out (nor can another scheme or port).
-    for origin in ["http://evil.example".to_string(), format!("https://{host}"), format!("HTTP://{host}")] {
-        let res = server.http.delete(server.api("/session")).header("cookie", &cookie).header("origin", &origin).send().await.unwrap();
+    for origin in [
+        "http://evil.example".to_string(),
+        format!("https://{host}"),
+        format!("HTTP://{host}"),
+    ] {
+        let res = server
+            .http
+            .delete(server.api("/session"))
+            .header("cookie", &cookie)
+            .header("origin", &origin)
+            .send()
+            .await
+            .unwrap();
         let (status, body) = json_of(res).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{origin}: {body}");
     }
-    let res = server.http.get(server.api("/session")).header("cookie", &cookie).send().await.unwrap();
+    let res = server
+        .http
+        .get(server.api("/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::OK, "still signed in");
 
-    let res = server.http.delete(server.api("/session")).header("cookie", &cookie).header("origin", format!("http://{host}")).send().await.unwrap();
+    let res = server
+        .http
+        .delete(server.api("/session"))
+        .header("cookie", &cookie)
+        .header("origin", format!("http://{host}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     ends(&mut feed).await;
-    let res = server.http.get(server.api("/session")).header("cookie", &cookie).send().await.unwrap();
+    let res = server
+        .http
+        .get(server.api("/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -168,7 +252,9 @@ async fn a_token_revoked_on_one_node_closes_its_streams_on_another() {
     let bob = first.token_for("bob").await;
     let mut feed = Sse::open(second.req(Method::GET, "/events", &bob)).await;
     assert_eq!(feed.status, StatusCode::OK);
-    let mut socket = ws_connect(&second.url, &[("Authorization", format!("Bearer {bob}"))]).await.unwrap();
+    let mut socket = ws_connect(&second.url, &[("Authorization", format!("Bearer {bob}"))])
+        .await
+        .unwrap();
     ws_send(&mut socket, json!({"type": "subscribe", "all": true})).await;
     revoke(&first, &bob, Some(&db.url)).await;
     ends(&mut feed).await;
@@ -197,6 +283,7 @@ async fn connections_that_send_nothing_are_closed_from_the_accept() {
 fn client_from(ip: [u8; 4]) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(IpAddr::from(ip))
+        .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
 }
@@ -224,20 +311,34 @@ async fn anonymous_streams_are_capped_per_address_and_overall() {
     let res = client_from([127, 0, 0, 1]).get(&path).send().await.unwrap();
     let (status, body) = json_of(res).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert!(body["detail"].as_str().unwrap().contains("per address"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("per address"),
+        "{body}"
+    );
     // WebSockets without credentials count the same.
     let ws = ws_connect(&server.url, &[]).await;
-    assert!(ws.is_err(), "a third anonymous stream from one address is refused");
+    assert!(
+        ws.is_err(),
+        "a third anonymous stream from one address is refused"
+    );
 
     let _third = open([127, 0, 0, 2]).await;
     assert_eq!(_third.status, StatusCode::OK);
     let res = client_from([127, 0, 0, 3]).get(&path).send().await.unwrap();
     let (status, body) = json_of(res).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert!(body["detail"].as_str().unwrap().contains("server has 3"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("server has 3"),
+        "{body}"
+    );
 
     // A token has its own limit; a closed stream frees its place.
-    let with_token = Sse::open(client_from([127, 0, 0, 3]).get(&path).bearer_auth(&server.token)).await;
+    let with_token = Sse::open(
+        client_from([127, 0, 0, 3])
+            .get(&path)
+            .bearer_auth(&server.token),
+    )
+    .await;
     assert_eq!(with_token.status, StatusCode::OK);
     drop(first);
     let again = tokio::time::timeout(Duration::from_secs(30), async {
@@ -262,7 +363,12 @@ async fn sign_in_is_rate_limited_per_address_and_per_token() {
     let attempt = |ip: [u8; 4], token: String| {
         let url = server.api("/session");
         async move {
-            let res = client_from(ip).post(url).json(&json!({ "token": token })).send().await.unwrap();
+            let res = client_from(ip)
+                .post(url)
+                .json(&json!({ "token": token }))
+                .send()
+                .await
+                .unwrap();
             let retry = res.headers().get("retry-after").is_some();
             let (status, body) = json_of(res).await;
             (status, body, retry)
@@ -273,9 +379,15 @@ async fn sign_in_is_rate_limited_per_address_and_per_token() {
     }
     let (status, body, retry) = attempt([127, 0, 0, 1], carol.clone()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "per address: {body}");
-    assert!(retry && body["detail"].as_str().unwrap().contains("sign-ins"), "{body}");
+    assert!(
+        retry && body["detail"].as_str().unwrap().contains("sign-ins"),
+        "{body}"
+    );
     // A wrong token counts too: guessing is what the limit slows.
-    assert_eq!(attempt([127, 0, 0, 2], "rc_0000_nope".into()).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        attempt([127, 0, 0, 2], "rc_0000_nope".into()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     let (status, body, _) = attempt([127, 0, 0, 2], bob.clone()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "per token: {body}");
     assert_eq!(attempt([127, 0, 0, 2], carol).await.0, StatusCode::OK);
@@ -285,7 +397,10 @@ async fn sign_in_is_rate_limited_per_address_and_per_token() {
 async fn json_bodies_are_checked_by_their_media_type_and_cookies_by_scheme_host_and_port() {
     let server = TestServer::start_with(&["--role", "api"]).await;
     let item = server.upload(&data("RGB.byte.tif")).await;
-    let convert = format!("/tree-items/{}/convert-to-geo-raster", item["id"].as_str().unwrap());
+    let convert = format!(
+        "/tree-items/{}/convert-to-geo-raster",
+        item["id"].as_str().unwrap()
+    );
     for (content_type, expected) in [
         ("text/plain; x=json", StatusCode::UNSUPPORTED_MEDIA_TYPE),
         ("application/jsonp", StatusCode::UNSUPPORTED_MEDIA_TYPE),
@@ -293,7 +408,13 @@ async fn json_bodies_are_checked_by_their_media_type_and_cookies_by_scheme_host_
         ("application/json; charset=utf-8", StatusCode::OK),
         ("Application/JSON", StatusCode::OK),
     ] {
-        let res = server.req(Method::POST, &convert, &server.token).header("content-type", content_type).body("{}").send().await.unwrap();
+        let res = server
+            .req(Method::POST, &convert, &server.token)
+            .header("content-type", content_type)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         let (status, body) = json_of(res).await;
         assert_eq!(status, expected, "{content_type}: {body}");
     }
@@ -302,18 +423,39 @@ async fn json_bodies_are_checked_by_their_media_type_and_cookies_by_scheme_host_
     let host = server.url.trim_start_matches("http://").to_string();
     let port: u16 = host.rsplit(':').next().unwrap().parse().unwrap();
     let folder = |origin: String| {
-        server.http.post(server.api("/tree-items/folders")).header("cookie", &cookie).header("origin", origin).json(&json!({"name": "f", "parent_id": null})).send()
+        server
+            .http
+            .post(server.api("/tree-items/folders"))
+            .header("cookie", &cookie)
+            .header("origin", origin)
+            .json(&json!({"name": "f", "parent_id": null}))
+            .send()
     };
-    for origin in [format!("https://{host}"), format!("HTTP://{host}"), format!("http://127.0.0.1:{}", port + 1), "http://127.0.0.1".into(), "null".into()] {
+    for origin in [
+        format!("https://{host}"),
+        format!("HTTP://{host}"),
+        format!("http://127.0.0.1:{}", port + 1),
+        "http://127.0.0.1".into(),
+        "null".into(),
+    ] {
         let (status, body) = json_of(folder(origin.clone()).await.unwrap()).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{origin}: {body}");
     }
-    assert_eq!(folder(format!("http://{host}")).await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(
+        folder(format!("http://{host}")).await.unwrap().status(),
+        StatusCode::CREATED
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_that_trickles_gets_408_and_stores_nothing() {
-    let server = TestServer::start_with(&["--body-timeout-secs", "1", "--min-upload-bytes-per-sec", "1000"]).await;
+    let server = TestServer::start_with(&[
+        "--body-timeout-secs",
+        "1",
+        "--min-upload-bytes-per-sec",
+        "1000",
+    ])
+    .await;
     let addr = server.url.trim_start_matches("http://").to_string();
     let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
@@ -366,13 +508,19 @@ async fn an_upload_that_trickles_gets_408_and_stores_nothing() {
 async fn a_websocket_message_over_64_kib_is_closed_with_1009() {
     let server = TestServer::start().await;
     let mut socket = ws_connect(&server.url, &[]).await.unwrap();
-    socket.send(Message::text("x".repeat(64 * 1024 + 1))).await.unwrap();
+    socket
+        .send(Message::text("x".repeat(64 * 1024 + 1)))
+        .await
+        .unwrap();
     let (code, reason) = closed(&mut socket).await;
     assert_eq!(code, CloseCode::Size, "{reason}");
     assert!(reason.contains("64 KiB"), "{reason}");
     // Just under the limit is an ordinary bad message.
     let mut socket = ws_connect(&server.url, &[]).await.unwrap();
-    socket.send(Message::text("x".repeat(64 * 1024 - 1))).await.unwrap();
+    socket
+        .send(Message::text("x".repeat(64 * 1024 - 1)))
+        .await
+        .unwrap();
     assert_eq!(ws_next(&mut socket).await.unwrap()["type"], "error");
 }
 
