@@ -527,18 +527,35 @@ impl TestDatabase {
     }
 
     /// Ends every server connection that works in this database's schema, as a database
-    /// restart or a network cut would.
-    pub fn cut_connections(&self) {
-        run_sql(
+    /// restart or a network cut would; returns how many were ended.
+    pub fn cut_connections(&self) -> i64 {
+        query_i64(
             &self.admin,
             &format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
                  WHERE application_name = '{}'",
                 self.schema
             ),
         )
-        .expect("connections are cut");
+        .expect("connections are cut")
+        .unwrap_or(0)
     }
+
+    /// The first column of the first row of `sql`, run in this database's schema.
+    pub fn query_i64(&self, sql: &str) -> Option<i64> {
+        query_i64(&self.url, sql).expect("the test database answers")
+    }
+}
+
+/// One number (or NULL) from `sql`, on a thread of its own like [`run_sql`].
+fn query_i64(url: &str, sql: &str) -> Result<Option<i64>, postgres::Error> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let row = postgres::Client::connect(&url, postgres::NoTls)?.query_one(&sql, &[])?;
+        Ok(row.get::<_, Option<i64>>(0))
+    })
+    .join()
+    .expect("the SQL thread finishes")
 }
 
 impl Drop for TestDatabase {

@@ -148,6 +148,14 @@ async fn a_task_sent_to_one_node_runs_on_another_and_watchers_everywhere_see_eve
         .unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.bytes().await.unwrap().len() > 1000);
+    // Nothing was missed anywhere, so no node resynced its feeds (a log that was empty when a
+    // node started is not one pruned past it).
+    for node in &nodes {
+        assert_eq!(
+            node.metric("rastercast_events_lag_resyncs_total").await,
+            0.0
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,7 +434,16 @@ async fn a_node_that_slept_past_the_event_log_resyncs_its_watchers() {
             .bearer_auth(&sleeper.token),
     )
     .await;
-    assert!(feed.next().await.is_some(), "the feed starts");
+    // The feed has subscribed once it sends its position (an `id:` with no task yet); the
+    // `retry:` before it goes out first, so a pause right after that could come before the
+    // subscription, and the feed would then start on waking with plain snapshots.
+    while feed.next().await.expect("the feed starts").id.is_none() {}
+    let resyncs = "rastercast_events_lag_resyncs_total";
+    let resyncs_before = sleeper.metric(resyncs).await;
+    // No event is written before the pause: the sleeper has relayed everything up to here.
+    let relayed = db
+        .query_i64("SELECT last_value FROM task_events_seq")
+        .unwrap();
 
     sleeper.signal(libc::SIGSTOP);
     let item = busy.upload(&data("byte.tif")).await;
@@ -439,21 +456,45 @@ async fn a_node_that_slept_past_the_event_log_resyncs_its_watchers() {
         busy.wait_final(&id).await;
         ids.insert(id);
     }
-    // The busy node prunes its log every 10 s, down to 2 events here.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // The busy node prunes its log every 10 s, down to 3 events here: wait until the log
+    // starts past what the sleeper relayed, and no longer holds every final state, so that
+    // only a resync can bring them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let oldest = db.query_i64("SELECT MIN(seq) FROM task_events").unwrap();
+        let finals = db
+            .query_i64("SELECT count(*) FROM task_events WHERE state = 'SUCCESS'")
+            .unwrap();
+        if oldest > relayed + 1 && finals < ids.len() as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log was never pruned past the sleeper: oldest seq {oldest}, relayed {relayed}, \
+             {finals} final events left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     sleeper.signal(libc::SIGCONT);
 
-    // Every task's final state reaches the watcher (as resync snapshots, normally; one CI run
-    // saw them arrive as plain events, unexplained so far, so the path is not asserted).
     let mut finished = HashSet::new();
     while finished.len() < ids.len() {
         let message = feed.next().await.expect("the feed stays open");
         let Some(event) = message.data else { continue };
         let id = event["task_id"].as_str().unwrap_or_default().to_string();
         if ids.contains(&id) && event["state"] == "SUCCESS" {
+            assert_eq!(event["event"], "snapshot", "{event}");
+            assert_eq!(
+                event["resync"], true,
+                "a final state came as a resync: {event}"
+            );
             finished.insert(id);
         }
     }
+    assert!(
+        sleeper.metric(resyncs).await > resyncs_before,
+        "the sleeper counted its resync"
+    );
 }
 
 /// A TCP path to PostgreSQL that a test can cut and mend, as a network would.
