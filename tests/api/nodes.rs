@@ -48,6 +48,19 @@ async fn successes(node: &TestServer) -> u64 {
         .await as u64
 }
 
+/// How many conversions this node ended, by outcome (success, failure, stopped).
+async fn outcomes(node: &TestServer) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    for outcome in ["success", "failure", "stopped"] {
+        let name = format!("rastercast_conversion_seconds_count{{outcome=\"{outcome}\"}}");
+        let n = node.metric_or_zero(&name).await as u64;
+        if n > 0 {
+            out.insert(outcome.to_string(), n);
+        }
+    }
+    out
+}
+
 /// Which of the worker nodes `nodes[1..]` runs the conversion (it has a worker child).
 async fn busy_node(nodes: &[TestServer]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -343,13 +356,27 @@ async fn a_node_cut_off_past_its_lease_publishes_nothing() {
     let status = nodes[0].wait_final(&id).await;
     assert_eq!(status["state"], "SUCCESS", "{status}");
     assert_eq!(status["attempts"], 2);
-    // Time for the woken node to finish its own run and find the lease gone.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(
-        successes(&nodes[busy]).await,
-        0,
-        "the cut-off node published"
-    );
+    // The woken node ends its own run (its conversion_seconds counts every outcome): wait for
+    // that, then see how it ended. It found the lease gone, so it stopped.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ended = outcomes(&nodes[busy]).await;
+        if ended.values().sum::<u64>() > 0 {
+            assert_eq!(
+                ended.get("success"),
+                None,
+                "the cut-off node published: {ended:?}"
+            );
+            assert_eq!(ended.get("stopped"), Some(&1), "{ended:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the woken node never ended its run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(successes(&nodes[busy]).await, 0);
     assert_eq!(successes(&nodes[3 - busy]).await, 1);
     let items = nodes[0].get_json("/tree-items", &nodes[0].token).await.1;
     assert_eq!(outputs_of(&items, item["id"].as_str().unwrap()), 1);
