@@ -66,6 +66,33 @@ impl TestServer {
         }
     }
 
+    /// `n` servers started at the same moment on one data dir, each with `args` (a database
+    /// among them), and how many of them printed an admin token.
+    pub async fn start_together(n: usize, args: &[&str]) -> (Vec<TestServer>, usize) {
+        let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let started =
+            futures_util::future::join_all((0..n).map(|_| spawn(dir.path(), &args, &[]))).await;
+        let tokens: Vec<String> = started.iter().filter_map(|(_, _, t)| t.clone()).collect();
+        let token = tokens
+            .first()
+            .expect("one node prints the admin token")
+            .clone();
+        let servers = started
+            .into_iter()
+            .map(|(child, url, _)| TestServer {
+                child: Some(child),
+                url,
+                token: token.clone(),
+                dir: dir.clone(),
+                args: args.clone(),
+                wrapper: Vec::new(),
+                http: Client::new(),
+            })
+            .collect();
+        (servers, tokens.len())
+    }
+
     /// Another node beside this one: the same data dir, `args` (its database among them).
     pub async fn join(&self, args: &[&str]) -> TestServer {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();

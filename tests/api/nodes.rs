@@ -383,26 +383,50 @@ async fn a_node_cut_off_past_its_lease_publishes_nothing() {
     assert_eq!(nodes[0].blob_files().len(), items.as_array().unwrap().len());
 }
 
-/// Nodes that start at once on a new database migrate it once, in turn; a node stopped with
-/// SIGTERM exits cleanly.
+/// Nodes that start at once on a new database migrate it once, in turn (an advisory lock):
+/// every one of them starts, and the schema is at the last version, recorded once; a node
+/// stopped with SIGTERM exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_at_once_migrate_the_database_once() {
     let db = TestDatabase::new();
-    let runs = (0..4).map(|_| {
-        tokio::process::Command::new(crate::helpers::BIN)
-            .args(["token", "list", "--database-url", &db.url])
-            .output()
-    });
-    for out in futures_util::future::join_all(runs).await {
-        let out = out.unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM information_schema.tables
+             WHERE table_schema = current_schema() AND table_name = 'schema_version'"
+        ),
+        Some(0),
+        "a fresh database"
+    );
+    let args = [
+        "--database-url",
+        &db.url,
+        "--lease-secs",
+        LEASE_SECS,
+        "--workers",
+        "1",
+    ];
+    let (mut nodes, tokens) = TestServer::start_together(4, &args).await;
+    println!("{tokens} of the 4 nodes printed an admin token");
+    for node in &nodes {
+        assert_eq!(node.healthz().await, 200);
     }
-    let mut nodes = cluster(&db, &["all", "all"]).await;
-    assert_eq!(nodes[1].healthz().await, 200);
+    assert_eq!(db.query_i64("SELECT count(*) FROM schema_version"), Some(1));
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/store"))
+        .unwrap()
+        .filter(|f| {
+            let name = f.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("postgres_") && name.ends_with(".sql")
+        })
+        .count();
+    assert_eq!(
+        db.query_i64("SELECT version FROM schema_version"),
+        Some(migrations as i64),
+        "every PostgreSQL migration ran"
+    );
+    // The nodes work on the schema they made together.
+    let status = nodes[1].convert_file(&data("byte.tif"), json!({})).await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
     // And a node leaves cleanly on SIGTERM.
     let status = nodes[1].stop(libc::SIGTERM).await;
     assert!(status.success(), "{status:?}");
@@ -418,8 +442,11 @@ async fn a_node_reconnects_after_its_database_connections_are_cut() {
     assert_eq!(node.healthz().await, 200);
     let item = node.upload(&data("byte.tif")).await;
 
-    db.cut_connections();
-    // The first use of a cut connection fails (503), the next reconnects.
+    // Both of the node's connections (requests, and the relay's) are ended.
+    let ended = db.cut_connections();
+    assert!(ended >= 2, "only {ended} connections were ended");
+    // A cut connection is found out when used: that request fails (503), or the store sees
+    // the connection closed first and reconnects before it (200).
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut codes = Vec::new();
     loop {
@@ -444,6 +471,11 @@ async fn a_node_reconnects_after_its_database_connections_are_cut() {
         .events_until(|e| e["task_id"] == id.as_str() && is_final(e))
         .await;
     assert_eq!(seen.last().unwrap().1["state"], "SUCCESS");
+    let log = std::fs::read_to_string(node.data_dir().join("server.log")).unwrap();
+    assert!(
+        log.contains("the event relay lost its connection"),
+        "the relay's connection was cut too"
+    );
 }
 
 /// A node paused for longer than the event log keeps events comes back to a pruned log: its
