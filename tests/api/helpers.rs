@@ -29,6 +29,8 @@ pub struct TestServer {
     args: Vec<String>,
     /// A command the server runs under (e.g. one that mounts a small disk first).
     wrapper: Vec<String>,
+    /// Environment variables set for the server.
+    env: Vec<(String, String)>,
     pub http: Client,
 }
 
@@ -39,6 +41,27 @@ impl TestServer {
 
     pub async fn start_with(args: &[&str]) -> TestServer {
         Self::start_wrapped(&[], args).await
+    }
+
+    /// Starts the server with `env` set in its environment (its workers inherit it).
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, url, token) = spawn(dir.path(), &args, &[], &env).await;
+        TestServer {
+            child: Some(child),
+            url,
+            token: token.expect("first start prints the admin token"),
+            dir: std::sync::Arc::new(dir),
+            args,
+            wrapper: Vec::new(),
+            env,
+            http: Client::new(),
+        }
     }
 
     /// Starts the server with its data dir on a disk of `mb` MiB (a tmpfs in a mount namespace
@@ -54,7 +77,7 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let wrapper: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
-        let (child, url, token) = spawn(dir.path(), &args, &wrapper).await;
+        let (child, url, token) = spawn(dir.path(), &args, &wrapper, &[]).await;
         TestServer {
             child: Some(child),
             url,
@@ -62,6 +85,7 @@ impl TestServer {
             dir: std::sync::Arc::new(dir),
             args,
             wrapper,
+            env: Vec::new(),
             http: Client::new(),
         }
     }
@@ -72,7 +96,8 @@ impl TestServer {
         let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let started =
-            futures_util::future::join_all((0..n).map(|_| spawn(dir.path(), &args, &[]))).await;
+            futures_util::future::join_all((0..n).map(|_| spawn(dir.path(), &args, &[], &[])))
+                .await;
         let tokens: Vec<String> = started.iter().filter_map(|(_, _, t)| t.clone()).collect();
         let token = tokens
             .first()
@@ -87,6 +112,7 @@ impl TestServer {
                 dir: dir.clone(),
                 args: args.clone(),
                 wrapper: Vec::new(),
+                env: Vec::new(),
                 http: Client::new(),
             })
             .collect();
@@ -96,7 +122,7 @@ impl TestServer {
     /// Another node beside this one: the same data dir, `args` (its database among them).
     pub async fn join(&self, args: &[&str]) -> TestServer {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, url, _) = spawn(self.dir.path(), &args, &[]).await;
+        let (child, url, _) = spawn(self.dir.path(), &args, &[], &[]).await;
         TestServer {
             child: Some(child),
             url,
@@ -104,6 +130,7 @@ impl TestServer {
             dir: self.dir.clone(),
             args,
             wrapper: Vec::new(),
+            env: Vec::new(),
             http: Client::new(),
         }
     }
@@ -146,7 +173,8 @@ impl TestServer {
     /// Starts again on the same data dir (and a new port).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop first");
-        let (child, url, token) = spawn(self.dir.path(), &self.args, &self.wrapper).await;
+        let (child, url, token) =
+            spawn(self.dir.path(), &self.args, &self.wrapper, &self.env).await;
         assert!(token.is_none(), "no new admin token on a second start");
         self.child = Some(child);
         self.url = url;
@@ -382,7 +410,12 @@ pub async fn json_of(res: Response) -> (StatusCode, Value) {
     (status, body)
 }
 
-async fn spawn(dir: &Path, args: &[String], wrapper: &[String]) -> (Child, String, Option<String>) {
+async fn spawn(
+    dir: &Path,
+    args: &[String],
+    wrapper: &[String],
+    env: &[(String, String)],
+) -> (Child, String, Option<String>) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -402,6 +435,7 @@ async fn spawn(dir: &Path, args: &[String], wrapper: &[String]) -> (Child, Strin
         .arg(dir)
         .args(args)
         .env("RUST_LOG", "rastercast=debug")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
