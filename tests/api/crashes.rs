@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gdal::{Dataset, Metadata};
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::{alive, children_of, data, download, files_in, TestServer};
@@ -37,7 +37,7 @@ async fn keep_submitting(
     accepted: Arc<Mutex<Vec<String>>>,
     seed: u64,
 ) {
-    let http = Client::new();
+    let http = crate::helpers::http_client();
     let mut rng = Rng(seed | 1);
     let options = [
         json!({}),

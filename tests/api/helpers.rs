@@ -19,6 +19,21 @@ pub fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Longest a one-shot request (status, upload, metrics…) may take, answer included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The tests' HTTP client: a server that hangs fails the test instead of hanging it. Connects
+/// time out after 10 s, and any response, streamed or not, after 60 s without a byte (event
+/// streams send a keep-alive every 15 s at most). Streams have no total limit; one-shot
+/// requests through the helpers below also have [`REQUEST_TIMEOUT`] in all.
+pub fn http_client() -> Client {
+    Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .build()
+        .expect("an HTTP client")
+}
+
 pub struct TestServer {
     child: Option<Child>,
     pub url: String,
@@ -60,7 +75,7 @@ impl TestServer {
             args,
             wrapper: Vec::new(),
             env,
-            http: Client::new(),
+            http: http_client(),
         }
     }
 
@@ -86,7 +101,7 @@ impl TestServer {
             args,
             wrapper,
             env: Vec::new(),
-            http: Client::new(),
+            http: http_client(),
         }
     }
 
@@ -113,7 +128,7 @@ impl TestServer {
                 args: args.clone(),
                 wrapper: Vec::new(),
                 env: Vec::new(),
-                http: Client::new(),
+                http: http_client(),
             })
             .collect();
         (servers, tokens.len())
@@ -131,7 +146,7 @@ impl TestServer {
             args,
             wrapper: Vec::new(),
             env: Vec::new(),
-            http: Client::new(),
+            http: http_client(),
         }
     }
 
@@ -224,6 +239,7 @@ impl TestServer {
         let res = self
             .req(Method::POST, "/tree-items", token)
             .multipart(form)
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .unwrap();
@@ -248,6 +264,7 @@ impl TestServer {
                 token,
             )
             .json(&options)
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .unwrap();
@@ -264,6 +281,7 @@ impl TestServer {
         let res = self
             .http
             .get(self.api(&format!("/tasks/{task_id}/status")))
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .unwrap();
@@ -311,7 +329,12 @@ impl TestServer {
     }
 
     pub async fn get_json(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        let res = self.req(Method::GET, path, token).send().await.unwrap();
+        let res = self
+            .req(Method::GET, path, token)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .unwrap();
         json_of(res).await
     }
 
@@ -319,6 +342,7 @@ impl TestServer {
     pub async fn healthz(&self) -> StatusCode {
         self.http
             .get(format!("{}/healthz", self.url))
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .unwrap()
@@ -340,6 +364,7 @@ impl TestServer {
     async fn metrics_text(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.url))
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .unwrap()
@@ -352,6 +377,7 @@ impl TestServer {
     pub async fn health(&self) -> Value {
         self.http
             .get(format!("{}/healthz", self.url))
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .unwrap()
@@ -474,6 +500,7 @@ pub async fn download(server: &TestServer, item_id: &str) -> tempfile::NamedTemp
             &format!("/tree-items/{item_id}/content"),
             &server.token,
         )
+        .timeout(REQUEST_TIMEOUT)
         .send()
         .await
         .unwrap();
