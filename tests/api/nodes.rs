@@ -182,10 +182,8 @@ async fn a_websocket_cancel_on_one_node_stops_the_work_on_another() {
         .unwrap()
         .to_string();
     wait_running(api, &id).await;
-    assert!(
-        !children_of(worker.pid()).is_empty(),
-        "the worker node converts"
-    );
+    let workers = children_of(worker.pid());
+    assert!(!workers.is_empty(), "the worker node converts");
 
     let mut socket = ws_connect(
         &api.url,
@@ -195,7 +193,6 @@ async fn a_websocket_cancel_on_one_node_stops_the_work_on_another() {
     .unwrap();
     ws_send(&mut socket, json!({"type": "subscribe", "task_id": id})).await;
     assert_eq!(ws_next(&mut socket).await.unwrap()["event"], "snapshot");
-    let asked = Instant::now();
     ws_send(&mut socket, json!({"type": "cancel", "task_id": id})).await;
     loop {
         let frame = ws_next(&mut socket).await.expect("the socket stays open");
@@ -203,12 +200,16 @@ async fn a_websocket_cancel_on_one_node_stops_the_work_on_another() {
             break;
         }
     }
-    let took = asked.elapsed();
-    // A heartbeat (every 0.5 s here, at most 1 s apart) carries the cancel to the worker
-    // node, and the worker gets its grace time (1 s) to stop.
-    assert!(took < Duration::from_secs(5), "cancel took {took:?}");
+    // A heartbeat carries the cancel to the worker node, which stops its worker (and says so:
+    // its outcome is "stopped").
     let status = api.wait_final(&id).await;
     assert_eq!(status["state"], "REVOKED");
+    crate::lifecycle::assert_cancel_stopped_a_worker(&workers);
+    assert_eq!(
+        outcomes(worker).await.get("stopped"),
+        Some(&1),
+        "the worker node stopped it"
+    );
     assert_eq!(successes(worker).await, 0);
     let items = api.get_json("/tree-items", &api.token).await.1;
     assert_eq!(outputs_of(&items, item["id"].as_str().unwrap()), 0);
