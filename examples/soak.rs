@@ -6,7 +6,14 @@
 //! each of five rounds measured 48.7, 56.8, 57.2, 55.9, 56.2 MB). Prints one summary line;
 //! exits 1 when a check fails.
 //!
+//! A conversion that fails, a task revoked without a cancel, a descriptor (pipes included) that
+//! is not given back: each fails the soak.
+//!
 //! cargo run --release --example soak [-- --tasks 2000 --subscribers 500 --warm-rounds 2 --seed N]
+//!
+//! A quick look (a minute or so; its memory figures mean little):
+//! `-- --tasks 300 --subscribers 60 --warm-rounds 1`. `--server-arg ARG` (repeatable) passes
+//! ARG to the server, e.g. `--server-arg=--max-pixels=1` to see the soak fail.
 
 #[path = "load/mod.rs"]
 mod load;
@@ -39,13 +46,15 @@ impl Rng {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Args {
     tasks: usize,
     subscribers: usize,
     /// Rounds before the one whose memory is measured.
     warm_rounds: usize,
     seed: u64,
+    /// Passed on to the server.
+    server_args: Vec<String>,
 }
 
 fn args() -> Args {
@@ -56,17 +65,23 @@ fn args() -> Args {
         seed: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64),
+        server_args: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().and_then(|v| v.parse().ok());
-        match (flag.as_str(), value) {
+    while let Some(arg) = it.next() {
+        let (flag, value) = match arg.split_once('=') {
+            Some((flag, value)) => (flag.to_string(), Some(value.to_string())),
+            None => (arg, it.next()),
+        };
+        let number = value.as_deref().and_then(|v| v.parse::<u64>().ok());
+        match (flag.as_str(), number) {
             ("--tasks", Some(v)) => args.tasks = v as usize,
             ("--subscribers", Some(v)) => args.subscribers = v as usize,
             ("--warm-rounds", Some(v)) => args.warm_rounds = v as usize,
             ("--seed", Some(v)) => args.seed = v,
+            ("--server-arg", _) if value.is_some() => args.server_args.extend(value),
             _ => {
-                eprintln!("usage: soak [--tasks N] [--subscribers N] [--warm-rounds N] [--seed N]");
+                eprintln!("usage: soak [--tasks N] [--subscribers N] [--warm-rounds N] [--seed N] [--server-arg ARG]...");
                 std::process::exit(2);
             }
         }
@@ -74,19 +89,47 @@ fn args() -> Args {
     args
 }
 
-/// Open file descriptors of `pid`, without the pipes to idle warm workers (their number
-/// follows the pool, not a leak).
-fn open_files(pid: u32) -> usize {
+/// What the open descriptors of `pid` point to (`socket:[…]`, `pipe:[…]`, paths).
+fn descriptors(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|dir| {
             dir.flatten()
-                .filter(|fd| {
-                    std::fs::read_link(fd.path())
-                        .is_ok_and(|target| !target.to_string_lossy().starts_with("pipe:"))
-                })
-                .count()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .map(|target| target.to_string_lossy().into_owned())
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default()
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+/// Open file descriptors of `pid`, pipes included, without the pipes to its workers (measured
+/// when no task runs, so every worker is an idle warm one: their number follows the pool, not
+/// a leak). Returns that count and how many worker pipes were left out.
+fn open_files(pid: u32) -> (usize, usize) {
+    let worker_pipes: HashSet<String> = children_of(pid)
+        .into_iter()
+        .flat_map(descriptors)
+        .filter(|target| target.starts_with("pipe:"))
+        .collect();
+    let all = descriptors(pid);
+    let to_workers = all.iter().filter(|t| worker_pipes.contains(*t)).count();
+    (all.len() - to_workers, to_workers)
 }
 
 /// The events of one SSE or WebSocket feed of all the user's tasks, as JSON values. SSE is
@@ -330,6 +373,8 @@ struct Round {
     took: Duration,
     states: std::collections::BTreeMap<String, usize>,
     refused: usize,
+    /// Cancel requests sent.
+    cancels: usize,
     stayed: usize,
     stayers: usize,
     missed: usize,
@@ -350,6 +395,17 @@ impl Round {
         if finals != self.tasks {
             failed.push("some tasks are not final");
         }
+        // Tiny valid rasters: every conversion that was not cancelled succeeds.
+        if self.states.get("FAILURE").is_some_and(|n| *n > 0) {
+            failed.push("some conversions failed");
+        }
+        if self
+            .states
+            .get("REVOKED")
+            .is_some_and(|n| *n > self.cancels)
+        {
+            failed.push("more tasks were revoked than cancels were sent");
+        }
         if self.stayed != self.stayers || self.missed > 0 {
             failed.push("a subscriber that stayed missed final events");
         }
@@ -361,7 +417,7 @@ impl Round {
 
     fn summary(&self, subscribers: usize) -> String {
         format!(
-            "{} tasks in {:.1} s ({:.0}/s; {}), {} refused; {subscribers} subscribers: {} of {} stayed and missed {} final events, {} churning made {} connections ({} failed)",
+            "{} tasks in {:.1} s ({:.0}/s; {}), {} refused, {} cancels sent; {subscribers} subscribers: {} of {} stayed and missed {} final events, {} churning made {} connections ({} failed)",
             self.tasks,
             self.took.as_secs_f64(),
             self.tasks as f64 / self.took.as_secs_f64(),
@@ -371,6 +427,7 @@ impl Round {
                 .collect::<Vec<_>>()
                 .join(", "),
             self.refused,
+            self.cancels,
             self.stayed,
             self.stayers,
             self.missed,
@@ -428,6 +485,7 @@ async fn round(
     let mut submitted = Vec::with_capacity(args.tasks);
     let mut cancels = tokio::task::JoinSet::new();
     let mut refused = 0;
+    let mut cancels_sent = 0;
     for n in 0..args.tasks {
         while n as u64 >= finished.load(Ordering::Relaxed) + BACKLOG {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -436,6 +494,7 @@ async fn round(
         match convert(client, server, item).await {
             Some(id) => {
                 if rng.below(10) == 0 {
+                    cancels_sent += 1;
                     let (client, url, token) =
                         (client.clone(), server.url.clone(), server.token.clone());
                     let (id, wait) = (id.clone(), rng.below(300));
@@ -491,6 +550,7 @@ async fn round(
         took,
         states,
         refused,
+        cancels: cancels_sent,
         stayed,
         stayers: stayers_n,
         missed,
@@ -505,7 +565,8 @@ async fn main() -> anyhow::Result<ExitCode> {
     load::raise_fd_limit();
     let mut rng = Rng(args.seed | 1);
     let client = reqwest::Client::new();
-    let (server, _) = Server::start(&[]).await?;
+    let server_args: Vec<&str> = args.server_args.iter().map(String::as_str).collect();
+    let (server, _) = Server::start(&server_args).await?;
     let data = root().join("../shared/data");
     let tiny = server.upload(&client, &data.join("byte.tif")).await?;
     let small = server.upload(&client, &data.join("RGB.byte.tif")).await?;
@@ -537,10 +598,12 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
     }
     settle(&client, &server).await;
-    let (rss_before, files_before) = (load::rss_kib(server.pid()), open_files(server.pid()));
+    let (rss_before, (files_before, pipes_before)) =
+        (load::rss_kib(server.pid()), open_files(server.pid()));
     let second = round(&args, &mut rng, &client, &server, (&tiny, &small)).await?;
     settle(&client, &server).await;
-    let (rss_after, files_after) = (load::rss_kib(server.pid()), open_files(server.pid()));
+    let (rss_after, (files_after, pipes_after)) =
+        (load::rss_kib(server.pid()), open_files(server.pid()));
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap_or_default();
     let field = |name: &str| {
@@ -561,7 +624,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     let rss_growth = rss_after as f64 / rss_before.max(1) as f64 - 1.0;
     let files_growth = files_after as f64 / files_before.max(1) as f64 - 1.0;
     println!(
-        "soak: {}; RSS {:.1} -> {:.1} MB ({:+.1}%), open files {files_before} -> {files_after} ({:+.1}%) over it; seed {}",
+        "soak: {}; RSS {:.1} -> {:.1} MB ({:+.1}%), open files {files_before} -> {files_after} ({:+.1}%; besides {pipes_before} -> {pipes_after} pipes to idle workers) over it; seed {}",
         second.summary(args.subscribers),
         rss_before as f64 / 1024.0,
         rss_after as f64 / 1024.0,

@@ -46,6 +46,7 @@ pub struct Metrics {
     events_lag_resyncs: Counter,
     worker_starts: Counter,
     workers_idle: Gauge,
+    worker_network_isolated: Gauge,
 }
 
 impl Default for Metrics {
@@ -135,6 +136,12 @@ impl Metrics {
             "Warm worker processes waiting for a job",
             workers_idle.clone(),
         );
+        let worker_network_isolated = Gauge::default();
+        registry.register(
+            "worker_network_isolated",
+            "1 when the last worker started runs in a network namespace of its own (no network), 0 when it shares the server's, -1 before the first",
+            worker_network_isolated.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -151,6 +158,7 @@ impl Metrics {
             events_lag_resyncs,
             worker_starts,
             workers_idle,
+            worker_network_isolated,
         }
     }
 
@@ -186,6 +194,8 @@ impl Metrics {
             .inner()
             .store(warm.started(), Ordering::Relaxed);
         self.workers_idle.set(warm.idle_count() as i64);
+        self.worker_network_isolated
+            .set(warm.network_isolated().map_or(-1, i64::from));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");

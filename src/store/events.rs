@@ -155,12 +155,20 @@ fn stored_event(row: &super::db::Row) -> anyhow::Result<Event> {
 /// notification lost with a dropped connection costs at most this), and between reconnects.
 const RELAY_POLL: Duration = Duration::from_millis(500);
 
-/// Starts listening on `client`; returns the log's last `seq`, where the relay starts.
+/// Starts listening on `client`; returns the last `seq` handed out, where the relay starts.
+///
+/// That is the sequence's value, read under the writers' lock (so no event numbered up to it
+/// is still to commit), not the log's last row: on an empty log that would be 0, and the
+/// first event ever written would then look like a log pruned past the relay's start,
+/// resyncing every feed instead of delivering it.
 pub fn listen(client: &mut postgres::Client) -> anyhow::Result<u64> {
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-    let last: i64 = client
-        .query_one("SELECT COALESCE(MAX(seq), 0) FROM task_events", &[])?
+    let mut tx = client.transaction()?;
+    tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({EVENT_LOCK})"))?;
+    let last: i64 = tx
+        .query_one("SELECT last_value FROM task_events_seq", &[])?
         .get(0);
+    tx.commit()?;
     Ok(last as u64)
 }
 

@@ -10,7 +10,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,6 +58,9 @@ pub struct WarmPool {
     capacity: usize,
     /// Processes started since the server started, for `/metrics`.
     started: Arc<AtomicU64>,
+    /// Whether the last worker started runs in a network namespace of its own: 1 yes, 0 no,
+    /// -1 before the first one.
+    isolated: Arc<AtomicI64>,
 }
 
 impl WarmPool {
@@ -66,6 +69,7 @@ impl WarmPool {
             idle: Arc::default(),
             capacity,
             started: Arc::default(),
+            isolated: Arc::new(AtomicI64::new(-1)),
         }
     }
 
@@ -101,6 +105,35 @@ impl WarmPool {
         self.started.load(Ordering::Relaxed)
     }
 
+    /// Whether the last worker started has a network namespace of its own (None before the
+    /// first worker), for `/metrics`.
+    pub fn network_isolated(&self) -> Option<bool> {
+        match self.isolated.load(Ordering::Relaxed) {
+            -1 => None,
+            n => Some(n == 1),
+        }
+    }
+
+    /// Records whether a new worker is isolated, and says so when that changes.
+    fn record_isolation(&self, isolated: bool, netns: bool) {
+        let before = self.isolated.swap(isolated as i64, Ordering::Relaxed);
+        if before == isolated as i64 {
+            return;
+        }
+        if isolated {
+            tracing::info!("conversion workers run in a network namespace of their own");
+        } else if netns {
+            tracing::warn!(
+                "conversion workers share the server's network: a network namespace could not \
+                 be made (it needs CAP_SYS_ADMIN)"
+            );
+        } else {
+            tracing::warn!(
+                "conversion workers share the server's network: RASTERCAST_NO_WORKER_NETNS is set"
+            );
+        }
+    }
+
     /// How many workers are idle now.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -115,6 +148,23 @@ struct Worker {
     lines: Lines<BufReader<ChildStdout>>,
     jobs: u32,
     idle_since: Instant,
+    /// Whether it runs in a network namespace other than the server's (None: it could not be
+    /// told, as when the process already exited).
+    isolated: Option<bool>,
+}
+
+/// Whether workers are to get a network namespace of their own: yes, unless the environment
+/// variable `RASTERCAST_NO_WORKER_NETNS` is set (not empty, not 0), which tests use to show
+/// that their loopback tripwire sees what a worker fetches.
+fn network_namespace() -> bool {
+    std::env::var_os("RASTERCAST_NO_WORKER_NETNS").is_none_or(|v| v.is_empty() || v == "0")
+}
+
+/// Whether process `pid` runs in another network namespace than this one.
+fn in_own_network(pid: u32) -> Option<bool> {
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    let ours = std::fs::read_link("/proc/self/ns/net").ok()?;
+    Some(theirs != ours)
 }
 
 #[derive(Debug)]
@@ -137,6 +187,9 @@ pub async fn run(
         None => match Worker::spawn(limits) {
             Ok(worker) => {
                 limits.warm.started.fetch_add(1, Ordering::Relaxed);
+                if let Some(isolated) = worker.isolated {
+                    limits.warm.record_isolation(isolated, network_namespace());
+                }
                 worker
             }
             Err(e) => {
@@ -229,6 +282,7 @@ impl Worker {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let memory = limits.memory_bytes;
+        let netns = network_namespace();
         // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
         // functions (setrlimit, prctl, getppid).
         unsafe {
@@ -249,12 +303,17 @@ impl Worker {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 // No network at all for code that parses hostile files: a fresh network namespace
                 // has only a loopback that is down. It needs CAP_SYS_ADMIN; without it the other
-                // layers (driver allow-list, server-built paths) still stand.
-                libc::unshare(libc::CLONE_NEWNET);
+                // layers (driver allow-list, server-built paths) still stand. Whether it took
+                // effect is read from /proc once the worker runs (nothing can be logged here).
+                if netns {
+                    libc::unshare(libc::CLONE_NEWNET);
+                }
                 Ok(())
             });
         }
         let mut child = cmd.spawn()?;
+        // The worker has exec'd by now, so its namespace is the one it runs in.
+        let isolated = child.id().and_then(in_own_network);
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
@@ -270,6 +329,7 @@ impl Worker {
             lines: BufReader::new(stdout).lines(),
             jobs: 0,
             idle_since: Instant::now(),
+            isolated,
         })
     }
 }

@@ -382,7 +382,38 @@ async fn every_route_answers_each_kind_of_caller_as_the_table_says() {
         assert_eq!(body["expires_in"], 1);
         tickets.push(body["ticket"].as_str().unwrap().to_string());
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Wait until they have expired: tickets asked for after them expire after them, so once
+    // one of those is refused, these are past their time too. Each try uses its ticket up, so
+    // they are all asked for now, then tried one after another.
+    let mut probes = Vec::new();
+    for _ in 0..100 {
+        let res = server
+            .http
+            .post(server.api("/stream-tickets"))
+            .bearer_auth(&server.token)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        probes.push(body["ticket"].as_str().unwrap().to_string());
+    }
+    let mut expired = false;
+    for probe in probes {
+        let res = server
+            .http
+            .get(format!("{}?ticket={probe}", server.api("/events")))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == StatusCode::UNAUTHORIZED {
+            expired = true;
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::OK);
+        drop(res);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(expired, "stream tickets of 1 s never expired");
     let callers = Callers {
         owner: server.token.clone(),
         other,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gdal::{Dataset, Metadata};
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::{alive, children_of, data, download, files_in, TestServer};
@@ -37,7 +37,7 @@ async fn keep_submitting(
     accepted: Arc<Mutex<Vec<String>>>,
     seed: u64,
 ) {
-    let http = Client::new();
+    let http = crate::helpers::http_client();
     let mut rng = Rng(seed | 1);
     let options = [
         json!({}),
@@ -256,7 +256,8 @@ async fn twenty_sigkills_at_random_moments_lose_nothing_and_leak_nothing() {
 
 /// A worker killed from outside, as the OOM killer or a crash in a driver would, fails its own
 /// task with a readable reason; the task queued behind it and the idle warm workers killed
-/// with it do not take anyone else's task down.
+/// with it do not take anyone else's task down; an idle worker killed while it waits is never
+/// handed the next job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_by_a_signal_fails_only_its_own_task() {
     let server = TestServer::start_with(&["--workers", "1"]).await;
@@ -301,5 +302,53 @@ async fn a_worker_killed_by_a_signal_fails_only_its_own_task() {
         assert_eq!(status["state"], "SUCCESS", "signal {signal}: {status}");
         assert!(server.tmp_files().is_empty());
     }
+
+    // The worker that ran the last small task went back to the pool: kill it while it idles,
+    // and the next job (an upload's inspection, then a conversion) must go to a fresh worker,
+    // not to the dead one.
+    let kill_the_idle_worker = |signal: i32| {
+        let server = &server;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while server.metric("rastercast_workers_idle").await < 1.0 {
+                assert!(Instant::now() < deadline, "no worker went back to the pool");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let idle = children_of(server.pid());
+            assert_eq!(idle.len(), 1, "one idle worker: {idle:?}");
+            let starts = server.metric("rastercast_worker_starts_total").await;
+            // SAFETY: plain kill(2) on a child of our own server.
+            unsafe { libc::kill(idle[0], signal) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while alive(idle[0]) {
+                assert!(Instant::now() < deadline, "the idle worker did not die");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (idle[0], starts)
+        }
+    };
+    let (dead, starts) = kill_the_idle_worker(libc::SIGKILL).await;
+    let item = server.upload(&data("RGB.byte.tif")).await;
+    assert_eq!(item["geo_raster"]["width"], 791, "described: {item}");
+    assert_eq!(
+        server.metric("rastercast_worker_starts_total").await,
+        starts + 1.0,
+        "the inspection ran on a fresh worker"
+    );
+    assert!(!children_of(server.pid()).contains(&dead));
+
+    let (dead, starts) = kill_the_idle_worker(libc::SIGSEGV).await;
+    let id = server.convert(&item, json!({})).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status = server.wait_final(&id).await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
+    assert_eq!(
+        server.metric("rastercast_worker_starts_total").await,
+        starts + 1.0,
+        "the conversion ran on a fresh worker"
+    );
+    assert!(!children_of(server.pid()).contains(&dead));
     assert_eq!(server.healthz().await, StatusCode::OK);
 }

@@ -19,6 +19,21 @@ pub fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Longest a one-shot request (status, upload, metrics…) may take, answer included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The tests' HTTP client: a server that hangs fails the test instead of hanging it. Connects
+/// time out after 10 s, and any response, streamed or not, after 60 s without a byte (event
+/// streams send a keep-alive every 15 s at most). Streams have no total limit; one-shot
+/// requests through the helpers below also have [`REQUEST_TIMEOUT`] in all.
+pub fn http_client() -> Client {
+    Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .build()
+        .expect("an HTTP client")
+}
+
 pub struct TestServer {
     child: Option<Child>,
     pub url: String,
@@ -29,6 +44,8 @@ pub struct TestServer {
     args: Vec<String>,
     /// A command the server runs under (e.g. one that mounts a small disk first).
     wrapper: Vec<String>,
+    /// Environment variables set for the server.
+    env: Vec<(String, String)>,
     pub http: Client,
 }
 
@@ -39,6 +56,27 @@ impl TestServer {
 
     pub async fn start_with(args: &[&str]) -> TestServer {
         Self::start_wrapped(&[], args).await
+    }
+
+    /// Starts the server with `env` set in its environment (its workers inherit it).
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, url, token) = spawn(dir.path(), &args, &[], &env).await;
+        TestServer {
+            child: Some(child),
+            url,
+            token: token.expect("first start prints the admin token"),
+            dir: std::sync::Arc::new(dir),
+            args,
+            wrapper: Vec::new(),
+            env,
+            http: http_client(),
+        }
     }
 
     /// Starts the server with its data dir on a disk of `mb` MiB (a tmpfs in a mount namespace
@@ -54,7 +92,7 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let wrapper: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
-        let (child, url, token) = spawn(dir.path(), &args, &wrapper).await;
+        let (child, url, token) = spawn(dir.path(), &args, &wrapper, &[]).await;
         TestServer {
             child: Some(child),
             url,
@@ -62,14 +100,44 @@ impl TestServer {
             dir: std::sync::Arc::new(dir),
             args,
             wrapper,
-            http: Client::new(),
+            env: Vec::new(),
+            http: http_client(),
         }
+    }
+
+    /// `n` servers started at the same moment on one data dir, each with `args` (a database
+    /// among them), and how many of them printed an admin token.
+    pub async fn start_together(n: usize, args: &[&str]) -> (Vec<TestServer>, usize) {
+        let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let started =
+            futures_util::future::join_all((0..n).map(|_| spawn(dir.path(), &args, &[], &[])))
+                .await;
+        let tokens: Vec<String> = started.iter().filter_map(|(_, _, t)| t.clone()).collect();
+        let token = tokens
+            .first()
+            .expect("one node prints the admin token")
+            .clone();
+        let servers = started
+            .into_iter()
+            .map(|(child, url, _)| TestServer {
+                child: Some(child),
+                url,
+                token: token.clone(),
+                dir: dir.clone(),
+                args: args.clone(),
+                wrapper: Vec::new(),
+                env: Vec::new(),
+                http: http_client(),
+            })
+            .collect();
+        (servers, tokens.len())
     }
 
     /// Another node beside this one: the same data dir, `args` (its database among them).
     pub async fn join(&self, args: &[&str]) -> TestServer {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, url, _) = spawn(self.dir.path(), &args, &[]).await;
+        let (child, url, _) = spawn(self.dir.path(), &args, &[], &[]).await;
         TestServer {
             child: Some(child),
             url,
@@ -77,7 +145,8 @@ impl TestServer {
             dir: self.dir.clone(),
             args,
             wrapper: Vec::new(),
-            http: Client::new(),
+            env: Vec::new(),
+            http: http_client(),
         }
     }
 
@@ -119,7 +188,8 @@ impl TestServer {
     /// Starts again on the same data dir (and a new port).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop first");
-        let (child, url, token) = spawn(self.dir.path(), &self.args, &self.wrapper).await;
+        let (child, url, token) =
+            spawn(self.dir.path(), &self.args, &self.wrapper, &self.env).await;
         assert!(token.is_none(), "no new admin token on a second start");
         self.child = Some(child);
         self.url = url;
@@ -169,6 +239,7 @@ impl TestServer {
         let res = self
             .req(Method::POST, "/tree-items", token)
             .multipart(form)
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .unwrap();
@@ -193,6 +264,7 @@ impl TestServer {
                 token,
             )
             .json(&options)
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .unwrap();
@@ -209,6 +281,7 @@ impl TestServer {
         let res = self
             .http
             .get(self.api(&format!("/tasks/{task_id}/status")))
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .unwrap();
@@ -256,7 +329,12 @@ impl TestServer {
     }
 
     pub async fn get_json(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        let res = self.req(Method::GET, path, token).send().await.unwrap();
+        let res = self
+            .req(Method::GET, path, token)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .unwrap();
         json_of(res).await
     }
 
@@ -264,6 +342,7 @@ impl TestServer {
     pub async fn healthz(&self) -> StatusCode {
         self.http
             .get(format!("{}/healthz", self.url))
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .unwrap()
@@ -285,6 +364,7 @@ impl TestServer {
     async fn metrics_text(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.url))
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .unwrap()
@@ -297,6 +377,7 @@ impl TestServer {
     pub async fn health(&self) -> Value {
         self.http
             .get(format!("{}/healthz", self.url))
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .unwrap()
@@ -355,7 +436,12 @@ pub async fn json_of(res: Response) -> (StatusCode, Value) {
     (status, body)
 }
 
-async fn spawn(dir: &Path, args: &[String], wrapper: &[String]) -> (Child, String, Option<String>) {
+async fn spawn(
+    dir: &Path,
+    args: &[String],
+    wrapper: &[String],
+    env: &[(String, String)],
+) -> (Child, String, Option<String>) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -375,6 +461,7 @@ async fn spawn(dir: &Path, args: &[String], wrapper: &[String]) -> (Child, Strin
         .arg(dir)
         .args(args)
         .env("RUST_LOG", "rastercast=debug")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
@@ -413,6 +500,7 @@ pub async fn download(server: &TestServer, item_id: &str) -> tempfile::NamedTemp
             &format!("/tree-items/{item_id}/content"),
             &server.token,
         )
+        .timeout(REQUEST_TIMEOUT)
         .send()
         .await
         .unwrap();
@@ -527,18 +615,35 @@ impl TestDatabase {
     }
 
     /// Ends every server connection that works in this database's schema, as a database
-    /// restart or a network cut would.
-    pub fn cut_connections(&self) {
-        run_sql(
+    /// restart or a network cut would; returns how many were ended.
+    pub fn cut_connections(&self) -> i64 {
+        query_i64(
             &self.admin,
             &format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
                  WHERE application_name = '{}'",
                 self.schema
             ),
         )
-        .expect("connections are cut");
+        .expect("connections are cut")
+        .unwrap_or(0)
     }
+
+    /// The first column of the first row of `sql`, run in this database's schema.
+    pub fn query_i64(&self, sql: &str) -> Option<i64> {
+        query_i64(&self.url, sql).expect("the test database answers")
+    }
+}
+
+/// One number (or NULL) from `sql`, on a thread of its own like [`run_sql`].
+fn query_i64(url: &str, sql: &str) -> Result<Option<i64>, postgres::Error> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let row = postgres::Client::connect(&url, postgres::NoTls)?.query_one(&sql, &[])?;
+        Ok(row.get::<_, Option<i64>>(0))
+    })
+    .join()
+    .expect("the SQL thread finishes")
 }
 
 impl Drop for TestDatabase {

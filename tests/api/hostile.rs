@@ -24,6 +24,83 @@ async fn tripwire() -> (String, Arc<AtomicUsize>) {
     (url, hits)
 }
 
+/// A server whose workers share the test's network. In a network namespace of their own (the
+/// default, where the server may make one) a worker could reach no tripwire whatever a file
+/// made it try, and the tripwire would prove nothing about the other layers (the driver
+/// allow-list, server-built paths): these tests are about those.
+async fn server_sharing_the_network() -> TestServer {
+    TestServer::start_with_env(&[], &[("RASTERCAST_NO_WORKER_NETNS", "1")]).await
+}
+
+/// The workers that ran shared the test's network, so the tripwire would have seen a fetch.
+async fn assert_tripwire_could_see(server: &TestServer) {
+    assert_eq!(
+        server.metric("rastercast_worker_network_isolated").await,
+        0.0,
+        "the workers had a network of their own: the tripwire saw nothing either way"
+    );
+}
+
+/// The tripwire itself: a worker process that connects to it (a stand-in worker that does so
+/// before it runs the real one) is counted when workers share the network, and not when they
+/// run in a namespace of their own, which `/metrics` then reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tripwire_counts_a_workers_connection_unless_the_worker_has_its_own_network() {
+    let (url, hits) = tripwire().await;
+    let port: u16 = url
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("fetching-worker");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\npython3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 2)' 2>/dev/null\nexec {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_rastercast-worker")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let args = ["--worker-exe", script.to_str().unwrap(), "--workers", "1"];
+
+    let shared = TestServer::start_with_env(&args, &[("RASTERCAST_NO_WORKER_NETNS", "1")]).await;
+    let status = shared.convert_file(&data("byte.tif"), json!({})).await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while hits.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tripwire never saw the worker's connection"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_tripwire_could_see(&shared).await;
+    drop(shared);
+    let seen = hits.load(Ordering::SeqCst);
+
+    let own = TestServer::start_with(&args).await;
+    let status = own.convert_file(&data("byte.tif"), json!({})).await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
+    // Whether this process may make a network namespace is whether the server may.
+    let can = std::process::Command::new("unshare")
+        .args(["--net", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let isolated = own.metric("rastercast_worker_network_isolated").await;
+    assert_eq!(isolated, if can { 1.0 } else { 0.0 }, "can unshare: {can}");
+    if can {
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            seen,
+            "a worker in a namespace of its own reached the tripwire"
+        );
+    }
+}
+
 fn raw_vrt(source: &str) -> String {
     format!(
         r#"<VRTDataset rasterXSize="64" rasterYSize="4">
@@ -65,7 +142,7 @@ fn assert_refused(status: &Value, secret: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vrts_and_url_tricks_are_refused_without_reading_or_fetching() {
-    let server = TestServer::start().await;
+    let server = server_sharing_the_network().await;
     let (url, hits) = tripwire().await;
 
     // Another user's stored bytes, by their real path on the server.
@@ -142,6 +219,7 @@ async fn vrts_and_url_tricks_are_refused_without_reading_or_fetching() {
         );
     }
 
+    assert_tripwire_could_see(&server).await;
     assert_eq!(
         hits.load(Ordering::SeqCst),
         0,
@@ -227,7 +305,7 @@ async fn garbage_and_empty_files_fail_cleanly_and_the_server_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subdataset_lists_written_into_a_file_are_not_trusted() {
     use gdal::Metadata;
-    let server = TestServer::start().await;
+    let server = server_sharing_the_network().await;
     let (url, hits) = tripwire().await;
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret.tif");
@@ -267,6 +345,7 @@ async fn subdataset_lists_written_into_a_file_are_not_trusted() {
             "{status}"
         );
     }
+    assert_tripwire_could_see(&server).await;
     assert_eq!(hits.load(Ordering::SeqCst), 0, "no URL was fetched");
     let (_, items) = server.get_json("/tree-items", &server.token).await;
     assert!(
@@ -481,7 +560,7 @@ open(sys.argv[2],'wb').write(b)",
 /// browser would run when served back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_polyglot_is_only_ever_a_raster() {
-    let server = TestServer::start().await;
+    let server = server_sharing_the_network().await;
     let (url, hits) = tripwire().await;
     let dir = tempfile::tempdir().unwrap();
     let vrt = dir.path().join("inner.tif");
@@ -554,6 +633,7 @@ async fn a_polyglot_is_only_ever_a_raster() {
             "output carries {secret:?}"
         );
     }
+    assert_tripwire_could_see(&server).await;
     assert_eq!(hits.load(Ordering::SeqCst), 0);
 }
 
@@ -561,7 +641,7 @@ async fn a_polyglot_is_only_ever_a_raster() {
 /// 422 with a reason before any task exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_cannot_inject_gdal_configuration() {
-    let server = TestServer::start().await;
+    let server = server_sharing_the_network().await;
     let (url, hits) = tripwire().await;
     let item = server.upload(&data("byte.tif")).await;
     let path = format!(
@@ -603,5 +683,6 @@ async fn options_cannot_inject_gdal_configuration() {
     }
     let (_, tasks) = server.get_json("/tasks", &server.token).await;
     assert!(tasks["tasks"].as_array().unwrap().len() <= 1);
+    assert_tripwire_could_see(&server).await;
     assert_eq!(hits.load(Ordering::SeqCst), 0);
 }

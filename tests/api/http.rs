@@ -613,6 +613,7 @@ async fn an_upload_cut_off_half_way_leaves_nothing() {
         ),
     ];
     for (path, content_type, preamble) in uploads {
+        let before = server.tmp_files();
         let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
@@ -623,12 +624,15 @@ async fn an_upload_cut_off_half_way_leaves_nothing() {
         stream.write_all(&preamble).await.unwrap();
         stream.write_all(&half).await.unwrap();
         stream.flush().await.unwrap();
-        // Let the server take the first half to disk before the client vanishes.
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        assert!(
-            !server.tmp_files().is_empty(),
-            "the upload is under way in tmp/"
-        );
+        // Let the server start writing the upload to tmp/ before the client vanishes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !server.tmp_files().iter().any(|f| !before.contains(f)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the upload is under way in tmp/: {path}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         drop(stream);
     }
 
