@@ -50,6 +50,21 @@ pub fn ensure_user(db: &mut Db, name: &str) -> anyhow::Result<User> {
     })
 }
 
+/// Creates the user `name`, or returns `None` if it exists already (made by another node, say:
+/// a concurrent insert of the same name waits for the first to commit, then inserts nothing).
+pub fn create_user(db: &mut Db, name: &str) -> anyhow::Result<Option<User>> {
+    let id = Uuid::new_v4();
+    let inserted = db.execute(
+        "INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(name)
+         DO NOTHING",
+        vals![id, name, crate::time::now()],
+    )?;
+    Ok((inserted > 0).then(|| User {
+        id,
+        name: name.to_string(),
+    }))
+}
+
 fn hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }

@@ -407,7 +407,8 @@ async fn nodes_starting_at_once_migrate_the_database_once() {
         "1",
     ];
     let (mut nodes, tokens) = TestServer::start_together(4, &args).await;
-    println!("{tokens} of the 4 nodes printed an admin token");
+    assert_eq!(tokens, 1, "exactly one node made the first user's token");
+    assert_eq!(db.query_i64("SELECT count(*) FROM tokens"), Some(1));
     for node in &nodes {
         assert_eq!(node.healthz().await, 200);
     }
