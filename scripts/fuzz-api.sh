@@ -25,9 +25,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Rate limiting off: 429s would depend on timing, and the run must be repeatable.
+# Rate limits off: 429s would depend on timing, and the run must be repeatable.
 "$BIN/rastercast" serve --addr 127.0.0.1:0 --data-dir "$WORK/data" --workers 1 \
-    --max-requests-per-second-per-user 0 >"$WORK/stdout" 2>"$WORK/server.log" &
+    --max-requests-per-second-per-user 0 --max-sign-ins-per-minute 0 \
+    >"$WORK/stdout" 2>"$WORK/server.log" &
 SERVER=$!
 for _ in $(seq 100); do
     grep -q 'listening on' "$WORK/stdout" 2>/dev/null && break
