@@ -169,11 +169,11 @@ impl App {
         let tickets = Tickets::with_ttl(Duration::from_secs(config.stream_ticket_secs));
         let rate = crate::limits::RequestRate::new(config.max_requests_per_second_per_user);
         let sign_ins = crate::limits::SignInRate::new(config.max_sign_ins_per_minute);
-        let config_streams = (
-            config.max_streams_per_user,
-            config.max_anonymous_streams_per_ip,
-            config.max_anonymous_streams,
-        );
+        let streams = crate::limits::Streams::new(crate::limits::StreamLimits {
+            per_user: config.max_streams_per_user,
+            anonymous_per_ip: config.max_anonymous_streams_per_ip,
+            anonymous_total: config.max_anonymous_streams,
+        });
         let state = AppState {
             workers: config.workers(),
             config: Arc::new(config),
@@ -190,11 +190,7 @@ impl App {
                 slots: Arc::new(tokio::sync::Semaphore::new(workers_count)),
                 known_crs: Arc::default(),
             },
-            streams: crate::limits::Streams::new(crate::limits::StreamLimits {
-                per_user: config_streams.0,
-                anonymous_per_ip: config_streams.1,
-                anonymous_total: config_streams.2,
-            }),
+            streams,
             rate,
             sign_ins,
             revocations: Default::default(),

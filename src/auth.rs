@@ -11,6 +11,8 @@ use rand::RngCore;
 
 use crate::app::AppState;
 use crate::error::AppError;
+use crate::limits::StreamSlot;
+use crate::revocation::Watched;
 use crate::store::users::{self, Credential};
 use crate::store::User;
 
@@ -96,10 +98,10 @@ async fn token_user(state: &AppState, token: String) -> Result<User, AppError> {
     Ok(user)
 }
 
-async fn cookie_user(state: &AppState, secret: String) -> Result<User, AppError> {
+async fn cookie_user(state: &AppState, session: Credential) -> Result<User, AppError> {
     let user = state
         .store
-        .call(move |c| users::session_user(c, &secret))
+        .call(move |c| users::session_user(c, &session))
         .await?
         .ok_or(AppError::Unauthorized(
             "The session has expired; sign in again.",
@@ -163,7 +165,7 @@ async fn credentials(
             ));
         }
         let credential = Credential::of_session(&secret);
-        return cookie_user(state, secret)
+        return cookie_user(state, credential.clone())
             .await
             .map(|u| Some((u, credential)));
     }
@@ -240,7 +242,7 @@ impl FromRequestParts<AppState> for StreamCaller {
         }
         if let Some(secret) = session_cookie(&parts.headers) {
             let credential = Credential::of_session(&secret);
-            let user = cookie_user(state, secret).await?;
+            let user = cookie_user(state, credential.clone()).await?;
             return Ok(signed(user, credential, true));
         }
         Ok(StreamCaller {
@@ -250,6 +252,33 @@ impl FromRequestParts<AppState> for StreamCaller {
             ip,
         })
     }
+}
+
+impl StreamCaller {
+    /// What the caller's stream holds while open: its place under the stream limits (429 when
+    /// there is none), and a watch on its credential.
+    pub fn lease(&self, state: &AppState) -> Result<StreamLease, AppError> {
+        let slot = state
+            .streams
+            .open(self.user.as_ref().map(|u| u.id), self.ip)?;
+        let watched = self.credential.clone().map(|c| state.revocations.watch(c));
+        Ok(StreamLease {
+            _slot: slot,
+            // Anonymous streams have no credential to lose: theirs is never cancelled.
+            revoked: watched
+                .as_ref()
+                .map(|w| w.ended.clone())
+                .unwrap_or_default(),
+            _watched: watched,
+        })
+    }
+}
+
+/// Held by an open SSE stream or WebSocket; it ends the stream once `revoked` is cancelled.
+pub struct StreamLease {
+    _slot: StreamSlot,
+    _watched: Option<Watched>,
+    pub revoked: tokio_util::sync::CancellationToken,
 }
 
 /// A ticket's user, the credential it was issued with, and when it expires.

@@ -45,17 +45,24 @@ impl RequestRate {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        limiter.check_key(&user).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            AppError::TooManyRequests {
+        limiter
+            .check_key(&user)
+            .map_err(|not_until| AppError::TooManyRequests {
                 detail: format!(
                     "Too many requests: the limit is {} per second per user. Slow down, or follow tasks on an event stream instead of polling.",
                     self.per_second
                 ),
-                retry_after_secs: wait.as_secs().max(1),
-            }
-        })
+                retry_after_secs: retry_after(not_until),
+            })
     }
+}
+
+/// Whole seconds until a refused request would pass, at least one.
+fn retry_after(not_until: governor::NotUntil<<DefaultClock as Clock>::Instant>) -> u64 {
+    not_until
+        .wait_time_from(DefaultClock::default().now())
+        .as_secs()
+        .max(1)
 }
 
 /// Who holds an open stream: a user, or an address for streams opened by task id alone.
@@ -73,16 +80,6 @@ pub struct StreamLimits {
     pub anonymous_total: usize,
 }
 
-impl Default for StreamLimits {
-    fn default() -> Self {
-        StreamLimits {
-            per_user: 256,
-            anonymous_per_ip: 64,
-            anonymous_total: 2048,
-        }
-    }
-}
-
 #[derive(Default)]
 struct Open {
     by: HashMap<Holder, usize>,
@@ -92,7 +89,7 @@ struct Open {
 /// Open SSE streams and WebSockets: per user, and for anonymous ones per address and overall
 /// (a task id is a capability anyone may hold, so without these caps a crowd of sockets could
 /// take the server's memory).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Streams {
     open: Arc<Mutex<Open>>,
     limits: StreamLimits,
@@ -173,25 +170,35 @@ impl Drop for StreamSlot {
 /// stolen should not be tried at request speed.
 #[derive(Clone)]
 pub struct SignInRate {
-    by_ip: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
-    by_token: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// Per address and per token id; `None` when the limit is off (0).
+    limiters: Option<Arc<SignInLimiters>>,
     per_minute: u32,
 }
+
+type SignInLimiters = (
+    DefaultKeyedRateLimiter<IpAddr>,
+    DefaultKeyedRateLimiter<String>,
+);
 
 impl SignInRate {
     /// `per_minute` for each address and each token, in bursts of as many; 0 turns it off.
     pub fn new(per_minute: u32) -> SignInRate {
-        let quota = NonZeroU32::new(per_minute).map(Quota::per_minute);
+        let limiters = NonZeroU32::new(per_minute).map(|rate| {
+            let quota = Quota::per_minute(rate);
+            Arc::new((
+                DefaultKeyedRateLimiter::keyed(quota),
+                DefaultKeyedRateLimiter::keyed(quota),
+            ))
+        });
         SignInRate {
-            by_ip: quota.map(|q| Arc::new(DefaultKeyedRateLimiter::keyed(q))),
-            by_token: quota.map(|q| Arc::new(DefaultKeyedRateLimiter::keyed(q))),
+            limiters,
             per_minute,
         }
     }
 
     /// Counts a sign-in from `ip` with the token whose id is `token_id`.
     pub fn check(&self, ip: IpAddr, token_id: &str) -> Result<(), AppError> {
-        let (Some(by_ip), Some(by_token)) = (&self.by_ip, &self.by_token) else {
+        let Some((by_ip, by_token)) = self.limiters.as_deref() else {
             return Ok(());
         };
         let refused = by_ip
@@ -202,10 +209,7 @@ impl SignInRate {
                 "Too many sign-ins: the limit is {} per minute from one address and with one token.",
                 self.per_minute
             ),
-            retry_after_secs: not_until
-                .wait_time_from(DefaultClock::default().now())
-                .as_secs()
-                .max(1),
+            retry_after_secs: retry_after(not_until),
         })
     }
 }

@@ -74,6 +74,11 @@ impl Revocations {
                 let watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
                 watched.keys().cloned().collect()
             };
+            // A node with no open streams reads nothing. The counter it last saw may be stale
+            // by the next stream; then that stream's first check is a full one.
+            if credentials.is_empty() {
+                continue;
+            }
             let full = last_full.elapsed() >= FULL_CHECK;
             let checked = store
                 .call(move |c| {

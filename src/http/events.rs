@@ -15,12 +15,10 @@ use uuid::Uuid;
 
 use super::extract::{Path, Query};
 use crate::app::AppState;
-use crate::auth::StreamCaller;
+use crate::auth::{StreamCaller, StreamLease};
 use crate::bus::Body as TaskEvent;
 use crate::error::{AppError, AppResult, ErrorBody};
-use crate::limits::StreamSlot;
 use crate::live::{self, Follow};
-use crate::revocation::Watched;
 use crate::store::tasks as task_rows;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -78,16 +76,12 @@ async fn task_events(
                 || caller.user.as_ref().is_some_and(|u| u.id == t.user_id)
         })
         .ok_or(AppError::NotFound("task"))?;
-    let slot = state
-        .streams
-        .open(caller.user.as_ref().map(|u| u.id), caller.ip)?;
-    let watched = caller.credential.map(|c| state.revocations.watch(c));
+    let lease = caller.lease(&state)?;
     Ok(sse(
         state,
         Follow::Task(task.id),
         resume_point(&headers, &query),
-        Some(slot),
-        watched,
+        Some(lease),
     ))
 }
 
@@ -104,17 +98,16 @@ async fn user_events(
     Query(query): Query<ResumeQuery>,
     headers: HeaderMap,
 ) -> AppResult<Response> {
-    let user = caller.user.ok_or(AppError::Unauthorized(
+    let user = caller.user.as_ref().ok_or(AppError::Unauthorized(
         "This feed needs a token, a session cookie or a stream ticket.",
     ))?;
-    let slot = state.streams.open(Some(user.id), caller.ip)?;
-    let watched = caller.credential.map(|c| state.revocations.watch(c));
+    let follow = Follow::User(user.id);
+    let lease = caller.lease(&state)?;
     Ok(sse(
         state,
-        Follow::User(user.id),
+        follow,
         resume_point(&headers, &query),
-        Some(slot),
-        watched,
+        Some(lease),
     ))
 }
 
@@ -122,16 +115,13 @@ fn sse(
     state: AppState,
     follow: Follow,
     resume_after: Option<u64>,
-    slot: Option<StreamSlot>,
-    watched: Option<Watched>,
+    lease: Option<StreamLease>,
 ) -> Response {
     let keepalive = state.config.keepalive();
     let body = stream! {
         let _open = crate::metrics::OpenGuard::new(&state.metrics.sse_open);
-        let _slot = slot;
-        // Anonymous streams have no credential to lose: their token is never cancelled.
-        let revoked = watched.as_ref().map(|w| w.ended.clone()).unwrap_or_default();
-        let _watched = watched;
+        let revoked = lease.as_ref().map(|l| l.revoked.clone()).unwrap_or_default();
+        let _lease = lease;
         yield Ok::<Bytes, Infallible>(Bytes::from(format!("retry: {RETRY_MS}\n\n")));
         let start = match live::start(&state.store, &state.bus, follow, resume_after).await {
             Ok(start) => start,
@@ -324,7 +314,7 @@ mod tests {
             .await
             .unwrap();
 
-        let mut body = sse(state.clone(), Follow::User(user.id), None, None, None)
+        let mut body = sse(state.clone(), Follow::User(user.id), None, None)
             .into_body()
             .into_data_stream();
         async fn next(

@@ -60,11 +60,9 @@ async fn sign_in(
     peer: ConnectInfo<SocketAddr>,
     Json(body): Json<SignIn>,
 ) -> AppResult<Response> {
-    let token_id = match users::Credential::of_token(body.token.trim()) {
-        users::Credential::Token(id) => id,
-        users::Credential::Session(_) => unreachable!("a token's credential"),
-    };
-    state.sign_ins.check(peer_ip_of(&peer), &token_id)?;
+    state
+        .sign_ins
+        .check(peer_ip_of(&peer), users::token_id(body.token.trim()))?;
     let session = state
         .store
         .call(move |c| users::sign_in(c, body.token.trim()))

@@ -15,10 +15,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::auth::{same_origin, StreamCaller};
+use crate::auth::{same_origin, StreamCaller, StreamLease};
 use crate::error::AppError;
 use crate::live::{self, Follow};
-use crate::revocation::Watched;
 use crate::store::users::{self, Credential};
 use crate::store::{tasks as task_rows, User};
 
@@ -54,15 +53,9 @@ async fn upgrade(
     if state.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
+    let lease = caller.lease(&state)?;
     // Clients send small control messages and we send one event at a time: tungstenite's
     // 128 KiB read and write buffers would be most of an idle subscriber's memory.
-    let slot = state
-        .streams
-        .open(caller.user.as_ref().map(|u| u.id), caller.ip)?;
-    let watched = caller
-        .credential
-        .clone()
-        .map(|c| state.revocations.watch(c));
     Ok(ws
         .max_message_size(64 * 1024)
         .read_buffer_size(4 * 1024)
@@ -71,9 +64,8 @@ async fn upgrade(
             let sockets = state.sockets.clone();
             sockets.track_future(async move {
                 Connection::new(state, caller.user, caller.credential)
-                    .run(socket, watched)
+                    .run(socket, lease)
                     .await;
-                drop(slot);
             })
         }))
 }
@@ -123,12 +115,7 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, socket: WebSocket, watched: Option<Watched>) {
-        // Anonymous sockets have no credential to lose: their token is never cancelled.
-        let revoked = watched
-            .as_ref()
-            .map(|w| w.ended.clone())
-            .unwrap_or_default();
+    async fn run(mut self, socket: WebSocket, lease: StreamLease) {
         let _open = crate::metrics::OpenGuard::new(&self.state.metrics.ws_open);
         let (mut sink, mut incoming) = socket.split();
         let mut rx = self.state.bus.subscribe();
@@ -173,7 +160,7 @@ impl Connection {
                     let _ = close(&mut sink, 1001, "server shutting down").await;
                     return;
                 }
-                _ = revoked.cancelled() => {
+                _ = lease.revoked.cancelled() => {
                     let _ = close(&mut sink, 1008, "the credentials of this socket were revoked").await;
                     return;
                 }

@@ -26,21 +26,12 @@ pub fn user_count(db: &mut Db) -> anyhow::Result<i64> {
     db.query_one("SELECT COUNT(*) FROM users", &[])?.int(0)
 }
 
+/// The user `name`, created if it does not exist yet.
 pub fn ensure_user(db: &mut Db, name: &str) -> anyhow::Result<User> {
+    if let Some(user) = create_user(db, name)? {
+        return Ok(user);
+    }
     let name = name.trim();
-    anyhow::ensure!(
-        !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_alphanumeric() || "._-@".contains(c)),
-        "a user name is 1 to 64 letters, digits or . _ - @"
-    );
-    db.execute(
-        "INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(name)
-         DO NOTHING",
-        vals![Uuid::new_v4(), name, crate::time::now()],
-    )?;
     let id = db
         .query_one("SELECT id FROM users WHERE name = ?1", vals![name])?
         .uuid(0)?;
@@ -53,6 +44,15 @@ pub fn ensure_user(db: &mut Db, name: &str) -> anyhow::Result<User> {
 /// Creates the user `name`, or returns `None` if it exists already (made by another node, say:
 /// a concurrent insert of the same name waits for the first to commit, then inserts nothing).
 pub fn create_user(db: &mut Db, name: &str) -> anyhow::Result<Option<User>> {
+    let name = name.trim();
+    anyhow::ensure!(
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_alphanumeric() || "._-@".contains(c)),
+        "a user name is 1 to 64 letters, digits or . _ - @"
+    );
     let id = Uuid::new_v4();
     let inserted = db.execute(
         "INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(name)
@@ -94,7 +94,7 @@ pub enum Credential {
 impl Credential {
     /// The credential of a token as a client sends it (`rc_<id>_<secret>`).
     pub fn of_token(token: &str) -> Credential {
-        Credential::Token(token_parts(token).map_or("", |(id, _)| id).to_string())
+        Credential::Token(token_id(token).to_string())
     }
 
     /// The credential of a session cookie's secret.
@@ -114,6 +114,11 @@ pub fn is_valid(db: &mut Db, credential: &Credential) -> anyhow::Result<bool> {
         )?,
     };
     Ok(row.is_some())
+}
+
+/// A token's id, as `token list` shows it ("" for a malformed token).
+pub fn token_id(token: &str) -> &str {
+    token_parts(token).map_or("", |(id, _)| id)
 }
 
 /// A token's `(id, secret)`: tokens read `rc_<id>_<secret>`.
@@ -208,12 +213,16 @@ fn create_session(db: &mut Db, user: &User, token_id: Option<&str>) -> anyhow::R
     Ok(secret)
 }
 
-/// The user of a live session. The secret is looked up by its hash, so timing reveals nothing.
-pub fn session_user(db: &mut Db, secret: &str) -> anyhow::Result<Option<User>> {
+/// The user of a live session (a [`Credential::of_session`]). The secret is looked up by its
+/// hash, so timing reveals nothing.
+pub fn session_user(db: &mut Db, session: &Credential) -> anyhow::Result<Option<User>> {
+    let Credential::Session(key) = session else {
+        return Ok(None);
+    };
     db.query_opt(
         "SELECT u.id, u.name FROM sessions s JOIN users u ON u.id = s.user_id
          WHERE s.secret_hash = ?1 AND s.expires_at > ?2",
-        vals![hash(secret), crate::time::now()],
+        vals![key.clone(), crate::time::now()],
     )?
     .map(|r| {
         Ok(User {

@@ -148,9 +148,6 @@ struct Worker {
     lines: Lines<BufReader<ChildStdout>>,
     jobs: u32,
     idle_since: Instant,
-    /// Whether it runs in a network namespace other than the server's (None: it could not be
-    /// told, as when the process already exited).
-    isolated: Option<bool>,
 }
 
 /// Whether workers are to get a network namespace of their own: yes, unless the environment
@@ -187,9 +184,6 @@ pub async fn run(
         None => match Worker::spawn(limits) {
             Ok(worker) => {
                 limits.warm.started.fetch_add(1, Ordering::Relaxed);
-                if let Some(isolated) = worker.isolated {
-                    limits.warm.record_isolation(isolated, network_namespace());
-                }
                 worker
             }
             Err(e) => {
@@ -312,8 +306,11 @@ impl Worker {
             });
         }
         let mut child = cmd.spawn()?;
-        // The worker has exec'd by now, so its namespace is the one it runs in.
-        let isolated = child.id().and_then(in_own_network);
+        // The worker has exec'd by now, so its namespace is the one it runs in (unknown only
+        // if it already exited).
+        if let Some(isolated) = child.id().and_then(in_own_network) {
+            limits.warm.record_isolation(isolated, netns);
+        }
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
@@ -329,7 +326,6 @@ impl Worker {
             lines: BufReader::new(stdout).lines(),
             jobs: 0,
             idle_since: Instant::now(),
-            isolated,
         })
     }
 }

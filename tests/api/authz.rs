@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
+use reqwest::header::{AUTHORIZATION, COOKIE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -196,19 +196,6 @@ impl Callers {
     }
 }
 
-async fn sign_in(server: &TestServer, token: &str) -> String {
-    let res = server
-        .http
-        .post(server.api("/session"))
-        .json(&json!({ "token": token }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let cookie = res.headers()[SET_COOKIE].to_str().unwrap();
-    cookie.split(';').next().unwrap().to_string()
-}
-
 async fn final_task(server: &TestServer, item: &Value) -> String {
     let task = server.convert(item, json!({})).await["task_id"]
         .as_str()
@@ -357,17 +344,11 @@ async fn every_route_answers_each_kind_of_caller_as_the_table_says() {
     let other = server.token_for("other").await;
     let revoked = server.token_for("revoked").await;
     let cookies = [
-        (Owner, sign_in(&server, &server.token).await),
-        (Other, sign_in(&server, &other).await),
-        (Revoked, sign_in(&server, &revoked).await),
+        (Owner, server.sign_in(&server.token).await),
+        (Other, server.sign_in(&other).await),
+        (Revoked, server.sign_in(&revoked).await),
     ];
-    let out = tokio::process::Command::new(crate::helpers::BIN)
-        .args(["token", "revoke", &revoked, "--data-dir"])
-        .arg(server.data_dir())
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
+    server.revoke(&revoked).await;
     let mut tickets = Vec::new();
     for _ in 0..TABLE.len() {
         let (_, ticket) = server

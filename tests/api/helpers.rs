@@ -55,28 +55,12 @@ impl TestServer {
     }
 
     pub async fn start_with(args: &[&str]) -> TestServer {
-        Self::start_wrapped(&[], args).await
+        Self::start_wrapped(&[], args, &[]).await
     }
 
     /// Starts the server with `env` set in its environment (its workers inherit it).
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let (child, url, token) = spawn(dir.path(), &args, &[], &env).await;
-        TestServer {
-            child: Some(child),
-            url,
-            token: token.expect("first start prints the admin token"),
-            dir: std::sync::Arc::new(dir),
-            args,
-            wrapper: Vec::new(),
-            env,
-            http: http_client(),
-        }
+        Self::start_wrapped(&[], args, env).await
     }
 
     /// Starts the server with its data dir on a disk of `mb` MiB (a tmpfs in a mount namespace
@@ -85,14 +69,18 @@ impl TestServer {
     pub async fn start_on_small_disk(mb: u32, args: &[&str]) -> TestServer {
         let mount = format!("mount -t tmpfs -o size={mb}m tmpfs \"$0\" && exec \"$@\"");
         let wrapper = ["unshare", "--mount", "--map-root-user", "sh", "-c", &mount];
-        Self::start_wrapped(&wrapper, args).await
+        Self::start_wrapped(&wrapper, args, &[]).await
     }
 
-    async fn start_wrapped(wrapper: &[&str], args: &[&str]) -> TestServer {
+    async fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let wrapper: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
-        let (child, url, token) = spawn(dir.path(), &args, &wrapper, &[]).await;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, url, token) = spawn(dir.path(), &args, &wrapper, &env).await;
         TestServer {
             child: Some(child),
             url,
@@ -100,7 +88,7 @@ impl TestServer {
             dir: std::sync::Arc::new(dir),
             args,
             wrapper,
-            env: Vec::new(),
+            env,
             http: http_client(),
         }
     }
@@ -197,6 +185,22 @@ impl TestServer {
 
     /// A token for another user, made with the CLI as an operator would.
     pub async fn token_for(&self, user: &str) -> String {
+        self.cli(&["token", "create", "--user", user])
+            .await
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Revokes `token` with the CLI, as an operator would.
+    pub async fn revoke(&self, token: &str) {
+        self.cli(&["token", "revoke", token]).await;
+    }
+
+    /// Runs the CLI on this server's data dir and database; its stdout, once it succeeded.
+    async fn cli(&self, args: &[&str]) -> String {
         let database = self
             .args
             .iter()
@@ -204,24 +208,34 @@ impl TestServer {
             .map(|i| self.args[i..=i + 1].to_vec())
             .unwrap_or_default();
         let out = Command::new(BIN)
-            .args(["token", "create", "--user", user, "--data-dir"])
+            .args(args)
+            .arg("--data-dir")
             .arg(self.dir.path())
             .args(database)
             .output()
             .await
-            .expect("token create runs");
+            .expect("the CLI runs");
         assert!(
             out.status.success(),
-            "{}",
+            "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .to_string()
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Signs a browser in with `token`: the session cookie, as `name=value`.
+    pub async fn sign_in(&self, token: &str) -> String {
+        let res = self
+            .http
+            .post(self.api("/session"))
+            .json(&serde_json::json!({ "token": token }))
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let cookie = res.headers()[reqwest::header::SET_COOKIE].to_str().unwrap();
+        cookie.split(';').next().unwrap().to_string()
     }
 
     pub fn api(&self, path: &str) -> String {

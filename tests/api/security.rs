@@ -13,24 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{data, json_of, TestDatabase, TestServer, BIN};
+use crate::helpers::{data, json_of, TestDatabase, TestServer};
 use crate::live_clients::{ws_connect, ws_next, ws_send, Socket, Sse};
-
-/// Revokes `token` with the CLI, as an operator would.
-async fn revoke(server: &TestServer, token: &str, database: Option<&str>) {
-    let mut command = tokio::process::Command::new(BIN);
-    command.args(["token", "revoke", token, "--data-dir"]);
-    command.arg(server.data_dir());
-    if let Some(url) = database {
-        command.args(["--database-url", url]);
-    }
-    let out = command.output().await.expect("token revoke runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Reads `sse` until it ends; panics if it goes on for a minute.
 async fn ends(sse: &mut Sse) {
@@ -69,18 +53,15 @@ async fn ticket(server: &TestServer, token: &str) -> String {
     body["ticket"].as_str().unwrap().to_string()
 }
 
-/// A session cookie for `token`, as a browser gets it.
-async fn sign_in(server: &TestServer, token: &str) -> String {
-    let res = server
-        .http
-        .post(server.api("/session"))
-        .json(&json!({ "token": token }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let cookie = res.headers()["set-cookie"].to_str().unwrap();
-    cookie.split(';').next().unwrap().to_string()
+/// The user feed of a browser signed in with `cookie`.
+async fn events_by_cookie(server: &TestServer, cookie: &str) -> Sse {
+    Sse::open(
+        server
+            .http
+            .get(server.api("/events"))
+            .header("cookie", cookie),
+    )
+    .await
 }
 
 /// A queued task of `token`'s user. API-only servers run none, so it stays PENDING.
@@ -105,14 +86,8 @@ async fn a_revoked_token_closes_its_streams_voids_its_tickets_and_cancels_nothin
     let mut task_feed =
         Sse::open(server.req(Method::GET, &format!("/tasks/{task}/events"), &bob)).await;
     assert_eq!(task_feed.status, StatusCode::OK);
-    let cookie = sign_in(&server, &bob).await;
-    let mut cookie_feed = Sse::open(
-        server
-            .http
-            .get(server.api("/events"))
-            .header("cookie", &cookie),
-    )
-    .await;
+    let cookie = server.sign_in(&bob).await;
+    let mut cookie_feed = events_by_cookie(&server, &cookie).await;
     assert_eq!(cookie_feed.status, StatusCode::OK);
     let unused = ticket(&server, &bob).await;
     let mut by_ticket = Sse::open(
@@ -142,7 +117,7 @@ async fn a_revoked_token_closes_its_streams_voids_its_tickets_and_cancels_nothin
     );
 
     let revoked = Instant::now();
-    revoke(&server, &bob, None).await;
+    server.revoke(&bob).await;
     // A cancel sent at once, before the socket is closed, is refused too.
     let _ = socket
         .send(Message::text(
@@ -186,14 +161,8 @@ async fn a_revoked_token_closes_its_streams_voids_its_tickets_and_cancels_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_out_ends_the_sessions_streams_and_only_our_own_pages_may() {
     let server = TestServer::start_with(&["--role", "api"]).await;
-    let cookie = sign_in(&server, &server.token).await;
-    let mut feed = Sse::open(
-        server
-            .http
-            .get(server.api("/events"))
-            .header("cookie", &cookie),
-    )
-    .await;
+    let cookie = server.sign_in(&server.token).await;
+    let mut feed = events_by_cookie(&server, &cookie).await;
     assert_eq!(feed.status, StatusCode::OK);
     let host = server.url.trim_start_matches("http://").to_string();
 
@@ -256,7 +225,7 @@ async fn a_token_revoked_on_one_node_closes_its_streams_on_another() {
         .await
         .unwrap();
     ws_send(&mut socket, json!({"type": "subscribe", "all": true})).await;
-    revoke(&first, &bob, Some(&db.url)).await;
+    first.revoke(&bob).await;
     ends(&mut feed).await;
     assert_eq!(closed(&mut socket).await.0, CloseCode::Policy);
 }
@@ -277,6 +246,32 @@ async fn connections_that_send_nothing_are_closed_from_the_accept() {
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
     assert_eq!(server.healthz().await, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_that_sends_nothing_more_is_closed() {
+    let server = TestServer::start_with(&["--header-timeout-secs", "1"]).await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        closed.is_ok(),
+        "the idle kept-alive connection is closed by the server"
+    );
 }
 
 /// A client whose connections come from `ip` (any 127.x address reaches the server).
@@ -419,7 +414,7 @@ async fn json_bodies_are_checked_by_their_media_type_and_cookies_by_scheme_host_
         assert_eq!(status, expected, "{content_type}: {body}");
     }
 
-    let cookie = sign_in(&server, &server.token).await;
+    let cookie = server.sign_in(&server.token).await;
     let host = server.url.trim_start_matches("http://").to_string();
     let port: u16 = host.rsplit(':').next().unwrap().parse().unwrap();
     let folder = |origin: String| {
