@@ -9,49 +9,15 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Tickets;
+use crate::http::auth::Tickets;
+use crate::http::AppState;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::convert::Limits;
 use crate::metrics::Metrics;
-use crate::store::{items, tasks as task_rows, users, Store};
-use crate::tasks::{ChildLimits, Inspector, Queue, WarmPool, Workers};
+use crate::store::{items, users, Store};
+use crate::tasks::{ChildLimits, Inspector, Queue, Tasks, WarmPool, Workers};
 use crate::tree::Blobs;
-
-/// Shared by every handler; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    /// Limits and switches that handlers read.
-    pub config: Arc<Config>,
-    /// Users, tokens, tree items and tasks.
-    pub store: Store,
-    /// The bytes of files on disk.
-    pub blobs: Blobs,
-    /// Task events for live channels.
-    pub bus: Bus,
-    /// Wakes workers and reaches running tasks to cancel them.
-    pub queue: Queue,
-    /// Single-use tickets for browsers' EventSource and WebSocket.
-    pub tickets: Tickets,
-    /// Prometheus metrics, shared with the workers.
-    pub metrics: Arc<Metrics>,
-    /// Describes uploads in a child worker.
-    pub inspector: Inspector,
-    /// Open event streams per user, for `--max-streams-per-user`.
-    pub streams: crate::limits::Streams,
-    /// Requests per user, for `--max-requests-per-second-per-user`.
-    pub rate: crate::limits::RequestRate,
-    /// Sign-ins per address and per token, for `--max-sign-ins-per-minute`.
-    pub sign_ins: crate::limits::SignInRate,
-    /// Ends open streams whose token or session is revoked.
-    pub revocations: crate::revocation::Revocations,
-    /// Upgraded WebSockets, which shutdown waits for (the HTTP server no longer sees them).
-    pub sockets: tokio_util::task::TaskTracker,
-    /// Cancelled on SIGINT/SIGTERM, so handlers refuse new work while the server drains.
-    pub shutdown: CancellationToken,
-    /// Size of the worker pool, reported by `/healthz`.
-    pub workers: usize,
-}
 
 pub struct App {
     listener: TcpListener,
@@ -81,11 +47,11 @@ impl App {
                     size: config.event_log_size.max(1),
                     min_age: Duration::from_secs(config.event_log_min_age_secs),
                 };
-                tokio::task::spawn_blocking(move || Store::connect(&url, bus))
+                tokio::task::spawn_blocking(move || Store::connect(&url, Arc::new(bus)))
                     .await??
                     .with_event_log(log)
             }
-            None => Store::open(&config.data_dir.join("rastercast.db"), bus.clone())?,
+            None => Store::open(&config.data_dir.join("rastercast.db"), Arc::new(bus.clone()))?,
         };
         let reserve = config.min_free_disk_mb << 20;
         let blobs = Blobs::open(&config.data_dir)?.with_reserve(reserve);
@@ -93,14 +59,8 @@ impl App {
         // Alone on SQLite, every running task was cut off by this process's own stop. With
         // other nodes on the database, they may be running theirs: expired leases tell
         // (`Workers::reap`), and files younger than an hour may be theirs.
-        let max_attempts = config.max_attempts;
-        let requeued = if shared {
-            0
-        } else {
-            store
-                .call(move |c| task_rows::recover(c, max_attempts))
-                .await?
-        };
+        let tasks = Tasks::new(store.clone(), Queue::default(), config.max_attempts);
+        let requeued = if shared { 0 } else { tasks.recover().await? };
         let referenced = store.call(items::referenced_blobs).await?;
         let min_age = if shared {
             Duration::from_secs(3600)
@@ -136,13 +96,12 @@ impl App {
         let relay = store.clone();
         let relay_shutdown = shutdown.clone();
         tokio::task::spawn_blocking(move || relay.relay_events(relay_shutdown)).await??;
-        let queue = Queue::default();
         let metrics = Arc::new(Metrics::new());
         let workers = Arc::new(Workers {
+            tasks: tasks.clone(),
             store: store.clone(),
             blobs: blobs.clone(),
             bus: bus.clone(),
-            queue: queue.clone(),
             child: ChildLimits {
                 exe,
                 memory_bytes: config.worker_memory_mb << 20,
@@ -163,7 +122,6 @@ impl App {
             node: uuid::Uuid::new_v4().to_string().into(),
             lease: Duration::from_secs_f64(config.lease_secs.max(0.3)),
             reap: shared,
-            max_attempts: config.max_attempts,
         });
         let workers_count = config.workers();
         let tickets = Tickets::with_ttl(Duration::from_secs(config.stream_ticket_secs));
@@ -178,9 +136,9 @@ impl App {
             workers: config.workers(),
             config: Arc::new(config),
             store,
+            tasks,
             blobs,
             bus,
-            queue,
             tickets,
             metrics,
             inspector: Inspector {
@@ -255,11 +213,7 @@ impl App {
         .await;
         if drained.is_err() {
             let node = self.workers.node.clone();
-            let requeued = self
-                .state
-                .store
-                .call(move |c| task_rows::requeue_all_running(c, &node))
-                .await;
+            let requeued = self.state.tasks.requeue_node(node).await;
             tracing::warn!(
                 ?requeued,
                 "workers did not stop in time; their tasks were queued again"

@@ -7,12 +7,12 @@
 //! GDAL engine, shared by the server's child workers and the `convert` command.
 
 pub mod app;
-pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod disk;
+pub mod domain;
 pub mod error;
 pub mod http;
 pub mod limits;

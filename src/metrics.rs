@@ -169,7 +169,7 @@ impl Metrics {
         bus: &BusStats,
         warm: &crate::tasks::WarmPool,
     ) -> String {
-        for state in crate::tasks::TaskState::ALL {
+        for state in crate::domain::TaskState::ALL {
             let count = tasks_by_state
                 .iter()
                 .find(|(s, _)| s == state.as_str())
@@ -179,7 +179,7 @@ impl Metrics {
                     state: state.as_str().into(),
                 })
                 .set(count);
-            if state == crate::tasks::TaskState::Pending {
+            if state == crate::domain::TaskState::Pending {
                 self.queue_depth.set(count);
             }
         }

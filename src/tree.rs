@@ -82,7 +82,9 @@ impl Blobs {
         let target = self.blobs.join(&name);
         let source = temp.path.clone();
         let dir = self.blobs.clone();
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let _span = span.enter();
             std::fs::File::open(&source)?.sync_all()?;
             std::fs::rename(&source, &target)?;
             std::fs::File::open(&dir)?.sync_all()

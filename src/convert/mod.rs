@@ -5,7 +5,6 @@
 
 mod describe;
 pub mod hardening;
-pub mod options;
 mod source;
 mod translate;
 pub mod worker;
@@ -14,69 +13,10 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 
-pub use describe::{BandInfo, GeoRaster};
-pub use options::{Conversion, RequestedOptions};
-
-/// Resource limits on one conversion; a source over any of them fails before work starts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Limits {
-    /// width × height × bands of the source. (A reprojected output is bounded by the task's
-    /// time and memory limits instead.)
-    pub max_pixels: u64,
-    pub max_bands: usize,
-    /// Largest member accepted inside a zip, so a zip bomb cannot expand past an upload.
-    pub max_unzipped_bytes: u64,
-    /// GDAL threads for this one job (`NUM_THREADS`).
-    pub threads: usize,
-    /// Free bytes the conversion must leave on the output's disk; 0 for no check.
-    #[serde(default)]
-    pub min_free_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_pixels: 4_000_000_000,
-            max_bands: 1024,
-            max_unzipped_bytes: 8 << 30,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            min_free_bytes: 0,
-        }
-    }
-}
-
-/// Where a conversion is, for a progress bar and a status sentence.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Phase {
-    Opening,
-    Converting,
-    BuildingOverviews,
-    Verifying,
-    Publishing,
-}
-
-impl Phase {
-    pub fn sentence(self) -> &'static str {
-        match self {
-            Phase::Opening => "Opening the source",
-            Phase::Converting => "Converting",
-            Phase::BuildingOverviews => "Building overviews",
-            Phase::Verifying => "Verifying the COG",
-            Phase::Publishing => "Publishing",
-        }
-    }
-}
-
-/// Why a conversion did not produce a COG. `Failed` carries a sentence for the user.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
-pub enum ConvertError {
-    #[error("{0}")]
-    Failed(String),
-    #[error("the conversion was cancelled")]
-    Cancelled,
-}
+pub use crate::domain::geo::{BandInfo, GeoRaster};
+pub use crate::domain::job::{ConvertError, Limits, Phase};
+pub use crate::domain::options::{self, Conversion, RequestedOptions};
 
 pub type Progress<'a> = &'a mut dyn FnMut(f64, Phase);
 

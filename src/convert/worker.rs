@@ -7,46 +7,12 @@
 //! Child → parent: per job, [`Report`] lines ending with `Done`, `Failed` or `Cancelled`.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use super::{ConvertError, GeoRaster, Phase};
 
-use super::{Conversion, ConvertError, GeoRaster, Limits, Phase};
-
-/// What a job asks of the worker.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    #[default]
-    Convert,
-    /// Only describe the input.
-    Inspect,
-    /// Only check that `conversion.target_crs` is a CRS GDAL knows; `Done` carries its name
-    /// and WKT in an otherwise empty description.
-    CheckCrs,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Job {
-    #[serde(default)]
-    pub kind: JobKind,
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub conversion: Conversion,
-    pub limits: Limits,
-    pub cache_mb: usize,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Report {
-    Progress { percent: f64, phase: Phase },
-    Done { result: Box<GeoRaster> },
-    Failed { error: String },
-    Cancelled,
-}
+pub use crate::domain::job::{Job, JobKind, Report};
 
 /// Entry point of `rastercast worker`. Returns the process exit code.
 pub fn main() -> i32 {
@@ -105,7 +71,7 @@ pub fn main() -> i32 {
 
 fn run(job: &Job, cancel: &AtomicBool) -> Report {
     if job.kind == JobKind::CheckCrs {
-        return match super::options::check_crs(job.conversion.target_crs.as_deref().unwrap_or("")) {
+        return match check_crs(job.conversion.target_crs.as_deref().unwrap_or("")) {
             Ok(described) => Report::Done {
                 result: Box::new(described),
             },
@@ -160,4 +126,26 @@ fn emit(report: &Report) {
     let _ = serde_json::to_writer(&mut out, report);
     let _ = out.write_all(b"\n");
     let _ = out.flush();
+}
+
+/// Looks a normalised `AUTHORITY:CODE` up in GDAL (PROJ's database); runs in a worker.
+fn check_crs(normal: &str) -> Result<GeoRaster, String> {
+    let unknown = || format!("target_crs {normal} is not a coordinate reference system GDAL knows");
+    super::options::normalise_crs(normal).map_err(|_| unknown())?;
+    let srs = gdal::spatial_ref::SpatialRef::from_definition(normal).map_err(|_| unknown())?;
+    Ok(GeoRaster {
+        crs: Some(normal.to_string()),
+        crs_wkt: srs.to_wkt().ok(),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    /// A well-formed code GDAL does not know is refused; a known one is described.
+    #[test]
+    fn crs_codes_are_looked_up() {
+        assert!(super::check_crs("EPSG:99999999").is_err());
+        assert!(super::check_crs("EPSG:3857").is_ok());
+    }
 }

@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::extract::Path;
 use super::tree_items::owned_item;
-use crate::app::AppState;
-use crate::auth::AuthUser;
+use crate::http::AppState;
+use crate::http::auth::AuthUser;
 use crate::error::{AppError, AppResult, ErrorBody};
 
 pub fn router() -> OpenApiRouter<AppState> {

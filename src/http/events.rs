@@ -14,8 +14,8 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use uuid::Uuid;
 
 use super::extract::{Path, Query};
-use crate::app::AppState;
-use crate::auth::{StreamCaller, StreamLease};
+use crate::http::AppState;
+use crate::http::auth::{StreamCaller, StreamLease};
 use crate::bus::Body as TaskEvent;
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::live::{self, Follow};
@@ -247,8 +247,10 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::bus::EventKind;
-    use crate::store::{tasks::NewTask, users};
+    use crate::domain::NewTask;
+    use crate::store::users;
+    use crate::tasks::lifecycle::{self, Submitted};
+
 
     #[test]
     fn a_batch_passes_one_message_on_and_joins_several_in_order() {
@@ -297,18 +299,18 @@ mod tests {
             .store
             .call(|c| {
                 let user = users::ensure_user(c, "lagger")?;
-                let task = task_rows::insert(
-                    c,
-                    NewTask {
-                        user_id: user.id,
-                        source_id: uuid::Uuid::new_v4(),
-                        source_blob: "0".repeat(32),
-                        source_name: "x.tif".into(),
-                        parent_id: None,
-                        options: Default::default(),
-                    },
-                )?;
-                task_rows::claim_next(c, "test", 60_000)?;
+                let new = NewTask {
+                    user_id: user.id,
+                    source_id: uuid::Uuid::new_v4(),
+                    source_blob: "0".repeat(32),
+                    source_name: "x.tif".into(),
+                    parent_id: None,
+                    options: Default::default(),
+                };
+                let Submitted::Queued(task) = lifecycle::submit(c, new, 1)? else {
+                    unreachable!("a new user has no tasks")
+                };
+                lifecycle::claim(c, "test", 60_000)?;
                 Ok((user, task))
             })
             .await
@@ -329,11 +331,11 @@ mod tests {
         // Five events while the stream is not polled: its receiver (capacity 1) lags.
         for step in 1..=5 {
             let id = task.id;
-            crate::tasks::change(&state.store, id, EventKind::Progress, move |c| {
-                task_rows::set_progress(c, id, "test", step as f64 * 10.0, "Converting")
-            })
-            .await
-            .unwrap();
+            state
+                .tasks
+                .progress(id, "test".into(), step as f64 * 10.0, "Converting")
+                .await
+                .unwrap();
         }
         let resynced = next(&mut body).await;
         assert!(resynced.contains("\"resync\":true"), "{resynced}");

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::Json;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::app::AppState;
+use crate::http::AppState;
 use crate::error::{AppError, AppResult};
 
 pub fn router() -> OpenApiRouter<AppState> {

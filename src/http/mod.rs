@@ -1,5 +1,6 @@
 //! The HTTP API: one module per resource, each starting with its `router()`.
 
+pub mod auth;
 mod content;
 mod dashboard;
 mod events;
@@ -9,6 +10,7 @@ mod metrics;
 mod openapi;
 mod serve;
 mod session;
+mod state;
 mod tasks;
 mod tree_items;
 mod ws;
@@ -18,8 +20,8 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use serve::serve;
+pub use state::AppState;
 
-use crate::app::AppState;
 use crate::error::AppError;
 
 pub fn router(state: AppState) -> Router {

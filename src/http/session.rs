@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::extract::Json;
-use crate::app::AppState;
-use crate::auth::{peer_ip_of, same_origin, session_cookie, AuthCaller, AuthUser, SESSION_COOKIE};
+use crate::http::AppState;
+use crate::http::auth::{peer_ip_of, same_origin, session_cookie, AuthCaller, AuthUser, SESSION_COOKIE};
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::store::users;
 use utoipa::ToSchema;

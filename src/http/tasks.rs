@@ -9,10 +9,10 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::extract::{Path, Query};
-use crate::app::AppState;
-use crate::auth::{AuthUser, MaybeUser};
+use crate::http::AppState;
+use crate::http::auth::{AuthUser, MaybeUser};
 use crate::error::{AppError, AppResult, ErrorBody};
-use crate::store::tasks::{self as task_rows, DeleteOutcome};
+use crate::store::tasks as task_rows;
 use crate::tasks::{status_json, TaskState, TaskStatus};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -91,7 +91,7 @@ async fn cancel(
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
 ) -> AppResult<Json<serde_json::Value>> {
-    let task = crate::tasks::cancel(&state.store, &state.queue, user.id, id).await?;
+    let task = state.tasks.cancel(user.id, id).await?;
     Ok(Json(status_json(&task)))
 }
 
@@ -166,18 +166,7 @@ async fn forget(
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
 ) -> AppResult<StatusCode> {
-    match state
-        .store
-        .call(move |c| task_rows::delete(c, user.id, id))
-        .await?
-    {
-        DeleteOutcome::Deleted => {
-            state.bus.forget(id);
-            Ok(StatusCode::NO_CONTENT)
-        }
-        DeleteOutcome::Running => Err(AppError::Conflict(
-            "The task is still queued or running; cancel it first.".into(),
-        )),
-        DeleteOutcome::NotFound => Err(AppError::NotFound("task")),
-    }
+    state.tasks.forget(user.id, id).await?;
+    state.bus.forget(id);
+    Ok(StatusCode::NO_CONTENT)
 }

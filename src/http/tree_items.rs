@@ -14,12 +14,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::extract::{Json, Path, Query};
-use crate::app::AppState;
-use crate::auth::AuthUser;
+use crate::http::AppState;
+use crate::http::auth::AuthUser;
 use crate::convert::RequestedOptions;
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::store::items::{self, Item, ItemKind, NewItem};
-use crate::store::tasks::{self as task_rows, NewTask};
+use crate::domain::NewTask;
 
 pub fn router() -> OpenApiRouter<AppState> {
     // Uploads stream to disk under their own limit; other bodies keep axum's small default.
@@ -575,32 +575,18 @@ async fn convert(
             item.name
         )));
     };
-    let limit = state.config.max_active_tasks_per_user;
+    let new = NewTask {
+        user_id: user.id,
+        source_id: item.id,
+        source_blob: blob,
+        source_name: item.name,
+        parent_id: item.parent_id,
+        options,
+    };
     let task = state
-        .store
-        .call(move |c| {
-            // Counted and inserted in one call that holds the user's row (PostgreSQL) or the
-            // one connection's lock (SQLite): no race past the limit.
-            let active = task_rows::count_active(c, user.id)?;
-            if active >= limit {
-                return Ok(Err(crate::limits::too_many_tasks(active, limit)));
-            }
-            let task = task_rows::insert(
-                c,
-                NewTask {
-                    user_id: user.id,
-                    source_id: item.id,
-                    source_blob: blob,
-                    source_name: item.name,
-                    parent_id: item.parent_id,
-                    options,
-                },
-            )?;
-            c.publish(&task, crate::bus::EventKind::State)?;
-            Ok(Ok(task))
-        })
-        .await??;
-    state.queue.wake();
+        .tasks
+        .submit(new, state.config.max_active_tasks_per_user)
+        .await?;
     Ok(axum::Json(Started {
         task_id: task.id,
         state: task.state,

@@ -14,8 +14,8 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::auth::{same_origin, StreamCaller, StreamLease};
+use crate::http::AppState;
+use crate::http::auth::{same_origin, StreamCaller, StreamLease};
 use crate::error::AppError;
 use crate::live::{self, Follow};
 use crate::store::users::{self, Credential};
@@ -258,7 +258,7 @@ impl Connection {
                         Err(e) => return vec![error_frame(AppError::from(e))],
                     }
                 }
-                match crate::tasks::cancel(&s.store, &s.queue, user.id, task_id).await {
+                match s.tasks.cancel(user.id, task_id).await {
                     Ok(_) => Vec::new(),
                     Err(e) => vec![error_frame(e)],
                 }

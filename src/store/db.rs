@@ -12,12 +12,12 @@ use std::borrow::Cow;
 use anyhow::Context;
 use uuid::Uuid;
 
-/// A connection, inside [`super::Store::call`], and the bus its changes are announced on.
+/// A connection, inside [`super::Store::call`], and where its changes are announced.
 /// For PostgreSQL the whole call is one transaction, committed when the call returns `Ok`;
 /// SQLite commits per statement (or per [`Db::atomically`] block), under the store's one lock.
 pub struct Db<'a> {
     pub(super) conn: Conn<'a>,
-    pub(super) bus: &'a crate::bus::Bus,
+    pub(super) bus: &'a dyn crate::domain::Announce,
 }
 
 pub(super) enum Conn<'a> {
@@ -49,7 +49,7 @@ impl<'a> Db<'a> {
     /// Runs `f` in PostgreSQL transaction `tx` and commits it when `f` succeeds.
     pub(super) fn in_transaction<R>(
         tx: postgres::Transaction<'a>,
-        bus: &'a crate::bus::Bus,
+        bus: &'a dyn crate::domain::Announce,
         f: impl FnOnce(&mut Db) -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
         let mut db = Db {

@@ -12,8 +12,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use tokio_util::sync::CancellationToken;
 
 use super::db::{vals, Conn, Db};
-use crate::bus::{Bus, Event, EventKind};
-use crate::store::TaskRecord;
+use crate::domain::{Announce, Event, EventKind, TaskRecord, TaskState};
 
 /// What the event log keeps: at least `size` events (as the in-process replay window does),
 /// and every event younger than `min_age`, so that a relay that lost its connection for less
@@ -41,7 +40,7 @@ impl Db<'_> {
     /// Returns the event's `seq`.
     pub fn publish(&mut self, task: &TaskRecord, kind: EventKind) -> anyhow::Result<u64> {
         if let Conn::Sqlite(_) = self.conn {
-            return Ok(self.bus.publish(task, kind).seq);
+            return Ok(self.bus.publish(task, kind));
         }
         // Two round trips per event: the lock and the number, then the row and its notice.
         // (The lock is taken in the FROM clause, so before the number is.)
@@ -106,7 +105,7 @@ impl Db<'_> {
         keep: impl Fn(&Event) -> bool,
     ) -> anyhow::Result<Option<Vec<Arc<Event>>>> {
         if let Conn::Sqlite(_) = self.conn {
-            return Ok(self.bus.replay(after, keep));
+            return Ok(self.bus.replay(after, &keep));
         }
         let oldest = self
             .query_one("SELECT MIN(seq) FROM task_events", &[])?
@@ -145,7 +144,7 @@ fn stored_event(row: &super::db::Row) -> anyhow::Result<Event> {
         row.uuid(1)?,
         row.uuid(2)?,
         EventKind::parse(&kind).with_context(|| format!("unknown event kind {kind:?}"))?,
-        crate::tasks::TaskState::parse(&state)
+        TaskState::parse(&state)
             .with_context(|| format!("unknown task state {state:?}"))?,
         row.blob(5)?.into(),
     )
@@ -181,7 +180,7 @@ pub fn relay(
     config: postgres::Config,
     client: postgres::Client,
     start: u64,
-    bus: Bus,
+    bus: Arc<dyn Announce>,
     limits: LogLimits,
     shutdown: CancellationToken,
 ) {
@@ -220,13 +219,13 @@ pub fn relay(
                 if first.is_some_and(|f| f > last + 1) && pruned_past(&mut client, last)? {
                     let since = synced_at - chrono::Duration::minutes(1);
                     tracing::warn!(%since, "the event log was pruned past this node's relay; resyncing its feeds");
-                    last = resync(&mut client, &bus, &crate::time::format(since))?;
+                    last = resync(&mut client, &*bus, &crate::time::format(since))?;
                 } else {
                     for row in &rows {
                         let row = super::db::row_from_postgres(row)?;
                         let event = stored_event(&row)?;
                         last = event.seq as i64;
-                        bus.deliver_stored(event);
+                        bus.deliver(event);
                     }
                 }
                 synced_at = chrono::Utc::now();
@@ -260,16 +259,14 @@ fn pruned_past(client: &mut postgres::Client, last: i64) -> anyhow::Result<bool>
 
 /// Delivers a resync snapshot of every task changed since `since` (and every unfinished one)
 /// as of the log's end, and returns that end.
-fn resync(client: &mut postgres::Client, bus: &Bus, since: &str) -> anyhow::Result<i64> {
+fn resync(client: &mut postgres::Client, bus: &dyn Announce, since: &str) -> anyhow::Result<i64> {
     let (position, tasks) = Db::in_transaction(client.transaction()?, bus, |db| {
         db.consistent_reads()?;
         Ok((db.position()?, super::tasks::changed_since(db, since)?))
     })?;
     for task in &tasks {
-        bus.deliver_stored(Event::snapshot(task, position, true));
+        bus.deliver(Event::snapshot(task, position, true));
     }
-    bus.stats()
-        .lag_resyncs
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    bus.resynced(1);
     Ok(position as i64)
 }

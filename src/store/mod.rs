@@ -10,8 +10,6 @@
 pub mod db;
 pub mod events;
 pub mod items;
-#[cfg(test)]
-mod state_props;
 pub mod tasks;
 #[cfg(test)]
 pub mod testing;
@@ -25,7 +23,8 @@ use rusqlite::Connection;
 
 pub use db::Db;
 pub use items::{Item, ItemKind, NewItem};
-pub use tasks::{NewTask, TaskRecord};
+pub use crate::domain::{NewTask, TaskRecord};
+use crate::domain::Announce;
 pub use users::{TokenInfo, User};
 
 /// Numbered migrations; `PRAGMA user_version` records how many have run.
@@ -78,8 +77,8 @@ fn connect_postgres(config: &postgres::Config) -> anyhow::Result<postgres::Clien
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Engine>>,
-    /// Where changes are announced (see [`events`]).
-    bus: crate::bus::Bus,
+    /// Where changes are announced (see [`events`]): the bus, in the server.
+    bus: Arc<dyn Announce>,
     /// PostgreSQL's connection settings, for the event relay's own connection.
     postgres: Option<postgres::Config>,
     /// What PostgreSQL's event log keeps.
@@ -87,7 +86,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(path: &Path, bus: crate::bus::Bus) -> anyhow::Result<Store> {
+    pub fn open(path: &Path, bus: Arc<dyn Announce>) -> anyhow::Result<Store> {
         let mut conn = Connection::open(path)
             .with_context(|| format!("opening the database {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -107,14 +106,14 @@ impl Store {
 
     /// Connects to PostgreSQL at `url` and brings its schema up to date. Several nodes may
     /// start at once: the migrations run under an advisory lock.
-    pub fn connect(url: &str, bus: crate::bus::Bus) -> anyhow::Result<Store> {
+    pub fn connect(url: &str, bus: Arc<dyn Announce>) -> anyhow::Result<Store> {
         let config: postgres::Config = url
             .parse()
             .with_context(|| format!("reading the database URL {}", redact(url)))?;
         Store::connect_with(&config, bus).with_context(|| format!("connecting to {}", redact(url)))
     }
 
-    fn connect_with(config: &postgres::Config, bus: crate::bus::Bus) -> anyhow::Result<Store> {
+    fn connect_with(config: &postgres::Config, bus: Arc<dyn Announce>) -> anyhow::Result<Store> {
         let mut client = connect_postgres(config)?;
         migrate_postgres(&mut client)?;
         Ok(Store {
@@ -151,14 +150,15 @@ impl Store {
         Ok(())
     }
 
-    /// Runs `f` on the connection in a blocking thread.
+    /// Runs `f` on the connection in a blocking thread, inside the caller's tracing span.
     pub async fn call<R, F>(&self, f: F) -> anyhow::Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&mut Db) -> anyhow::Result<R> + Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.blocking(f))
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| store.blocking(f)))
             .await
             .context("database thread panicked")?
     }
@@ -166,7 +166,7 @@ impl Store {
     /// Runs `f` on the connection in the current thread (for the CLI and tests).
     pub fn blocking<R>(&self, f: impl FnOnce(&mut Db) -> anyhow::Result<R>) -> anyhow::Result<R> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let bus = &self.bus;
+        let bus = &*self.bus;
         match &mut *guard {
             Engine::Sqlite(conn) => f(&mut Db {
                 conn: db::Conn::Sqlite(conn),

@@ -1,51 +1,19 @@
-//! Task rows: the durable queue. Every state change is one conditional UPDATE whose WHERE
-//! clause is the state machine's precondition, so two actors can never both win a race.
+//! Task rows: the durable queue, as plain SQL. What a change means is decided by the task
+//! service (`tasks::lifecycle`); here a change of state takes a [`Transition`] (which only the
+//! state machine makes) and is one conditional UPDATE whose WHERE clause is its `from` state,
+//! so two actors can never both win a race.
 //!
 //! A running task is leased: the claim (`lease_owner`, the claiming process's id and a token
 //! of this claim alone) holds it until `lease_until` (milliseconds since the epoch, on the
-//! database's clock) and renews it by [`heartbeat`]. Every change a worker makes to its task
+//! database's clock) and renews it by [`renew_lease`]. Every change a worker makes to its task
 //! names its claim, so a run whose lease ran out (and whose task was taken over, even by
-//! another worker of the same process) changes nothing and publishes nothing.
+//! another worker of the same process) changes nothing.
 
 use uuid::Uuid;
 
 use super::db::{vals, Db, Dialect, Row};
-use crate::convert::Conversion;
-use crate::tasks::TaskState;
-
-#[derive(Debug, Clone)]
-pub struct TaskRecord {
-    pub seq: i64,
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub source_id: Uuid,
-    pub source_blob: String,
-    pub source_name: String,
-    /// Where the output goes: the source's folder when the task was created.
-    pub parent_id: Option<Uuid>,
-    pub options: Conversion,
-    pub state: TaskState,
-    pub progress: f64,
-    pub status: String,
-    pub result: Option<serde_json::Value>,
-    pub error: Option<String>,
-    pub attempts: u32,
-    pub cancel_requested: bool,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    /// 1-based place in the queue, for PENDING tasks.
-    pub queue_position: Option<i64>,
-}
-
-pub struct NewTask {
-    pub user_id: Uuid,
-    pub source_id: Uuid,
-    pub source_blob: String,
-    pub source_name: String,
-    pub parent_id: Option<Uuid>,
-    pub options: Conversion,
-}
+pub use crate::domain::task::{NewTask, TaskRecord};
+use crate::domain::{TaskState, Transition};
 
 const COLUMNS: &str = "seq, id, user_id, source_id, source_blob, source_name, parent_id, options, state, \
      progress, status, result, error, attempts, cancel_requested, created_at, started_at, finished_at, \
@@ -155,114 +123,162 @@ pub fn claim_owner(node: &str) -> String {
     format!("{node}/{}", Uuid::new_v4().simple())
 }
 
-/// Moves the oldest PENDING task to PROGRESS, leased to `owner` for `lease_ms`, and returns
-/// it (FIFO). Concurrent claimers (other nodes, on PostgreSQL) skip the rows each other have
-/// locked.
-pub fn claim_next(db: &mut Db, owner: &str, lease_ms: i64) -> anyhow::Result<Option<TaskRecord>> {
-    db.unsynced(|db| {
-        db.atomically(|db| {
-            let pick = match db.dialect() {
-                Dialect::Sqlite => {
-                    "SELECT id FROM tasks WHERE state = 'PENDING' ORDER BY seq LIMIT 1"
-                }
-                Dialect::Postgres => {
-                    "SELECT id FROM tasks WHERE state = 'PENDING' ORDER BY seq LIMIT 1
-                     FOR UPDATE SKIP LOCKED"
-                }
-            };
-            let Some(row) = db.query_opt(pick, &[])? else {
-                return Ok(None);
-            };
-            let id = row.uuid(0)?;
-            db.execute(
-                &format!(
-                    "UPDATE tasks SET state = 'PROGRESS', attempts = attempts + 1,
-                     status = 'Starting', started_at = ?2, lease_owner = ?3,
-                     lease_until = {} + ?4 WHERE id = ?1 AND state = 'PENDING'",
-                    now_ms(db)
-                ),
-                vals![id, crate::time::now(), owner, lease_ms],
-            )?;
-            get(db, id)
-        })
-    })
-}
-
-pub enum Heartbeat {
-    /// Still ours; `cancel` says a cancel was asked for (on any node).
-    Held { cancel: bool },
-    /// The lease ran out and the task was taken over or ended: stop, publish nothing.
-    Lost,
-}
-
-/// Renews `owner`'s lease on a running task.
-pub fn heartbeat(db: &mut Db, id: Uuid, owner: &str, lease_ms: i64) -> anyhow::Result<Heartbeat> {
-    db.unsynced(|db| {
-        let renewed = db.execute(
-            &format!(
-                "UPDATE tasks SET lease_until = {} + ?3 WHERE id = ?1 AND lease_owner = ?2
-                 AND state = 'PROGRESS'",
-                now_ms(db)
-            ),
-            vals![id, owner, lease_ms],
-        )? > 0;
-        if !renewed {
-            return Ok(Heartbeat::Lost);
+/// The id of the oldest PENDING task (FIFO). Concurrent claimers (other nodes, on
+/// PostgreSQL) skip the rows each other have locked; call it inside [`Db::atomically`].
+pub fn next_pending(db: &mut Db) -> anyhow::Result<Option<Uuid>> {
+    let pick = match db.dialect() {
+        Dialect::Sqlite => "SELECT id FROM tasks WHERE state = 'PENDING' ORDER BY seq LIMIT 1",
+        Dialect::Postgres => {
+            "SELECT id FROM tasks WHERE state = 'PENDING' ORDER BY seq LIMIT 1
+             FOR UPDATE SKIP LOCKED"
         }
-        let cancel = db
-            .query_one(
-                "SELECT cancel_requested FROM tasks WHERE id = ?1",
-                vals![id],
-            )?
-            .int(0)?
-            != 0;
-        Ok(Heartbeat::Held { cancel })
+    };
+    db.query_opt(pick, &[])?.map(|r| r.uuid(0)).transpose()
+}
+
+/// Starts a run: `change` (to PROGRESS), one more attempt, leased to `owner` for `lease_ms`.
+pub fn start(
+    db: &mut Db,
+    id: Uuid,
+    change: Transition,
+    owner: &str,
+    lease_ms: i64,
+    status: &str,
+) -> anyhow::Result<bool> {
+    Ok(db.execute(
+        &format!(
+            "UPDATE tasks SET state = ?2, attempts = attempts + 1, status = ?3, started_at = ?4,
+             lease_owner = ?5, lease_until = {} + ?6 WHERE id = ?1 AND state = ?7",
+            now_ms(db)
+        ),
+        vals![
+            id,
+            change.to().as_str(),
+            status,
+            crate::time::now(),
+            owner,
+            lease_ms,
+            change.from().as_str()
+        ],
+    )? > 0)
+}
+
+/// What the lifecycle needs to know of a task before changing it.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub state: TaskState,
+    pub user_id: Uuid,
+    pub cancel_requested: bool,
+    pub attempts: u32,
+    pub lease_owner: Option<String>,
+}
+
+/// Reads a task's lifecycle fields, locking its row until the call ends (PostgreSQL).
+pub fn hold(db: &mut Db, id: Uuid) -> anyhow::Result<Option<Held>> {
+    let lock = match db.dialect() {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => " FOR UPDATE",
+    };
+    db.query_opt(
+        &format!(
+            "SELECT state, user_id, cancel_requested, attempts, lease_owner FROM tasks
+             WHERE id = ?1{lock}"
+        ),
+        vals![id],
+    )?
+    .as_ref()
+    .map(held_from_row)
+    .transpose()
+}
+
+fn held_from_row(r: &Row) -> anyhow::Result<Held> {
+    let state = r.text(0)?;
+    Ok(Held {
+        state: TaskState::parse(&state)
+            .ok_or_else(|| anyhow::anyhow!("unknown task state {state:?}"))?,
+        user_id: r.uuid(1)?,
+        cancel_requested: r.int(2)? != 0,
+        attempts: u32::try_from(r.int(3)?)?,
+        lease_owner: r.opt_text(4)?,
     })
 }
 
-/// Running tasks whose lease ran out (`ahead_ms` from now; tests look ahead): their node
-/// stopped or lost the database. Cancelled ones become REVOKED, those with attempts left are
-/// queued again, the rest fail. Returns the ids changed, for their events.
-pub fn expire_leases(db: &mut Db, ahead_ms: i64, max_attempts: u32) -> anyhow::Result<Vec<Uuid>> {
-    db.atomically(|db| {
-        let lock = match db.dialect() {
-            Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-        };
-        let expired = db
-            .query(
-                &format!(
-                    "SELECT id FROM tasks WHERE state = 'PROGRESS' AND lease_until < {} + ?1{lock}",
-                    now_ms(db)
-                ),
-                vals![ahead_ms],
-            )?
-            .iter()
-            .map(|r| r.uuid(0))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let now = crate::time::now();
-        for id in &expired {
-            db.execute(
-                "UPDATE tasks SET lease_owner = NULL, lease_until = NULL, state = CASE
-                     WHEN cancel_requested = 1 THEN 'REVOKED'
-                     WHEN attempts >= ?2 THEN 'FAILURE' ELSE 'PENDING' END,
-                 status = CASE
-                     WHEN cancel_requested = 1 THEN 'Cancelled'
-                     WHEN attempts >= ?2 THEN 'Failed'
-                     ELSE 'Queued again: the node running it stopped' END,
-                 error = CASE WHEN cancel_requested = 0 AND attempts >= ?2 THEN
-                     'The node running this conversion stopped ' || attempts ||
-                     ' times; it was not retried again.' END,
-                 finished_at = CASE WHEN cancel_requested = 1 OR attempts >= ?2 THEN ?3 END
-                 WHERE id = ?1 AND state = 'PROGRESS'",
-                vals![*id, max_attempts, &now],
-            )?;
-        }
-        Ok(expired)
-    })
+/// Running tasks whose lease runs out before `ahead_ms` from now (tests look ahead), locked
+/// (PostgreSQL: skipping rows another node is handling).
+pub fn lease_expired(db: &mut Db, ahead_ms: i64) -> anyhow::Result<Vec<(Uuid, Held)>> {
+    let lock = match db.dialect() {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+    };
+    running_where(
+        db,
+        &format!("lease_until < {} + ?1{lock}", now_ms(db)),
+        vals![ahead_ms],
+    )
 }
 
-/// Records progress; it never goes down, and a task being cancelled keeps its "Cancelling…".
+/// Running tasks, all of them (`owner_prefix` None) or those claimed by one node.
+pub fn running(db: &mut Db, owner_prefix: Option<&str>) -> anyhow::Result<Vec<(Uuid, Held)>> {
+    let claims = owner_prefix.map(|node| format!("{node}/%"));
+    running_where(
+        db,
+        "(CAST(?1 AS TEXT) IS NULL OR lease_owner LIKE ?1)",
+        vals![claims],
+    )
+}
+
+fn running_where(
+    db: &mut Db,
+    condition: &str,
+    params: &[super::db::Value],
+) -> anyhow::Result<Vec<(Uuid, Held)>> {
+    db.query(
+        &format!(
+            "SELECT state, user_id, cancel_requested, attempts, lease_owner, id FROM tasks
+             WHERE state = 'PROGRESS' AND {condition}"
+        ),
+        params,
+    )?
+    .iter()
+    .map(|r| Ok((r.uuid(5)?, held_from_row(r)?)))
+    .collect()
+}
+
+/// PENDING tasks whose cancel was asked for (only a crash between the two writes leaves one).
+pub fn pending_cancelled(db: &mut Db) -> anyhow::Result<Vec<Uuid>> {
+    db.query(
+        "SELECT id FROM tasks WHERE state = 'PENDING' AND cancel_requested = 1",
+        &[],
+    )?
+    .iter()
+    .map(|r| r.uuid(0))
+    .collect()
+}
+
+/// Renews `owner`'s lease on a running task; false when it is no longer `owner`'s.
+pub fn renew_lease(db: &mut Db, id: Uuid, owner: &str, lease_ms: i64) -> anyhow::Result<bool> {
+    Ok(db.execute(
+        &format!(
+            "UPDATE tasks SET lease_until = {} + ?3 WHERE id = ?1 AND lease_owner = ?2
+             AND state = 'PROGRESS'",
+            now_ms(db)
+        ),
+        vals![id, owner, lease_ms],
+    )? > 0)
+}
+
+pub fn cancel_requested(db: &mut Db, id: Uuid) -> anyhow::Result<bool> {
+    Ok(db
+        .query_one(
+            "SELECT cancel_requested FROM tasks WHERE id = ?1",
+            vals![id],
+        )?
+        .int(0)?
+        != 0)
+}
+
+/// Records progress on `owner`'s running task; it never goes down, and a task being
+/// cancelled keeps its status.
 pub fn set_progress(
     db: &mut Db,
     id: Uuid,
@@ -278,205 +294,86 @@ pub fn set_progress(
         "UPDATE tasks SET progress = {max}(progress, ?2), status = ?3
          WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0 AND lease_owner = ?4"
     );
-    db.unsynced(|db| Ok(db.execute(&sql, vals![id, progress, status, owner])? > 0))
+    Ok(db.execute(&sql, vals![id, progress, status, owner])? > 0)
 }
 
-pub enum CancelOutcome {
-    /// It was queued and is now REVOKED.
-    Revoked,
-    /// It is running; the worker will stop it and then mark it REVOKED.
-    Requested,
-    AlreadyFinished(TaskState),
-    NotFound,
-}
-
-pub fn request_cancel(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<CancelOutcome> {
-    db.atomically(|db| {
-        let lock = match db.dialect() {
-            Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR UPDATE",
-        };
-        let task = db
-            .query_opt(
-                &format!("SELECT state, user_id FROM tasks WHERE id = ?1{lock}"),
-                vals![id],
-            )?
-            .map(|r| anyhow::Ok((r.text(0)?, r.uuid(1)?)))
-            .transpose()?
-            .filter(|(_, owner)| *owner == user);
-        let Some((state, _)) = task else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        Ok(match TaskState::parse(&state) {
-            Some(TaskState::Pending) => {
-                db.execute(
-                    "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?2
-                     WHERE id = ?1",
-                    vals![id, crate::time::now()],
-                )?;
-                CancelOutcome::Revoked
-            }
-            Some(TaskState::Progress) => {
-                db.execute(
-                    "UPDATE tasks SET cancel_requested = 1, status = 'Cancelling…' WHERE id = ?1",
-                    vals![id],
-                )?;
-                CancelOutcome::Requested
-            }
-            Some(state) => CancelOutcome::AlreadyFinished(state),
-            None => anyhow::bail!("unknown task state {state:?}"),
-        })
-    })
-}
-
-/// Ends `owner`'s running task. Returns false if it was not running under that owner
-/// (someone else ended it, or its lease ran out and another node has it).
-pub fn finish(
-    db: &mut Db,
-    id: Uuid,
-    owner: &str,
-    state: TaskState,
-    status: &str,
-    error: Option<&str>,
-) -> anyhow::Result<bool> {
-    debug_assert!(state.is_final());
+/// Marks a running task's cancel as asked for.
+pub fn request_cancel(db: &mut Db, id: Uuid, status: &str) -> anyhow::Result<bool> {
     Ok(db.execute(
-        "UPDATE tasks SET state = ?2, status = ?3, error = ?4, finished_at = ?5,
-         lease_owner = NULL, lease_until = NULL
-         WHERE id = ?1 AND state = 'PROGRESS' AND lease_owner = ?6",
-        vals![id, state.as_str(), status, error, crate::time::now(), owner],
+        "UPDATE tasks SET cancel_requested = 1, status = ?2 WHERE id = ?1 AND state = 'PROGRESS'",
+        vals![id, status],
     )? > 0)
 }
 
-pub enum PublishOutcome {
-    /// The id of the new output item.
-    Published(Uuid),
-    Cancelled,
-    FolderGone,
-    /// The lease ran out: another node owns the task now.
-    LeaseLost,
+/// How a task ends.
+pub struct End<'a> {
+    pub status: &'a str,
+    pub error: Option<&'a str>,
+    /// The result, on SUCCESS (progress then becomes 100).
+    pub result: Option<&'a serde_json::Value>,
 }
 
-/// Marks the task SUCCESS and makes its output item visible, in one transaction.
-/// Writes nothing if the task was cancelled meanwhile or its folder is gone.
-pub fn publish_success(
+/// Ends a task (`change` to a final state), if it is still in `change.from()` and, when
+/// `claim` is given, still held by that claim.
+pub fn end(
     db: &mut Db,
-    task: &TaskRecord,
-    owner: &str,
-    output: super::NewItem,
-    mut result: serde_json::Value,
-) -> anyhow::Result<PublishOutcome> {
-    db.atomically(|db| {
-        let lock = match db.dialect() {
-            Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR UPDATE",
-        };
-        if let Some(folder) = output.parent_id {
-            if !super::items::is_folder(db, task.user_id, folder)? {
-                return Ok(PublishOutcome::FolderGone);
-            }
-        }
-        let row = db.query_one(
-            &format!("SELECT cancel_requested, state, lease_owner FROM tasks WHERE id = ?1{lock}"),
-            vals![task.id],
-        )?;
-        if row.opt_text(2)?.as_deref() != Some(owner) {
-            return Ok(PublishOutcome::LeaseLost);
-        }
-        if row.int(0)? != 0 || row.text(1)? != "PROGRESS" {
-            return Ok(PublishOutcome::Cancelled);
-        }
-        let item = super::items::insert(db, output)?;
-        result["tree_item_id"] = serde_json::json!(item.id);
-        db.execute(
-            "UPDATE tasks SET state = 'SUCCESS', progress = 100, status = 'Done', result =
-             ?2, finished_at = ?3, lease_owner = NULL, lease_until = NULL WHERE id = ?1",
-            vals![task.id, result.to_string(), crate::time::now()],
-        )?;
-        Ok(PublishOutcome::Published(item.id))
-    })
+    id: Uuid,
+    change: Transition,
+    claim: Option<&str>,
+    end: End,
+) -> anyhow::Result<bool> {
+    debug_assert!(change.to().is_final());
+    Ok(db.execute(
+        "UPDATE tasks SET state = ?2, status = ?3, error = ?4, finished_at = ?5,
+         result = COALESCE(?6, result),
+         progress = CASE WHEN CAST(?6 AS TEXT) IS NULL THEN progress ELSE 100 END,
+         lease_owner = NULL, lease_until = NULL
+         WHERE id = ?1 AND state = ?7 AND (CAST(?8 AS TEXT) IS NULL OR lease_owner = ?8)",
+        vals![
+            id,
+            change.to().as_str(),
+            end.status,
+            end.error,
+            crate::time::now(),
+            end.result.map(|r| r.to_string()),
+            change.from().as_str(),
+            claim
+        ],
+    )? > 0)
 }
 
-/// Puts `owner`'s running task back in the queue; on a clean shutdown the attempt is
-/// refunded. A task whose cancel was asked for is not queued again: it ends REVOKED.
+/// Puts a running task back in the queue (`change` to PENDING), unless its cancel was asked
+/// for; `refund` gives back the attempt. With `claim`, only if that claim still holds it.
 pub fn requeue(
     db: &mut Db,
     id: Uuid,
-    owner: &str,
-    refund_attempt: bool,
+    change: Transition,
+    claim: Option<&str>,
+    refund: bool,
     status: &str,
 ) -> anyhow::Result<bool> {
-    let requeued = db.execute(
-        "UPDATE tasks SET state = 'PENDING', status = ?3, attempts = attempts - ?2,
+    Ok(db.execute(
+        "UPDATE tasks SET state = ?2, status = ?3, attempts = attempts - ?4,
          lease_owner = NULL, lease_until = NULL
-         WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0 AND lease_owner = ?4",
-        vals![id, refund_attempt as i64, status, owner],
-    )? > 0;
-    Ok(requeued || finish(db, id, owner, TaskState::Revoked, "Cancelled", None)?)
+         WHERE id = ?1 AND state = ?5 AND cancel_requested = 0
+         AND (CAST(?6 AS TEXT) IS NULL OR lease_owner = ?6)",
+        vals![
+            id,
+            change.to().as_str(),
+            status,
+            refund as i64,
+            change.from().as_str(),
+            claim
+        ],
+    )? > 0)
 }
 
-/// On a shutdown that could not wait for its workers: every task `node`'s claims still run
-/// goes back to the queue (or ends REVOKED if its cancel was asked for), without using up an
-/// attempt.
-pub fn requeue_all_running(db: &mut Db, node: &str) -> anyhow::Result<usize> {
-    let claims = format!("{node}/%");
-    db.execute(
-        "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?1,
-         lease_owner = NULL, lease_until = NULL
-         WHERE state = 'PROGRESS' AND cancel_requested = 1 AND lease_owner LIKE ?2",
-        vals![crate::time::now(), &claims],
-    )?;
-    db.execute(
-        "UPDATE tasks SET state = 'PENDING', status = 'Queued; the server restarted',
-         attempts = attempts - 1, lease_owner = NULL, lease_until = NULL
-         WHERE state = 'PROGRESS' AND lease_owner LIKE ?1",
-        vals![claims],
-    )
-}
-
-/// At start-up no task can be running: each PROGRESS task was cut off by a crash. Cancelled
-/// ones become REVOKED, those with attempts left are queued again, the rest fail.
-/// Returns how many were queued again.
-pub fn recover(db: &mut Db, max_attempts: u32) -> anyhow::Result<usize> {
-    db.atomically(|db| {
-        let now = crate::time::now();
-        db.execute(
-            "UPDATE tasks SET state = 'REVOKED', status = 'Cancelled', finished_at = ?1
-             WHERE state IN ('PENDING', 'PROGRESS') AND cancel_requested = 1",
-            vals![&now],
-        )?;
-        db.execute(
-            "UPDATE tasks SET state = 'FAILURE', status = 'Failed', finished_at = ?1, error =
-             'The server stopped during this conversion ' || attempts || ' times; it was not
-             retried again.' WHERE state = 'PROGRESS' AND attempts >= ?2",
-            vals![now, max_attempts],
-        )?;
-        db.execute(
-            "UPDATE tasks SET state = 'PENDING', status = 'Queued again after a server restart'
-             WHERE state = 'PROGRESS'",
-            &[],
-        )
-    })
-}
-
-pub enum DeleteOutcome {
-    Deleted,
-    Running,
-    NotFound,
-}
-
-pub fn delete(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<DeleteOutcome> {
-    let Some(task) = get(db, id)?.filter(|t| t.user_id == user) else {
-        return Ok(DeleteOutcome::NotFound);
-    };
-    if !task.state.is_final() {
-        return Ok(DeleteOutcome::Running);
-    }
-    db.execute(
+/// Deletes a finished task's row.
+pub fn delete(db: &mut Db, id: Uuid) -> anyhow::Result<bool> {
+    Ok(db.execute(
         "DELETE FROM tasks WHERE id = ?1 AND state IN ('SUCCESS', 'FAILURE', 'REVOKED')",
         vals![id],
-    )?;
-    Ok(DeleteOutcome::Deleted)
+    )? > 0)
 }
 
 /// How many of `user`'s tasks are queued or running. On PostgreSQL the user's row stays

@@ -49,8 +49,8 @@ impl Drop for TestStore {
     }
 }
 
-fn bus() -> crate::bus::Bus {
-    crate::bus::Bus::new(1 << 16, 1 << 16)
+fn bus() -> std::sync::Arc<dyn crate::domain::Announce> {
+    std::sync::Arc::new(crate::bus::Bus::new(1 << 16, 1 << 16))
 }
 
 /// The script answers `RASTERCAST_TEST_DATABASE_URL` when it is set.

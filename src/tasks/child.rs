@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::convert::worker::{Job, Report};
 use crate::convert::{GeoRaster, Phase};
@@ -314,12 +315,18 @@ impl Worker {
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(target: "rastercast::worker", "{line}");
+        // A warm worker outlives the task it was started for, so its log lines carry its own
+        // span (its pid), not the task's.
+        let span = tracing::info_span!(parent: None, "worker", pid = child.id());
+        tokio::spawn(
+            async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::debug!(target: "rastercast::worker", "{line}");
+                }
             }
-        });
+            .instrument(span),
+        );
         Ok(Worker {
             child,
             stdin,

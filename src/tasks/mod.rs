@@ -1,120 +1,177 @@
-//! Conversion tasks: the state machine, the FIFO queue over a bounded worker pool, and the
-//! child processes that do the work.
+//! The task service, the only writer of task state: submit, claim, progress, finish, cancel,
+//! reap and recover, each one store call (see [`lifecycle`]) whose change is committed and
+//! announced through one path. Below it: the queue over a bounded worker pool, and the child
+//! processes that do the work.
 
 pub mod child;
 mod inspect;
+pub mod lifecycle;
 mod queue;
-mod state;
+#[cfg(test)]
+mod state_props;
 
-use serde::Serialize;
+use std::sync::Arc;
+
 use uuid::Uuid;
 
+pub use crate::domain::{TaskState, TaskStatus};
 pub use child::{worker_exe, ChildLimits, Outcome, WarmPool};
 pub use inspect::Inspector;
+pub use lifecycle::{Ending, Heartbeat, Published};
 pub use queue::{Queue, Workers};
-pub use state::TaskState;
 
-use crate::bus::EventKind;
+use crate::domain::{NewTask, TaskRecord};
 use crate::error::{AppError, AppResult};
-use crate::store::tasks::{self as task_rows, CancelOutcome};
-use crate::store::{Store, TaskRecord};
-
-/// A task's status exactly as every API channel shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TaskStatus<'a> {
-    pub task_id: Uuid,
-    pub state: TaskState,
-    pub progress: f64,
-    pub status: &'a str,
-    /// On SUCCESS: the output's `tree_item_id` and its geo-raster description.
-    #[schema(value_type = Option<crate::convert::GeoRaster>)]
-    pub result: Option<&'a serde_json::Value>,
-    pub error: Option<&'a str>,
-    pub tree_item_id: Uuid,
-    /// The source's display name, so a list of tasks can be drawn without more requests.
-    pub source_name: &'a str,
-    pub created_at: &'a str,
-    pub started_at: Option<&'a str>,
-    pub finished_at: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue_position: Option<i64>,
-    pub attempts: u32,
-    pub options: &'a crate::convert::Conversion,
-}
-
-impl<'a> From<&'a TaskRecord> for TaskStatus<'a> {
-    fn from(t: &'a TaskRecord) -> Self {
-        TaskStatus {
-            task_id: t.id,
-            state: t.state,
-            progress: (t.progress * 10.0).round() / 10.0,
-            status: &t.status,
-            result: t.result.as_ref(),
-            error: t.error.as_deref(),
-            tree_item_id: t.source_id,
-            source_name: &t.source_name,
-            created_at: &t.created_at,
-            started_at: t.started_at.as_deref(),
-            finished_at: t.finished_at.as_deref(),
-            queue_position: t.queue_position,
-            attempts: t.attempts,
-            options: &t.options,
-        }
-    }
-}
+use crate::store::items::NewItem;
+use crate::store::Store;
+use lifecycle::{Cancelled, Forgotten, Submitted};
 
 pub fn status_json(task: &TaskRecord) -> serde_json::Value {
-    serde_json::to_value(TaskStatus::from(task)).expect("status serialises")
+    crate::domain::task::status_json(task)
 }
 
-/// Runs `apply` on one task and, if it changed the task, announces its new status, all in one
-/// store call: event order is commit order. Returns the task as it now is.
-pub async fn change<F>(
-    store: &Store,
-    id: Uuid,
-    kind: EventKind,
-    apply: F,
-) -> anyhow::Result<Option<TaskRecord>>
-where
-    F: FnOnce(&mut crate::store::Db) -> anyhow::Result<bool> + Send + 'static,
-{
-    store
-        .call(move |c| {
-            let changed = apply(c)?;
-            let task = task_rows::get(c, id)?;
-            if let (true, Some(task)) = (changed, &task) {
-                c.publish(task, kind)?;
-            }
-            Ok(task)
-        })
-        .await
+/// The task service: cheap to clone, shared by handlers and workers.
+#[derive(Clone)]
+pub struct Tasks {
+    store: Store,
+    queue: Queue,
+    /// Runs of one task, after which a task cut off by a crash or a lost node fails.
+    max_attempts: u32,
 }
 
-/// Cancels one of `user`'s tasks: a queued one is REVOKED at once, a running one shows
-/// "Cancelling…" until its worker (on whichever node) has stopped. Final tasks are a conflict.
-pub async fn cancel(store: &Store, queue: &Queue, user: Uuid, id: Uuid) -> AppResult<TaskRecord> {
-    let (outcome, task) = store
-        .call(move |c| {
-            let outcome = task_rows::request_cancel(c, user, id)?;
-            let task = task_rows::get(c, id)?;
-            if let (CancelOutcome::Revoked | CancelOutcome::Requested, Some(task)) =
-                (&outcome, &task)
-            {
-                c.publish(task, EventKind::State)?;
-            }
-            Ok((outcome, task))
-        })
-        .await?;
-    match (outcome, task) {
-        (CancelOutcome::AlreadyFinished(s), _) => Err(AppError::Conflict(format!(
-            "The task has already finished ({}).",
-            s.as_str()
-        ))),
-        (CancelOutcome::Requested, Some(task)) => {
-            queue.cancel_running(id);
-            Ok(task)
+impl Tasks {
+    pub fn new(store: Store, queue: Queue, max_attempts: u32) -> Tasks {
+        Tasks {
+            store,
+            queue,
+            max_attempts,
         }
-        (CancelOutcome::Revoked, Some(task)) => Ok(task),
-        _ => Err(AppError::NotFound("task")),
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Runs one lifecycle operation on the store.
+    async fn run<R, F>(&self, op: F) -> anyhow::Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut crate::store::Db) -> anyhow::Result<R> + Send + 'static,
+    {
+        self.store.call(op).await
+    }
+
+    /// Queues a conversion and wakes a worker; 429 when the user has `limit` active tasks.
+    pub async fn submit(&self, new: NewTask, limit: u64) -> AppResult<TaskRecord> {
+        match self
+            .run(move |db| lifecycle::submit(db, new, limit))
+            .await?
+        {
+            Submitted::Queued(task) => {
+                self.queue.wake();
+                Ok(task)
+            }
+            Submitted::Busy { active } => Err(crate::limits::too_many_tasks(active, limit)),
+        }
+    }
+
+    pub async fn claim(&self, owner: Arc<str>, lease_ms: i64) -> anyhow::Result<Option<TaskRecord>> {
+        self.run(move |db| lifecycle::claim(db, &owner, lease_ms))
+            .await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        id: Uuid,
+        owner: Arc<str>,
+        lease_ms: i64,
+    ) -> anyhow::Result<Heartbeat> {
+        self.run(move |db| lifecycle::heartbeat(db, id, &owner, lease_ms))
+            .await
+    }
+
+    pub async fn progress(
+        &self,
+        id: Uuid,
+        owner: Arc<str>,
+        percent: f64,
+        sentence: &'static str,
+    ) -> anyhow::Result<Option<TaskRecord>> {
+        self.run(move |db| lifecycle::progress(db, id, &owner, percent, sentence))
+            .await
+    }
+
+    pub async fn finish(
+        &self,
+        id: Uuid,
+        owner: Arc<str>,
+        ending: Ending,
+    ) -> anyhow::Result<Option<TaskRecord>> {
+        self.run(move |db| lifecycle::finish(db, id, &owner, ending))
+            .await
+    }
+
+    pub async fn succeed(
+        &self,
+        task: TaskRecord,
+        owner: Arc<str>,
+        output: NewItem,
+        result: serde_json::Value,
+    ) -> anyhow::Result<Published> {
+        self.run(move |db| lifecycle::succeed(db, &task, &owner, output, result))
+            .await
+    }
+
+    /// Cancels one of `user`'s tasks: a queued one is REVOKED at once, a running one shows
+    /// "Cancelling…" until its worker (on whichever node) has stopped. Final tasks are a
+    /// conflict.
+    pub async fn cancel(&self, user: Uuid, id: Uuid) -> AppResult<TaskRecord> {
+        match self.run(move |db| lifecycle::cancel(db, user, id)).await? {
+            Cancelled::Revoked(task) => Ok(task),
+            Cancelled::Requested(task) => {
+                self.queue.cancel_running(id);
+                Ok(task)
+            }
+            Cancelled::AlreadyFinished(state) => Err(AppError::Conflict(format!(
+                "The task has already finished ({}).",
+                state.as_str()
+            ))),
+            Cancelled::NotFound => Err(AppError::NotFound("task")),
+        }
+    }
+
+    /// Takes back tasks whose lease ran out; wakes workers for those queued again.
+    pub async fn reap(&self) -> anyhow::Result<Vec<Uuid>> {
+        let max_attempts = self.max_attempts;
+        let reaped = self
+            .run(move |db| lifecycle::reap(db, 0, max_attempts))
+            .await?;
+        if !reaped.is_empty() {
+            self.queue.wake();
+        }
+        Ok(reaped)
+    }
+
+    /// At start-up alone on the database: every running task was cut off by a crash.
+    pub async fn recover(&self) -> anyhow::Result<usize> {
+        let max_attempts = self.max_attempts;
+        self.run(move |db| lifecycle::recover(db, max_attempts))
+            .await
+    }
+
+    /// On a shutdown whose workers did not stop in time: their tasks go back to the queue.
+    pub async fn requeue_node(&self, node: Arc<str>) -> anyhow::Result<usize> {
+        self.run(move |db| lifecycle::requeue_node(db, &node)).await
+    }
+
+    /// Forgets one of `user`'s finished tasks.
+    pub async fn forget(&self, user: Uuid, id: Uuid) -> AppResult<()> {
+        match self.run(move |db| lifecycle::forget(db, user, id)).await? {
+            Forgotten::Deleted => Ok(()),
+            Forgotten::Running => Err(AppError::Conflict(
+                "The task is still queued or running; cancel it first.".into(),
+            )),
+            Forgotten::NotFound => Err(AppError::NotFound("task")),
+        }
     }
 }

@@ -13,13 +13,13 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::child::{self, ChildLimits, Outcome};
-use super::{change, TaskState};
-use crate::bus::{Bus, EventKind};
-use crate::convert::worker::{Job, JobKind};
-use crate::convert::{Limits, Phase};
+use super::{Ending, Heartbeat, Published, Tasks};
+use crate::bus::Bus;
+use crate::domain::job::{Job, JobKind, Limits, Phase};
+use crate::domain::TaskRecord;
 use crate::store::items::{ItemKind, NewItem};
-use crate::store::tasks::{self as task_rows, Heartbeat, PublishOutcome};
-use crate::store::{Store, TaskRecord};
+use crate::store::tasks::claim_owner;
+use crate::store::Store;
 use crate::tree::Blobs;
 
 /// A handle to wake workers and to stop a running task.
@@ -49,10 +49,12 @@ impl Queue {
 
 /// Everything a worker needs, shared by the pool.
 pub struct Workers {
+    /// Every change of a task goes through the service.
+    pub tasks: Tasks,
+    /// Reads only: whether an output file is referenced.
     pub store: Store,
     pub blobs: Blobs,
     pub bus: Bus,
-    pub queue: Queue,
     pub child: ChildLimits,
     pub limits: Limits,
     pub cache_mb: usize,
@@ -64,7 +66,6 @@ pub struct Workers {
     /// Take back tasks whose lease ran out: with other nodes on the database. Alone, a
     /// process's tasks can only be cut off by its own stop, which start-up recovery covers.
     pub reap: bool,
-    pub max_attempts: u32,
 }
 
 /// How often an idle worker looks at the queue even without a wake-up, as a safety net.
@@ -98,24 +99,10 @@ impl Workers {
     /// Takes back tasks whose node stopped renewing its lease (killed, or cut off from the
     /// database), on whichever node notices first.
     async fn reap(&self, shutdown: CancellationToken) {
-        let max_attempts = self.max_attempts;
         while !shutdown.is_cancelled() {
-            let reaped = self
-                .store
-                .call(move |c| {
-                    let ids = task_rows::expire_leases(c, 0, max_attempts)?;
-                    for id in &ids {
-                        if let Some(task) = task_rows::get(c, *id)? {
-                            c.publish(&task, EventKind::State)?;
-                        }
-                    }
-                    Ok(ids)
-                })
-                .await;
-            match reaped {
+            match self.tasks.reap().await {
                 Ok(ids) if !ids.is_empty() => {
                     tracing::warn!(tasks = ?ids, "took back tasks whose lease ran out");
-                    self.queue.wake();
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = ?e, "could not look for expired leases"),
@@ -129,18 +116,9 @@ impl Workers {
 
     async fn work(&self, n: usize, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            let owner: Arc<str> = task_rows::claim_owner(&self.node).into();
-            let (claim, lease) = (owner.clone(), self.lease.as_millis() as i64);
-            let claimed = self
-                .store
-                .call(move |c| {
-                    let task = task_rows::claim_next(c, &claim, lease)?;
-                    if let Some(task) = &task {
-                        c.publish(task, EventKind::State)?;
-                    }
-                    Ok(task)
-                })
-                .await;
+            let owner: Arc<str> = claim_owner(&self.node).into();
+            let lease = self.lease.as_millis() as i64;
+            let claimed = self.tasks.claim(owner.clone(), lease).await;
             match claimed {
                 Ok(Some(task)) => {
                     let span = tracing::info_span!("task", id = %task.id, worker = n);
@@ -149,7 +127,7 @@ impl Workers {
                 Ok(None) => {
                     self.child.warm.retire_idle();
                     tokio::select! {
-                        _ = self.queue.wake.notified() => {}
+                        _ = self.tasks.queue().wake.notified() => {}
                         _ = tokio::time::sleep(IDLE_POLL) => {}
                         _ = shutdown.cancelled() => {}
                     }
@@ -164,7 +142,7 @@ impl Workers {
 
     async fn reload(&self, id: Uuid) -> Option<TaskRecord> {
         self.store
-            .call(move |c| task_rows::get(c, id))
+            .call(move |c| crate::store::tasks::get(c, id))
             .await
             .ok()
             .flatten()
@@ -175,8 +153,8 @@ impl Workers {
         let id = task.id;
         tracing::info!(source = %task.source_name, attempt = task.attempts, "conversion started");
         let stop = shutdown.child_token();
-        self.queue
-            .running
+        let running = &self.tasks.queue().running;
+        running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, stop.clone());
@@ -185,14 +163,17 @@ impl Workers {
             stop.cancel();
         }
         let started = std::time::Instant::now();
-        let heartbeat = tokio::spawn(keep_lease(
-            self.store.clone(),
-            id,
-            owner.clone(),
-            self.lease,
-            self.beat(),
-            stop.clone(),
-        ));
+        let heartbeat = tokio::spawn(
+            keep_lease(
+                self.tasks.clone(),
+                id,
+                owner.clone(),
+                self.lease,
+                self.beat(),
+                stop.clone(),
+            )
+            .in_current_span(),
+        );
         let result = self.convert(&task, &owner, &stop).await;
         heartbeat.abort();
         let outcome = match &result {
@@ -206,56 +187,30 @@ impl Workers {
                 outcome: outcome.into(),
             })
             .observe(started.elapsed().as_secs_f64());
-        self.queue
-            .running
+        running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
 
         // Each end below names this claim: if the lease ran out meanwhile, the task is another
         // claim's now and none of them changes it.
-        let store = &self.store;
-        let node = owner.clone();
-        let ended = match result {
-            Ok(()) => Ok(None),
-            Err(Outcome::Stopped) if shutdown.is_cancelled() => {
-                change(store, id, EventKind::State, move |c| {
-                    task_rows::requeue(c, id, &node, true, "Queued; the server restarted")
-                })
-                .await
-            }
-            Err(Outcome::Stopped) => {
-                change(store, id, EventKind::State, move |c| {
-                    task_rows::finish(c, id, &node, TaskState::Revoked, "Cancelled", None)
-                })
-                .await
-            }
+        let ending = match result {
+            Ok(()) => None,
+            Err(Outcome::Stopped) if shutdown.is_cancelled() => Some(Ending::Interrupted),
+            Err(Outcome::Stopped) => Some(Ending::Revoked),
             Err(Outcome::Failed(error)) => {
                 tracing::info!(%error, "conversion failed");
-                change(store, id, EventKind::State, move |c| {
-                    task_rows::finish(c, id, &node, TaskState::Failure, "Failed", Some(&error))
-                })
-                .await
+                Some(Ending::Failed(error))
             }
             Err(Outcome::Done(_)) => unreachable!("convert returns Ok for a published result"),
         };
-        if let Err(e) = ended {
+        let Some(ending) = ending else { return };
+        if let Err(e) = self.tasks.finish(id, owner.clone(), ending).await {
             // Never leave the task in PROGRESS: one more try, after the database settles.
             tracing::error!(error = ?e, "could not record the end of a task; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let node = owner.clone();
-            let retried = change(store, id, EventKind::State, move |c| {
-                task_rows::finish(
-                    c,
-                    id,
-                    &node,
-                    TaskState::Failure,
-                    "Failed",
-                    Some("The result could not be recorded."),
-                )
-            })
-            .await;
-            if let Err(e) = retried {
+            let failed = Ending::Failed("The result could not be recorded.".into());
+            if let Err(e) = self.tasks.finish(id, owner, failed).await {
                 tracing::error!(error = ?e, "the task stays in PROGRESS until the next start");
             }
         }
@@ -286,13 +241,16 @@ impl Workers {
         };
 
         let (progress_tx, progress_rx) = watch::channel((0.0, Phase::Opening));
-        let reporter = tokio::spawn(report_progress(
-            self.store.clone(),
-            self.bus.clone(),
-            task.id,
-            owner.clone(),
-            progress_rx,
-        ));
+        let reporter = tokio::spawn(
+            report_progress(
+                self.tasks.clone(),
+                self.bus.clone(),
+                task.id,
+                owner.clone(),
+                progress_rx,
+            )
+            .in_current_span(),
+        );
         let outcome = child::run(&job, &self.child, stop, |percent, phase| {
             let _ = progress_tx.send((percent, phase));
         })
@@ -327,22 +285,12 @@ impl Workers {
             geo_raster: Some(geo.clone()),
             source_id: Some(task.source_id),
         };
-        let record = task.clone();
-        let node = owner.clone();
         let published = self
-            .store
-            .call(move |c| {
-                let outcome = task_rows::publish_success(c, &record, &node, new_item, geo)?;
-                if let (PublishOutcome::Published(_), Some(task)) =
-                    (&outcome, task_rows::get(c, record.id)?)
-                {
-                    c.publish(&task, EventKind::State)?;
-                }
-                Ok(outcome)
-            })
+            .tasks
+            .succeed(task.clone(), owner.clone(), new_item, geo)
             .await;
         match published {
-            Ok(PublishOutcome::Published(item)) => {
+            Ok(Published::Output(item)) => {
                 self.metrics.bytes_converted.inc_by(size);
                 tracing::info!(output = %item, "conversion published");
                 Ok(())
@@ -365,19 +313,19 @@ impl Workers {
                     self.blobs.remove(vec![blob]).await;
                 }
                 match other {
-                    Ok(PublishOutcome::Cancelled) => Err(Outcome::Stopped),
-                    Ok(PublishOutcome::LeaseLost) => {
+                    Ok(Published::Cancelled) => Err(Outcome::Stopped),
+                    Ok(Published::LeaseLost) => {
                         tracing::warn!("the lease ran out before the output was published; another node has the task");
                         Err(Outcome::Stopped)
                     }
-                    Ok(PublishOutcome::FolderGone) => Err(Outcome::Failed(
+                    Ok(Published::FolderGone) => Err(Outcome::Failed(
                         "The folder the output belonged in was deleted before the conversion finished.".into(),
                     )),
                     Err(e) => {
                         tracing::error!(error = ?e, "could not publish an output");
                         Err(Outcome::Failed("The output could not be recorded.".into()))
                     }
-                    Ok(PublishOutcome::Published(_)) => unreachable!(),
+                    Ok(Published::Output(_)) => unreachable!(),
                 }
             }
         }
@@ -387,7 +335,7 @@ impl Workers {
 /// Renews this node's lease on a running task until aborted. A cancel asked for on any node,
 /// or a lease that ran out, stops the conversion.
 async fn keep_lease(
-    store: Store,
+    tasks: Tasks,
     id: Uuid,
     node: Arc<str>,
     lease: Duration,
@@ -397,11 +345,7 @@ async fn keep_lease(
     let lease = lease.as_millis() as i64;
     loop {
         tokio::time::sleep(beat).await;
-        let node = node.clone();
-        match store
-            .call(move |c| task_rows::heartbeat(c, id, &node, lease))
-            .await
-        {
+        match tasks.heartbeat(id, node.clone(), lease).await {
             Ok(Heartbeat::Held { cancel: false }) => {}
             Ok(Heartbeat::Held { cancel: true }) => stop.cancel(),
             Ok(Heartbeat::Lost) => {
@@ -429,18 +373,14 @@ fn output_name(source: &str) -> String {
 /// state event already said the task started. The watch channel keeps only the newest value,
 /// so a slow write never queues stale ones, and the last value is always written.
 async fn report_progress(
-    store: Store,
+    tasks: Tasks,
     bus: Bus,
     id: Uuid,
     node: Arc<str>,
     mut rx: watch::Receiver<(f64, Phase)>,
 ) {
-    let write = |(percent, phase): (f64, Phase)| {
-        let node = node.clone();
-        change(&store, id, EventKind::Progress, move |c| {
-            task_rows::set_progress(c, id, &node, percent, phase.sentence())
-        })
-    };
+    let write =
+        |(percent, phase): (f64, Phase)| tasks.progress(id, node.clone(), percent, phase.sentence());
     let mut sent = (*rx.borrow_and_update(), tokio::time::Instant::now());
     let (mut received, mut written) = (0u64, 0u64);
     loop {

@@ -61,6 +61,37 @@ impl TaskState {
     }
 }
 
+/// A change of state that the machine allows. The store's writes of a task's state take one,
+/// and the only way to make one is [`Transition::new`], so an illegal transition is an error
+/// before any SQL runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    from: TaskState,
+    to: TaskState,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("a task in {} cannot become {}", .0.as_str(), .1.as_str())]
+pub struct IllegalTransition(pub TaskState, pub TaskState);
+
+impl Transition {
+    pub fn new(from: TaskState, to: TaskState) -> Result<Transition, IllegalTransition> {
+        if from.can_become(to) {
+            Ok(Transition { from, to })
+        } else {
+            Err(IllegalTransition(from, to))
+        }
+    }
+
+    pub fn from(self) -> TaskState {
+        self.from
+    }
+
+    pub fn to(self) -> TaskState {
+        self.to
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::TaskState::{self, *};
@@ -75,5 +106,15 @@ mod tests {
         assert!(Pending.can_become(Revoked));
         assert!(!Pending.can_become(Success));
         assert_eq!(TaskState::parse("progress"), Some(Progress));
+    }
+
+    #[test]
+    fn only_allowed_transitions_can_be_made() {
+        for from in TaskState::ALL {
+            for to in TaskState::ALL {
+                let made = super::Transition::new(from, to);
+                assert_eq!(made.is_ok(), from.can_become(to), "{from:?} -> {to:?}");
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use rand::RngCore;
 
-use crate::app::AppState;
+use crate::http::AppState;
 use crate::error::AppError;
 use crate::limits::StreamSlot;
 use crate::revocation::Watched;

@@ -7,11 +7,10 @@
 use proptest::prelude::*;
 use uuid::Uuid;
 
-use super::items::{self, ItemKind, NewItem};
-use super::tasks::{self, NewTask};
-use super::{users, Store};
-use crate::bus::EventKind;
-use crate::tasks::TaskState;
+use super::lifecycle::{self, Ending, Submitted};
+use crate::domain::{NewTask, TaskState};
+use crate::store::items::{self, ItemKind, NewItem};
+use crate::store::{tasks, users, Db, Store};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -53,7 +52,7 @@ proptest! {
 
     #[test]
     fn tasks_always_end_final_and_never_go_back(ops in proptest::collection::vec(op(), 1..60)) {
-        for test in super::testing::stores() {
+        for test in crate::store::testing::stores() {
             run(&test.store, &ops);
         }
     }
@@ -83,67 +82,49 @@ fn run(store: &Store, ops: &[Op]) {
                 },
             )?;
             let mut ids: Vec<Uuid> = Vec::new();
-            let publish = |c: &mut super::Db, id: Uuid, last_seq: &mut u64| -> anyhow::Result<()> {
-                let task = tasks::get(c, id)?.expect("task exists");
-                let seq = c.publish(&task, EventKind::State)?;
-                assert!(seq > *last_seq, "seq {seq} after {last_seq}");
-                *last_seq = seq;
-                Ok(())
-            };
             let pick = |ids: &[Uuid], i: usize| (!ids.is_empty()).then(|| ids[i % ids.len()]);
-            let drain = |c: &mut super::Db| -> anyhow::Result<()> {
+            let fail = || Ending::Failed("broken".into());
+            let drain = |c: &mut Db| -> anyhow::Result<()> {
                 // Workers take every queued task to an end; a restart recovers running ones.
                 for _ in 0..100 {
-                    while let Some(task) = tasks::claim_next(c, "drainer", 60_000)? {
-                        tasks::finish(
-                            c,
-                            task.id,
-                            "drainer",
-                            TaskState::Failure,
-                            "Failed",
-                            Some("drained"),
-                        )?;
+                    while let Some(task) = lifecycle::claim(c, "drainer", 60_000)? {
+                        lifecycle::finish(c, task.id, "drainer", Ending::Failed("drained".into()))?;
                     }
-                    if tasks::recover(c, MAX_ATTEMPTS)? == 0 {
+                    if lifecycle::recover(c, MAX_ATTEMPTS)? == 0 {
                         return Ok(());
                     }
                 }
                 panic!("the queue never drained");
             };
             for op in ops.iter().cloned().chain([Op::CrashRestart]) {
+                let node_now = node(generation);
                 match op {
                     Op::Submit => {
-                        let task = tasks::insert(
-                            c,
-                            NewTask {
-                                user_id: user.id,
-                                source_id: source.id,
-                                source_blob: "0".repeat(32),
-                                source_name: "src.tif".into(),
-                                parent_id: None,
-                                options: Default::default(),
-                            },
-                        )?;
+                        let new = NewTask {
+                            user_id: user.id,
+                            source_id: source.id,
+                            source_blob: "0".repeat(32),
+                            source_name: "src.tif".into(),
+                            parent_id: None,
+                            options: Default::default(),
+                        };
+                        let Submitted::Queued(task) = lifecycle::submit(c, new, u64::MAX)? else {
+                            panic!("no limit was set")
+                        };
                         ids.push(task.id);
-                        seen.push((task.state, task.progress));
-                        publish(c, task.id, &mut last_seq)?;
+                        seen.push((task.state, -1.0));
                     }
                     Op::Claim => {
-                        if let Some(task) = tasks::claim_next(c, &node(generation), 60_000)? {
-                            publish(c, task.id, &mut last_seq)?;
-                        }
+                        lifecycle::claim(c, &node_now, 60_000)?;
                     }
                     Op::Progress(i, p) => {
                         if let Some(id) = pick(&ids, i) {
-                            if tasks::set_progress(c, id, &node(generation), p, "Converting")? {
-                                publish(c, id, &mut last_seq)?;
-                            }
+                            lifecycle::progress(c, id, &node_now, p, "Converting")?;
                         }
                     }
                     Op::Cancel(i) => {
                         if let Some(id) = pick(&ids, i) {
-                            tasks::request_cancel(c, user.id, id)?;
-                            publish(c, id, &mut last_seq)?;
+                            lifecycle::cancel(c, user.id, id)?;
                         }
                     }
                     Op::Succeed(i) => {
@@ -161,66 +142,41 @@ fn run(store: &Store, ops: &[Op]) {
                                     geo_raster: None,
                                     source_id: Some(source.id),
                                 };
-                                tasks::publish_success(
-                                    c,
-                                    &record,
-                                    &node(generation),
-                                    output,
-                                    serde_json::json!({}),
-                                )?;
-                                publish(c, id, &mut last_seq)?;
+                                let json = serde_json::json!({});
+                                lifecycle::succeed(c, &record, &node_now, output, json)?;
                             }
                         }
                     }
                     Op::Fail(i) => {
                         if let Some(id) = pick(&ids, i) {
-                            tasks::finish(
-                                c,
-                                id,
-                                &node(generation),
-                                TaskState::Failure,
-                                "Failed",
-                                Some("broken"),
-                            )?;
-                            publish(c, id, &mut last_seq)?;
+                            lifecycle::finish(c, id, &node_now, fail())?;
                         }
                     }
                     Op::Requeue(i) => {
                         if let Some(id) = pick(&ids, i) {
-                            tasks::requeue(
-                                c,
-                                id,
-                                &node(generation),
-                                true,
-                                "Queued; the server restarted",
-                            )?;
-                            publish(c, id, &mut last_seq)?;
+                            lifecycle::finish(c, id, &node_now, Ending::Interrupted)?;
                         }
                     }
                     Op::CrashRestart => {
-                        tasks::recover(c, MAX_ATTEMPTS)?;
+                        lifecycle::recover(c, MAX_ATTEMPTS)?;
                         generation += 1;
                     }
                     Op::NodeLost => {
-                        for id in tasks::expire_leases(c, 3_600_000, MAX_ATTEMPTS)? {
-                            publish(c, id, &mut last_seq)?;
-                        }
+                        lifecycle::reap(c, 3_600_000, MAX_ATTEMPTS)?;
                         generation += 1;
                     }
                     Op::StaleFail(i) => {
                         if let (Some(id), Some(old)) = (pick(&ids, i), generation.checked_sub(1)) {
-                            let ended = tasks::finish(
-                                c,
-                                id,
-                                &node(old),
-                                TaskState::Failure,
-                                "Failed",
-                                None,
-                            )?;
-                            assert!(!ended, "a node whose lease ran out ended a task");
+                            let before = tasks::get(c, id)?.expect("task exists").state;
+                            lifecycle::finish(c, id, &node(old), fail())?;
+                            let after = tasks::get(c, id)?.expect("task exists").state;
+                            assert_eq!(before, after, "a node whose lease ran out ended a task");
                         }
                     }
                 }
+                // Every change was announced: the event position moved past every change.
+                let position = c.position()?;
+                let mut changed = false;
                 for (n, id) in ids.iter().enumerate() {
                     let now = tasks::get(c, *id)?.expect("task exists");
                     let (before, progress) = seen[n];
@@ -234,6 +190,7 @@ fn run(store: &Store, ops: &[Op]) {
                         "a final state changed"
                     );
                     assert!(now.progress >= progress, "progress went down after {op:?}");
+                    changed |= (now.state, now.progress) != (before, progress);
                     assert!(
                         now.attempts <= MAX_ATTEMPTS + 1,
                         "attempts {}",
@@ -241,6 +198,12 @@ fn run(store: &Store, ops: &[Op]) {
                     );
                     seen[n] = (now.state, now.progress);
                 }
+                assert!(position >= last_seq, "the event position went back");
+                assert!(
+                    !changed || position > last_seq,
+                    "{op:?} changed a task without announcing it"
+                );
+                last_seq = position;
             }
             drain(c)?;
             for id in &ids {

@@ -153,7 +153,7 @@ impl RequestedOptions {
 /// Accepts only `AUTHORITY:CODE`. GDAL's general CRS parser would also read files and
 /// fetch URLs named in the string, so nothing else ever reaches it. Whether GDAL knows the code
 /// is [`check_crs`]'s question, asked in a worker: the server does not link GDAL.
-fn normalise_crs(input: &str) -> Result<String, String> {
+pub fn normalise_crs(input: &str) -> Result<String, String> {
     let bad =
         || format!("target_crs must be an authority code such as \"EPSG:3857\", not {input:?}");
     let (auth, code) = input.trim().split_once(':').ok_or_else(bad)?;
@@ -165,18 +165,6 @@ fn normalise_crs(input: &str) -> Result<String, String> {
         return Err(bad());
     }
     Ok(format!("{auth}:{code}"))
-}
-
-/// Looks a normalised `AUTHORITY:CODE` up in GDAL (PROJ's database); runs in a worker.
-pub fn check_crs(normal: &str) -> Result<super::GeoRaster, String> {
-    let unknown = || format!("target_crs {normal} is not a coordinate reference system GDAL knows");
-    normalise_crs(normal).map_err(|_| unknown())?;
-    let srs = gdal::spatial_ref::SpatialRef::from_definition(normal).map_err(|_| unknown())?;
-    Ok(super::GeoRaster {
-        crs: Some(normal.to_string()),
-        crs_wkt: srs.to_wkt().ok(),
-        ..Default::default()
-    })
 }
 
 fn parse_nodata(value: serde_json::Value) -> Result<String, String> {
@@ -306,14 +294,6 @@ mod tests {
                 .unwrap(),
             "EPSG:3857"
         );
-        assert!(check_crs(
-            &parse(r#"{"target_crs":"EPSG:99999999"}"#)
-                .unwrap()
-                .target_crs
-                .unwrap()
-        )
-        .is_err());
-        assert!(check_crs("EPSG:3857").is_ok());
     }
 
     #[test]

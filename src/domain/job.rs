@@ -1,0 +1,103 @@
+//! The worker job protocol: what the server asks of a child worker (a [`Job`] line on its
+//! stdin) and what the child answers ([`Report`] lines on its stdout), with the limits and
+//! phases both sides share.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::geo::GeoRaster;
+use super::options::Conversion;
+
+/// Resource limits on one conversion; a source over any of them fails before work starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Limits {
+    /// width × height × bands of the source. (A reprojected output is bounded by the task's
+    /// time and memory limits instead.)
+    pub max_pixels: u64,
+    pub max_bands: usize,
+    /// Largest member accepted inside a zip, so a zip bomb cannot expand past an upload.
+    pub max_unzipped_bytes: u64,
+    /// GDAL threads for this one job (`NUM_THREADS`).
+    pub threads: usize,
+    /// Free bytes the conversion must leave on the output's disk; 0 for no check.
+    #[serde(default)]
+    pub min_free_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pixels: 4_000_000_000,
+            max_bands: 1024,
+            max_unzipped_bytes: 8 << 30,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            min_free_bytes: 0,
+        }
+    }
+}
+
+/// Where a conversion is, for a progress bar and a status sentence.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Phase {
+    Opening,
+    Converting,
+    BuildingOverviews,
+    Verifying,
+    Publishing,
+}
+
+impl Phase {
+    pub fn sentence(self) -> &'static str {
+        match self {
+            Phase::Opening => "Opening the source",
+            Phase::Converting => "Converting",
+            Phase::BuildingOverviews => "Building overviews",
+            Phase::Verifying => "Verifying the COG",
+            Phase::Publishing => "Publishing",
+        }
+    }
+}
+
+/// Why a conversion did not produce a COG. `Failed` carries a sentence for the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("the conversion was cancelled")]
+    Cancelled,
+}
+
+/// What a job asks of the worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    #[default]
+    Convert,
+    /// Only describe the input.
+    Inspect,
+    /// Only check that `conversion.target_crs` is a CRS GDAL knows; `Done` carries its name
+    /// and WKT in an otherwise empty description.
+    CheckCrs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    #[serde(default)]
+    pub kind: JobKind,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub conversion: Conversion,
+    pub limits: Limits,
+    pub cache_mb: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Report {
+    Progress { percent: f64, phase: Phase },
+    Done { result: Box<GeoRaster> },
+    Failed { error: String },
+    Cancelled,
+}
+
