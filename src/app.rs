@@ -9,11 +9,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::auth::Tickets;
-use crate::http::AppState;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::convert::Limits;
+use crate::http::auth::Tickets;
+use crate::http::AppState;
 use crate::metrics::Metrics;
 use crate::store::{items, users, Store};
 use crate::tasks::{ChildLimits, Inspector, Queue, Tasks, WarmPool, Workers};
@@ -51,7 +51,10 @@ impl App {
                     .await??
                     .with_event_log(log)
             }
-            None => Store::open(&config.data_dir.join("rastercast.db"), Arc::new(bus.clone()))?,
+            None => Store::open(
+                &config.data_dir.join("rastercast.db"),
+                Arc::new(bus.clone()),
+            )?,
         };
         let reserve = config.min_free_disk_mb << 20;
         let blobs = Blobs::open(&config.data_dir)?.with_reserve(reserve);

@@ -194,6 +194,9 @@ impl Announce for Bus {
     }
 
     fn resynced(&self, feeds: u64) {
-        self.inner.stats.lag_resyncs.fetch_add(feeds, Ordering::Relaxed);
+        self.inner
+            .stats
+            .lag_resyncs
+            .fetch_add(feeds, Ordering::Relaxed);
     }
 }

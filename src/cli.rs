@@ -199,7 +199,8 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 
 fn open_store(dir: &DataDir) -> anyhow::Result<Store> {
     // The CLI changes users and tokens only: nothing it does is announced.
-    let bus: std::sync::Arc<dyn crate::domain::Announce> = std::sync::Arc::new(crate::bus::Bus::new(1, 1));
+    let bus: std::sync::Arc<dyn crate::domain::Announce> =
+        std::sync::Arc::new(crate::bus::Bus::new(1, 1));
     if let Some(url) = &dir.database_url {
         return Store::connect(url, bus);
     }

@@ -96,7 +96,7 @@ impl AppError {
     /// A request body that failed while being read: one that stopped arriving for longer than
     /// the body timeout is a 408, anything else (a client gone, a malformed stream) a 400.
     pub fn from_body(e: &(dyn std::error::Error + 'static), what: &str) -> AppError {
-        if let Some(slow) = find::<crate::limits::TooSlow>(e) {
+        if let Some(slow) = find::<TooSlow>(e) {
             AppError::RequestTimeout(format!("{what}: {slow}; send it faster."))
         } else if find::<tower_http::timeout::TimeoutError>(e).is_some() {
             AppError::RequestTimeout(format!(
@@ -205,3 +205,14 @@ impl From<rusqlite::Error> for AppError {
 }
 
 pub type AppResult<T> = Result<T, AppError>;
+
+/// An upload body that keeps sending, but too slowly to ever finish in reasonable time: a few
+/// bytes every second evade the stall timeout and would hold a connection and a temp file
+/// forever.
+#[derive(Debug, thiserror::Error)]
+#[error("the body arrived at {rate:.0} bytes per second on average; the minimum is {min} after the first {grace_secs} s")]
+pub struct TooSlow {
+    pub rate: f64,
+    pub min: u64,
+    pub grace_secs: u64,
+}

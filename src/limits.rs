@@ -15,7 +15,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 
 use uuid::Uuid;
 
-use crate::error::AppError;
+use crate::error::{AppError, TooSlow};
 
 /// Requests per user: a token bucket refilled at `per_second` that holds four seconds' worth,
 /// so a page load or a burst of map tile reads passes and a runaway script does not.
@@ -212,17 +212,6 @@ impl SignInRate {
             retry_after_secs: retry_after(not_until),
         })
     }
-}
-
-/// An upload body that keeps sending, but too slowly to ever finish in reasonable time: a few
-/// bytes every second evade the stall timeout and would hold a connection and a temp file
-/// forever.
-#[derive(Debug, thiserror::Error)]
-#[error("the body arrived at {rate:.0} bytes per second on average; the minimum is {min} after the first {grace_secs} s")]
-pub struct TooSlow {
-    rate: f64,
-    min: u64,
-    grace_secs: u64,
 }
 
 /// `body`, failing with [`TooSlow`] once `grace` has passed if it has averaged under

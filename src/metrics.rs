@@ -167,7 +167,7 @@ impl Metrics {
         &self,
         tasks_by_state: &[(String, i64)],
         bus: &BusStats,
-        warm: &crate::tasks::WarmPool,
+        workers: WorkerCounts,
     ) -> String {
         for state in crate::domain::TaskState::ALL {
             let count = tasks_by_state
@@ -192,10 +192,10 @@ impl Metrics {
         copy(&bus.lag_resyncs, &self.events_lag_resyncs);
         self.worker_starts
             .inner()
-            .store(warm.started(), Ordering::Relaxed);
-        self.workers_idle.set(warm.idle_count() as i64);
+            .store(workers.started, Ordering::Relaxed);
+        self.workers_idle.set(workers.idle as i64);
         self.worker_network_isolated
-            .set(warm.network_isolated().map_or(-1, i64::from));
+            .set(workers.network_isolated.map_or(-1, i64::from));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
@@ -217,4 +217,12 @@ impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// The child workers' counts, read at scrape time.
+pub struct WorkerCounts {
+    pub started: u64,
+    pub idle: usize,
+    /// Whether workers run without network access; `None` before the first has started.
+    pub network_isolated: Option<bool>,
 }

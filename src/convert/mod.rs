@@ -13,7 +13,6 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-
 pub use crate::domain::geo::{BandInfo, GeoRaster};
 pub use crate::domain::job::{ConvertError, Limits, Phase};
 pub use crate::domain::options::{self, Conversion, RequestedOptions};

@@ -157,7 +157,6 @@ fn status_len(json: &[u8]) -> usize {
 const EVENT_FIELD: &[u8] = b",\"event\":";
 const DATA_FIELD: &[u8] = b"data: ";
 
-
 /// Where the store announces task changes: the bus, in the server. A trait, so that the store
 /// knows nothing of fan-out and the bus nothing of the store.
 pub trait Announce: Send + Sync + 'static {
@@ -172,8 +171,11 @@ pub trait Announce: Send + Sync + 'static {
     fn position(&self) -> u64;
     /// The events after `after` that `keep` selects, or `None` when they are no longer all
     /// held.
-    fn replay(&self, after: u64, keep: &dyn Fn(&Event) -> bool)
-        -> Option<Vec<std::sync::Arc<Event>>>;
+    fn replay(
+        &self,
+        after: u64,
+        keep: &dyn Fn(&Event) -> bool,
+    ) -> Option<Vec<std::sync::Arc<Event>>>;
     /// Counts feeds resynced with snapshots because events were lost.
     fn resynced(&self, feeds: u64);
 }

@@ -55,4 +55,3 @@ fn nodata_schema() -> utoipa::openapi::schema::Schema {
         .build()
         .into()
 }
-

@@ -100,4 +100,3 @@ pub enum Report {
     Failed { error: String },
     Cancelled,
 }
-

@@ -87,4 +87,3 @@ impl<'a> From<&'a TaskRecord> for TaskStatus<'a> {
 pub fn status_json(task: &TaskRecord) -> serde_json::Value {
     serde_json::to_value(TaskStatus::from(task)).expect("status serialises")
 }
-

@@ -9,8 +9,8 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use rand::RngCore;
 
-use crate::http::AppState;
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::limits::StreamSlot;
 use crate::revocation::Watched;
 use crate::store::users::{self, Credential};

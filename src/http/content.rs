@@ -14,9 +14,9 @@ use uuid::Uuid;
 
 use super::extract::Path;
 use super::tree_items::owned_item;
-use crate::http::AppState;
-use crate::http::auth::AuthUser;
 use crate::error::{AppError, AppResult, ErrorBody};
+use crate::http::auth::AuthUser;
+use crate::http::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(content))

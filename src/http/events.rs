@@ -14,12 +14,11 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use uuid::Uuid;
 
 use super::extract::{Path, Query};
-use crate::http::AppState;
-use crate::http::auth::{StreamCaller, StreamLease};
 use crate::bus::Body as TaskEvent;
 use crate::error::{AppError, AppResult, ErrorBody};
+use crate::http::auth::{StreamCaller, StreamLease};
+use crate::http::AppState;
 use crate::live::{self, Follow};
-use crate::store::tasks as task_rows;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -62,20 +61,9 @@ async fn task_events(
     Query(query): Query<ResumeQuery>,
     headers: HeaderMap,
 ) -> AppResult<Response> {
-    if state.config.private_task_status && caller.user.is_none() {
-        return Err(AppError::Unauthorized(
-            "This server requires a token for task events.",
-        ));
-    }
-    let task = state
-        .store
-        .call(move |c| task_rows::get(c, id))
-        .await?
-        .filter(|t| {
-            !state.config.private_task_status
-                || caller.user.as_ref().is_some_and(|u| u.id == t.user_id)
-        })
-        .ok_or(AppError::NotFound("task"))?;
+    let user = caller.user.as_ref().map(|u| u.id);
+    state.status_caller(user, "This server requires a token for task events.")?;
+    let task = state.visible_task(user, id).await?;
     let lease = caller.lease(&state)?;
     Ok(sse(
         state,
@@ -250,7 +238,6 @@ mod tests {
     use crate::domain::NewTask;
     use crate::store::users;
     use crate::tasks::lifecycle::{self, Submitted};
-
 
     #[test]
     fn a_batch_passes_one_message_on_and_joins_several_in_order() {

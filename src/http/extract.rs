@@ -3,7 +3,7 @@
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::request::Parts;
+use axum::http::{header, request::Parts};
 use serde::de::DeserializeOwned;
 
 use crate::error::AppError;
@@ -41,6 +41,53 @@ pub fn json_rejection(rejection: JsonRejection) -> AppError {
     }
 }
 
+/// A JSON body that may be left out: no body, a blank one or `null` is `T::default()`. A body
+/// sent without `Content-Type` is read as JSON, as the first clients send it; one of another
+/// media type is refused (415). Bodies over 64 KiB are refused (413).
+pub struct OptionalJson<T>(pub T);
+
+const OPTIONAL_JSON_LIMIT: usize = 64 * 1024;
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, AppError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|t| is_json_type(t.to_str().unwrap_or("")));
+        let bytes = axum::body::to_bytes(req.into_body(), OPTIONAL_JSON_LIMIT)
+            .await
+            .map_err(|e| {
+                if e.to_string().contains("length limit") {
+                    AppError::TooLarge(format!(
+                        "The JSON body is larger than {} KiB.",
+                        OPTIONAL_JSON_LIMIT >> 10
+                    ))
+                } else {
+                    AppError::BadRequest(format!("The body could not be read: {e}"))
+                }
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        if !is_json {
+            return Err(AppError::UnsupportedMediaType(
+                "Send the body as JSON with `Content-Type: application/json`.".into(),
+            ));
+        }
+        serde_json::from_slice::<Option<T>>(&bytes)
+            .map(|v| OptionalJson(v.unwrap_or_default()))
+            .map_err(|e| {
+                if e.is_syntax() || e.is_eof() {
+                    AppError::BadRequest(format!("The body is not valid JSON: {e}"))
+                } else {
+                    AppError::Unprocessable(format!("The JSON body does not fit: {e}"))
+                }
+            })
+    }
+}
+
 pub struct Path<T>(pub T);
 
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
@@ -74,4 +121,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
             Err(other) => Err(AppError::BadRequest(other.body_text())),
         }
     }
+}
+
+/// `application/json` or `application/…+json`, parameters aside: the media type itself, so
+/// that `text/plain; x=json` (a type a page may send cross-site without asking) is refused.
+pub fn is_json_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json") && !sub.contains('/'))
 }

@@ -6,8 +6,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::http::AppState;
 use crate::error::AppResult;
+use crate::http::AppState;
 use crate::metrics::HttpLabels;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -22,9 +22,13 @@ async fn metrics(State(state): State<AppState>) -> AppResult<Response> {
         .store
         .call(crate::store::tasks::count_by_state)
         .await?;
-    let body = state
-        .metrics
-        .render(&by_state, state.bus.stats(), &state.inspector.child.warm);
+    let warm = &state.inspector.child.warm;
+    let workers = crate::metrics::WorkerCounts {
+        started: warm.started(),
+        idle: warm.idle_count(),
+        network_isolated: warm.network_isolated(),
+    };
+    let body = state.metrics.render(&by_state, state.bus.stats(), workers);
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

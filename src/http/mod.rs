@@ -7,12 +7,14 @@ mod events;
 mod extract;
 mod health;
 mod metrics;
+mod names;
 mod openapi;
 mod serve;
 mod session;
 mod state;
 mod tasks;
 mod tree_items;
+mod uploads;
 mod ws;
 
 use axum::{Extension, Router};
@@ -41,6 +43,7 @@ pub fn router(state: AppState) -> Router {
     }
     let api = OpenApiRouter::new()
         .merge(tree_items::router())
+        .merge(uploads::router())
         .merge(content::router())
         .merge(tasks::router())
         .merge(events::router())

@@ -9,9 +9,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::extract::Json;
-use crate::http::AppState;
-use crate::http::auth::{peer_ip_of, same_origin, session_cookie, AuthCaller, AuthUser, SESSION_COOKIE};
 use crate::error::{AppError, AppResult, ErrorBody};
+use crate::http::auth::{
+    peer_ip_of, same_origin, session_cookie, AuthCaller, AuthUser, SESSION_COOKIE,
+};
+use crate::http::AppState;
 use crate::store::users;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};

@@ -4,9 +4,13 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use uuid::Uuid;
+
 use super::auth::Tickets;
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::domain::TaskRecord;
+use crate::error::{AppError, AppResult};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tasks::{Inspector, Tasks};
@@ -47,3 +51,27 @@ pub struct AppState {
     pub workers: usize,
 }
 
+impl AppState {
+    /// Whether `caller` may see a task of `owner`'s: the task id is a capability, unless the
+    /// server runs with `--private-task-status`, which shows a task to its owner alone.
+    pub fn sees_task(&self, caller: Option<Uuid>, owner: Uuid) -> bool {
+        !self.config.private_task_status || caller == Some(owner)
+    }
+
+    /// Refuses an anonymous caller where `--private-task-status` requires a token for `what`.
+    pub fn status_caller(&self, caller: Option<Uuid>, what: &'static str) -> AppResult<()> {
+        if self.config.private_task_status && caller.is_none() {
+            return Err(AppError::Unauthorized(what));
+        }
+        Ok(())
+    }
+
+    /// The task `id`, if `caller` may see it; 404 otherwise, whether or not it exists.
+    pub async fn visible_task(&self, caller: Option<Uuid>, id: Uuid) -> AppResult<TaskRecord> {
+        self.store
+            .call(move |c| crate::store::tasks::get(c, id))
+            .await?
+            .filter(|t| self.sees_task(caller, t.user_id))
+            .ok_or(AppError::NotFound("task"))
+    }
+}

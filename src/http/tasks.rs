@@ -9,9 +9,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::extract::{Path, Query};
-use crate::http::AppState;
-use crate::http::auth::{AuthUser, MaybeUser};
 use crate::error::{AppError, AppResult, ErrorBody};
+use crate::http::auth::{AuthUser, MaybeUser};
+use crate::http::AppState;
 use crate::store::tasks as task_rows;
 use crate::tasks::{status_json, TaskState, TaskStatus};
 use utoipa::{IntoParams, ToSchema};
@@ -45,13 +45,8 @@ async fn status(
     MaybeUser(user): MaybeUser,
     Path(id): Path<Uuid>,
 ) -> AppResult<Response> {
-    if state.config.private_task_status && user.is_none() {
-        return Err(AppError::Unauthorized(
-            "This server requires a token for task status.",
-        ));
-    }
-    let private = state.config.private_task_status;
-    let allowed = |owner: Uuid| !private || user.as_ref().is_some_and(|u| u.id == owner);
+    let user = user.map(|u| u.id);
+    state.status_caller(user, "This server requires a token for task status.")?;
     // The hot path for pollers: the latest published status, already serialised. A queued
     // task's queue position moves without events of its own, so it is read from the store.
     // With several nodes, this node's bus may trail the database by a moment, and a poller
@@ -62,7 +57,7 @@ async fn status(
         .flatten()
         .filter(|e| e.state != TaskState::Pending)
     {
-        if !allowed(event.user_id) {
+        if !state.sees_task(user, event.user_id) {
             return Err(AppError::NotFound("task"));
         }
         let mut response = event.status().into_response();
@@ -72,12 +67,7 @@ async fn status(
         );
         return Ok(response);
     }
-    let task = state
-        .store
-        .call(move |c| task_rows::get(c, id))
-        .await?
-        .filter(|t| allowed(t.user_id))
-        .ok_or(AppError::NotFound("task"))?;
+    let task = state.visible_task(user, id).await?;
     Ok(Json(status_json(&task)).into_response())
 }
 

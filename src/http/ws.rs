@@ -14,12 +14,12 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::http::AppState;
-use crate::http::auth::{same_origin, StreamCaller, StreamLease};
 use crate::error::AppError;
+use crate::http::auth::{same_origin, StreamCaller, StreamLease};
+use crate::http::AppState;
 use crate::live::{self, Follow};
 use crate::store::users::{self, Credential};
-use crate::store::{tasks as task_rows, User};
+use crate::store::User;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(upgrade))
@@ -268,15 +268,8 @@ impl Connection {
 
     /// A task id is a capability, unless the server requires the owner.
     async fn visible(&self, id: Uuid) -> Result<(), AppError> {
-        let private = self.state.config.private_task_status;
         let user = self.user.as_ref().map(|u| u.id);
-        self.state
-            .store
-            .call(move |c| task_rows::get(c, id))
-            .await?
-            .filter(|t| !private || Some(t.user_id) == user)
-            .map(|_| ())
-            .ok_or(AppError::NotFound("task"))
+        self.state.visible_task(user, id).await.map(|_| ())
     }
 }
 

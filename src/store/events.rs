@@ -144,8 +144,7 @@ fn stored_event(row: &super::db::Row) -> anyhow::Result<Event> {
         row.uuid(1)?,
         row.uuid(2)?,
         EventKind::parse(&kind).with_context(|| format!("unknown event kind {kind:?}"))?,
-        TaskState::parse(&state)
-            .with_context(|| format!("unknown task state {state:?}"))?,
+        TaskState::parse(&state).with_context(|| format!("unknown task state {state:?}"))?,
         row.blob(5)?.into(),
     )
 }

@@ -26,7 +26,7 @@ pub struct Item {
     pub content_type: Option<String>,
     pub created_at: String,
     /// For a converted COG: its description, as in a task's `result`.
-    #[schema(value_type = Option<crate::convert::GeoRaster>)]
+    #[schema(value_type = Option<crate::domain::geo::GeoRaster>)]
     pub geo_raster: Option<serde_json::Value>,
     /// For a converted COG: the item it was made from.
     pub source_id: Option<Uuid>,

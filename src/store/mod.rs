@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use rusqlite::Connection;
 
+use crate::domain::Announce;
+pub use crate::domain::{NewTask, TaskRecord};
 pub use db::Db;
 pub use items::{Item, ItemKind, NewItem};
-pub use crate::domain::{NewTask, TaskRecord};
-use crate::domain::Announce;
 pub use users::{TokenInfo, User};
 
 /// Numbered migrations; `PRAGMA user_version` records how many have run.

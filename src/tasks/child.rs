@@ -20,8 +20,9 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::convert::worker::{Job, Report};
-use crate::convert::{GeoRaster, Phase};
+use crate::domain::geo::GeoRaster;
+use crate::domain::job::Phase;
+use crate::domain::job::{Job, Report};
 
 /// Jobs one worker process takes before it is retired.
 const MAX_JOBS: u32 = 500;

@@ -12,8 +12,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::child::{self, ChildLimits, Outcome};
-use crate::convert::worker::{Job, JobKind};
-use crate::convert::{GeoRaster, Limits};
+use crate::domain::geo::GeoRaster;
+use crate::domain::job::Limits;
+use crate::domain::job::{Job, JobKind};
 
 /// Opening reads headers only; a file that takes longer is not worth waiting for.
 const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,7 +73,7 @@ impl Inspector {
             kind: JobKind::CheckCrs,
             input: Default::default(),
             output: Default::default(),
-            conversion: crate::convert::Conversion {
+            conversion: crate::domain::options::Conversion {
                 target_crs: Some(crs.to_string()),
                 ..Default::default()
             },

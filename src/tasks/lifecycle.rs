@@ -33,9 +33,11 @@ fn step(from: TaskState, to: TaskState) -> anyhow::Result<Transition> {
 }
 
 pub enum Submitted {
-    Queued(TaskRecord),
+    Queued(Box<TaskRecord>),
     /// The user already has `active` tasks queued or running, the most allowed.
-    Busy { active: u64 },
+    Busy {
+        active: u64,
+    },
 }
 
 /// Queues a new task, unless the user has `limit` active ones. Counted and inserted in one
@@ -48,7 +50,7 @@ pub fn submit(db: &mut Db, new: NewTask, limit: u64) -> anyhow::Result<Submitted
     }
     let task = rows::insert(db, new)?;
     db.publish(&task, EventKind::State)?;
-    Ok(Submitted::Queued(task))
+    Ok(Submitted::Queued(Box::new(task)))
 }
 
 /// Moves the next queued task to PROGRESS, leased to `owner` for `lease_ms`.

@@ -69,13 +69,17 @@ impl Tasks {
         {
             Submitted::Queued(task) => {
                 self.queue.wake();
-                Ok(task)
+                Ok(*task)
             }
             Submitted::Busy { active } => Err(crate::limits::too_many_tasks(active, limit)),
         }
     }
 
-    pub async fn claim(&self, owner: Arc<str>, lease_ms: i64) -> anyhow::Result<Option<TaskRecord>> {
+    pub async fn claim(
+        &self,
+        owner: Arc<str>,
+        lease_ms: i64,
+    ) -> anyhow::Result<Option<TaskRecord>> {
         self.run(move |db| lifecycle::claim(db, &owner, lease_ms))
             .await
     }

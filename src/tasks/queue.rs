@@ -379,8 +379,9 @@ async fn report_progress(
     node: Arc<str>,
     mut rx: watch::Receiver<(f64, Phase)>,
 ) {
-    let write =
-        |(percent, phase): (f64, Phase)| tasks.progress(id, node.clone(), percent, phase.sentence());
+    let write = |(percent, phase): (f64, Phase)| {
+        tasks.progress(id, node.clone(), percent, phase.sentence())
+    };
     let mut sent = (*rx.borrow_and_update(), tokio::time::Instant::now());
     let (mut received, mut written) = (0u64, 0u64);
     loop {
