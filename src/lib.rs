@@ -1,10 +1,12 @@
 //! rastercast: upload rasters, convert them to Cloud-Optimized GeoTIFFs in the background,
 //! and follow the conversions live.
 //!
-//! Layout: `config` (settings) → `app` (builds the state, binds, runs until shutdown) →
-//! `http` (one module per resource) over `auth`, `store` (SQLite), `tree` (bytes on disk),
-//! `tasks` (queue, state machine, child workers) and `bus` (task events). `convert` is the
-//! GDAL engine, shared by the server's child workers and the `convert` command.
+//! Layers, bottom to top (a module imports only from layers below it): `domain` (the model,
+//! no I/O) → `store` (SQL), `tree` (bytes on disk), `bus` (task events), `convert` (the GDAL
+//! engine, run by child workers and the `convert` command) → `tasks` (the task service, the
+//! only writer of task state, with its queue and child workers) → `http` (one module per
+//! resource, and `AppState`) → `app` and `cli` (wiring). The README's architecture map names
+//! the module for each behaviour.
 
 pub mod app;
 pub mod bus;
