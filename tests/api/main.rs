@@ -13,4 +13,6 @@ mod lifecycle;
 mod live;
 mod live_clients;
 mod nodes;
+mod retention;
+mod retries;
 mod security;
