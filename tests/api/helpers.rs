@@ -796,8 +796,8 @@ impl TestServer {
             req = req.json(options);
         }
         if let Some(key) = idempotency_key {
-            let value = reqwest::header::HeaderValue::from_bytes(key.as_bytes())
-                .expect("a header value");
+            let value =
+                reqwest::header::HeaderValue::from_bytes(key.as_bytes()).expect("a header value");
             req = req.header(IDEMPOTENCY_KEY, value);
         }
         json_of(req.send().await.unwrap()).await
@@ -818,8 +818,8 @@ impl TestServer {
             .body(bytes)
             .timeout(REQUEST_TIMEOUT);
         if let Some(key) = idempotency_key {
-            let value = reqwest::header::HeaderValue::from_bytes(key.as_bytes())
-                .expect("a header value");
+            let value =
+                reqwest::header::HeaderValue::from_bytes(key.as_bytes()).expect("a header value");
             req = req.header(IDEMPOTENCY_KEY, value);
         }
         json_of(req.send().await.unwrap()).await
@@ -869,7 +869,13 @@ impl TestServer {
             };
             let (code, page) = self.get_json(&path, token).await;
             assert_eq!(code, StatusCode::OK, "{page}");
-            tasks.extend(page["tasks"].as_array().expect("a tasks array").iter().cloned());
+            tasks.extend(
+                page["tasks"]
+                    .as_array()
+                    .expect("a tasks array")
+                    .iter()
+                    .cloned(),
+            );
             match page["next_cursor"].as_str() {
                 Some(next) => cursor = Some(next.to_string()),
                 None => return tasks,
