@@ -1,13 +1,16 @@
 //! Integration tests: the real server on port 0, real files, real HTTP.
 
 mod authz;
+mod bulk;
 mod cli;
 mod conversion;
 mod crashes;
 mod disk;
+mod fairness;
 mod helpers;
 mod hostile;
 mod http;
+mod idempotency;
 mod isolation;
 mod lifecycle;
 mod live;
