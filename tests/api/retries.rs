@@ -26,6 +26,13 @@ fn state_changes(events: &[(String, Value)]) -> Vec<(String, u64)> {
     out
 }
 
+/// Every status and every event carries `next_attempt_at` and `last_error`, null or not.
+fn assert_has_retry_fields(status: &Value) {
+    for field in ["next_attempt_at", "last_error", "attempts", "error"] {
+        assert!(status.get(field).is_some(), "no {field} in {status}");
+    }
+}
+
 /// A status that waits for another attempt says so: PENDING, when and why, and no `error`.
 fn assert_waits_for_a_retry(status: &Value, attempts: u64) {
     assert_eq!(status["state"], "PENDING", "{status}");
@@ -72,6 +79,7 @@ async fn a_worker_killed_from_outside_is_retried_and_the_task_succeeds() {
     let mut feed = Sse::open(server.http.get(server.api(&format!("/tasks/{id}/events")))).await;
 
     let running = wait_running(&server, &id).await;
+    assert_has_retry_fields(&running);
     assert_eq!(running["attempts"], 1, "{running}");
     assert!(running["next_attempt_at"].is_null(), "{running}");
     assert!(running["last_error"].is_null(), "{running}");
@@ -100,6 +108,9 @@ async fn a_worker_killed_from_outside_is_retried_and_the_task_succeeds() {
         next <= killed_at + TimeDelta::milliseconds(250 + 2000),
         "retried too late: {next} after a kill at {killed_at}"
     );
+    for (_, event) in &events {
+        assert_has_retry_fields(event);
+    }
     let changes = state_changes(&events);
     assert!(
         changes.ends_with(&[
@@ -111,6 +122,7 @@ async fn a_worker_killed_from_outside_is_retried_and_the_task_succeeds() {
     );
 
     let status = server.status(&id).await;
+    assert_has_retry_fields(&status);
     assert_eq!(status["state"], "SUCCESS", "{status}");
     assert_eq!(status["attempts"], 2, "{status}");
     assert!(status["error"].is_null(), "{status}");
@@ -202,6 +214,7 @@ async fn a_file_or_options_at_fault_fail_at_once_without_retries() {
         .convert_file(&data("rotated.tif"), json!({"target_crs": "EPSG:3857"}))
         .await;
     for status in [corrupt, rotated] {
+        assert_has_retry_fields(&status);
         assert_eq!(status["state"], "FAILURE", "{status}");
         assert_eq!(status["attempts"], 1, "not retried: {status}");
         assert!(
