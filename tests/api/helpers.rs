@@ -675,3 +675,259 @@ fn run_sql(url: &str, sql: &str) -> Result<(), postgres::Error> {
     .join()
     .expect("the SQL thread finishes")
 }
+
+// Retries, retention, fair share, idempotent starts and bulk actions.
+
+/// The header that makes a start or an upload idempotent.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// The `task_id` of a conversion's 200 body or of a status.
+pub fn task_id(body: &Value) -> String {
+    body["task_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no task_id in {body}"))
+        .to_string()
+}
+
+/// A timestamp as the API writes it (RFC 3339), as an instant.
+pub fn time_of(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {value}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
+        .with_timezone(&chrono::Utc)
+}
+
+/// An instant as the API writes it (RFC 3339, UTC, milliseconds).
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A moment strictly between everything that happened before the call and everything that
+/// happens after it, as the API writes timestamps (RFC 3339, milliseconds): it returns once
+/// the clock has moved past it.
+pub async fn a_moment_between() -> String {
+    let moment = chrono::Utc::now() + chrono::TimeDelta::milliseconds(1);
+    while chrono::Utc::now() < moment + chrono::TimeDelta::milliseconds(2) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    rfc3339(moment)
+}
+
+/// Polls `probe` every 50 ms until it gives `Some`; fails the test after `timeout`, saying
+/// what it waited for.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The server's conversion workers: those of its children whose command line names the
+/// worker program (idle warm ones included).
+pub fn worker_children(pid: i32) -> Vec<i32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|child| {
+            std::fs::read(format!("/proc/{child}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("worker"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Sends `signal` to every conversion worker of the server at `pid` (the busy one and any
+/// idle warm ones), as the OOM killer or an operator would; returns their pids.
+pub fn signal_workers(pid: i32, signal: i32) -> Vec<i32> {
+    let workers = worker_children(pid);
+    for worker in &workers {
+        // SAFETY: plain kill(2) on a child of our own server.
+        unsafe { libc::kill(*worker, signal) };
+    }
+    workers
+}
+
+impl TestServer {
+    /// Any request as `token`, with an optional JSON body: the status and the JSON answer
+    /// (error bodies checked by [`json_of`]).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.req(method, path, token).timeout(REQUEST_TIMEOUT);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        json_of(req.send().await.unwrap()).await
+    }
+
+    /// Starts a conversion of `item` as `token`, with `options` as the body when given and
+    /// an `Idempotency-Key` when given; the status and answer, whatever they are.
+    pub async fn try_convert(
+        &self,
+        token: &str,
+        item: &Value,
+        options: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let path = format!(
+            "/tree-items/{}/convert-to-geo-raster",
+            item["id"].as_str().expect("an item id")
+        );
+        let mut req = self
+            .req(Method::POST, &path, token)
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(options) = options {
+            req = req.json(options);
+        }
+        if let Some(key) = idempotency_key {
+            let value =
+                reqwest::header::HeaderValue::from_bytes(key.as_bytes()).expect("a header value");
+            req = req.header(IDEMPOTENCY_KEY, value);
+        }
+        json_of(req.send().await.unwrap()).await
+    }
+
+    /// A raw-body upload (`?name=`) as `token`, with an `Idempotency-Key` when given: the
+    /// same bytes make the same request every time (a multipart form's boundary would not).
+    pub async fn try_upload_raw(
+        &self,
+        token: &str,
+        name: &str,
+        bytes: Vec<u8>,
+        idempotency_key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .req(Method::POST, &format!("/tree-items?name={name}"), token)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes)
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(key) = idempotency_key {
+            let value =
+                reqwest::header::HeaderValue::from_bytes(key.as_bytes()).expect("a header value");
+            req = req.header(IDEMPOTENCY_KEY, value);
+        }
+        json_of(req.send().await.unwrap()).await
+    }
+
+    /// A task's status by capability, whatever the answer (410 once it expired, 404 when
+    /// unknown).
+    pub async fn try_status(&self, task_id: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .get(self.api(&format!("/tasks/{task_id}/status")))
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .unwrap();
+        json_of(res).await
+    }
+
+    /// Polls a task's status until `pred` holds, like [`TestServer::wait_for`] but without
+    /// the check that progress never goes down: a task put back in the queue for another
+    /// attempt starts its progress again.
+    pub async fn wait_status(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(task_id).await;
+            if pred(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "timed out; last status {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every task of `token`'s user, newest first, following `next_cursor` 500 at a time.
+    pub async fn all_tasks(&self, token: &str) -> Vec<Value> {
+        let mut tasks = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                None => "/tasks?limit=500".to_string(),
+                Some(c) => format!("/tasks?limit=500&cursor={c}"),
+            };
+            let (code, page) = self.get_json(&path, token).await;
+            assert_eq!(code, StatusCode::OK, "{page}");
+            tasks.extend(
+                page["tasks"]
+                    .as_array()
+                    .expect("a tasks array")
+                    .iter()
+                    .cloned(),
+            );
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return tasks,
+            }
+        }
+    }
+
+    /// The ids of every task of `token`'s user.
+    pub async fn task_ids(&self, token: &str) -> std::collections::HashSet<String> {
+        self.all_tasks(token).await.iter().map(task_id).collect()
+    }
+
+    /// `POST /tasks/{id}/retry` as `token`, with `options` as the body when given.
+    pub async fn retry_task(
+        &self,
+        token: &str,
+        task_id: &str,
+        options: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/tasks/{task_id}/retry"),
+            token,
+            options,
+        )
+        .await
+    }
+
+    /// `POST /tasks/{id}/cancel` as `token`.
+    pub async fn cancel_task(&self, token: &str, task_id: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/tasks/{task_id}/cancel"),
+            token,
+            None,
+        )
+        .await
+    }
+
+    /// `POST /tasks/cancel` (bulk) as `token` with `filter`.
+    pub async fn cancel_matching(&self, token: &str, filter: &Value) -> (StatusCode, Value) {
+        self.call(Method::POST, "/tasks/cancel", token, Some(filter))
+            .await
+    }
+
+    /// `DELETE /tasks?{query}` (bulk) as `token`; `query` is already URL-encoded.
+    pub async fn delete_tasks(&self, token: &str, query: &str) -> (StatusCode, Value) {
+        let path = if query.is_empty() {
+            "/tasks".to_string()
+        } else {
+            format!("/tasks?{query}")
+        };
+        self.call(Method::DELETE, &path, token, None).await
+    }
+}

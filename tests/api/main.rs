@@ -1,16 +1,21 @@
 //! Integration tests: the real server on port 0, real files, real HTTP.
 
 mod authz;
+mod bulk;
 mod cli;
 mod conversion;
 mod crashes;
 mod disk;
+mod fairness;
 mod helpers;
 mod hostile;
 mod http;
+mod idempotency;
 mod isolation;
 mod lifecycle;
 mod live;
 mod live_clients;
 mod nodes;
+mod retention;
+mod retries;
 mod security;
