@@ -62,7 +62,18 @@ impl App {
         // Alone on SQLite, every running task was cut off by this process's own stop. With
         // other nodes on the database, they may be running theirs: expired leases tell
         // (`Workers::reap`), and files younger than an hour may be theirs.
-        let tasks = Tasks::new(store.clone(), Queue::default(), config.max_attempts);
+        let policy = crate::tasks::Policy {
+            max_attempts: config.max_attempts,
+            backoff: Duration::from_secs_f64(config.retry_backoff_secs.clamp(0.0, 600.0)),
+        };
+        let retention = Duration::from_secs(config.task_retention_secs);
+        let tasks = Tasks::new(
+            store.clone(),
+            Queue::default(),
+            bus.clone(),
+            policy,
+            retention,
+        );
         let requeued = if shared { 0 } else { tasks.recover().await? };
         let referenced = store.call(items::referenced_blobs).await?;
         let min_age = if shared {
@@ -186,6 +197,7 @@ impl App {
             tokio::task::JoinSet::new()
         };
         tokio::spawn(crate::memory::trim_until(shutdown.clone()));
+        tokio::spawn(self.state.tasks.clone().expire_until(shutdown.clone()));
         tokio::spawn(
             self.state
                 .revocations

@@ -249,6 +249,7 @@ fn convert_local(args: ConvertArgs) -> ExitCode {
         web_optimized: Some(args.web_optimized),
         nodata: args.nodata.map(serde_json::Value::String),
         subdataset: args.subdataset,
+        priority: None,
     };
     let conversion = match requested.validate() {
         Ok(c) => c,
@@ -312,7 +313,7 @@ fn convert_local(args: ConvertArgs) -> ExitCode {
     }));
     let result = match outcome {
         Outcome::Done(described) => Ok(*described),
-        Outcome::Failed(e) => Err(ConvertError::Failed(e)),
+        Outcome::Failed(e) => Err(ConvertError::Failed(e.message)),
         Outcome::Stopped => Err(ConvertError::Cancelled),
     };
     if result.is_err() {
@@ -352,7 +353,7 @@ fn convert_local(args: ConvertArgs) -> ExitCode {
             eprintln!("rastercast: cancelled; nothing was written");
             ExitCode::from(130)
         }
-        Err(ConvertError::Failed(e)) => {
+        Err(ConvertError::Failed(e) | ConvertError::OutOfSpace(e)) => {
             bar.abandon_with_message("Failed");
             eprintln!("rastercast: {e}");
             ExitCode::FAILURE

@@ -77,9 +77,20 @@ pub struct Config {
     #[arg(long, env = "RASTERCAST_GDAL_CACHE_MB", default_value_t = 256)]
     pub gdal_cache_mb: usize,
 
-    /// Times a task is started before a server crash during it counts as its failure.
-    #[arg(long, env = "RASTERCAST_MAX_ATTEMPTS", default_value_t = 3)]
+    /// Runs of one task: a transient failure (a worker killed from outside, a lost node, a full
+    /// disk, storage or database out of reach) is retried until this many.
+    #[arg(long, env = "RASTERCAST_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
+
+    /// Seconds before the first retry of a transient failure; each further one waits twice as
+    /// long (±25 %, at most 10 minutes).
+    #[arg(long, env = "RASTERCAST_RETRY_BACKOFF_SECS", default_value_t = 2.0)]
+    pub retry_backoff_secs: f64,
+
+    /// Seconds a finished task (and its events) is kept; its id then answers 410 Gone for as
+    /// long again. Outputs are tree items and are never pruned.
+    #[arg(long, env = "RASTERCAST_TASK_RETENTION_SECS", default_value_t = 7 * 86400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub task_retention_secs: u64,
 
     /// Milliseconds a cancelled conversion gets to stop by itself before it is killed.
     #[arg(long, env = "RASTERCAST_CANCEL_GRACE_MS", default_value_t = 1000)]

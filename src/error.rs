@@ -15,6 +15,9 @@ pub enum AppError {
     /// The thing that was not found (or is not the caller's), e.g. "task".
     #[error("No such {0}.")]
     NotFound(&'static str),
+    /// A task that expired under the retention setting: its pollers should stop.
+    #[error("This task finished more than {0} s ago and its record has expired; its output, if any, is still a tree item.")]
+    Gone(u64),
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
@@ -53,6 +56,7 @@ impl AppError {
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Gone(_) => StatusCode::GONE,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -77,6 +81,7 @@ impl AppError {
             AppError::Unauthorized(_) => "unauthorized".into(),
             AppError::Forbidden(_) => "forbidden".into(),
             AppError::NotFound(what) => format!("{}_not_found", what.replace(' ', "_")),
+            AppError::Gone(_) => "task_expired".into(),
             AppError::MethodNotAllowed(_) => "method_not_allowed".into(),
             AppError::Conflict(_) => "conflict".into(),
             AppError::TooLarge(_) => "too_large".into(),

@@ -158,7 +158,7 @@ fn out_of_space(errno: Option<i32>, output: &Path) -> bool {
 }
 
 fn disk_full() -> ConvertError {
-    ConvertError::Failed(
+    ConvertError::OutOfSpace(
         "The server ran out of disk space while writing the COG; nothing was kept. Try again once space is freed.".into(),
     )
 }

@@ -56,6 +56,7 @@ pub fn main() -> i32 {
             Err(e) => {
                 emit(&Report::Failed {
                     error: format!("bad job: {e}"),
+                    transient: false,
                 });
                 return 2;
             }
@@ -75,7 +76,10 @@ fn run(job: &Job, cancel: &AtomicBool) -> Report {
             Ok(described) => Report::Done {
                 result: Box::new(described),
             },
-            Err(error) => Report::Failed { error },
+            Err(error) => Report::Failed {
+                error,
+                transient: false,
+            },
         };
     }
     if job.kind == JobKind::Inspect {
@@ -84,6 +88,7 @@ fn run(job: &Job, cancel: &AtomicBool) -> Report {
                 result: Box::new(described),
             },
             Err(e) => Report::Failed {
+                transient: matches!(e, ConvertError::OutOfSpace(_)),
                 error: e.to_string(),
             },
         };
@@ -107,12 +112,21 @@ fn run(job: &Job, cancel: &AtomicBool) -> Report {
             Ok(()) => Report::Done {
                 result: Box::new(described),
             },
+            // The output could not be written: the disk's doing, not the file's.
             Err(e) => Report::Failed {
                 error: format!("The output could not be written to disk: {e}"),
+                transient: true,
             },
         },
         Err(ConvertError::Cancelled) => Report::Cancelled,
-        Err(ConvertError::Failed(error)) => Report::Failed { error },
+        Err(ConvertError::Failed(error)) => Report::Failed {
+            error,
+            transient: false,
+        },
+        Err(ConvertError::OutOfSpace(error)) => Report::Failed {
+            error,
+            transient: true,
+        },
     }
 }
 

@@ -210,6 +210,9 @@ mod tests {
             started_at: None,
             finished_at: None,
             queue_position: None,
+            next_attempt_at: None,
+            last_error: None,
+            retry_of: None,
         };
         let event = Event::new(&task, EventKind::State, 42);
         let alone = serde_json::to_vec(&TaskStatus::from(&task)).unwrap();

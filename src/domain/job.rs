@@ -64,6 +64,9 @@ impl Phase {
 pub enum ConvertError {
     #[error("{0}")]
     Failed(String),
+    /// The disk filled up: the file is not at fault, and a later attempt may succeed.
+    #[error("{0}")]
+    OutOfSpace(String),
     #[error("the conversion was cancelled")]
     Cancelled,
 }
@@ -95,8 +98,43 @@ pub struct Job {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Report {
-    Progress { percent: f64, phase: Phase },
-    Done { result: Box<GeoRaster> },
-    Failed { error: String },
+    Progress {
+        percent: f64,
+        phase: Phase,
+    },
+    Done {
+        result: Box<GeoRaster>,
+    },
+    Failed {
+        error: String,
+        /// The input is not at fault (the disk filled up): another attempt may succeed.
+        #[serde(default)]
+        transient: bool,
+    },
     Cancelled,
+}
+
+/// Why a run failed, and whether another attempt may succeed: a transient failure is not the
+/// file's or the options' fault (a worker killed from outside, a full disk, storage or the
+/// database out of reach), so the task is queued again with a backoff.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub message: String,
+    pub transient: bool,
+}
+
+impl Failure {
+    pub fn permanent(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    pub fn transient(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            transient: true,
+        }
+    }
 }

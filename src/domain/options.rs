@@ -26,6 +26,30 @@ pub struct RequestedOptions {
     pub nodata: Option<serde_json::Value>,
     /// A subdataset name (NetCDF variable) or a file inside a zip.
     pub subdataset: Option<String>,
+    /// Orders this user's own queued tasks (default normal); other users' tasks take turns
+    /// with them whatever their priority.
+    pub priority: Option<Priority>,
+}
+
+/// Where a task goes among its user's own queued tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Priority {
+    /// The order key the queue sorts by, highest first.
+    pub fn rank(self) -> i64 {
+        match self {
+            Priority::Low => -1,
+            Priority::Normal => 0,
+            Priority::High => 1,
+        }
+    }
 }
 
 /// Options after validation, with every default filled in. Stored with the task and
@@ -42,6 +66,9 @@ pub struct Conversion {
     /// A number, or NaN; serialised as a string so NaN survives JSON.
     pub nodata: Option<String>,
     pub subdataset: Option<String>,
+    /// Tasks stored before priorities existed read as normal.
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 impl Default for Conversion {
@@ -146,6 +173,7 @@ impl RequestedOptions {
             web_optimized,
             nodata,
             subdataset,
+            priority: self.priority.unwrap_or_default(),
         })
     }
 }

@@ -29,6 +29,12 @@ pub struct TaskRecord {
     pub finished_at: Option<String>,
     /// 1-based place in the queue, for PENDING tasks.
     pub queue_position: Option<i64>,
+    /// When a task queued again after a transient failure may start (RFC 3339).
+    pub next_attempt_at: Option<String>,
+    /// Why the last attempt failed, kept when the task is queued again or fails.
+    pub last_error: Option<String>,
+    /// The task this one was made from by `POST /tasks/{id}/retry`.
+    pub retry_of: Option<Uuid>,
 }
 
 pub struct NewTask {
@@ -38,6 +44,7 @@ pub struct NewTask {
     pub source_name: String,
     pub parent_id: Option<Uuid>,
     pub options: Conversion,
+    pub retry_of: Option<Uuid>,
 }
 
 /// A task's status exactly as every API channel shows it.
@@ -60,6 +67,13 @@ pub struct TaskStatus<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<i64>,
     pub attempts: u32,
+    /// While PENDING after a transient failure: when the next attempt may start.
+    pub next_attempt_at: Option<&'a str>,
+    /// Why the last attempt failed (also while the task waits to be retried).
+    pub last_error: Option<&'a str>,
+    /// The task this one retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<Uuid>,
     pub options: &'a Conversion,
 }
 
@@ -79,6 +93,9 @@ impl<'a> From<&'a TaskRecord> for TaskStatus<'a> {
             finished_at: t.finished_at.as_deref(),
             queue_position: t.queue_position,
             attempts: t.attempts,
+            next_attempt_at: t.next_attempt_at.as_deref(),
+            last_error: t.last_error.as_deref(),
+            retry_of: t.retry_of,
             options: &t.options,
         }
     }

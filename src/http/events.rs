@@ -293,8 +293,9 @@ mod tests {
                     source_name: "x.tif".into(),
                     parent_id: None,
                     options: Default::default(),
+                    retry_of: None,
                 };
-                let Submitted::Queued(task) = lifecycle::submit(c, new, 1)? else {
+                let Submitted::Queued(task) = lifecycle::submit(c, new, 1, None)? else {
                     unreachable!("a new user has no tasks")
                 };
                 lifecycle::claim(c, "test", 60_000)?;

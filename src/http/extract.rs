@@ -76,15 +76,55 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
                 "Send the body as JSON with `Content-Type: application/json`.".into(),
             ));
         }
-        serde_json::from_slice::<Option<T>>(&bytes)
+        // Parsed in two steps, because serde_json reports some values of the wrong type (a
+        // number for an enum) as syntax errors: malformed JSON is a 400, JSON that does not
+        // fit is a 422.
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| AppError::BadRequest(format!("The body is not valid JSON: {e}")))?;
+        serde_json::from_value::<Option<T>>(value)
             .map(|v| OptionalJson(v.unwrap_or_default()))
-            .map_err(|e| {
-                if e.is_syntax() || e.is_eof() {
-                    AppError::BadRequest(format!("The body is not valid JSON: {e}"))
-                } else {
-                    AppError::Unprocessable(format!("The JSON body does not fit: {e}"))
-                }
-            })
+            .map_err(|e| AppError::Unprocessable(format!("The JSON body does not fit: {e}")))
+    }
+}
+
+/// The `Idempotency-Key` header, when sent: 1 to 255 visible ASCII characters (400
+/// otherwise). [`IdempotencyKey::keyed`] pairs it with a digest of what the request asks for.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        let key = value.as_bytes();
+        if key.is_empty() || key.len() > 255 || !key.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(AppError::BadRequest(
+                "An Idempotency-Key is 1 to 255 visible ASCII characters.".into(),
+            ));
+        }
+        Ok(IdempotencyKey(Some(
+            String::from_utf8_lossy(key).into_owned(),
+        )))
+    }
+}
+
+impl IdempotencyKey {
+    /// The key with a digest of `parts`, everything that makes one request differ from
+    /// another; `None` without a key.
+    pub fn keyed(self, parts: &[&[u8]]) -> Option<crate::store::idempotency::Keyed> {
+        use sha2::{Digest, Sha256};
+        let key = self.0?;
+        let mut digest = Sha256::new();
+        for part in parts {
+            digest.update((part.len() as u64).to_le_bytes());
+            digest.update(part);
+        }
+        Some(crate::store::idempotency::Keyed {
+            key,
+            request_hash: hex::encode(digest.finalize()),
+        })
     }
 }
 

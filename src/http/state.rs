@@ -66,12 +66,20 @@ impl AppState {
         Ok(())
     }
 
-    /// The task `id`, if `caller` may see it; 404 otherwise, whether or not it exists.
+    /// The task `id`, if `caller` may see it; 404 otherwise, whether or not it exists, and
+    /// 410 once its record has expired.
     pub async fn visible_task(&self, caller: Option<Uuid>, id: Uuid) -> AppResult<TaskRecord> {
-        self.store
+        let task = self
+            .store
             .call(move |c| crate::store::tasks::get(c, id))
-            .await?
-            .filter(|t| self.sees_task(caller, t.user_id))
-            .ok_or(AppError::NotFound("task"))
+            .await?;
+        match task {
+            Some(task) if self.sees_task(caller, task.user_id) => Ok(task),
+            Some(_) => Err(AppError::NotFound("task")),
+            None => match self.tasks.expired_owner(id).await? {
+                Some(owner) if self.sees_task(caller, owner) => Err(self.tasks.gone()),
+                _ => Err(AppError::NotFound("task")),
+            },
+        }
     }
 }

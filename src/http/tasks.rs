@@ -1,27 +1,31 @@
-//! Tasks over REST: status (by capability), cancel, list, forget.
+//! Tasks over REST: status (by capability), cancel, retry, list, forget, and the same in bulk.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::extract::{Path, Query};
+use super::extract::{Json as JsonBody, OptionalJson, Path, Query};
+use super::tree_items::{conversion_options, Started};
+use crate::domain::options::RequestedOptions;
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::http::auth::{AuthUser, MaybeUser};
 use crate::http::AppState;
-use crate::store::tasks as task_rows;
+use crate::store::tasks::{self as task_rows, Filter};
 use crate::tasks::{status_json, TaskState, TaskStatus};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list))
+        .routes(routes!(list, forget_matching))
         .routes(routes!(status))
         .routes(routes!(cancel))
+        .routes(routes!(retry))
+        .routes(routes!(cancel_matching))
         .routes(routes!(forget))
 }
 
@@ -85,6 +89,160 @@ async fn cancel(
     Ok(Json(status_json(&task)))
 }
 
+/// Run a FAILURE or REVOKED task again, as a new task with the same source and the options in
+/// the body (none, empty or `null`: the old task's). The old task stays as it ended.
+#[utoipa::path(post, path = "/tasks/{id}/retry", tag = "tasks", params(("id" = Uuid, Path, description = "Task id")),
+    request_body(content = Option<RequestedOptions>, content_type = "application/json"),
+    responses((status = 200, description = "The new task, queued", body = Started), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 409, description = "Not FAILURE or REVOKED", body = ErrorBody),
+        (status = 410, description = "The task's record expired", body = ErrorBody),
+        (status = 415, description = "Options not sent as JSON", body = ErrorBody),
+        (status = 422, description = "Impossible options, or the source is gone", body = ErrorBody),
+        (status = 429, description = "Too many tasks queued or running for this user", body = ErrorBody),
+        (status = 503, description = "Shutting down", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
+async fn retry(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<Uuid>,
+    OptionalJson(requested): OptionalJson<Option<RequestedOptions>>,
+) -> AppResult<Json<Started>> {
+    if state.shutdown.is_cancelled() {
+        return Err(AppError::ShuttingDown);
+    }
+    let options = match requested {
+        Some(requested) => Some(conversion_options(&state, requested).await?),
+        None => None,
+    };
+    let limit = state.config.max_active_tasks_per_user;
+    let task = state.tasks.retry(user.id, id, options, limit).await?;
+    Ok(Json(Started::new(task.id, task.source_id, Some(id))))
+}
+
+/// Which of the caller's tasks to cancel; at least one field, and every field given must
+/// match.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CancelFilter {
+    /// These tasks.
+    ids: Option<Vec<Uuid>>,
+    /// PENDING or PROGRESS.
+    state: Option<TaskState>,
+    /// Tasks converting this file.
+    tree_item_id: Option<Uuid>,
+    /// Tasks created before this time (RFC 3339).
+    created_before: Option<String>,
+}
+
+/// What a bulk cancel did.
+#[derive(Serialize, ToSchema)]
+struct CancelledTasks {
+    cancelled: usize,
+    task_ids: Vec<Uuid>,
+}
+
+/// Cancel every queued or running task of the caller's that the filter takes: queued ones are
+/// REVOKED at once, running ones show "Cancelling…" until their work has stopped.
+#[utoipa::path(post, path = "/tasks/cancel", tag = "tasks", request_body = CancelFilter,
+    responses((status = 200, description = "What was cancelled", body = CancelledTasks), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
+        (status = 422, description = "No filter, or a field that cannot match", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
+async fn cancel_matching(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    JsonBody(body): JsonBody<CancelFilter>,
+) -> AppResult<Json<CancelledTasks>> {
+    if body.ids.is_none()
+        && body.state.is_none()
+        && body.tree_item_id.is_none()
+        && body.created_before.is_none()
+    {
+        return Err(AppError::Unprocessable(
+            "Give at least one of ids, state, tree_item_id and created_before.".into(),
+        ));
+    }
+    if body.state.is_some_and(TaskState::is_final) {
+        return Err(AppError::Unprocessable(
+            "Only PENDING and PROGRESS tasks can be cancelled; state must be one of them.".into(),
+        ));
+    }
+    let filter = Filter {
+        ids: body.ids,
+        state: body.state,
+        tree_item_id: body.tree_item_id,
+        created_before: body.created_before.as_deref().map(instant).transpose()?,
+        finished_before: None,
+    };
+    let task_ids = state.tasks.cancel_matching(user.id, filter).await?;
+    Ok(Json(CancelledTasks {
+        cancelled: task_ids.len(),
+        task_ids,
+    }))
+}
+
+/// A time as clients send it (RFC 3339, any offset), as the API writes times, so that the two
+/// compare as text.
+fn instant(text: &str) -> AppResult<String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| crate::time::format(t.with_timezone(&chrono::Utc)))
+        .map_err(|e| AppError::Unprocessable(format!("{text:?} is not an RFC 3339 time: {e}")))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ForgetQuery {
+    /// SUCCESS, FAILURE or REVOKED.
+    #[param(inline, value_type = Option<TaskState>)]
+    state: Option<String>,
+    /// Tasks that finished before this time (RFC 3339).
+    finished_before: Option<String>,
+}
+
+/// How many tasks a bulk forget removed.
+#[derive(Serialize, ToSchema)]
+struct Forgotten {
+    deleted: usize,
+}
+
+/// Forget the caller's finished tasks in bulk (their outputs stay); at least one parameter.
+#[utoipa::path(delete, path = "/tasks", tag = "tasks", params(ForgetQuery),
+    responses((status = 200, description = "How many were forgotten", body = Forgotten), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
+        (status = 422, description = "No parameter, or a state that is not final", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
+async fn forget_matching(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(q): Query<ForgetQuery>,
+) -> AppResult<Json<Forgotten>> {
+    if q.state.is_none() && q.finished_before.is_none() {
+        return Err(AppError::Unprocessable(
+            "Give state, finished_before or both.".into(),
+        ));
+    }
+    let filter_state = q.state.as_deref().map(parse_state).transpose()?;
+    if filter_state.is_some_and(|s| !s.is_final()) {
+        return Err(AppError::Unprocessable(
+            "Only finished tasks can be forgotten: state must be SUCCESS, FAILURE or REVOKED."
+                .into(),
+        ));
+    }
+    let filter = Filter {
+        state: filter_state,
+        finished_before: q.finished_before.as_deref().map(instant).transpose()?,
+        ..Filter::default()
+    };
+    let deleted = state.tasks.forget_matching(user.id, filter).await?;
+    Ok(Json(Forgotten {
+        deleted: deleted.len(),
+    }))
+}
+
+fn parse_state(s: &str) -> AppResult<TaskState> {
+    TaskState::parse(s).ok_or_else(|| {
+        AppError::BadRequest(format!(
+            "state must be one of PENDING, PROGRESS, SUCCESS, FAILURE, REVOKED, not {s:?}"
+        ))
+    })
+}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
@@ -107,17 +265,7 @@ async fn list(
     AuthUser(user): AuthUser,
     Query(q): Query<ListQuery>,
 ) -> AppResult<Json<serde_json::Value>> {
-    let filter = q
-        .state
-        .as_deref()
-        .map(|s| {
-            TaskState::parse(s).ok_or_else(|| {
-                AppError::BadRequest(format!(
-                    "state must be one of PENDING, PROGRESS, SUCCESS, FAILURE, REVOKED, not {s:?}"
-                ))
-            })
-        })
-        .transpose()?;
+    let filter = q.state.as_deref().map(parse_state).transpose()?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(AppError::BadRequest(
@@ -157,6 +305,5 @@ async fn forget(
     Path(id): Path<Uuid>,
 ) -> AppResult<StatusCode> {
     state.tasks.forget(user.id, id).await?;
-    state.bus.forget(id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -10,10 +10,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::auth::AuthUser;
-use super::extract::{Json, OptionalJson, Path, Query};
+use super::extract::{IdempotencyKey, Json, OptionalJson, Path, Query};
 use super::names::clean_name;
 use super::AppState;
-use crate::domain::options::RequestedOptions;
+use crate::domain::options::{Conversion, RequestedOptions};
 use crate::domain::NewTask;
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::store::items::{self, Item, ItemKind, NewItem};
@@ -35,6 +35,41 @@ pub struct Started {
     pub status_url: String,
     pub events_url: String,
     pub ws_url: String,
+    /// On `POST /tasks/{id}/retry`: the task this one retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<Uuid>,
+}
+
+impl Started {
+    /// The answer for a task just queued (or queued by the first of several identical
+    /// requests).
+    pub fn new(task_id: Uuid, tree_item_id: Uuid, retry_of: Option<Uuid>) -> Started {
+        Started {
+            task_id,
+            state: crate::tasks::TaskState::Pending,
+            tree_item_id,
+            status_url: format!("/api/v1/tasks/{task_id}/status"),
+            events_url: format!("/api/v1/tasks/{task_id}/events"),
+            ws_url: "/api/v1/ws".into(),
+            retry_of,
+        }
+    }
+}
+
+/// Checks requested options, and asks a worker whether GDAL knows a target CRS.
+pub async fn conversion_options(
+    state: &AppState,
+    requested: RequestedOptions,
+) -> AppResult<Conversion> {
+    let options = requested.validate().map_err(AppError::Unprocessable)?;
+    if let Some(crs) = &options.target_crs {
+        state
+            .inspector
+            .check_crs(crs)
+            .await
+            .map_err(AppError::Unprocessable)?;
+    }
+    Ok(options)
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -157,15 +192,17 @@ async fn delete_item(
 }
 
 /// Convert a file to a Cloud-Optimized GeoTIFF in the background. The options body is
-/// optional: no body, an empty one or `null` means every default.
+/// optional: no body, an empty one or `null` means every default. With an `Idempotency-Key`,
+/// the same request sent again within a day answers the task the first one queued.
 #[utoipa::path(post, path = "/tree-items/{id}/convert-to-geo-raster", tag = "conversion",
-    params(("id" = Uuid, Path, description = "The file to convert")),
+    params(("id" = Uuid, Path, description = "The file to convert"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: the same key, user and options within 24 hours answer the first request's task")),
     request_body(content = Option<RequestedOptions>, content_type = "application/json"),
     responses(
         (status = 200, description = "Queued", body = Started),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
         (status = 415, description = "Options not sent as JSON", body = ErrorBody),
-        (status = 422, description = "Impossible options, or a folder", body = ErrorBody),
+        (status = 422, description = "Impossible options, a folder, or an Idempotency-Key used for another request", body = ErrorBody),
         (status = 429, description = "Too many tasks queued or running for this user", body = ErrorBody),
         (status = 503, description = "Shutting down", body = ErrorBody),
     ), security(("bearer" = []), ("cookie" = [])))]
@@ -173,19 +210,13 @@ async fn convert(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
+    key: IdempotencyKey,
     OptionalJson(requested): OptionalJson<RequestedOptions>,
 ) -> AppResult<axum::Json<Started>> {
     if state.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
-    let options = requested.validate().map_err(AppError::Unprocessable)?;
-    if let Some(crs) = &options.target_crs {
-        state
-            .inspector
-            .check_crs(crs)
-            .await
-            .map_err(AppError::Unprocessable)?;
-    }
+    let options = conversion_options(&state, requested).await?;
     let item = owned_item(&state, user.id, id).await?;
     let Some(blob) = item.blob.clone().filter(|_| item.kind == ItemKind::File) else {
         return Err(AppError::Unprocessable(format!(
@@ -193,6 +224,8 @@ async fn convert(
             item.name
         )));
     };
+    let options_json = serde_json::to_vec(&options).expect("options serialise");
+    let keyed = key.keyed(&[b"convert", item.id.as_bytes(), &options_json]);
     let new = NewTask {
         user_id: user.id,
         source_id: item.id,
@@ -200,17 +233,9 @@ async fn convert(
         source_name: item.name,
         parent_id: item.parent_id,
         options,
+        retry_of: None,
     };
-    let task = state
-        .tasks
-        .submit(new, state.config.max_active_tasks_per_user)
-        .await?;
-    Ok(axum::Json(Started {
-        task_id: task.id,
-        state: task.state,
-        tree_item_id: task.source_id,
-        status_url: format!("/api/v1/tasks/{}/status", task.id),
-        events_url: format!("/api/v1/tasks/{}/events", task.id),
-        ws_url: "/api/v1/ws".into(),
-    }))
+    let limit = state.config.max_active_tasks_per_user;
+    let task_id = state.tasks.submit(new, limit, keyed).await?;
+    Ok(axum::Json(Started::new(task_id, item.id, None)))
 }

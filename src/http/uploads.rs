@@ -13,11 +13,13 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::auth::AuthUser;
-use super::extract::Query;
+use super::extract::{IdempotencyKey, Query};
 use super::names::clean_name;
 use super::AppState;
 use crate::error::{AppError, AppResult, ErrorBody};
+use crate::store::idempotency::{self, Once};
 use crate::store::items::{self, Item, ItemKind, NewItem};
+use crate::store::Db;
 
 pub fn router() -> OpenApiRouter<AppState> {
     // Uploads stream to disk under their own limit; other bodies keep axum's small default.
@@ -45,7 +47,8 @@ struct UploadForm {
 }
 
 /// Upload a file, streamed to disk: multipart with a `file` part, or raw bytes with `?name=`.
-#[utoipa::path(post, path = "/tree-items", tag = "tree items", params(UploadQuery),
+#[utoipa::path(post, path = "/tree-items", tag = "tree items", params(UploadQuery,
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: the same key, user and upload within 24 hours answer the first upload's item")),
     request_body(content(
         (UploadForm = "multipart/form-data"),
         (String = "application/octet-stream"),
@@ -55,17 +58,19 @@ struct UploadForm {
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
         (status = 404, description = "No such folder", body = ErrorBody),
         (status = 413, description = "Over the upload limit; nothing is kept", body = ErrorBody),
+        (status = 422, description = "An Idempotency-Key used for another upload", body = ErrorBody),
         (status = 507, description = "The server's disk is full", body = ErrorBody),
     ), security(("bearer" = []), ("cookie" = [])))]
 async fn upload(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Query(query): Query<UploadQuery>,
+    key: IdempotencyKey,
     headers: HeaderMap,
     request: Request,
 ) -> axum::response::Response {
-    match store_upload(state, user, query, headers, request).await {
-        Ok(created) => created.into_response(),
+    match store_upload(state, user, query, key, headers, request).await {
+        Ok(created) => created,
         Err(error) => {
             // The rest of a refused body is never read, so this connection cannot carry another
             // request: say so, or a client's pool would reuse it and fail.
@@ -83,9 +88,10 @@ async fn store_upload(
     state: AppState,
     user: crate::store::User,
     query: UploadQuery,
+    key: IdempotencyKey,
     headers: HeaderMap,
     request: Request,
-) -> AppResult<(StatusCode, axum::Json<Item>)> {
+) -> AppResult<axum::response::Response> {
     let limit = state.config.max_upload_bytes;
     let grace = std::time::Duration::from_secs(state.config.body_timeout_secs);
     let min_rate = state.config.min_upload_bytes_per_sec;
@@ -189,6 +195,20 @@ async fn store_upload(
     // Rasters show their geo metadata in the tree before any conversion. The file is described
     // while still temporary, so a request dropped meanwhile leaves nothing behind.
     let geo_raster = state.inspector.describe(temp.path()).await;
+    let keyed = match key.0 {
+        Some(_) => {
+            let digest = file_digest(temp.path()).await?;
+            let folder = parent_id.map(|f| f.to_string()).unwrap_or_default();
+            key.keyed(&[
+                b"upload",
+                name.as_bytes(),
+                folder.as_bytes(),
+                content_type.as_bytes(),
+                &digest,
+            ])
+        }
+        None => None,
+    };
     let blob = state.blobs.persist(temp).await.map_err(AppError::from_io)?;
     let new = NewItem {
         user_id,
@@ -204,24 +224,55 @@ async fn store_upload(
     // The folder is checked again in the insert's own call: it may have gone meanwhile.
     let inserted = state
         .store
-        .call(move |c| match new.parent_id {
-            Some(folder) if !items::is_folder(c, new.user_id, folder)? => Ok(None),
-            _ => items::insert(c, new).map(Some),
+        .call(move |c| {
+            let work = |c: &mut Db| match new.parent_id {
+                Some(folder) if !items::is_folder(c, new.user_id, folder)? => Ok(None),
+                _ => items::insert(c, new).map(Some),
+            };
+            let answer = |item: &Option<Item>| {
+                let json = serde_json::to_string(item.as_ref()?).expect("items serialise");
+                Some((StatusCode::CREATED.as_u16(), json))
+            };
+            c.atomically(|c| idempotency::once(c, user_id, keyed.as_ref(), work, answer))
         })
         .await;
     match inserted {
-        Ok(Some(item)) => {
+        Ok(Once::Fresh(Some(item))) => {
             state.metrics.bytes_in.inc_by(item.size);
-            Ok((StatusCode::CREATED, axum::Json(item)))
+            Ok((StatusCode::CREATED, axum::Json(item)).into_response())
         }
         other => {
+            // Sent again (the first upload's file is the one kept), or refused.
             state.blobs.remove(vec![blob]).await;
-            Err(match other {
-                Ok(_) => AppError::NotFound("folder"),
-                Err(e) => e.into(),
-            })
+            match other {
+                Ok(Once::Replayed { status, response }) => Ok((
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED),
+                    [(header::CONTENT_TYPE, "application/json")],
+                    response,
+                )
+                    .into_response()),
+                Ok(Once::Mismatch) => Err(crate::tasks::key_reused()),
+                Ok(Once::Fresh(_)) => Err(AppError::NotFound("folder")),
+                Err(e) => Err(e.into()),
+            }
         }
     }
+}
+
+/// The SHA-256 of a file, for telling an upload sent again from another one.
+async fn file_digest(path: &std::path::Path) -> AppResult<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    let path = path.to_path_buf();
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        let _span = span.enter();
+        let mut digest = Sha256::new();
+        std::io::copy(&mut std::fs::File::open(path)?, &mut digest)?;
+        Ok(digest.finalize().to_vec())
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))?
+    .map_err(AppError::from_io)
 }
 
 /// Bytes all the parts other than `file` may hold together: they are small form fields.

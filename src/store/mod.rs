@@ -9,6 +9,7 @@
 
 pub mod db;
 pub mod events;
+pub mod idempotency;
 pub mod items;
 pub mod tasks;
 #[cfg(test)]
@@ -34,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_3.sql"),
     include_str!("schema_4.sql"),
     include_str!("schema_5.sql"),
+    include_str!("schema_6.sql"),
 ];
 
 /// The same schema in PostgreSQL's words (its first migration is SQLite's first three); the
@@ -42,6 +44,7 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
     include_str!("postgres_1.sql"),
     include_str!("postgres_2.sql"),
     include_str!("postgres_3.sql"),
+    include_str!("postgres_4.sql"),
 ];
 
 enum Engine {

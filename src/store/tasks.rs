@@ -17,40 +17,66 @@ use crate::domain::{TaskState, Transition};
 
 const COLUMNS: &str = "seq, id, user_id, source_id, source_blob, source_name, parent_id, options, state, \
      progress, status, result, error, attempts, cancel_requested, created_at, started_at, finished_at, \
-     CASE WHEN state = 'PENDING' THEN (SELECT COUNT(*) FROM tasks q WHERE q.state = 'PENDING' AND q.seq <= tasks.seq) END";
+     CASE WHEN state = 'PENDING' THEN not_before END, last_error, retry_of, priority";
 
-fn from_row(r: &Row) -> anyhow::Result<TaskRecord> {
+/// A row and what only this module needs to place it in the queue.
+struct Row2 {
+    task: TaskRecord,
+    priority: i64,
+}
+
+fn from_row(r: &Row) -> anyhow::Result<Row2> {
     let state = r.text(8)?;
-    Ok(TaskRecord {
-        seq: r.int(0)?,
-        id: r.uuid(1)?,
-        user_id: r.uuid(2)?,
-        source_id: r.uuid(3)?,
-        source_blob: r.text(4)?,
-        source_name: r.text(5)?,
-        parent_id: r.opt_uuid(6)?,
-        options: serde_json::from_str(&r.text(7)?)?,
-        state: TaskState::parse(&state)
-            .ok_or_else(|| anyhow::anyhow!("unknown task state {state:?}"))?,
-        progress: r.real(9)?,
-        status: r.text(10)?,
-        result: r.opt_text(11)?.and_then(|s| serde_json::from_str(&s).ok()),
-        error: r.opt_text(12)?,
-        attempts: u32::try_from(r.int(13)?)?,
-        cancel_requested: r.int(14)? != 0,
-        created_at: r.text(15)?,
-        started_at: r.opt_text(16)?,
-        finished_at: r.opt_text(17)?,
-        queue_position: r.opt_int(18)?,
+    let next_attempt_at = r
+        .opt_int(18)?
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(crate::time::format);
+    Ok(Row2 {
+        task: TaskRecord {
+            seq: r.int(0)?,
+            id: r.uuid(1)?,
+            user_id: r.uuid(2)?,
+            source_id: r.uuid(3)?,
+            source_blob: r.text(4)?,
+            source_name: r.text(5)?,
+            parent_id: r.opt_uuid(6)?,
+            options: serde_json::from_str(&r.text(7)?)?,
+            state: TaskState::parse(&state)
+                .ok_or_else(|| anyhow::anyhow!("unknown task state {state:?}"))?,
+            progress: r.real(9)?,
+            status: r.text(10)?,
+            result: r.opt_text(11)?.and_then(|s| serde_json::from_str(&s).ok()),
+            error: r.opt_text(12)?,
+            attempts: u32::try_from(r.int(13)?)?,
+            cancel_requested: r.int(14)? != 0,
+            created_at: r.text(15)?,
+            started_at: r.opt_text(16)?,
+            finished_at: r.opt_text(17)?,
+            queue_position: None,
+            next_attempt_at,
+            last_error: r.opt_text(19)?,
+            retry_of: r.opt_uuid(20)?,
+        },
+        priority: r.int(21)?,
     })
+}
+
+/// Reads tasks with `sql` (which selects [`COLUMNS`]) and places the queued ones in the queue.
+fn read(db: &mut Db, sql: &str, params: &[super::db::Value]) -> anyhow::Result<Vec<TaskRecord>> {
+    let rows = db
+        .query(sql, params)?
+        .iter()
+        .map(from_row)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    place_in_queue(db, rows)
 }
 
 pub fn insert(db: &mut Db, new: NewTask) -> anyhow::Result<TaskRecord> {
     let id = Uuid::new_v4();
     db.execute(
         "INSERT INTO tasks (id, user_id, source_id, source_blob, source_name, parent_id,
-         options, state, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
-         'PENDING', 'Queued', ?8)",
+         options, state, status, created_at, priority, retry_of) VALUES (?1, ?2, ?3, ?4, ?5,
+         ?6, ?7, 'PENDING', 'Queued', ?8, ?9, ?10)",
         vals![
             id,
             new.user_id,
@@ -60,33 +86,32 @@ pub fn insert(db: &mut Db, new: NewTask) -> anyhow::Result<TaskRecord> {
             new.parent_id,
             serde_json::to_string(&new.options)?,
             crate::time::now(),
+            new.options.priority.rank(),
+            new.retry_of,
         ],
     )?;
     Ok(get(db, id)?.expect("just inserted"))
 }
 
 pub fn get(db: &mut Db, id: Uuid) -> anyhow::Result<Option<TaskRecord>> {
-    db.query_opt(
+    Ok(read(
+        db,
         &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
         vals![id],
     )?
-    .as_ref()
-    .map(from_row)
-    .transpose()
+    .pop())
 }
 
 /// Every unfinished task, and every task that finished at or after `since` (RFC 3339).
 pub fn changed_since(db: &mut Db, since: &str) -> anyhow::Result<Vec<TaskRecord>> {
-    db.query(
+    read(
+        db,
         &format!(
             "SELECT {COLUMNS} FROM tasks WHERE state IN ('PENDING', 'PROGRESS')
              OR finished_at >= ?1 ORDER BY seq"
         ),
         vals![since],
-    )?
-    .iter()
-    .map(from_row)
-    .collect()
+    )
 }
 
 /// The caller's tasks, newest first; `before` is the `seq` cursor of the previous page.
@@ -97,16 +122,14 @@ pub fn list(
     limit: u32,
     before: Option<i64>,
 ) -> anyhow::Result<Vec<TaskRecord>> {
-    db.query(
+    read(
+        db,
         &format!(
             "SELECT {COLUMNS} FROM tasks WHERE user_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
              AND (CAST(?3 AS BIGINT) IS NULL OR seq < ?3) ORDER BY seq DESC LIMIT ?4"
         ),
         vals![user, state.map(TaskState::as_str), before, limit],
-    )?
-    .iter()
-    .map(from_row)
-    .collect()
+    )
 }
 
 /// The database's clock in milliseconds since the epoch, the unit of `lease_until`: one
@@ -123,17 +146,102 @@ pub fn claim_owner(node: &str) -> String {
     format!("{node}/{}", Uuid::new_v4().simple())
 }
 
-/// The id of the oldest PENDING task (FIFO). Concurrent claimers (other nodes, on
-/// PostgreSQL) skip the rows each other have locked; call it inside [`Db::atomically`].
-pub fn next_pending(db: &mut Db) -> anyhow::Result<Option<Uuid>> {
-    let pick = match db.dialect() {
-        Dialect::Sqlite => "SELECT id FROM tasks WHERE state = 'PENDING' ORDER BY seq LIMIT 1",
-        Dialect::Postgres => {
-            "SELECT id FROM tasks WHERE state = 'PENDING' ORDER BY seq LIMIT 1
-             FOR UPDATE SKIP LOCKED"
-        }
+/// The id of the next task to run: users take turns (the one served least recently first,
+/// then the one waiting longest), and each user's own tasks go by priority, then FIFO. A task
+/// waiting out a retry's backoff is passed over until its time. Concurrent claimers (other
+/// nodes, on PostgreSQL) skip the rows each other have locked; call it inside
+/// [`Db::atomically`]. [`place_in_queue`] states the same order as positions.
+pub fn next_pending(db: &mut Db) -> anyhow::Result<Option<(Uuid, Uuid)>> {
+    let lock = match db.dialect() {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => " FOR UPDATE OF t SKIP LOCKED",
     };
-    db.query_opt(pick, &[])?.map(|r| r.uuid(0)).transpose()
+    let pick = format!(
+        "SELECT t.id, t.user_id FROM tasks t
+         JOIN (SELECT user_id, MIN(seq) AS first FROM tasks WHERE state = 'PENDING'
+               GROUP BY user_id) f ON f.user_id = t.user_id
+         LEFT JOIN queue_turns q ON q.user_id = t.user_id
+         WHERE t.state = 'PENDING' AND (t.not_before IS NULL OR t.not_before <= {now})
+         ORDER BY COALESCE(q.served, 0), f.first, t.priority DESC, t.seq LIMIT 1{lock}",
+        now = now_ms(db)
+    );
+    db.query_opt(&pick, &[])?
+        .map(|r| Ok((r.uuid(0)?, r.uuid(1)?)))
+        .transpose()
+}
+
+/// Records that `user` was just served, which sends them to the back of the turns.
+pub fn served(db: &mut Db, user: Uuid) -> anyhow::Result<()> {
+    db.execute(
+        &format!(
+            "INSERT INTO queue_turns (user_id, served) VALUES (?1, {now})
+             ON CONFLICT (user_id) DO UPDATE SET served = excluded.served",
+            now = now_ms(db)
+        ),
+        vals![user],
+    )?;
+    Ok(())
+}
+
+/// Fills in `queue_position` for the PENDING tasks among `rows`, in the order
+/// [`next_pending`] takes them. A user at turn `r` of their own queue starts after their
+/// first `r - 1` tasks, after up to `r - 1` of each other user's, and after the `r`-th of each
+/// other user whose turn comes first.
+fn place_in_queue(db: &mut Db, rows: Vec<Row2>) -> anyhow::Result<Vec<TaskRecord>> {
+    let pending: Vec<&Row2> = rows
+        .iter()
+        .filter(|r| r.task.state == TaskState::Pending)
+        .collect();
+    if pending.is_empty() {
+        return Ok(rows.into_iter().map(|r| r.task).collect());
+    }
+    // Each user with queued tasks: (turn order key, how many).
+    let users: std::collections::HashMap<Uuid, ((i64, i64), i64)> = db
+        .query(
+            "SELECT t.user_id, COALESCE(q.served, 0), MIN(t.seq), COUNT(*) FROM tasks t
+             LEFT JOIN queue_turns q ON q.user_id = t.user_id WHERE t.state = 'PENDING'
+             GROUP BY t.user_id, q.served",
+            &[],
+        )?
+        .iter()
+        .map(|r| Ok((r.uuid(0)?, ((r.int(1)?, r.int(2)?), r.int(3)?))))
+        .collect::<anyhow::Result<_>>()?;
+    let mut turns: std::collections::HashMap<Uuid, Vec<(i64, i64)>> = Default::default();
+    for user in pending.iter().map(|r| r.task.user_id) {
+        if turns.contains_key(&user) {
+            continue;
+        }
+        let mut own = db
+            .query(
+                "SELECT priority, seq FROM tasks WHERE user_id = ?1 AND state = 'PENDING'",
+                vals![user],
+            )?
+            .iter()
+            .map(|r| Ok((-r.int(0)?, r.int(1)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        own.sort_unstable();
+        turns.insert(user, own);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let mut task = row.task;
+            if task.state == TaskState::Pending {
+                let own = &turns[&task.user_id];
+                let turn = own.partition_point(|k| *k < (-row.priority, task.seq)) as i64 + 1;
+                let mine = users.get(&task.user_id).map_or((0, task.seq), |u| u.0);
+                let ahead: i64 = users
+                    .iter()
+                    .filter(|(user, _)| **user != task.user_id)
+                    .map(|(_, (key, count))| {
+                        (*count).min(turn - 1) + i64::from(*count >= turn && *key < mine)
+                    })
+                    .sum();
+                task.queue_position = Some(turn + ahead);
+            }
+            task
+        })
+        .collect())
 }
 
 /// Starts a run: `change` (to PROGRESS), one more attempt, leased to `owner` for `lease_ms`.
@@ -148,7 +256,8 @@ pub fn start(
     Ok(db.execute(
         &format!(
             "UPDATE tasks SET state = ?2, attempts = attempts + 1, status = ?3, started_at = ?4,
-             lease_owner = ?5, lease_until = {} + ?6 WHERE id = ?1 AND state = ?7",
+             lease_owner = ?5, lease_until = {} + ?6, not_before = NULL
+             WHERE id = ?1 AND state = ?7",
             now_ms(db)
         ),
         vals![
@@ -325,6 +434,7 @@ pub fn end(
     debug_assert!(change.to().is_final());
     Ok(db.execute(
         "UPDATE tasks SET state = ?2, status = ?3, error = ?4, finished_at = ?5,
+         last_error = COALESCE(?4, last_error), not_before = NULL,
          result = COALESCE(?6, result),
          progress = CASE WHEN CAST(?6 AS TEXT) IS NULL THEN progress ELSE 100 END,
          lease_owner = NULL, lease_until = NULL
@@ -342,8 +452,15 @@ pub fn end(
     )? > 0)
 }
 
+/// A run that failed for a reason that may pass: why, and how long until the next attempt.
+pub struct Retry<'a> {
+    pub error: &'a str,
+    pub delay_ms: i64,
+}
+
 /// Puts a running task back in the queue (`change` to PENDING), unless its cancel was asked
-/// for; `refund` gives back the attempt. With `claim`, only if that claim still holds it.
+/// for; `refund` gives back the attempt; `retry` holds it back for a while and says why. With
+/// `claim`, only if that claim still holds it.
 pub fn requeue(
     db: &mut Db,
     id: Uuid,
@@ -351,19 +468,27 @@ pub fn requeue(
     claim: Option<&str>,
     refund: bool,
     status: &str,
+    retry: Option<Retry>,
 ) -> anyhow::Result<bool> {
-    Ok(db.execute(
+    let sql = format!(
         "UPDATE tasks SET state = ?2, status = ?3, attempts = attempts - ?4,
-         lease_owner = NULL, lease_until = NULL
+         lease_owner = NULL, lease_until = NULL, last_error = COALESCE(?7, last_error),
+         not_before = CASE WHEN CAST(?8 AS BIGINT) IS NULL THEN NULL ELSE {} + ?8 END
          WHERE id = ?1 AND state = ?5 AND cancel_requested = 0
          AND (CAST(?6 AS TEXT) IS NULL OR lease_owner = ?6)",
+        now_ms(db)
+    );
+    Ok(db.execute(
+        &sql,
         vals![
             id,
             change.to().as_str(),
             status,
             refund as i64,
             change.from().as_str(),
-            claim
+            claim,
+            retry.as_ref().map(|r| r.error),
+            retry.as_ref().map(|r| r.delay_ms)
         ],
     )? > 0)
 }
@@ -379,9 +504,7 @@ pub fn delete(db: &mut Db, id: Uuid) -> anyhow::Result<bool> {
 /// How many of `user`'s tasks are queued or running. On PostgreSQL the user's row stays
 /// locked until the call ends, so that nodes counting at once cannot both pass a limit.
 pub fn count_active(db: &mut Db, user: Uuid) -> anyhow::Result<u64> {
-    if db.dialect() == Dialect::Postgres {
-        db.query("SELECT 1 FROM users WHERE id = ?1 FOR UPDATE", vals![user])?;
-    }
+    super::idempotency::lock_user(db, user)?;
     Ok(db
         .query_one(
             "SELECT COUNT(*) FROM tasks WHERE user_id = ?1 AND state IN ('PENDING', 'PROGRESS')",
@@ -402,4 +525,91 @@ pub fn count_by_state(db: &mut Db) -> anyhow::Result<Vec<(String, i64)>> {
 pub fn pending_count(db: &mut Db) -> anyhow::Result<i64> {
     db.query_one("SELECT COUNT(*) FROM tasks WHERE state = 'PENDING'", &[])?
         .int(0)
+}
+
+/// Which of a user's tasks a bulk action takes; every field given must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub ids: Option<Vec<Uuid>>,
+    pub state: Option<TaskState>,
+    pub tree_item_id: Option<Uuid>,
+    /// RFC 3339, as the API writes times.
+    pub created_before: Option<String>,
+    pub finished_before: Option<String>,
+}
+
+/// The ids of `user`'s tasks in `states` that `filter` takes, oldest first.
+pub fn matching(
+    db: &mut Db,
+    user: Uuid,
+    states: &[TaskState],
+    filter: &Filter,
+) -> anyhow::Result<Vec<Uuid>> {
+    let ids = db
+        .query(
+            "SELECT id, state FROM tasks WHERE user_id = ?1
+             AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
+             AND (CAST(?3 AS TEXT) IS NULL OR source_id = ?3)
+             AND (CAST(?4 AS TEXT) IS NULL OR created_at < ?4)
+             AND (CAST(?5 AS TEXT) IS NULL OR finished_at < ?5)
+             ORDER BY seq",
+            vals![
+                user,
+                filter.state.map(TaskState::as_str),
+                filter.tree_item_id,
+                filter.created_before.as_deref(),
+                filter.finished_before.as_deref()
+            ],
+        )?
+        .iter()
+        .map(|r| Ok((r.uuid(0)?, r.text(1)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(ids
+        .into_iter()
+        .filter(|(id, state)| {
+            states.iter().any(|s| s.as_str() == state)
+                && filter.ids.as_ref().is_none_or(|ids| ids.contains(id))
+        })
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// Finished tasks that finished before `cutoff` (RFC 3339), at most `limit`, with their users.
+pub fn finished_before(db: &mut Db, cutoff: &str, limit: i64) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
+    db.query(
+        "SELECT id, user_id FROM tasks WHERE state IN ('SUCCESS', 'FAILURE', 'REVOKED')
+         AND finished_at < ?1 ORDER BY finished_at LIMIT ?2",
+        vals![cutoff, limit],
+    )?
+    .iter()
+    .map(|r| Ok((r.uuid(0)?, r.uuid(1)?)))
+    .collect()
+}
+
+/// Leaves a tombstone for an expired task, so that its id answers 410 Gone.
+pub fn bury(db: &mut Db, id: Uuid, user: Uuid) -> anyhow::Result<()> {
+    db.execute(
+        "INSERT INTO task_tombstones (id, user_id, expired_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO NOTHING",
+        vals![id, user, crate::time::now()],
+    )?;
+    Ok(())
+}
+
+/// The owner of an expired task's id, if it has a tombstone.
+pub fn tombstone(db: &mut Db, id: Uuid) -> anyhow::Result<Option<Uuid>> {
+    db.query_opt(
+        "SELECT user_id FROM task_tombstones WHERE id = ?1",
+        vals![id],
+    )?
+    .map(|r| r.uuid(0))
+    .transpose()
+}
+
+/// Removes tombstones laid before `cutoff` (RFC 3339).
+pub fn clear_tombstones(db: &mut Db, cutoff: &str) -> anyhow::Result<usize> {
+    db.execute(
+        "DELETE FROM task_tombstones WHERE expired_at < ?1",
+        vals![cutoff],
+    )
 }

@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::domain::geo::GeoRaster;
 use crate::domain::job::Phase;
-use crate::domain::job::{Job, Report};
+use crate::domain::job::{Failure, Job, Report};
 
 /// Jobs one worker process takes before it is retired.
 const MAX_JOBS: u32 = 500;
@@ -169,7 +169,7 @@ fn in_own_network(pid: u32) -> Option<bool> {
 #[derive(Debug)]
 pub enum Outcome {
     Done(Box<GeoRaster>),
-    Failed(String),
+    Failed(Failure),
     /// Stopped because `stop` was cancelled (by itself or by a kill after the grace time).
     Stopped,
 }
@@ -189,7 +189,9 @@ pub async fn run(
                 worker
             }
             Err(e) => {
-                return Outcome::Failed(format!("The conversion worker could not start: {e}"))
+                return Outcome::Failed(Failure::transient(format!(
+                    "The conversion worker could not start: {e}"
+                )))
             }
         },
     };
@@ -198,7 +200,9 @@ pub async fn run(
     line.push('\n');
     if let Err(e) = worker.stdin.write_all(line.as_bytes()).await {
         let _ = worker.child.start_kill();
-        return Outcome::Failed(format!("The conversion worker did not take the job: {e}"));
+        return Outcome::Failed(Failure::transient(format!(
+            "The conversion worker did not take the job: {e}"
+        )));
     }
 
     let deadline = Instant::now() + limits.timeout;
@@ -246,26 +250,32 @@ pub async fn run(
     };
     match last_report {
         Some(Report::Done { result }) => Outcome::Done(result),
-        Some(Report::Failed { error }) if error.contains("cannot allocate") || error.contains("Out of memory") => {
-            Outcome::Failed(format!(
+        Some(Report::Failed { error, .. }) if error.contains("cannot allocate") || error.contains("Out of memory") => {
+            Outcome::Failed(Failure::permanent(format!(
                 "The conversion needed more than its memory limit of {} MiB. ({error})",
                 limits.memory_bytes >> 20
-            ))
+            )))
         }
-        Some(Report::Failed { error }) => Outcome::Failed(error),
+        Some(Report::Failed { error, transient }) => Outcome::Failed(Failure {
+            message: error,
+            transient,
+        }),
         Some(Report::Cancelled) => Outcome::Stopped,
-        _ if timed_out => Outcome::Failed(format!(
+        _ if timed_out => Outcome::Failed(Failure::permanent(format!(
             "The conversion took longer than the limit of {} s and was stopped.",
             limits.timeout.as_secs()
-        )),
+        ))),
         _ if stopping => Outcome::Stopped,
+        // A crash is the file's doing (GDAL reading it); a SIGKILL that this server did not send
+        // came from outside (the kernel's OOM killer under memory pressure, an operator), so
+        // another attempt may go through.
         _ => Outcome::Failed(match status.and_then(|s| s.signal()) {
-            Some(libc::SIGKILL) => "The conversion worker was killed (most likely it ran out of memory) while reading this file.".into(),
-            Some(sig) => format!(
+            Some(libc::SIGKILL) => Failure::transient("The conversion worker was killed from outside (most likely the machine ran out of memory) while reading this file."),
+            Some(sig) => Failure::permanent(format!(
                 "The conversion worker crashed (signal {sig}) while reading this file; it may be malformed, or need more than the memory limit of {} MiB.",
                 limits.memory_bytes >> 20
-            ),
-            None => "The conversion worker stopped without a result.".into(),
+            )),
+            None => Failure::permanent("The conversion worker stopped without a result."),
         }),
     }
 }

@@ -53,7 +53,7 @@ impl Inspector {
         match child::run(&job, &limits, &CancellationToken::new(), |_, _| {}).await {
             Outcome::Done(described) => Some(*described),
             Outcome::Failed(reason) => {
-                tracing::debug!(%reason, "upload is not a raster we describe");
+                tracing::debug!(reason = %reason.message, "upload is not a raster we describe");
                 None
             }
             Outcome::Stopped => None,
@@ -93,7 +93,7 @@ impl Inspector {
                 set.insert(crs.to_string());
                 Ok(())
             }
-            Outcome::Failed(reason) => Err(reason),
+            Outcome::Failed(reason) => Err(reason.message),
             Outcome::Stopped => Err("The CRS check was interrupted; try again.".into()),
         }
     }

@@ -7,12 +7,41 @@
 //! lock; on PostgreSQL it is part of the same transaction. Either way event order is commit
 //! order.
 
+use std::time::Duration;
+
+use rand::Rng;
 use uuid::Uuid;
 
+use crate::domain::job::Failure;
 use crate::domain::{EventKind, NewTask, TaskRecord, TaskState, Transition};
+use crate::store::idempotency::{self, Keyed, Once};
 use crate::store::items::{self, NewItem};
-use crate::store::tasks::{self as rows, End, Held};
+use crate::store::tasks::{self as rows, End, Held, Retry};
 use crate::store::Db;
+
+/// How failed runs are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Runs of one task, after which a transient failure is final.
+    pub max_attempts: u32,
+    /// The wait before the first retry; it doubles with each attempt.
+    pub backoff: Duration,
+}
+
+/// No retry waits longer than this.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+impl Policy {
+    /// The wait before the attempt after `attempts`, with ±25 % jitter, so that tasks that
+    /// failed together (a node lost with all its tasks) do not all come back at once.
+    fn delay(&self, attempts: u32) -> Duration {
+        let doubled = self
+            .backoff
+            .saturating_mul(1 << attempts.saturating_sub(1).min(20));
+        let jitter = rand::thread_rng().gen_range(0.75..=1.25);
+        doubled.min(MAX_BACKOFF).mul_f64(jitter)
+    }
+}
 
 /// Announces the task's current status, if `changed`; returns the task as it now is.
 fn announce(
@@ -38,30 +67,61 @@ pub enum Submitted {
     Busy {
         active: u64,
     },
+    /// The same request was sent before with this key: the task it made.
+    Replayed(Uuid),
+    /// The key was used before for another request.
+    KeyReused,
 }
 
-/// Queues a new task, unless the user has `limit` active ones. Counted and inserted in one
-/// call that holds the user's row (PostgreSQL) or the one connection's lock (SQLite): no race
-/// past the limit.
-pub fn submit(db: &mut Db, new: NewTask, limit: u64) -> anyhow::Result<Submitted> {
-    let active = rows::count_active(db, new.user_id)?;
-    if active >= limit {
-        return Ok(Submitted::Busy { active });
-    }
-    let task = rows::insert(db, new)?;
-    db.publish(&task, EventKind::State)?;
-    Ok(Submitted::Queued(Box::new(task)))
+/// Queues a new task, unless the user has `limit` active ones. Counted and inserted under the
+/// user's row lock (PostgreSQL) or the one connection's lock (SQLite): no race past the
+/// limit. With a key, a request sent again gets the task it made the first time.
+pub fn submit(
+    db: &mut Db,
+    new: NewTask,
+    limit: u64,
+    keyed: Option<&Keyed>,
+) -> anyhow::Result<Submitted> {
+    let user = new.user_id;
+    let work = |db: &mut Db| {
+        let active = rows::count_active(db, user)?;
+        if active >= limit {
+            return Ok(Submitted::Busy { active });
+        }
+        Ok(Submitted::Queued(Box::new(rows::insert(db, new)?)))
+    };
+    let answer = |done: &Submitted| match done {
+        Submitted::Queued(task) => Some((200, serde_json::json!({"task_id": task.id}).to_string())),
+        _ => None,
+    };
+    let done = db.atomically(|db| idempotency::once(db, user, keyed, work, answer))?;
+    Ok(match done {
+        Once::Fresh(Submitted::Queued(task)) => {
+            db.publish(&task, EventKind::State)?;
+            Submitted::Queued(task)
+        }
+        Once::Fresh(other) => other,
+        Once::Replayed { response, .. } => {
+            let kept: serde_json::Value = serde_json::from_str(&response)?;
+            Submitted::Replayed(serde_json::from_value(kept["task_id"].clone())?)
+        }
+        Once::Mismatch => Submitted::KeyReused,
+    })
 }
 
 /// Moves the next queued task to PROGRESS, leased to `owner` for `lease_ms`.
 pub fn claim(db: &mut Db, owner: &str, lease_ms: i64) -> anyhow::Result<Option<TaskRecord>> {
     let started = db.unsynced(|db| {
         db.atomically(|db| {
-            let Some(id) = rows::next_pending(db)? else {
+            let Some((id, user)) = rows::next_pending(db)? else {
                 return Ok(None);
             };
             let change = step(TaskState::Pending, TaskState::Progress)?;
-            Ok(rows::start(db, id, change, owner, lease_ms, "Starting")?.then_some(id))
+            if !rows::start(db, id, change, owner, lease_ms, "Starting")? {
+                return Ok(None);
+            }
+            rows::served(db, user)?;
+            Ok(Some(id))
         })
     })?;
     match started {
@@ -105,7 +165,8 @@ pub fn progress(
 pub enum Ending {
     /// Stopped by a cancel.
     Revoked,
-    Failed(String),
+    /// A transient failure is queued again while attempts are left.
+    Failed(Failure),
     /// Stopped by this node's shutdown: back to the queue, the attempt refunded.
     Interrupted,
 }
@@ -117,10 +178,11 @@ pub fn finish(
     id: Uuid,
     owner: &str,
     ending: Ending,
+    policy: Policy,
 ) -> anyhow::Result<Option<TaskRecord>> {
     let changed = match rows::hold(db, id)? {
         Some(held) if held.state == TaskState::Progress => {
-            end_run(db, id, &held, Some(owner), ending)?
+            end_run(db, id, &held, Some(owner), ending, policy)?
         }
         _ => false,
     };
@@ -135,14 +197,36 @@ fn end_run(
     held: &Held,
     claim: Option<&str>,
     ending: Ending,
+    policy: Policy,
 ) -> anyhow::Result<bool> {
     let (to, status, error) = match &ending {
         Ending::Interrupted if !held.cancel_requested => {
             let change = step(held.state, TaskState::Pending)?;
-            return rows::requeue(db, id, change, claim, true, "Queued; the server restarted");
+            let status = "Queued; the server restarted";
+            return rows::requeue(db, id, change, claim, true, status, None);
+        }
+        Ending::Failed(failure)
+            if failure.transient
+                && !held.cancel_requested
+                && held.attempts < policy.max_attempts =>
+        {
+            let delay = policy.delay(held.attempts);
+            let status = format!(
+                "Will be retried in {:.0} s (attempt {} of {}): {}",
+                delay.as_secs_f64().ceil(),
+                held.attempts + 1,
+                policy.max_attempts,
+                failure.message
+            );
+            let retry = Retry {
+                error: &failure.message,
+                delay_ms: delay.as_millis() as i64,
+            };
+            let change = step(held.state, TaskState::Pending)?;
+            return rows::requeue(db, id, change, claim, false, &status, Some(retry));
         }
         Ending::Revoked | Ending::Interrupted => (TaskState::Revoked, "Cancelled", None),
-        Ending::Failed(error) => (TaskState::Failure, "Failed", Some(error.as_str())),
+        Ending::Failed(failure) => (TaskState::Failure, "Failed", Some(failure.message.as_str())),
     };
     let change = step(held.state, to)?;
     let end = End {
@@ -209,6 +293,8 @@ pub enum Cancelled {
     /// It is running; the worker will stop it and then mark it REVOKED.
     Requested(TaskRecord),
     AlreadyFinished(TaskState),
+    /// Its record expired under the retention setting.
+    Expired,
     NotFound,
 }
 
@@ -218,25 +304,10 @@ pub fn cancel(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Cancelled> {
         let Some(held) = rows::hold(db, id)?.filter(|h| h.user_id == user) else {
             return Ok(None);
         };
-        Ok(Some(match held.state {
-            TaskState::Pending => {
-                let change = step(held.state, TaskState::Revoked)?;
-                let end = End {
-                    status: "Cancelled",
-                    error: None,
-                    result: None,
-                };
-                rows::end(db, id, change, None, end)?;
-                Ok(true)
-            }
-            TaskState::Progress => {
-                rows::request_cancel(db, id, "Cancelling…")?;
-                Ok(false)
-            }
-            state => Err(state),
-        }))
+        cancel_held(db, id, &held).map(Some)
     })?;
     Ok(match changed {
+        None if rows::tombstone(db, id)? == Some(user) => Cancelled::Expired,
         None => Cancelled::NotFound,
         Some(Err(state)) => Cancelled::AlreadyFinished(state),
         Some(Ok(revoked)) => match announce(db, id, EventKind::State, true)? {
@@ -247,46 +318,79 @@ pub fn cancel(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Cancelled> {
     })
 }
 
-/// What becomes of a run cut off without its node ending it (a crash, a lost node): a
-/// cancelled one is REVOKED, one with attempts left is queued again, the rest fail.
-fn cut_off(
+/// A queued task is REVOKED at once (`Ok(true)`); a running one is asked to stop
+/// (`Ok(false)`); a final one cannot be cancelled.
+fn cancel_held(db: &mut Db, id: Uuid, held: &Held) -> anyhow::Result<Result<bool, TaskState>> {
+    Ok(match held.state {
+        TaskState::Pending => {
+            let change = step(held.state, TaskState::Revoked)?;
+            let end = End {
+                status: "Cancelled",
+                error: None,
+                result: None,
+            };
+            rows::end(db, id, change, None, end)?;
+            Ok(true)
+        }
+        TaskState::Progress => {
+            rows::request_cancel(db, id, "Cancelling…")?;
+            Ok(false)
+        }
+        state => Err(state),
+    })
+}
+
+/// Cancels every task of `user`'s that `filter` takes among the queued and running ones.
+/// Returns the ids cancelled, each with whether it was running (its worker must be told).
+pub fn cancel_matching(
     db: &mut Db,
-    id: Uuid,
-    held: &Held,
-    max_attempts: u32,
-    requeued: &str,
-    failed: impl FnOnce(u32) -> String,
-) -> anyhow::Result<bool> {
-    if held.cancel_requested {
-        return end_run(db, id, held, None, Ending::Revoked);
+    user: Uuid,
+    filter: &rows::Filter,
+) -> anyhow::Result<Vec<(Uuid, bool)>> {
+    let cancelled = db.atomically(|db| {
+        let active = [TaskState::Pending, TaskState::Progress];
+        let mut cancelled = Vec::new();
+        for id in rows::matching(db, user, &active, filter)? {
+            let Some(held) = rows::hold(db, id)? else {
+                continue;
+            };
+            if let Ok(revoked) = cancel_held(db, id, &held)? {
+                cancelled.push((id, !revoked));
+            }
+        }
+        Ok(cancelled)
+    })?;
+    for (id, _) in &cancelled {
+        announce(db, *id, EventKind::State, true)?;
     }
-    if held.attempts >= max_attempts {
-        return end_run(db, id, held, None, Ending::Failed(failed(held.attempts)));
-    }
-    let change = step(held.state, TaskState::Pending)?;
-    rows::requeue(db, id, change, None, false, requeued)
+    Ok(cancelled)
+}
+
+/// What becomes of a run cut off without its node ending it (a crash, a lost node): a
+/// transient failure, so it is queued again after a backoff while attempts are left; a
+/// cancelled one is REVOKED.
+fn cut_off(db: &mut Db, id: Uuid, held: &Held, policy: Policy, why: &str) -> anyhow::Result<bool> {
+    let message = if held.attempts >= policy.max_attempts {
+        format!("{why} {} times; it was not retried again.", held.attempts)
+    } else {
+        format!("{why}.")
+    };
+    let ending = if held.cancel_requested {
+        Ending::Revoked
+    } else {
+        Ending::Failed(Failure::transient(message))
+    };
+    end_run(db, id, held, None, ending, policy)
 }
 
 /// Takes back running tasks whose lease ran out (`ahead_ms` from now; tests look ahead):
 /// their node stopped or lost the database. Returns the ids changed.
-pub fn reap(db: &mut Db, ahead_ms: i64, max_attempts: u32) -> anyhow::Result<Vec<Uuid>> {
+pub fn reap(db: &mut Db, ahead_ms: i64, policy: Policy) -> anyhow::Result<Vec<Uuid>> {
     let changed = db.atomically(|db| {
         let mut changed = Vec::new();
         for (id, held) in rows::lease_expired(db, ahead_ms)? {
-            let why = |attempts| {
-                format!(
-                    "The node running this conversion stopped {attempts} times; it was not \
-                     retried again."
-                )
-            };
-            if cut_off(
-                db,
-                id,
-                &held,
-                max_attempts,
-                "Queued again: the node running it stopped",
-                why,
-            )? {
+            let why = "The node running this conversion stopped";
+            if cut_off(db, id, &held, policy, why)? {
                 changed.push(id);
             }
         }
@@ -300,7 +404,7 @@ pub fn reap(db: &mut Db, ahead_ms: i64, max_attempts: u32) -> anyhow::Result<Vec
 
 /// At start-up, alone on the database, no task can be running: each PROGRESS task was cut off
 /// by a crash. Returns how many were queued again.
-pub fn recover(db: &mut Db, max_attempts: u32) -> anyhow::Result<usize> {
+pub fn recover(db: &mut Db, policy: Policy) -> anyhow::Result<usize> {
     let (changed, requeued) = db.atomically(|db| {
         let (mut changed, mut requeued) = (Vec::new(), 0);
         for id in rows::pending_cancelled(db)? {
@@ -315,21 +419,9 @@ pub fn recover(db: &mut Db, max_attempts: u32) -> anyhow::Result<usize> {
             }
         }
         for (id, held) in rows::running(db, None)? {
-            let why = |attempts| {
-                format!(
-                    "The server stopped during this conversion {attempts} times; it was not \
-                     retried again."
-                )
-            };
-            let back = !held.cancel_requested && held.attempts < max_attempts;
-            if cut_off(
-                db,
-                id,
-                &held,
-                max_attempts,
-                "Queued again after a server restart",
-                why,
-            )? {
+            let back = !held.cancel_requested && held.attempts < policy.max_attempts;
+            let why = "The server stopped during this conversion";
+            if cut_off(db, id, &held, policy, why)? {
                 changed.push(id);
                 requeued += back as usize;
             }
@@ -345,11 +437,11 @@ pub fn recover(db: &mut Db, max_attempts: u32) -> anyhow::Result<usize> {
 /// On a shutdown that could not wait for its workers: every task `node`'s claims still run
 /// goes back to the queue (or ends REVOKED if its cancel was asked for), without using up an
 /// attempt.
-pub fn requeue_node(db: &mut Db, node: &str) -> anyhow::Result<usize> {
+pub fn requeue_node(db: &mut Db, node: &str, policy: Policy) -> anyhow::Result<usize> {
     let changed = db.atomically(|db| {
         let mut changed = Vec::new();
         for (id, held) in rows::running(db, Some(node))? {
-            if end_run(db, id, &held, None, Ending::Interrupted)? {
+            if end_run(db, id, &held, None, Ending::Interrupted, policy)? {
                 changed.push(id);
             }
         }
@@ -364,12 +456,16 @@ pub fn requeue_node(db: &mut Db, node: &str) -> anyhow::Result<usize> {
 pub enum Forgotten {
     Deleted,
     Running,
+    Expired,
     NotFound,
 }
 
 /// Forgets one of `user`'s finished tasks (its output item stays).
 pub fn forget(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Forgotten> {
     let Some(held) = rows::hold(db, id)?.filter(|h| h.user_id == user) else {
+        if rows::tombstone(db, id)? == Some(user) {
+            return Ok(Forgotten::Expired);
+        }
         return Ok(Forgotten::NotFound);
     };
     if !held.state.is_final() {
@@ -378,3 +474,104 @@ pub fn forget(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Forgotten> {
     rows::delete(db, id)?;
     Ok(Forgotten::Deleted)
 }
+
+/// Forgets every finished task of `user`'s that `filter` takes; returns their ids.
+pub fn forget_matching(
+    db: &mut Db,
+    user: Uuid,
+    filter: &rows::Filter,
+) -> anyhow::Result<Vec<Uuid>> {
+    db.atomically(|db| {
+        let finished = [TaskState::Success, TaskState::Failure, TaskState::Revoked];
+        let mut deleted = Vec::new();
+        for id in rows::matching(db, user, &finished, filter)? {
+            if rows::delete(db, id)? {
+                deleted.push(id);
+            }
+        }
+        Ok(deleted)
+    })
+}
+
+pub enum Retried {
+    Queued(Box<TaskRecord>),
+    Busy {
+        active: u64,
+    },
+    /// Only a FAILURE or REVOKED task can be retried.
+    NotRetriable(TaskState),
+    SourceGone,
+    Expired,
+    NotFound,
+}
+
+/// Queues a new task with the source of `user`'s failed or revoked task `id`, and `options`
+/// (the old task's when `None`). The old task stays as it was: final states are final.
+pub fn retry(
+    db: &mut Db,
+    user: Uuid,
+    id: Uuid,
+    options: Option<crate::domain::options::Conversion>,
+    limit: u64,
+) -> anyhow::Result<Retried> {
+    let Some(old) = rows::get(db, id)?.filter(|t| t.user_id == user) else {
+        if rows::tombstone(db, id)? == Some(user) {
+            return Ok(Retried::Expired);
+        }
+        return Ok(Retried::NotFound);
+    };
+    if !matches!(old.state, TaskState::Failure | TaskState::Revoked) {
+        return Ok(Retried::NotRetriable(old.state));
+    }
+    if items::get(db, user, old.source_id)?.is_none() {
+        return Ok(Retried::SourceGone);
+    }
+    let new = NewTask {
+        user_id: user,
+        source_id: old.source_id,
+        source_blob: old.source_blob,
+        source_name: old.source_name,
+        parent_id: old.parent_id,
+        options: options.unwrap_or(old.options),
+        retry_of: Some(id),
+    };
+    Ok(match submit(db, new, limit, None)? {
+        Submitted::Queued(task) => Retried::Queued(task),
+        Submitted::Busy { active } => Retried::Busy { active },
+        Submitted::Replayed(_) | Submitted::KeyReused => unreachable!("no key was given"),
+    })
+}
+
+/// Prunes tasks that finished more than `retention` ago, leaving a tombstone for each, kept
+/// at least as long again, so that their ids answer 410 Gone. Outputs are tree items and
+/// stay. (Their events are gone by then: the bus's replay window and PostgreSQL's event log
+/// keep only recent ones, and the log must keep its newest, which numbers the next.) Returns the ids expired (at most a batch; call again while full).
+pub fn expire(db: &mut Db, retention: Duration) -> anyhow::Result<Vec<Uuid>> {
+    let now = chrono::Utc::now();
+    let age = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let cutoff = now
+        .checked_sub_signed(age)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    let cutoff = crate::time::format(cutoff);
+    db.atomically(|db| {
+        let mut expired = Vec::new();
+        for (id, user) in rows::finished_before(db, &cutoff, EXPIRE_BATCH)? {
+            rows::bury(db, id, user)?;
+            if rows::delete(db, id)? {
+                expired.push(id);
+            }
+        }
+        // Tombstones answer 410 for at least the retention time: they are kept for twice
+        // that, so that a poller that checks now and then never sees 404 too early.
+        let buried_before = now
+            .checked_sub_signed(age.checked_mul(2).unwrap_or(age))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        rows::clear_tombstones(db, &crate::time::format(buried_before))?;
+        idempotency::prune(db)?;
+        Ok(expired)
+    })
+}
+
+/// Tasks expired per transaction, so that a first pruning of a large backlog does not hold
+/// the database for long.
+pub const EXPIRE_BATCH: i64 = 500;

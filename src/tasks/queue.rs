@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::child::{self, ChildLimits, Outcome};
 use super::{Ending, Heartbeat, Published, Tasks};
 use crate::bus::Bus;
-use crate::domain::job::{Job, JobKind, Limits, Phase};
+use crate::domain::job::{Failure, Job, JobKind, Limits, Phase};
 use crate::domain::TaskRecord;
 use crate::store::items::{ItemKind, NewItem};
 use crate::store::tasks::claim_owner;
@@ -198,9 +198,9 @@ impl Workers {
             Ok(()) => None,
             Err(Outcome::Stopped) if shutdown.is_cancelled() => Some(Ending::Interrupted),
             Err(Outcome::Stopped) => Some(Ending::Revoked),
-            Err(Outcome::Failed(error)) => {
-                tracing::info!(%error, "conversion failed");
-                Some(Ending::Failed(error))
+            Err(Outcome::Failed(failure)) => {
+                tracing::info!(error = %failure.message, transient = failure.transient, "conversion failed");
+                Some(Ending::Failed(failure))
             }
             Err(Outcome::Done(_)) => unreachable!("convert returns Ok for a published result"),
         };
@@ -209,7 +209,7 @@ impl Workers {
             // Never leave the task in PROGRESS: one more try, after the database settles.
             tracing::error!(error = ?e, "could not record the end of a task; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let failed = Ending::Failed("The result could not be recorded.".into());
+            let failed = Ending::Failed(Failure::transient("The result could not be recorded."));
             if let Err(e) = self.tasks.finish(id, owner, failed).await {
                 tracing::error!(error = ?e, "the task stays in PROGRESS until the next start");
             }
@@ -228,7 +228,9 @@ impl Workers {
             .path(&task.source_blob)
             .filter(|p| p.exists())
             .ok_or_else(|| {
-                Outcome::Failed("The source file was deleted before the conversion started.".into())
+                Outcome::Failed(Failure::permanent(
+                    "The source file was deleted before the conversion started.",
+                ))
             })?;
         let output = self.blobs.temp(".tif");
         let job = Job {
@@ -268,11 +270,11 @@ impl Workers {
             return Err(Outcome::Stopped);
         }
         let size = described.size_bytes;
-        let blob = self
-            .blobs
-            .persist(output)
-            .await
-            .map_err(|e| Outcome::Failed(format!("The output could not be stored: {e}")))?;
+        let blob = self.blobs.persist(output).await.map_err(|e| {
+            Outcome::Failed(Failure::transient(format!(
+                "The output could not be stored: {e}"
+            )))
+        })?;
         let geo = serde_json::to_value(&*described).expect("serialises");
         let new_item = NewItem {
             user_id: task.user_id,
@@ -318,12 +320,14 @@ impl Workers {
                         tracing::warn!("the lease ran out before the output was published; another node has the task");
                         Err(Outcome::Stopped)
                     }
-                    Ok(Published::FolderGone) => Err(Outcome::Failed(
-                        "The folder the output belonged in was deleted before the conversion finished.".into(),
-                    )),
+                    Ok(Published::FolderGone) => Err(Outcome::Failed(Failure::permanent(
+                        "The folder the output belonged in was deleted before the conversion finished.",
+                    ))),
                     Err(e) => {
                         tracing::error!(error = ?e, "could not publish an output");
-                        Err(Outcome::Failed("The output could not be recorded.".into()))
+                        Err(Outcome::Failed(Failure::transient(
+                            "The output could not be recorded.",
+                        )))
                     }
                     Ok(Published::Output(_)) => unreachable!(),
                 }

@@ -116,6 +116,21 @@ const TABLE: &[Row] = &[
         TOKEN,
         [404, 401, 401, 401, 409],
     ),
+    // A finished task is retried by its owner only, and only after FAILURE or REVOKED.
+    row(
+        "POST",
+        "/api/v1/tasks/{task}/retry",
+        TOKEN,
+        [404, 401, 401, 401, 409],
+    ),
+    // Bulk actions take the caller's own tasks: another user's call matches none of these.
+    row(
+        "POST",
+        "/api/v1/tasks/cancel",
+        TOKEN,
+        [200, 401, 401, 401, 200],
+    ),
+    row("DELETE", "/api/v1/tasks", TOKEN, [200, 401, 401, 401, 200]),
     row(
         "DELETE",
         "/api/v1/tasks/{task_to_delete}",
@@ -217,6 +232,9 @@ async fn call(
     if (row.method, row.path) == ("POST", "/api/v1/tree-items") {
         url.push_str("?name=upload.tif");
     }
+    if (row.method, row.path) == ("DELETE", "/api/v1/tasks") {
+        url.push_str("?state=FAILURE");
+    }
     let mut headers = Vec::new();
     if caller == ExpiredTicket && matches!(row.style, Style::Bearer | Style::Cookie) {
         let sep = if url.contains('?') { '&' } else { '?' };
@@ -273,6 +291,7 @@ async fn call(
             request.json(&json!({ "token": token }))
         }
         ("POST", p) if p.ends_with("/convert-to-geo-raster") => request.json(&json!({})),
+        ("POST", "/api/v1/tasks/cancel") => request.json(&json!({"state": "PENDING"})),
         _ => request,
     };
     let res = request.send().await.unwrap();
