@@ -270,7 +270,35 @@ const tasks = {
   byId: new Map(),
   rates: new Map(),
 
-  init() { this.byId.clear(); $('tasks').replaceChildren(); },
+  init() {
+    this.byId.clear();
+    $('tasks').replaceChildren();
+    $('task-filter').onchange = () => { for (const s of this.byId.values()) this.show(s); };
+    $('cancel-queued').onclick = () => this.cancelQueued();
+  },
+
+  // The state filter hides the rows it does not take; they stay live underneath.
+  show(s) {
+    const row = $('task-' + s.task_id);
+    const wanted = $('task-filter').value;
+    if (row) row.hidden = wanted !== '' && s.state !== wanted;
+  },
+
+  async cancelQueued() {
+    try {
+      const done = await api('/tasks/cancel', json('POST', { state: 'PENDING' }));
+      $('tasks-note').textContent = done.cancelled === 1 ? 'Cancelled 1 queued conversion.'
+        : `Cancelled ${done.cancelled} queued conversions.`;
+      for (const id of done.task_ids) this.update(await api(`/tasks/${id}/status`));
+    } catch (err) { showError(err); }
+  },
+
+  async retry(id) {
+    try {
+      const started = await api(`/tasks/${id}/retry`, { method: 'POST' });
+      this.update(await api(`/tasks/${started.task_id}/status`));
+    } catch (err) { showError(err); }
+  },
 
   async load() {
     try {
@@ -293,6 +321,7 @@ const tasks = {
       $('tasks').prepend(row);
     }
     this.fill(row, status);
+    this.show(status);
     $('no-tasks').hidden = this.byId.size > 0;
     // A new output item appears beside its source, however the success was first learnt.
     if (!quiet && status.state === 'SUCCESS' && (!known || known.state !== 'SUCCESS')) tree.refresh();
@@ -333,6 +362,10 @@ const tasks = {
     if (!FINAL.has(s.state)) {
       actions.append(el('button', { type: 'button', className: 'danger', textContent: 'Cancel',
         disabled: s.status === 'Cancelling…', onclick: () => this.cancel(s.task_id) }));
+    }
+    if (s.state === 'FAILURE' || s.state === 'REVOKED') {
+      actions.append(el('button', { type: 'button', className: 'secondary', textContent: 'Retry',
+        ariaLabel: 'Retry the conversion of ' + s.source_name, onclick: () => this.retry(s.task_id) }));
     }
   },
 

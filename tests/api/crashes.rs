@@ -260,7 +260,9 @@ async fn twenty_sigkills_at_random_moments_lose_nothing_and_leak_nothing() {
 /// handed the next job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_by_a_signal_fails_only_its_own_task() {
-    let server = TestServer::start_with(&["--workers", "1"]).await;
+    // One attempt: a SIGKILL from outside is a transient failure that would otherwise be
+    // retried (see `retries`); here every kill must end its task at once.
+    let server = TestServer::start_with(&["--workers", "1", "--max-attempts", "1"]).await;
     let big = server.upload(&crate::lifecycle::big_raster()).await;
     let small = server.upload(&data("RGB.byte.tif")).await;
     for (signal, reason) in [

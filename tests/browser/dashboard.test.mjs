@@ -241,3 +241,45 @@ test('a sign-in link for another account asks before replacing the session, and 
   assert.equal(await other.locator('#switch-user').isVisible(), false);
   assert.equal(await other.textContent('#who'), 'bob');
 });
+
+test('queued conversions are cancelled at once, the list filters by state, and a cancelled one is retried', async (t) => {
+  const { page, errors } = await signedIn(t);
+  await upload(page, bigRaster(), 'big-8192x8192x3.tif');
+  await upload(page, data('byte.tif'), 'byte.tif');
+  // One slow conversion holds the worker pool's attention while two more wait behind it.
+  await convert(page, 'big-8192x8192x3.tif', { crs: 'EPSG:4326' });
+  const big = task(page, 'big-8192x8192x3.tif');
+  await big.locator('.state.PROGRESS').waitFor({ timeout: 60000 });
+  const workers = await page.evaluate(async () => (await (await fetch('/healthz')).json()).workers);
+  for (let i = 0; i < workers + 1; i++) await convert(page, 'big-8192x8192x3.tif', { crs: 'EPSG:4326' });
+  await page.locator('#tasks li .state.PENDING').first().waitFor();
+  const queued = await page.locator('#tasks li .state.PENDING').count();
+  assert.ok(queued >= 1, 'something is queued');
+
+  await page.click('#cancel-queued');
+  await page.waitForSelector('#tasks-note:has-text("Cancelled")');
+  assert.match(await page.textContent('#tasks-note'), new RegExp(`Cancelled ${queued} queued`));
+  await page.waitForFunction(() => document.querySelectorAll('#tasks li .state.PENDING').length === 0);
+  assert.equal(await page.locator('#tasks li .state.REVOKED').count(), queued);
+
+  // The filter shows one state at a time; the rows stay live underneath.
+  await page.selectOption('#task-filter', 'REVOKED');
+  assert.equal(await page.locator('#tasks li:visible').count(), queued);
+  await shot(page, 'filter-cancelled');
+  await page.selectOption('#task-filter', '');
+  for (const cancel of await page.locator('#tasks li button:text("Cancel")').all()) await cancel.click();
+  await page.waitForFunction(() => document.querySelectorAll('#tasks li .state.PROGRESS').length === 0, null, { timeout: 30000 });
+
+  // Retry makes a new task from a cancelled one, which then runs to the end.
+  const before = await page.locator('#tasks li').count();
+  await convert(page, 'byte.tif');
+  await task(page, 'byte.tif').locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+  await page.locator('#tasks li:has(.state.REVOKED) button:text("Retry")').first().click();
+  await page.waitForFunction((n) => document.querySelectorAll('#tasks li').length === n + 2, before);
+  const retried = page.locator('#tasks li').first();
+  await retried.locator('.state:not(.REVOKED)').waitFor();
+  assert.equal(await retried.locator('.title').textContent(), 'big-8192x8192x3.tif');
+  await retried.locator('button:text("Cancel")').click();
+  await retried.locator('.state.REVOKED').waitFor({ timeout: 30000 });
+  assert.deepEqual(errors, []);
+});
