@@ -110,6 +110,22 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
+/// The header as the OpenAPI document states it (the extractor above applies the same rule).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyHeader {
+    /// The same key, user and request within 24 hours answer the first request's result; the
+    /// key with another request is a 422.
+    #[param(
+        rename = "Idempotency-Key",
+        pattern = "^[!-~]{1,255}$",
+        min_length = 1,
+        max_length = 255
+    )]
+    idempotency_key: Option<String>,
+}
+
 impl IdempotencyKey {
     /// The key with a digest of `parts`, everything that makes one request differ from
     /// another; `None` without a key.

@@ -122,15 +122,51 @@ async fn retry(
 /// match.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 struct CancelFilter {
     /// These tasks.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     ids: Option<Vec<Uuid>>,
     /// PENDING or PROGRESS.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, value_type = Option<ActiveState>)]
     state: Option<TaskState>,
     /// Tasks converting this file.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     tree_item_id: Option<Uuid>,
     /// Tasks created before this time (RFC 3339).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, format = DateTime)]
     created_before: Option<String>,
+}
+
+/// A field that may be left out but, when sent, holds a value: `null` is refused (422), so
+/// that a filter never silently matches more than was meant.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// The states a task can be cancelled in (for the OpenAPI document).
+#[derive(ToSchema)]
+#[allow(dead_code, clippy::upper_case_acronyms)]
+enum ActiveState {
+    PENDING,
+    PROGRESS,
+}
+
+/// The states of finished tasks (for the OpenAPI document).
+#[derive(ToSchema)]
+#[allow(dead_code, clippy::upper_case_acronyms)]
+enum FinishedState {
+    SUCCESS,
+    FAILURE,
+    REVOKED,
 }
 
 /// What a bulk cancel did.
@@ -191,9 +227,10 @@ fn instant(text: &str) -> AppResult<String> {
 #[into_params(parameter_in = Query)]
 struct ForgetQuery {
     /// SUCCESS, FAILURE or REVOKED.
-    #[param(inline, value_type = Option<TaskState>)]
+    #[param(inline, value_type = Option<FinishedState>)]
     state: Option<String>,
     /// Tasks that finished before this time (RFC 3339).
+    #[param(format = DateTime)]
     finished_before: Option<String>,
 }
 

@@ -10,7 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::auth::AuthUser;
-use super::extract::{IdempotencyKey, Json, OptionalJson, Path, Query};
+use super::extract::{IdempotencyHeader, IdempotencyKey, Json, OptionalJson, Path, Query};
 use super::names::clean_name;
 use super::AppState;
 use crate::domain::options::{Conversion, RequestedOptions};
@@ -195,8 +195,7 @@ async fn delete_item(
 /// optional: no body, an empty one or `null` means every default. With an `Idempotency-Key`,
 /// the same request sent again within a day answers the task the first one queued.
 #[utoipa::path(post, path = "/tree-items/{id}/convert-to-geo-raster", tag = "conversion",
-    params(("id" = Uuid, Path, description = "The file to convert"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: the same key, user and options within 24 hours answer the first request's task")),
+    params(("id" = Uuid, Path, description = "The file to convert"), IdempotencyHeader),
     request_body(content = Option<RequestedOptions>, content_type = "application/json"),
     responses(
         (status = 200, description = "Queued", body = Started),

@@ -13,7 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::auth::AuthUser;
-use super::extract::{IdempotencyKey, Query};
+use super::extract::{IdempotencyHeader, IdempotencyKey, Query};
 use super::names::clean_name;
 use super::AppState;
 use crate::error::{AppError, AppResult, ErrorBody};
@@ -47,8 +47,7 @@ struct UploadForm {
 }
 
 /// Upload a file, streamed to disk: multipart with a `file` part, or raw bytes with `?name=`.
-#[utoipa::path(post, path = "/tree-items", tag = "tree items", params(UploadQuery,
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: the same key, user and upload within 24 hours answer the first upload's item")),
+#[utoipa::path(post, path = "/tree-items", tag = "tree items", params(UploadQuery, IdempotencyHeader),
     request_body(content(
         (UploadForm = "multipart/form-data"),
         (String = "application/octet-stream"),

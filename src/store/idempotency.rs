@@ -95,3 +95,63 @@ pub fn prune(db: &mut Db) -> anyhow::Result<usize> {
         vals![since],
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    use super::{once, Keyed, Once};
+    use crate::store::{testing, users};
+
+    /// Two nodes given the same key at the same moment: the second waits for the first to
+    /// commit and gets its answer, and the work runs once. (Through HTTP the window is too
+    /// narrow to hit on purpose; here the first holds its transaction open.)
+    #[test]
+    fn a_key_sent_to_two_nodes_at_once_does_the_work_once() {
+        for test in testing::stores() {
+            let Some(second) = test.another_node() else {
+                continue; // SQLite: one connection, one call at a time.
+            };
+            let user = test
+                .store
+                .blocking(|c| users::ensure_user(c, "twice"))
+                .unwrap()
+                .id;
+            let keyed = Keyed {
+                key: "k".into(),
+                request_hash: "h".into(),
+            };
+            let started = Arc::new(Barrier::new(2));
+            let first = {
+                let (store, keyed, started) = (test.store.clone(), keyed.clone(), started.clone());
+                std::thread::spawn(move || {
+                    store.blocking(|c| {
+                        let work = |_: &mut crate::store::Db| {
+                            started.wait();
+                            // The other node's call arrives while this one is open.
+                            std::thread::sleep(Duration::from_millis(300));
+                            Ok(1)
+                        };
+                        once(c, user, Some(&keyed), work, |_| Some((200, "first".into())))
+                    })
+                })
+            };
+            started.wait();
+            let answer = second
+                .blocking(|c| {
+                    let work = |_: &mut crate::store::Db| Ok(2);
+                    once(c, user, Some(&keyed), work, |_| {
+                        Some((200, "second".into()))
+                    })
+                })
+                .unwrap();
+            assert!(matches!(first.join().unwrap().unwrap(), Once::Fresh(1)));
+            match answer {
+                Once::Replayed { response, .. } => assert_eq!(response, "first"),
+                Once::Fresh(_) => panic!("the work ran twice for one key"),
+                Once::Mismatch => panic!("the same request was taken for another"),
+            }
+        }
+    }
+}

@@ -39,6 +39,16 @@ pub fn stores() -> Vec<TestStore> {
     stores
 }
 
+impl TestStore {
+    /// Another connection to the same database, as a second node has (PostgreSQL only).
+    pub fn another_node(&self) -> Option<Store> {
+        let (admin, schema) = self.schema.as_ref()?;
+        let mut config = admin.clone();
+        config.options(&format!("-c search_path={schema}"));
+        Some(Store::connect_with(&config, bus()).expect("a second PostgreSQL store opens"))
+    }
+}
+
 impl Drop for TestStore {
     fn drop(&mut self) {
         if let Some((admin, schema)) = &self.schema {
