@@ -11,9 +11,11 @@ pub mod db;
 pub mod events;
 pub mod idempotency;
 pub mod items;
+pub mod queue;
 pub mod tasks;
 #[cfg(test)]
 pub mod testing;
+pub mod tombstones;
 pub mod users;
 
 use std::path::Path;

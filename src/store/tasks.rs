@@ -19,19 +19,19 @@ const COLUMNS: &str = "seq, id, user_id, source_id, source_blob, source_name, pa
      progress, status, result, error, attempts, cancel_requested, created_at, started_at, finished_at, \
      CASE WHEN state = 'PENDING' THEN not_before END, last_error, retry_of, priority";
 
-/// A row and what only this module needs to place it in the queue.
-struct Row2 {
-    task: TaskRecord,
-    priority: i64,
+/// A task and its priority, for [`super::queue::place_in_queue`].
+pub(super) struct Ranked {
+    pub task: TaskRecord,
+    pub priority: i64,
 }
 
-fn from_row(r: &Row) -> anyhow::Result<Row2> {
+fn from_row(r: &Row) -> anyhow::Result<Ranked> {
     let state = r.text(8)?;
     let next_attempt_at = r
         .opt_int(18)?
         .and_then(chrono::DateTime::from_timestamp_millis)
         .map(crate::time::format);
-    Ok(Row2 {
+    Ok(Ranked {
         task: TaskRecord {
             seq: r.int(0)?,
             id: r.uuid(1)?,
@@ -68,7 +68,7 @@ fn read(db: &mut Db, sql: &str, params: &[super::db::Value]) -> anyhow::Result<V
         .iter()
         .map(from_row)
         .collect::<anyhow::Result<Vec<_>>>()?;
-    place_in_queue(db, rows)
+    super::queue::place_in_queue(db, rows)
 }
 
 pub fn insert(db: &mut Db, new: NewTask) -> anyhow::Result<TaskRecord> {
@@ -134,7 +134,7 @@ pub fn list(
 
 /// The database's clock in milliseconds since the epoch, the unit of `lease_until`: one
 /// clock for every node, so a node whose clock is off cannot steal or keep leases.
-fn now_ms(db: &Db) -> &'static str {
+pub(super) fn now_ms(db: &Db) -> &'static str {
     match db.dialect() {
         Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
         Dialect::Postgres => "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)",
@@ -144,104 +144,6 @@ fn now_ms(db: &Db) -> &'static str {
 /// A fresh claim's owner: `node` (the process) and a token of this claim alone.
 pub fn claim_owner(node: &str) -> String {
     format!("{node}/{}", Uuid::new_v4().simple())
-}
-
-/// The id of the next task to run: users take turns (the one served least recently first,
-/// then the one waiting longest), and each user's own tasks go by priority, then FIFO. A task
-/// waiting out a retry's backoff is passed over until its time. Concurrent claimers (other
-/// nodes, on PostgreSQL) skip the rows each other have locked; call it inside
-/// [`Db::atomically`]. [`place_in_queue`] states the same order as positions.
-pub fn next_pending(db: &mut Db) -> anyhow::Result<Option<(Uuid, Uuid)>> {
-    let lock = match db.dialect() {
-        Dialect::Sqlite => "",
-        Dialect::Postgres => " FOR UPDATE OF t SKIP LOCKED",
-    };
-    let pick = format!(
-        "SELECT t.id, t.user_id FROM tasks t
-         JOIN (SELECT user_id, MIN(seq) AS first FROM tasks WHERE state = 'PENDING'
-               GROUP BY user_id) f ON f.user_id = t.user_id
-         LEFT JOIN queue_turns q ON q.user_id = t.user_id
-         WHERE t.state = 'PENDING' AND (t.not_before IS NULL OR t.not_before <= {now})
-         ORDER BY COALESCE(q.served, 0), f.first, t.priority DESC, t.seq LIMIT 1{lock}",
-        now = now_ms(db)
-    );
-    db.query_opt(&pick, &[])?
-        .map(|r| Ok((r.uuid(0)?, r.uuid(1)?)))
-        .transpose()
-}
-
-/// Records that `user` was just served, which sends them to the back of the turns.
-pub fn served(db: &mut Db, user: Uuid) -> anyhow::Result<()> {
-    db.execute(
-        &format!(
-            "INSERT INTO queue_turns (user_id, served) VALUES (?1, {now})
-             ON CONFLICT (user_id) DO UPDATE SET served = excluded.served",
-            now = now_ms(db)
-        ),
-        vals![user],
-    )?;
-    Ok(())
-}
-
-/// Fills in `queue_position` for the PENDING tasks among `rows`, in the order
-/// [`next_pending`] takes them. A user at turn `r` of their own queue starts after their
-/// first `r - 1` tasks, after up to `r - 1` of each other user's, and after the `r`-th of each
-/// other user whose turn comes first.
-fn place_in_queue(db: &mut Db, rows: Vec<Row2>) -> anyhow::Result<Vec<TaskRecord>> {
-    let pending: Vec<&Row2> = rows
-        .iter()
-        .filter(|r| r.task.state == TaskState::Pending)
-        .collect();
-    if pending.is_empty() {
-        return Ok(rows.into_iter().map(|r| r.task).collect());
-    }
-    // Each user with queued tasks: (turn order key, how many).
-    let users: std::collections::HashMap<Uuid, ((i64, i64), i64)> = db
-        .query(
-            "SELECT t.user_id, COALESCE(q.served, 0), MIN(t.seq), COUNT(*) FROM tasks t
-             LEFT JOIN queue_turns q ON q.user_id = t.user_id WHERE t.state = 'PENDING'
-             GROUP BY t.user_id, q.served",
-            &[],
-        )?
-        .iter()
-        .map(|r| Ok((r.uuid(0)?, ((r.int(1)?, r.int(2)?), r.int(3)?))))
-        .collect::<anyhow::Result<_>>()?;
-    let mut turns: std::collections::HashMap<Uuid, Vec<(i64, i64)>> = Default::default();
-    for user in pending.iter().map(|r| r.task.user_id) {
-        if turns.contains_key(&user) {
-            continue;
-        }
-        let mut own = db
-            .query(
-                "SELECT priority, seq FROM tasks WHERE user_id = ?1 AND state = 'PENDING'",
-                vals![user],
-            )?
-            .iter()
-            .map(|r| Ok((-r.int(0)?, r.int(1)?)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        own.sort_unstable();
-        turns.insert(user, own);
-    }
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let mut task = row.task;
-            if task.state == TaskState::Pending {
-                let own = &turns[&task.user_id];
-                let turn = own.partition_point(|k| *k < (-row.priority, task.seq)) as i64 + 1;
-                let mine = users.get(&task.user_id).map_or((0, task.seq), |u| u.0);
-                let ahead: i64 = users
-                    .iter()
-                    .filter(|(user, _)| **user != task.user_id)
-                    .map(|(_, (key, count))| {
-                        (*count).min(turn - 1) + i64::from(*count >= turn && *key < mine)
-                    })
-                    .sum();
-                task.queue_position = Some(turn + ahead);
-            }
-            task
-        })
-        .collect())
 }
 
 /// Starts a run: `change` (to PROGRESS), one more attempt, leased to `owner` for `lease_ms`.
@@ -572,44 +474,4 @@ pub fn matching(
         })
         .map(|(id, _)| id)
         .collect())
-}
-
-/// Finished tasks that finished before `cutoff` (RFC 3339), at most `limit`, with their users.
-pub fn finished_before(db: &mut Db, cutoff: &str, limit: i64) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
-    db.query(
-        "SELECT id, user_id FROM tasks WHERE state IN ('SUCCESS', 'FAILURE', 'REVOKED')
-         AND finished_at < ?1 ORDER BY finished_at LIMIT ?2",
-        vals![cutoff, limit],
-    )?
-    .iter()
-    .map(|r| Ok((r.uuid(0)?, r.uuid(1)?)))
-    .collect()
-}
-
-/// Leaves a tombstone for an expired task, so that its id answers 410 Gone.
-pub fn bury(db: &mut Db, id: Uuid, user: Uuid) -> anyhow::Result<()> {
-    db.execute(
-        "INSERT INTO task_tombstones (id, user_id, expired_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (id) DO NOTHING",
-        vals![id, user, crate::time::now()],
-    )?;
-    Ok(())
-}
-
-/// The owner of an expired task's id, if it has a tombstone.
-pub fn tombstone(db: &mut Db, id: Uuid) -> anyhow::Result<Option<Uuid>> {
-    db.query_opt(
-        "SELECT user_id FROM task_tombstones WHERE id = ?1",
-        vals![id],
-    )?
-    .map(|r| r.uuid(0))
-    .transpose()
-}
-
-/// Removes tombstones laid before `cutoff` (RFC 3339).
-pub fn clear_tombstones(db: &mut Db, cutoff: &str) -> anyhow::Result<usize> {
-    db.execute(
-        "DELETE FROM task_tombstones WHERE expired_at < ?1",
-        vals![cutoff],
-    )
 }

@@ -18,6 +18,7 @@ use crate::store::idempotency::{self, Keyed, Once};
 use crate::store::items::{self, NewItem};
 use crate::store::tasks::{self as rows, End, Held, Retry};
 use crate::store::Db;
+use crate::store::{queue, tombstones};
 
 /// How failed runs are retried.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +45,7 @@ impl Policy {
 }
 
 /// Announces the task's current status, if `changed`; returns the task as it now is.
-fn announce(
+pub(super) fn announce(
     db: &mut Db,
     id: Uuid,
     kind: EventKind,
@@ -113,14 +114,14 @@ pub fn submit(
 pub fn claim(db: &mut Db, owner: &str, lease_ms: i64) -> anyhow::Result<Option<TaskRecord>> {
     let started = db.unsynced(|db| {
         db.atomically(|db| {
-            let Some((id, user)) = rows::next_pending(db)? else {
+            let Some((id, user)) = queue::next_pending(db)? else {
                 return Ok(None);
             };
             let change = step(TaskState::Pending, TaskState::Progress)?;
             if !rows::start(db, id, change, owner, lease_ms, "Starting")? {
                 return Ok(None);
             }
-            rows::served(db, user)?;
+            queue::served(db, user)?;
             Ok(Some(id))
         })
     })?;
@@ -307,7 +308,7 @@ pub fn cancel(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Cancelled> {
         cancel_held(db, id, &held).map(Some)
     })?;
     Ok(match changed {
-        None if rows::tombstone(db, id)? == Some(user) => Cancelled::Expired,
+        None if tombstones::tombstone(db, id)? == Some(user) => Cancelled::Expired,
         None => Cancelled::NotFound,
         Some(Err(state)) => Cancelled::AlreadyFinished(state),
         Some(Ok(revoked)) => match announce(db, id, EventKind::State, true)? {
@@ -320,7 +321,11 @@ pub fn cancel(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Cancelled> {
 
 /// A queued task is REVOKED at once (`Ok(true)`); a running one is asked to stop
 /// (`Ok(false)`); a final one cannot be cancelled.
-fn cancel_held(db: &mut Db, id: Uuid, held: &Held) -> anyhow::Result<Result<bool, TaskState>> {
+pub(super) fn cancel_held(
+    db: &mut Db,
+    id: Uuid,
+    held: &Held,
+) -> anyhow::Result<Result<bool, TaskState>> {
     Ok(match held.state {
         TaskState::Pending => {
             let change = step(held.state, TaskState::Revoked)?;
@@ -338,32 +343,6 @@ fn cancel_held(db: &mut Db, id: Uuid, held: &Held) -> anyhow::Result<Result<bool
         }
         state => Err(state),
     })
-}
-
-/// Cancels every task of `user`'s that `filter` takes among the queued and running ones.
-/// Returns the ids cancelled, each with whether it was running (its worker must be told).
-pub fn cancel_matching(
-    db: &mut Db,
-    user: Uuid,
-    filter: &rows::Filter,
-) -> anyhow::Result<Vec<(Uuid, bool)>> {
-    let cancelled = db.atomically(|db| {
-        let active = [TaskState::Pending, TaskState::Progress];
-        let mut cancelled = Vec::new();
-        for id in rows::matching(db, user, &active, filter)? {
-            let Some(held) = rows::hold(db, id)? else {
-                continue;
-            };
-            if let Ok(revoked) = cancel_held(db, id, &held)? {
-                cancelled.push((id, !revoked));
-            }
-        }
-        Ok(cancelled)
-    })?;
-    for (id, _) in &cancelled {
-        announce(db, *id, EventKind::State, true)?;
-    }
-    Ok(cancelled)
 }
 
 /// What becomes of a run cut off without its node ending it (a crash, a lost node): a
@@ -463,7 +442,7 @@ pub enum Forgotten {
 /// Forgets one of `user`'s finished tasks (its output item stays).
 pub fn forget(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Forgotten> {
     let Some(held) = rows::hold(db, id)?.filter(|h| h.user_id == user) else {
-        if rows::tombstone(db, id)? == Some(user) {
+        if tombstones::tombstone(db, id)? == Some(user) {
             return Ok(Forgotten::Expired);
         }
         return Ok(Forgotten::NotFound);
@@ -473,24 +452,6 @@ pub fn forget(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Forgotten> {
     }
     rows::delete(db, id)?;
     Ok(Forgotten::Deleted)
-}
-
-/// Forgets every finished task of `user`'s that `filter` takes; returns their ids.
-pub fn forget_matching(
-    db: &mut Db,
-    user: Uuid,
-    filter: &rows::Filter,
-) -> anyhow::Result<Vec<Uuid>> {
-    db.atomically(|db| {
-        let finished = [TaskState::Success, TaskState::Failure, TaskState::Revoked];
-        let mut deleted = Vec::new();
-        for id in rows::matching(db, user, &finished, filter)? {
-            if rows::delete(db, id)? {
-                deleted.push(id);
-            }
-        }
-        Ok(deleted)
-    })
 }
 
 pub enum Retried {
@@ -515,7 +476,7 @@ pub fn retry(
     limit: u64,
 ) -> anyhow::Result<Retried> {
     let Some(old) = rows::get(db, id)?.filter(|t| t.user_id == user) else {
-        if rows::tombstone(db, id)? == Some(user) {
+        if tombstones::tombstone(db, id)? == Some(user) {
             return Ok(Retried::Expired);
         }
         return Ok(Retried::NotFound);
@@ -541,37 +502,3 @@ pub fn retry(
         Submitted::Replayed(_) | Submitted::KeyReused => unreachable!("no key was given"),
     })
 }
-
-/// Prunes tasks that finished more than `retention` ago, leaving a tombstone for each, kept
-/// at least as long again, so that their ids answer 410 Gone. Outputs are tree items and
-/// stay. (Their events are gone by then: the bus's replay window and PostgreSQL's event log
-/// keep only recent ones, and the log must keep its newest, which numbers the next.) Returns the ids expired (at most a batch; call again while full).
-pub fn expire(db: &mut Db, retention: Duration) -> anyhow::Result<Vec<Uuid>> {
-    let now = chrono::Utc::now();
-    let age = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-    let cutoff = now
-        .checked_sub_signed(age)
-        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-    let cutoff = crate::time::format(cutoff);
-    db.atomically(|db| {
-        let mut expired = Vec::new();
-        for (id, user) in rows::finished_before(db, &cutoff, EXPIRE_BATCH)? {
-            rows::bury(db, id, user)?;
-            if rows::delete(db, id)? {
-                expired.push(id);
-            }
-        }
-        // Tombstones answer 410 for at least the retention time: they are kept for twice
-        // that, so that a poller that checks now and then never sees 404 too early.
-        let buried_before = now
-            .checked_sub_signed(age.checked_mul(2).unwrap_or(age))
-            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-        rows::clear_tombstones(db, &crate::time::format(buried_before))?;
-        idempotency::prune(db)?;
-        Ok(expired)
-    })
-}
-
-/// Tasks expired per transaction, so that a first pruning of a large backlog does not hold
-/// the database for long.
-pub const EXPIRE_BATCH: i64 = 500;

@@ -3,17 +3,17 @@
 //! call (see [`lifecycle`]) whose change is committed and announced through one path. Below it: the queue over a bounded worker pool, and the child
 //! processes that do the work.
 
+mod bulk;
 pub mod child;
 mod inspect;
 pub mod lifecycle;
 mod queue;
+mod retention;
 #[cfg(test)]
 mod state_props;
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use uuid::Uuid;
 
@@ -59,10 +59,6 @@ impl Tasks {
             policy,
             retention,
         }
-    }
-
-    pub fn retention(&self) -> Duration {
-        self.retention
     }
 
     pub fn queue(&self) -> &Queue {
@@ -193,7 +189,7 @@ impl Tasks {
     /// Cancels every queued or running task of `user`'s that `filter` takes.
     pub async fn cancel_matching(&self, user: Uuid, filter: Filter) -> AppResult<Vec<Uuid>> {
         let cancelled = self
-            .run(move |db| lifecycle::cancel_matching(db, user, &filter))
+            .run(move |db| bulk::cancel_matching(db, user, &filter))
             .await?;
         for (id, running) in &cancelled {
             if *running {
@@ -206,7 +202,7 @@ impl Tasks {
     /// Forgets every finished task of `user`'s that `filter` takes.
     pub async fn forget_matching(&self, user: Uuid, filter: Filter) -> AppResult<Vec<Uuid>> {
         let deleted = self
-            .run(move |db| lifecycle::forget_matching(db, user, &filter))
+            .run(move |db| bulk::forget_matching(db, user, &filter))
             .await?;
         for id in &deleted {
             self.bus.forget(*id);
@@ -247,44 +243,12 @@ impl Tasks {
     /// Whether `id` is a task that expired; `Some(owner)` then.
     pub async fn expired_owner(&self, id: Uuid) -> AppResult<Option<Uuid>> {
         Ok(self
-            .run(move |db| crate::store::tasks::tombstone(db, id))
+            .run(move |db| crate::store::tombstones::tombstone(db, id))
             .await?)
     }
 
     pub fn gone(&self) -> AppError {
         AppError::Gone(self.retention.as_secs())
-    }
-
-    /// Prunes expired tasks until shutdown: at least once a minute, or every half retention
-    /// when that is shorter.
-    pub async fn expire_until(self, shutdown: CancellationToken) {
-        let every = (self.retention / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
-        while !shutdown.is_cancelled() {
-            let retention = self.retention;
-            loop {
-                match self.run(move |db| lifecycle::expire(db, retention)).await {
-                    Ok(expired) => {
-                        for id in &expired {
-                            self.bus.forget(*id);
-                        }
-                        if !expired.is_empty() {
-                            tracing::info!(count = expired.len(), "expired finished tasks");
-                        }
-                        if (expired.len() as i64) < lifecycle::EXPIRE_BATCH {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = ?e, "could not expire finished tasks");
-                        break;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        }
     }
 
     /// Takes back tasks whose lease ran out; wakes workers for those queued again.

@@ -203,7 +203,7 @@ fn run(store: &Store, ops: &[Op]) {
                         }
                     }
                     Op::Expire => {
-                        lifecycle::expire(c, Duration::ZERO)?;
+                        super::retention::expire(c, Duration::ZERO)?;
                     }
                     Op::Claim => {
                         lifecycle::claim(c, &node_now, 60_000)?;
@@ -276,7 +276,11 @@ fn run(store: &Store, ops: &[Op]) {
                         // expiry with no retention at all clears).
                         assert!(before.is_final(), "a {before:?} task vanished after {op:?}");
                         if vanished.insert(*id) {
-                            assert_eq!(tasks::tombstone(c, *id)?, Some(user.id), "no tombstone");
+                            assert_eq!(
+                                crate::store::tombstones::tombstone(c, *id)?,
+                                Some(user.id),
+                                "no tombstone"
+                            );
                         }
                         continue;
                     };
