@@ -4,7 +4,9 @@ ALTER TABLE tasks ADD COLUMN not_before BIGINT;        -- ms since the epoch (da
 ALTER TABLE tasks ADD COLUMN last_error TEXT;
 ALTER TABLE tasks ADD COLUMN priority BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD COLUMN retry_of TEXT;
-CREATE INDEX tasks_queue ON tasks(state, user_id, priority, seq);
+-- The queue's order (store/queue.rs): per user, by priority then age; covering, so that
+-- choosing whose turn it is reads the index alone.
+CREATE INDEX tasks_queue ON tasks(state, user_id, priority, seq, not_before);
 CREATE INDEX tasks_finished ON tasks(finished_at);
 
 -- When each user's task last started: the queue serves the least recently served user first.

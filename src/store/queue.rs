@@ -15,22 +15,37 @@ use crate::domain::{TaskRecord, TaskState};
 /// nodes, on PostgreSQL) skip the rows each other have locked; call it inside
 /// [`Db::atomically`]. [`place_in_queue`] states the same order as positions.
 pub fn next_pending(db: &mut Db) -> anyhow::Result<Option<(Uuid, Uuid)>> {
+    let now = now_ms(db);
+    // Whose turn it is: one row per user with work due, so the sort is over users, not tasks.
+    let users = db
+        .query(
+            &format!(
+                "SELECT p.user_id FROM (SELECT user_id, MIN(seq) AS first FROM tasks
+                     WHERE state = 'PENDING' AND (not_before IS NULL OR not_before <= {now})
+                     GROUP BY user_id) p
+                 LEFT JOIN queue_turns q ON q.user_id = p.user_id
+                 ORDER BY COALESCE(q.served, 0), p.first"
+            ),
+            &[],
+        )?
+        .iter()
+        .map(|r| r.uuid(0))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let lock = match db.dialect() {
         Dialect::Sqlite => "",
-        Dialect::Postgres => " FOR UPDATE OF t SKIP LOCKED",
+        Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
     };
     let pick = format!(
-        "SELECT t.id, t.user_id FROM tasks t
-         JOIN (SELECT user_id, MIN(seq) AS first FROM tasks WHERE state = 'PENDING'
-               GROUP BY user_id) f ON f.user_id = t.user_id
-         LEFT JOIN queue_turns q ON q.user_id = t.user_id
-         WHERE t.state = 'PENDING' AND (t.not_before IS NULL OR t.not_before <= {now})
-         ORDER BY COALESCE(q.served, 0), f.first, t.priority DESC, t.seq LIMIT 1{lock}",
-        now = now_ms(db)
+        "SELECT id FROM tasks WHERE state = 'PENDING' AND user_id = ?1
+         AND (not_before IS NULL OR not_before <= {now}) ORDER BY priority DESC, seq LIMIT 1{lock}"
     );
-    db.query_opt(&pick, &[])?
-        .map(|r| Ok((r.uuid(0)?, r.uuid(1)?)))
-        .transpose()
+    // A user whose due tasks are all being claimed by other nodes (locked) passes the turn.
+    for user in users {
+        if let Some(row) = db.query_opt(&pick, vals![user])? {
+            return Ok(Some((row.uuid(0)?, user)));
+        }
+    }
+    Ok(None)
 }
 
 /// Records that `user` was just served, which sends them to the back of the turns.
@@ -61,37 +76,31 @@ pub(super) fn place_in_queue(db: &mut Db, rows: Vec<Ranked>) -> anyhow::Result<V
     // Each user with queued tasks: (turn order key, how many).
     let users: std::collections::HashMap<Uuid, ((i64, i64), i64)> = db
         .query(
-            "SELECT t.user_id, COALESCE(q.served, 0), MIN(t.seq), COUNT(*) FROM tasks t
-             LEFT JOIN queue_turns q ON q.user_id = t.user_id WHERE t.state = 'PENDING'
-             GROUP BY t.user_id, q.served",
+            "SELECT p.user_id, COALESCE(q.served, 0), p.first, p.n FROM (SELECT user_id,
+                 MIN(seq) AS first, COUNT(*) AS n FROM tasks WHERE state = 'PENDING'
+                 GROUP BY user_id) p LEFT JOIN queue_turns q ON q.user_id = p.user_id",
             &[],
         )?
         .iter()
         .map(|r| Ok((r.uuid(0)?, ((r.int(1)?, r.int(2)?), r.int(3)?))))
         .collect::<anyhow::Result<_>>()?;
-    let mut turns: std::collections::HashMap<Uuid, Vec<(i64, i64)>> = Default::default();
-    for user in pending.iter().map(|r| r.task.user_id) {
-        if turns.contains_key(&user) {
-            continue;
-        }
-        let mut own = db
-            .query(
-                "SELECT priority, seq FROM tasks WHERE user_id = ?1 AND state = 'PENDING'",
-                vals![user],
+    // Each task's turn among its user's own: how many of theirs go before it, plus one.
+    let mut turns = std::collections::HashMap::with_capacity(pending.len());
+    for row in &pending {
+        let ahead = db
+            .query_one(
+                "SELECT COUNT(*) FROM tasks WHERE user_id = ?1 AND state = 'PENDING'
+                 AND (priority > ?2 OR (priority = ?2 AND seq < ?3))",
+                vals![row.task.user_id, row.priority, row.task.seq],
             )?
-            .iter()
-            .map(|r| Ok((-r.int(0)?, r.int(1)?)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        own.sort_unstable();
-        turns.insert(user, own);
+            .int(0)?;
+        turns.insert(row.task.id, ahead + 1);
     }
     Ok(rows
         .into_iter()
         .map(|row| {
             let mut task = row.task;
-            if task.state == TaskState::Pending {
-                let own = &turns[&task.user_id];
-                let turn = own.partition_point(|k| *k < (-row.priority, task.seq)) as i64 + 1;
+            if let Some(&turn) = turns.get(&task.id) {
                 let mine = users.get(&task.user_id).map_or((0, task.seq), |u| u.0);
                 let ahead: i64 = users
                     .iter()
