@@ -154,6 +154,7 @@ impl App {
             blobs,
             bus,
             tickets,
+            link_key: Default::default(),
             metrics,
             inspector: Inspector {
                 child: workers.child.clone(),

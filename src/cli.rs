@@ -35,6 +35,19 @@ enum Command {
     Token(TokenCommand),
     /// Convert one file locally, with a progress bar (Ctrl-C cancels).
     Convert(ConvertArgs),
+    /// Manage the key that signs shareable links.
+    #[command(subcommand, name = "link-key")]
+    LinkKey(LinkKeyCommand),
+}
+
+#[derive(Subcommand)]
+enum LinkKeyCommand {
+    /// Replace the key: every link given out so far stops working (on every node within
+    /// seconds).
+    Rotate {
+        #[command(flatten)]
+        dir: DataDir,
+    },
 }
 
 #[derive(Args)]
@@ -108,6 +121,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Token(cmd) => report(token(cmd)),
+        Command::LinkKey(LinkKeyCommand::Rotate { dir }) => report(
+            open_store(&dir)
+                .and_then(|store| store.blocking(crate::store::link_keys::rotate))
+                .map(|()| println!("rotated: every link given out so far no longer opens")),
+        ),
         Command::Convert(args) => convert_local(args),
         Command::Serve(config) => report(serve(config)),
     }

@@ -87,6 +87,11 @@ pub struct Config {
     #[arg(long, env = "RASTERCAST_RETRY_BACKOFF_SECS", default_value_t = 2.0)]
     pub retry_backoff_secs: f64,
 
+    /// The scheme and host clients reach this server at (`https://maps.example.org`), for
+    /// shareable links; by default each request's own `Host` (and `X-Forwarded-Proto`).
+    #[arg(long, env = "RASTERCAST_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// Seconds a finished task (and its events) is kept; its id then answers 410 Gone for as
     /// long again. Outputs are tree items and are never pruned.
     #[arg(long, env = "RASTERCAST_TASK_RETENTION_SECS", default_value_t = 7 * 86400, value_parser = clap::value_parser!(u64).range(1..))]

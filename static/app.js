@@ -293,6 +293,21 @@ const tasks = {
     } catch (err) { showError(err); }
   },
 
+  // A link that opens the result with no sign-in (GDAL, QGIS, a colleague), for an hour.
+  async share(row, itemId) {
+    try {
+      const link = await api(`/tree-items/${itemId}/links`, json('POST', { expires_in: 3600 }));
+      const box = row.querySelector('.share') || el('div', { className: 'share meta' });
+      const field = el('input', { readOnly: true, value: link.url, ariaLabel: 'Shareable link, valid for an hour' });
+      box.replaceChildren(field, el('code', { textContent: `gdalinfo /vsicurl/${link.url}` }));
+      row.append(box);
+      let copied = false;
+      try { await navigator.clipboard.writeText(link.url); copied = true; } catch { field.select(); }
+      $('tasks-note').textContent = copied ? 'Link copied; it works for an hour.'
+        : 'Link ready below; copy it from the field. It works for an hour.';
+    } catch (err) { showError(err); }
+  },
+
   async retry(id) {
     try {
       const started = await api(`/tasks/${id}/retry`, { method: 'POST' });
@@ -357,6 +372,9 @@ const tasks = {
     if (s.state === 'SUCCESS' && s.result) {
       actions.append(el('button', { type: 'button', className: 'secondary', textContent: 'Show on map',
         onclick: () => map.show(s.result.tree_item_id, s.source_name, s.result) }));
+      actions.append(el('button', { type: 'button', className: 'secondary', textContent: 'Copy link',
+        ariaLabel: 'Copy a shareable link to the result of ' + s.source_name,
+        onclick: () => this.share(row, s.result.tree_item_id) }));
       for (const w of s.result.warnings || []) result.append(el('div', { textContent: '⚠ ' + w }));
     }
     if (!FINAL.has(s.state)) {

@@ -43,6 +43,15 @@ async fn content(
     headers: HeaderMap,
 ) -> AppResult<Response> {
     let item = owned_item(&state, user.id, id).await?;
+    serve_item(&state, &item, &headers).await
+}
+
+/// A stored file's bytes, whole or one range, with its ETag; for `/content` and for links.
+pub async fn serve_item(
+    state: &AppState,
+    item: &crate::store::Item,
+    headers: &HeaderMap,
+) -> AppResult<Response> {
     let path = item
         .blob
         .as_deref()

@@ -6,6 +6,7 @@ mod dashboard;
 mod events;
 mod extract;
 mod health;
+mod links;
 mod metrics;
 mod names;
 mod openapi;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tree_items::router())
         .merge(uploads::router())
         .merge(content::router())
+        .merge(links::router())
         .merge(tasks::router())
         .merge(events::router())
         .merge(session::router())

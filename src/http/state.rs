@@ -29,6 +29,8 @@ pub struct AppState {
     pub blobs: Blobs,
     /// Task events for live channels.
     pub bus: Bus,
+    /// The key that signs shareable links, cached from the database.
+    pub link_key: super::links::LinkKey,
     /// Single-use tickets for browsers' EventSource and WebSocket.
     pub tickets: Tickets,
     /// Prometheus metrics, shared with the workers.

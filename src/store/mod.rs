@@ -11,6 +11,7 @@ pub mod db;
 pub mod events;
 pub mod idempotency;
 pub mod items;
+pub mod link_keys;
 pub mod queue;
 pub mod tasks;
 #[cfg(test)]
@@ -38,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_4.sql"),
     include_str!("schema_5.sql"),
     include_str!("schema_6.sql"),
+    include_str!("schema_7.sql"),
 ];
 
 /// The same schema in PostgreSQL's words (its first migration is SQLite's first three); the
@@ -47,6 +49,7 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
     include_str!("postgres_2.sql"),
     include_str!("postgres_3.sql"),
     include_str!("postgres_4.sql"),
+    include_str!("postgres_5.sql"),
 ];
 
 enum Engine {

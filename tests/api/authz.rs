@@ -102,6 +102,19 @@ const TABLE: &[Row] = &[
         TOKEN,
         [404, 401, 401, 401, 200],
     ),
+    row(
+        "POST",
+        "/api/v1/tree-items/{item}/links",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    // A shareable link is its own credential: whoever holds it reads the file.
+    row(
+        "GET",
+        "/api/v1/links/{link}",
+        TOKEN,
+        [200, 200, 200, 200, 200],
+    ),
     row("GET", "/api/v1/tasks", TOKEN, [200, 401, 401, 401, 200]),
     // The status and a task's own feed are capabilities: the id is enough (README).
     row(
@@ -346,7 +359,8 @@ async fn every_route_answers_each_kind_of_caller_as_the_table_says() {
                 .replace("{item_to_delete}", "{id}")
                 .replace("{task_to_delete}", "{id}")
                 .replace("{item}", "{id}")
-                .replace("{task}", "{id}");
+                .replace("{task}", "{id}")
+                .replace("{link}", "{token}/{name}");
             (r.method.to_string(), generic)
         })
         .collect();
@@ -422,7 +436,13 @@ async fn every_route_answers_each_kind_of_caller_as_the_table_says() {
         expired_tickets: std::sync::Mutex::new(tickets),
     };
 
+    let (_, link) = server
+        .link(&server.token, item["id"].as_str().unwrap(), None)
+        .await;
+    let link = link["url"].as_str().unwrap().to_string();
+    let link = link.split("/links/").nth(1).unwrap().to_string();
     let ids = [
+        ("{link}", link.as_str()),
         ("{item_to_delete}", item_to_delete["id"].as_str().unwrap()),
         ("{task_to_delete}", task_to_delete.as_str()),
         ("{item}", item["id"].as_str().unwrap()),

@@ -223,6 +223,22 @@ impl TestServer {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Rotates the key that signs shareable links, with the CLI, as an operator would.
+    pub async fn rotate_link_key(&self) {
+        self.cli(&["link-key", "rotate"]).await;
+    }
+
+    /// `POST /tree-items/{id}/links` as `token`, with `body` when given.
+    pub async fn link(&self, token: &str, item: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self
+            .req(Method::POST, &format!("/tree-items/{item}/links"), token)
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        json_of(req.send().await.unwrap()).await
+    }
+
     /// Signs a browser in with `token`: the session cookie, as `name=value`.
     pub async fn sign_in(&self, token: &str) -> String {
         let res = self

@@ -540,6 +540,8 @@ async fn the_openapi_document_covers_every_route() {
         ("GET", "/api/v1/tasks/{id}/status"),
         ("POST", "/api/v1/tasks/{id}/cancel"),
         ("POST", "/api/v1/tasks/{id}/retry"),
+        ("POST", "/api/v1/tree-items/{id}/links"),
+        ("GET", "/api/v1/links/{token}/{name}"),
         ("POST", "/api/v1/tasks/cancel"),
         ("DELETE", "/api/v1/tasks"),
         ("DELETE", "/api/v1/tasks/{id}"),

@@ -13,6 +13,7 @@ mod http;
 mod idempotency;
 mod isolation;
 mod lifecycle;
+mod links;
 mod live;
 mod live_clients;
 mod nodes;

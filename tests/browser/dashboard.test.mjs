@@ -283,3 +283,25 @@ test('queued conversions are cancelled at once, the list filters by state, and a
   await retried.locator('.state.REVOKED').waitFor({ timeout: 30000 });
   assert.deepEqual(errors, []);
 });
+
+test('a result gets a shareable link that opens with no sign-in, and its gdalinfo line', async (t) => {
+  const { page, errors } = await signedIn(t);
+  await page.context().grantPermissions(['clipboard-read', 'clipboard-write']);
+  await upload(page, data('byte.tif'), 'byte.tif');
+  await convert(page, 'byte.tif');
+  const row = task(page, 'byte.tif');
+  await row.locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+  await row.locator('button:text("Copy link")').click();
+  await page.waitForSelector('#tasks-note:has-text("Link")');
+  const url = await row.locator('.share input').inputValue();
+  assert.match(url, /\/api\/v1\/links\/[0-9a-f.]+\/byte\.cog\.tif$/);
+  assert.equal(await row.locator('.share code').textContent(), `gdalinfo /vsicurl/${url}`);
+  // The link works without the session: a fresh context has no cookie.
+  const anonymous = await browser.newContext();
+  t.after(() => anonymous.close());
+  const res = await anonymous.request.get(url, { headers: { Range: 'bytes=0-3' } });
+  assert.equal(res.status(), 206);
+  assert.deepEqual([...await res.body()], [0x49, 0x49, 0x2a, 0x00]);
+  await shot(page, 'share-link');
+  assert.deepEqual(errors, []);
+});
