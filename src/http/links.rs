@@ -47,8 +47,8 @@ const DEFAULT_EXPIRES_IN: u64 = 3600;
 #[serde(deny_unknown_fields)]
 struct LinkRequest {
     /// Seconds the link works for: 1 to 604800 (a week); one hour when left out.
-    #[schema(minimum = 1, maximum = 604800)]
-    expires_in: Option<u64>,
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 604800)]
+    expires_in: Option<serde_json::Number>,
 }
 
 /// A link that opens the file with no credentials until `expires_at`.
@@ -77,12 +77,21 @@ async fn create_link(
     headers: HeaderMap,
     OptionalJson(request): OptionalJson<LinkRequest>,
 ) -> AppResult<Json<Link>> {
-    let expires_in = request.expires_in.unwrap_or(DEFAULT_EXPIRES_IN);
-    if !(1..=MAX_EXPIRES_IN).contains(&expires_in) {
-        return Err(AppError::Unprocessable(format!(
-            "expires_in is 1 to {MAX_EXPIRES_IN} seconds, not {expires_in}."
-        )));
+    // JSON has one number type: `60.0` is the integer 60, as JSON Schema says.
+    let expires_in = match &request.expires_in {
+        None => Some(DEFAULT_EXPIRES_IN),
+        Some(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= MAX_EXPIRES_IN as f64)
+                .map(|f| f as u64)
+        }),
     }
+    .filter(|s| (1..=MAX_EXPIRES_IN).contains(s))
+    .ok_or_else(|| {
+        AppError::Unprocessable(format!(
+            "expires_in is a whole number of seconds from 1 to {MAX_EXPIRES_IN}."
+        ))
+    })?;
     let item = owned_item(&state, user.id, id).await?;
     if item.blob.is_none() {
         return Err(AppError::Unprocessable(format!(
