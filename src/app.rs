@@ -17,7 +17,7 @@ use crate::http::AppState;
 use crate::metrics::Metrics;
 use crate::store::{items, users, Store};
 use crate::tasks::{ChildLimits, Inspector, Queue, Tasks, WarmPool, Workers};
-use crate::tree::Blobs;
+use crate::storage::Storage;
 
 pub struct App {
     listener: TcpListener,
@@ -57,7 +57,9 @@ impl App {
             )?,
         };
         let reserve = config.min_free_disk_mb << 20;
-        let blobs = Blobs::open(&config.data_dir)?.with_reserve(reserve);
+        let blobs = Storage::Local(
+            crate::storage::LocalDisk::open(&config.data_dir)?.with_reserve(reserve),
+        );
 
         // Alone on SQLite, every running task was cut off by this process's own stop. With
         // other nodes on the database, they may be running theirs: expired leases tell

@@ -2,7 +2,7 @@
 //! and follow the conversions live.
 //!
 //! Layers, bottom to top (a module imports only from layers below it): `domain` (the model,
-//! no I/O) → `store` (SQL), `tree` (bytes on disk), `bus` (task events), `convert` (the GDAL
+//! no I/O) → `store` (SQL), `storage` (the bytes of files), `bus` (task events), `convert` (the GDAL
 //! engine, run by child workers and the `convert` command) → `tasks` (the task service, the
 //! only writer of task state, with its queue and child workers) → `http` (one module per
 //! resource, and `AppState`) → `app` and `cli` (wiring). The README's architecture map names
@@ -22,7 +22,7 @@ pub mod live;
 pub mod memory;
 pub mod metrics;
 pub mod revocation;
+pub mod storage;
 pub mod store;
 pub mod tasks;
 pub mod time;
-pub mod tree;

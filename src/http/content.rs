@@ -1,14 +1,10 @@
 //! `GET`/`HEAD /tree-items/{id}/content`: a file's bytes, with single `Range` requests (206),
 //! `ETag`/`If-None-Match` (304) and `If-Range`. Map clients read COGs through this.
 
-use std::io::SeekFrom;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -52,23 +48,16 @@ pub async fn serve_item(
     item: &crate::store::Item,
     headers: &HeaderMap,
 ) -> AppResult<Response> {
-    let path = item
-        .blob
-        .as_deref()
-        .and_then(|b| state.blobs.path(b))
-        .ok_or_else(|| {
-            AppError::Unprocessable(format!("{:?} is a folder; it has no content.", item.name))
-        })?;
+    let blob = item.blob.as_deref().ok_or_else(|| {
+        AppError::Unprocessable(format!("{:?} is a folder; it has no content.", item.name))
+    })?;
     // Blobs never change once written, so the blob name is a strong validator.
-    let etag = format!("\"{}\"", item.blob.as_deref().unwrap_or_default());
-    let mut file = tokio::fs::File::open(&path)
+    let etag = format!("\"{blob}\"");
+    let len = state
+        .blobs
+        .len(blob)
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
-    let len = file
-        .metadata()
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?
-        .len();
 
     let mut common = HeaderMap::new();
     common.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
@@ -139,10 +128,12 @@ pub async fn serve_item(
     };
     common.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     state.metrics.bytes_out.inc_by(count);
-    file.seek(SeekFrom::Start(start))
+    let bytes = state
+        .blobs
+        .read(blob, start, count)
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
-    let body = Body::from_stream(ReaderStream::with_capacity(file.take(count), 64 * 1024));
+    let body = Body::from_stream(bytes);
     Ok((status, common, body).into_response())
 }
 

@@ -14,7 +14,7 @@ use crate::error::{AppError, AppResult};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tasks::{Inspector, Tasks};
-use crate::tree::Blobs;
+use crate::storage::Storage;
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
@@ -26,7 +26,7 @@ pub struct AppState {
     /// The task service: every change of a task goes through it.
     pub tasks: Tasks,
     /// The bytes of files on disk.
-    pub blobs: Blobs,
+    pub blobs: Storage,
     /// Task events for live channels.
     pub bus: Bus,
     /// The key that signs shareable links, cached from the database.

@@ -312,7 +312,7 @@ async fn write_stream(
     stream: impl Stream<Item = std::io::Result<Bytes>>,
     path: &std::path::Path,
     limit: u64,
-    blobs: &crate::tree::Blobs,
+    blobs: &crate::storage::Storage,
 ) -> AppResult<u64> {
     let file = tokio::fs::File::create(path)
         .await

@@ -20,7 +20,7 @@ use crate::domain::TaskRecord;
 use crate::store::items::{ItemKind, NewItem};
 use crate::store::tasks::claim_owner;
 use crate::store::Store;
-use crate::tree::Blobs;
+use crate::storage::Storage;
 
 /// A handle to wake workers and to stop a running task.
 #[derive(Clone, Default)]
@@ -53,7 +53,7 @@ pub struct Workers {
     pub tasks: Tasks,
     /// Reads only: whether an output file is referenced.
     pub store: Store,
-    pub blobs: Blobs,
+    pub blobs: Storage,
     pub bus: Bus,
     pub child: ChildLimits,
     pub limits: Limits,
@@ -223,10 +223,15 @@ impl Workers {
         owner: &Arc<str>,
         stop: &CancellationToken,
     ) -> Result<(), Outcome> {
-        let input = self
+        let staged = self
             .blobs
-            .path(&task.source_blob)
-            .filter(|p| p.exists())
+            .stage(&task.source_blob)
+            .await
+            .map_err(|e| {
+                Outcome::Failed(Failure::transient(format!(
+                    "The source file could not be read from storage: {e}"
+                )))
+            })?
             .ok_or_else(|| {
                 Outcome::Failed(Failure::permanent(
                     "The source file was deleted before the conversion started.",
@@ -235,7 +240,7 @@ impl Workers {
         let output = self.blobs.temp(".tif");
         let job = Job {
             kind: JobKind::Convert,
-            input,
+            input: staged.path().to_path_buf(),
             output: output.path().to_path_buf(),
             conversion: task.options.clone(),
             limits: self.limits.clone(),

@@ -1,5 +1,5 @@
-//! The bytes of tree items on disk. Files are written to `tmp/`, fsynced, then renamed into
-//! `blobs/` under a server-chosen name, so a half-written file is never visible.
+//! Local-disk storage: files are written to `tmp/`, fsynced, then renamed into `blobs/` under a
+//! server-chosen name, so a half-written file is never visible.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 #[derive(Clone, Debug)]
-pub struct Blobs {
+pub struct LocalDisk {
     blobs: PathBuf,
     tmp: PathBuf,
     /// Bytes kept free for the database (see `disk`).
     reserve: u64,
 }
 
-/// A file being written in `tmp/`. Dropped without [`Blobs::persist`], it is deleted.
+/// A file being written in `tmp/`. Dropped without [`LocalDisk::persist`], it is deleted.
 #[derive(Debug)]
 pub struct TempBlob {
     path: PathBuf,
@@ -34,21 +34,21 @@ impl Drop for TempBlob {
     }
 }
 
-impl Blobs {
-    pub fn open(data_dir: &Path) -> std::io::Result<Blobs> {
+impl LocalDisk {
+    pub fn open(data_dir: &Path) -> std::io::Result<LocalDisk> {
         let blobs = data_dir.join("blobs");
         let tmp = data_dir.join("tmp");
         std::fs::create_dir_all(&blobs)?;
         std::fs::create_dir_all(&tmp)?;
-        Ok(Blobs {
+        Ok(LocalDisk {
             blobs,
             tmp,
             reserve: 0,
         })
     }
 
-    /// Keeps `bytes` of the disk free: [`Blobs::check_room`] refuses writes that would use them.
-    pub fn with_reserve(mut self, bytes: u64) -> Blobs {
+    /// Keeps `bytes` of the disk free: [`LocalDisk::check_room`] refuses writes that would use them.
+    pub fn with_reserve(mut self, bytes: u64) -> LocalDisk {
         self.reserve = bytes;
         self
     }
