@@ -15,9 +15,9 @@ use crate::convert::Limits;
 use crate::http::auth::Tickets;
 use crate::http::AppState;
 use crate::metrics::Metrics;
+use crate::storage::Storage;
 use crate::store::{items, users, Store};
 use crate::tasks::{ChildLimits, Inspector, Queue, Tasks, WarmPool, Workers};
-use crate::storage::Storage;
 
 pub struct App {
     listener: TcpListener,

@@ -12,9 +12,9 @@ use crate::config::Config;
 use crate::domain::TaskRecord;
 use crate::error::{AppError, AppResult};
 use crate::metrics::Metrics;
+use crate::storage::Storage;
 use crate::store::Store;
 use crate::tasks::{Inspector, Tasks};
-use crate::storage::Storage;
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]

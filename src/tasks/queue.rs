@@ -17,10 +17,10 @@ use super::{Ending, Heartbeat, Published, Tasks};
 use crate::bus::Bus;
 use crate::domain::job::{Failure, Job, JobKind, Limits, Phase};
 use crate::domain::TaskRecord;
+use crate::storage::Storage;
 use crate::store::items::{ItemKind, NewItem};
 use crate::store::tasks::claim_owner;
 use crate::store::Store;
-use crate::storage::Storage;
 
 /// A handle to wake workers and to stop a running task.
 #[derive(Clone, Default)]
