@@ -267,7 +267,10 @@ test('queued conversions are cancelled at once, the list filters by state, and a
   assert.equal(await page.locator('#tasks li:visible').count(), queued);
   await shot(page, 'filter-cancelled');
   await page.selectOption('#task-filter', '');
-  for (const cancel of await page.locator('#tasks li button:text("Cancel")').all()) await cancel.click();
+  // Each click redraws its row (the button turns into "Cancelling…"), so take the first enabled
+  // button again every time rather than a list made before the clicks.
+  const running = page.locator('#tasks li button:text("Cancel"):not([disabled])');
+  while (await running.count() > 0) await running.first().click({ timeout: 5000 }).catch(() => {});
   await page.waitForFunction(() => document.querySelectorAll('#tasks li .state.PROGRESS').length === 0, null, { timeout: 30000 });
 
   // Retry makes a new task from a cancelled one, which then runs to the end.
