@@ -110,21 +110,28 @@ async fn cookie_user(state: &AppState, session: Credential) -> Result<User, AppE
     Ok(user)
 }
 
-/// True when the request's `Origin` (if any) is this server: the same scheme, host and port.
-/// The scheme is `http`, or what a proxy in front says in `X-Forwarded-Proto` (a browser
-/// cannot set that header on a cross-site request without a preflight we never grant).
-pub fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
+/// This server as the request reached it: the scheme (`http`, or what a proxy in front says
+/// in `X-Forwarded-Proto`, lower case) and the `Host`; `None` without a `Host`.
+pub fn request_origin(headers: &HeaderMap) -> Option<(String, &str)> {
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let Some(host) = text(header::HOST).filter(|h| !h.is_empty()) else {
-        return false;
-    };
+    let host = text(header::HOST).filter(|h| !h.is_empty())?;
     let scheme = text(header::HeaderName::from_static("x-forwarded-proto"))
         .and_then(|v| v.split(',').next())
         .map_or("http", str::trim)
         .to_ascii_lowercase();
+    Some((scheme, host))
+}
+
+/// True when the request's `Origin` (if any) is this server: the same scheme, host and port
+/// (see [`request_origin`]; a browser cannot set `X-Forwarded-Proto` on a cross-site request
+/// without a preflight we never grant).
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let Some((scheme, host)) = request_origin(headers) else {
+        return false;
+    };
     // Browsers write an Origin in lower case, with no path and no default port.
     let Some(authority) = origin.strip_prefix(&format!("{scheme}://")) else {
         return false;

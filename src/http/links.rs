@@ -206,20 +206,13 @@ fn public_base(state: &AppState, headers: &HeaderMap) -> AppResult<String> {
     if let Some(url) = &state.config.public_url {
         return Ok(url.trim_end_matches('/').to_string());
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+    let (scheme, host) = super::auth::request_origin(headers)
+        .filter(|(_, host)| host.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| {
             AppError::BadRequest("A link needs the request's Host header (or --public-url).".into())
         })?;
-    let scheme = match headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-    {
-        Some("https") => "https",
-        _ => "http",
-    };
+    // Links are web URLs: any other scheme a proxy claims is taken as plain HTTP.
+    let scheme = if scheme == "https" { "https" } else { "http" };
     Ok(format!("{scheme}://{host}"))
 }
 

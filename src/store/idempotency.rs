@@ -36,9 +36,10 @@ pub fn lock_user(db: &mut Db, user: Uuid) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `work` once per key: a request seen before within [`KEPT`] gets its kept answer
-/// instead; `answer` says what to keep of a fresh result (its status and JSON body), or
-/// nothing for a refusal worth sending again (a limit that may have freed up).
+/// Runs `work` under the user's row lock ([`lock_user`]), once per key: a request seen
+/// before within [`KEPT`] gets its kept answer instead; `answer` says what to keep of a fresh
+/// result (its status and JSON body), or nothing for a refusal worth sending again (a limit
+/// that may have freed up). Without a key, `work` simply runs under the lock.
 pub fn once<T>(
     db: &mut Db,
     user: Uuid,
@@ -46,10 +47,10 @@ pub fn once<T>(
     work: impl FnOnce(&mut Db) -> anyhow::Result<T>,
     answer: impl FnOnce(&T) -> Option<(u16, String)>,
 ) -> anyhow::Result<Once<T>> {
+    lock_user(db, user)?;
     let Some(keyed) = keyed else {
         return Ok(Once::Fresh(work(db)?));
     };
-    lock_user(db, user)?;
     let since = crate::time::format(chrono::Utc::now() - KEPT);
     let kept = db.query_opt(
         "SELECT request_hash, status, response FROM idempotency_keys

@@ -403,10 +403,10 @@ pub fn delete(db: &mut Db, id: Uuid) -> anyhow::Result<bool> {
     )? > 0)
 }
 
-/// How many of `user`'s tasks are queued or running. On PostgreSQL the user's row stays
-/// locked until the call ends, so that nodes counting at once cannot both pass a limit.
+/// How many of `user`'s tasks are queued or running. Count under the user's row lock
+/// ([`super::idempotency::lock_user`]), so that nodes counting at once cannot both pass a
+/// limit.
 pub fn count_active(db: &mut Db, user: Uuid) -> anyhow::Result<u64> {
-    super::idempotency::lock_user(db, user)?;
     Ok(db
         .query_one(
             "SELECT COUNT(*) FROM tasks WHERE user_id = ?1 AND state IN ('PENDING', 'PROGRESS')",

@@ -75,8 +75,9 @@ pub enum Submitted {
 }
 
 /// Queues a new task, unless the user has `limit` active ones. Counted and inserted under the
-/// user's row lock (PostgreSQL) or the one connection's lock (SQLite): no race past the
-/// limit. With a key, a request sent again gets the task it made the first time.
+/// user's row lock that [`idempotency::once`] takes (PostgreSQL) or the one connection's lock
+/// (SQLite): no race past the limit. With a key, a request sent again gets the task it made
+/// the first time.
 pub fn submit(
     db: &mut Db,
     new: NewTask,

@@ -308,15 +308,16 @@ impl TestServer {
 
     /// Status by capability, without a token, as the existing polling clients do.
     pub async fn status(&self, task_id: &str) -> Value {
-        let res = self
-            .http
-            .get(self.api(&format!("/tasks/{task_id}/status")))
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        res.json().await.unwrap()
+        let (code, status) = self.try_status(task_id).await;
+        assert_eq!(code, StatusCode::OK, "{status}");
+        status
+    }
+
+    /// How many items at the root of the owner's tree were published from `source`.
+    pub async fn outputs_of(&self, source: &str) -> usize {
+        let (code, items) = self.get_json("/tree-items", &self.token).await;
+        assert_eq!(code, StatusCode::OK, "{items}");
+        outputs_in(&items, source)
     }
 
     /// Polls until `pred` holds, checking on the way that progress never goes down.
@@ -946,4 +947,14 @@ impl TestServer {
         };
         self.call(Method::DELETE, &path, token, None).await
     }
+}
+
+/// How many of `items` (a listing) were published from `source`.
+pub fn outputs_in(items: &Value, source: &str) -> usize {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["source_id"] == source)
+        .count()
 }

@@ -17,15 +17,6 @@ async fn items(server: &TestServer, token: &str) -> Vec<Value> {
     items.as_array().unwrap().clone()
 }
 
-/// Outputs published from `source`.
-async fn outputs_of(server: &TestServer, source: &Value) -> usize {
-    items(server, &server.token)
-        .await
-        .iter()
-        .filter(|i| i["source_id"] == source["id"])
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_sent_twice_with_its_key_makes_one_task() {
     let server = TestServer::start().await;
@@ -65,7 +56,7 @@ async fn a_start_sent_twice_with_its_key_makes_one_task() {
     let (code, body) = start(None, "key-1").await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(server.task_ids(&server.token).await.len(), 1);
-    assert_eq!(outputs_of(&server, &item).await, 1);
+    assert_eq!(server.outputs_of(item["id"].as_str().unwrap()).await, 1);
 
     // Another key is another task.
     let (code, other) = start(Some(options.clone()), "key-2").await;
@@ -140,7 +131,7 @@ async fn concurrent_starts_make_one_task(nodes: &[&TestServer], n: usize) {
     let done = server.wait_final(&id).await;
     assert_eq!(done["state"], "SUCCESS", "{done}");
     assert_eq!(done["attempts"], 1, "{done}");
-    assert_eq!(outputs_of(server, &item).await, 1);
+    assert_eq!(server.outputs_of(item["id"].as_str().unwrap()).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

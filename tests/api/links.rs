@@ -227,3 +227,40 @@ async fn only_the_owner_links_a_file_and_only_for_up_to_a_week() {
         .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_names_the_server_as_its_clients_reach_it() {
+    // Behind a TLS proxy, the scheme the proxy says.
+    let server = TestServer::start().await;
+    let item = server.upload(&data("byte.tif")).await;
+    let id = item["id"].as_str().unwrap();
+    let res = server
+        .req(
+            reqwest::Method::POST,
+            &format!("/tree-items/{id}/links"),
+            &server.token,
+        )
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let (code, link) = json_of(res).await;
+    assert_eq!(code, StatusCode::OK, "{link}");
+    let host = server.url.trim_start_matches("http://");
+    assert!(
+        url_of(&link).starts_with(&format!("https://{host}/api/v1/links/")),
+        "{link}"
+    );
+
+    // With --public-url, that address, whatever the request's Host.
+    let public = TestServer::start_with(&["--public-url", "https://maps.example.org/"]).await;
+    let item = public.upload(&data("byte.tif")).await;
+    let (code, link) = public
+        .link(&public.token, item["id"].as_str().unwrap(), None)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{link}");
+    assert!(
+        url_of(&link).starts_with("https://maps.example.org/api/v1/links/"),
+        "{link}"
+    );
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{children_of, data, TestDatabase, TestServer};
+use crate::helpers::{children_of, data, outputs_in, TestDatabase, TestServer};
 use crate::lifecycle::{big_raster, slow, wait_running};
 use crate::live_clients::{is_final, ws_connect, ws_next, ws_send, Sse};
 
@@ -86,15 +86,6 @@ fn changes(events: &[(String, Value)]) -> Vec<(String, String, String)> {
             )
         })
         .collect()
-}
-
-fn outputs_of(items: &Value, source: &str) -> usize {
-    items
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["source_id"] == source)
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +203,7 @@ async fn a_websocket_cancel_on_one_node_stops_the_work_on_another() {
     );
     assert_eq!(successes(worker).await, 0);
     let items = api.get_json("/tree-items", &api.token).await.1;
-    assert_eq!(outputs_of(&items, item["id"].as_str().unwrap()), 0);
+    assert_eq!(outputs_in(&items, item["id"].as_str().unwrap()), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +270,7 @@ async fn a_node_killed_mid_task_is_replaced_and_the_task_finishes_once() {
     let other = 3 - busy;
     assert_eq!(successes(&nodes[other]).await, 1);
     let items = nodes[0].get_json("/tree-items", &nodes[0].token).await.1;
-    assert_eq!(outputs_of(&items, item["id"].as_str().unwrap()), 1);
+    assert_eq!(outputs_in(&items, item["id"].as_str().unwrap()), 1);
     // The killed node's conversion died with it, and left nothing visible.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(child.iter().all(|pid| !crate::helpers::alive(*pid)));
@@ -320,7 +311,7 @@ async fn two_hundred_tasks_over_three_nodes_each_run_once() {
     }
     assert_eq!(outputs.len(), 200, "each task published its own output");
     let items = nodes[1].get_json("/tree-items", &nodes[1].token).await.1;
-    assert_eq!(outputs_of(&items, item["id"].as_str().unwrap()), 200);
+    assert_eq!(outputs_in(&items, item["id"].as_str().unwrap()), 200);
     let mut per_node = Vec::new();
     for node in &nodes {
         per_node.push(successes(node).await);
@@ -380,7 +371,7 @@ async fn a_node_cut_off_past_its_lease_publishes_nothing() {
     assert_eq!(successes(&nodes[busy]).await, 0);
     assert_eq!(successes(&nodes[3 - busy]).await, 1);
     let items = nodes[0].get_json("/tree-items", &nodes[0].token).await.1;
-    assert_eq!(outputs_of(&items, item["id"].as_str().unwrap()), 1);
+    assert_eq!(outputs_in(&items, item["id"].as_str().unwrap()), 1);
     assert_eq!(nodes[0].blob_files().len(), items.as_array().unwrap().len());
 }
 

@@ -52,17 +52,6 @@ fn assert_waits_for_a_retry(status: &Value, attempts: u64) {
     time_of(&status["next_attempt_at"]);
 }
 
-/// Outputs published from `source`.
-async fn outputs_of(server: &TestServer, source: &str) -> usize {
-    let (_, items) = server.get_json("/tree-items", &server.token).await;
-    items
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["source_id"] == source)
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_from_outside_is_retried_and_the_task_succeeds() {
     let server = TestServer::start_with(&[
@@ -127,7 +116,7 @@ async fn a_worker_killed_from_outside_is_retried_and_the_task_succeeds() {
     assert_eq!(status["attempts"], 2, "{status}");
     assert!(status["error"].is_null(), "{status}");
     assert!(status["next_attempt_at"].is_null(), "{status}");
-    assert_eq!(outputs_of(&server, item["id"].as_str().unwrap()).await, 1);
+    assert_eq!(server.outputs_of(item["id"].as_str().unwrap()).await, 1);
     assert!(server.tmp_files().is_empty(), "{:?}", server.tmp_files());
 }
 
@@ -199,7 +188,7 @@ async fn transient_failures_back_off_exponentially_then_fail_after_max_attempts(
         !status["status"].as_str().unwrap().contains("retried"),
         "{status}"
     );
-    assert_eq!(outputs_of(&server, item["id"].as_str().unwrap()).await, 0);
+    assert_eq!(server.outputs_of(item["id"].as_str().unwrap()).await, 0);
     assert!(server.tmp_files().is_empty(), "{:?}", server.tmp_files());
 }
 
