@@ -57,9 +57,7 @@ impl App {
             )?,
         };
         let reserve = config.min_free_disk_mb << 20;
-        let blobs = Storage::Local(
-            crate::storage::LocalDisk::open(&config.data_dir)?.with_reserve(reserve),
-        );
+        let blobs = Storage::open(&config.storage, &config.data_dir, reserve).await?;
 
         // Alone on SQLite, every running task was cut off by this process's own stop. With
         // other nodes on the database, they may be running theirs: expired leases tell
@@ -77,13 +75,23 @@ impl App {
             retention,
         );
         let requeued = if shared { 0 } else { tasks.recover().await? };
-        let referenced = store.call(items::referenced_blobs).await?;
-        let min_age = if shared {
-            Duration::from_secs(3600)
+        let orphan_age = Duration::from_secs(config.orphan_min_age_secs);
+        // Scratch is this node's own, unless several nodes share one data dir (on local disk).
+        let object_storage = matches!(blobs, Storage::S3(_));
+        let scratch_age = if shared && !object_storage {
+            orphan_age
         } else {
             Duration::ZERO
         };
-        let swept = blobs.sweep(&referenced, min_age)?;
+        let mut swept = blobs.sweep_scratch(scratch_age)?;
+        // Alone on local disk, no one else can be between writing a file and committing it.
+        let blob_age = if shared || object_storage {
+            orphan_age
+        } else {
+            Duration::ZERO
+        };
+        let referenced = store.call(items::referenced_blobs).await?;
+        swept += blobs.collect(&referenced, blob_age).await?;
         if requeued > 0 || swept > 0 {
             tracing::info!(requeued, swept, "recovered from an unclean stop");
         }
@@ -201,6 +209,14 @@ impl App {
         };
         tokio::spawn(crate::memory::trim_until(shutdown.clone()));
         tokio::spawn(self.state.tasks.clone().expire_until(shutdown.clone()));
+        if self.state.config.database_url.is_some() || matches!(self.state.blobs, Storage::S3(_)) {
+            tokio::spawn(crate::storage::gc::collect_until(
+                self.state.blobs.clone(),
+                self.state.store.clone(),
+                Duration::from_secs(self.state.config.orphan_min_age_secs),
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(
             self.state
                 .revocations

@@ -38,6 +38,22 @@ pub struct Config {
     #[arg(long, env = "RASTERCAST_DATABASE_URL")]
     pub database_url: Option<String>,
 
+    /// Where files are kept: `file://` (the data dir) or `s3://BUCKET[/PREFIX]` on any
+    /// S3-compatible store, with credentials, region and endpoint from the standard
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION` and `AWS_ENDPOINT_URL`.
+    #[arg(long, env = "RASTERCAST_STORAGE", default_value = "file://")]
+    pub storage: String,
+
+    /// Stored files no item refers to (left by a crash between upload and commit), and
+    /// unfinished multipart uploads, are removed once this old; other nodes may be mid-upload.
+    #[arg(
+        long,
+        env = "RASTERCAST_ORPHAN_MIN_AGE_SECS",
+        default_value_t = 3600,
+        hide = true
+    )]
+    pub orphan_min_age_secs: u64,
+
     /// What this node does: `all`, `api` (HTTP only, no conversions) or `worker`
     /// (conversions, with only /healthz and /metrics over HTTP).
     #[arg(long, env = "RASTERCAST_ROLE", value_enum, default_value_t = Role::All)]

@@ -45,6 +45,9 @@ pub enum AppError {
     ShuttingDown,
     #[error("The database does not answer; try again in a moment.")]
     DatabaseUnavailable,
+    /// The file storage failed or did not answer; what it said is logged, not shown.
+    #[error("The file storage does not answer; try again in a moment.")]
+    StorageUnavailable,
     #[error("Internal error; it has been logged.")]
     Internal(anyhow::Error),
 }
@@ -67,9 +70,9 @@ impl AppError {
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-            AppError::ShuttingDown | AppError::DatabaseUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            AppError::ShuttingDown
+            | AppError::DatabaseUnavailable
+            | AppError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,6 +97,7 @@ impl AppError {
             AppError::InsufficientStorage => "insufficient_storage".into(),
             AppError::ShuttingDown => "shutting_down".into(),
             AppError::DatabaseUnavailable => "database_unavailable".into(),
+            AppError::StorageUnavailable => "storage_unavailable".into(),
             AppError::Internal(_) => "internal".into(),
         }
     }
@@ -112,10 +116,14 @@ impl AppError {
         }
     }
 
-    /// Maps I/O failures while storing bytes: a full disk is the client's 507, not a bug.
+    /// Maps I/O failures while storing bytes: a full disk is the client's 507 and storage out
+    /// of reach a 503, not bugs.
     pub fn from_io(e: std::io::Error) -> AppError {
         if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
             AppError::InsufficientStorage
+        } else if crate::storage::is_unavailable(&e) {
+            tracing::warn!(error = %e, "the file storage failed");
+            AppError::StorageUnavailable
         } else {
             AppError::Internal(e.into())
         }
@@ -166,13 +174,17 @@ impl IntoResponse for AppError {
             code: self.code(),
         };
         let mut response = (status, Json(body)).into_response();
-        if let AppError::TooManyRequests {
-            retry_after_secs, ..
-        } = &self
-        {
+        let retry_after = match &self {
+            AppError::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            AppError::StorageUnavailable | AppError::DatabaseUnavailable => Some(5),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if status == StatusCode::UNAUTHORIZED {
             response

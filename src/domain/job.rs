@@ -40,20 +40,26 @@ impl Default for Limits {
 /// Where a conversion is, for a progress bar and a status sentence.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Phase {
+    /// Copying the source from object storage to this node's scratch disk.
+    Downloading,
     Opening,
     Converting,
     BuildingOverviews,
     Verifying,
+    /// Copying the result to object storage, and verifying the copy.
+    Uploading,
     Publishing,
 }
 
 impl Phase {
     pub fn sentence(self) -> &'static str {
         match self {
+            Phase::Downloading => "Downloading source",
             Phase::Opening => "Opening the source",
             Phase::Converting => "Converting",
             Phase::BuildingOverviews => "Building overviews",
             Phase::Verifying => "Verifying the COG",
+            Phase::Uploading => "Uploading result",
             Phase::Publishing => "Publishing",
         }
     }

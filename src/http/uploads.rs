@@ -7,7 +7,6 @@ use axum::response::IntoResponse;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -112,7 +111,11 @@ async fn store_upload(
         .blobs
         .check_room(declared.unwrap_or(0))
         .map_err(AppError::from_io)?;
-    let temp = state.blobs.temp(".upload");
+    let mut writer = state
+        .blobs
+        .writer(".upload")
+        .await
+        .map_err(AppError::from_io)?;
     let (name, parent_id, size, part_type) = if content_type.starts_with("multipart/form-data") {
         let mut multipart = Multipart::from_request(request, &state)
             .await
@@ -140,7 +143,7 @@ async fn store_upload(
                     )?;
                     let part_type = field.content_type().map(str::to_string);
                     let stream = field.map(|r| r.map_err(std::io::Error::other));
-                    let size = write_stream(stream, temp.path(), limit, &state.blobs).await?;
+                    let size = write_stream(stream, &mut writer, limit, &state.blobs).await?;
                     file = Some((name, size, part_type));
                 }
                 Some("parent_id") => {
@@ -174,7 +177,7 @@ async fn store_upload(
             .into_body()
             .into_data_stream()
             .map(|r| r.map_err(std::io::Error::other));
-        let size = write_stream(stream, temp.path(), limit, &state.blobs).await?;
+        let size = write_stream(stream, &mut writer, limit, &state.blobs).await?;
         let raw_type = (!content_type.is_empty() && content_type != "application/octet-stream")
             .then_some(content_type);
         (name, query.parent_id, size, raw_type)
@@ -193,10 +196,10 @@ async fn store_upload(
     }
     // Rasters show their geo metadata in the tree before any conversion. The file is described
     // while still temporary, so a request dropped meanwhile leaves nothing behind.
-    let geo_raster = state.inspector.describe(temp.path()).await;
+    let geo_raster = state.inspector.describe(writer.path()).await;
     let keyed = match key.0 {
         Some(_) => {
-            let digest = file_digest(temp.path()).await?;
+            let digest = file_digest(writer.path()).await?;
             let folder = parent_id.map(|f| f.to_string()).unwrap_or_default();
             key.keyed(&[
                 b"upload",
@@ -208,7 +211,11 @@ async fn store_upload(
         }
         None => None,
     };
-    let blob = state.blobs.persist(temp).await.map_err(AppError::from_io)?;
+    let blob = state
+        .blobs
+        .persist(writer, &|_| ())
+        .await
+        .map_err(AppError::from_io)?;
     let new = NewItem {
         user_id,
         parent_id,
@@ -307,34 +314,29 @@ fn too_large(limit: u64) -> AppError {
     ))
 }
 
-/// Streams a body to `path`, never holding more than one chunk in memory.
+/// Streams a body into `writer`, never holding more than one chunk in memory (and, on object
+/// storage, the parts in flight).
 async fn write_stream(
     stream: impl Stream<Item = std::io::Result<Bytes>>,
-    path: &std::path::Path,
+    writer: &mut crate::storage::BlobWriter,
     limit: u64,
     blobs: &crate::storage::Storage,
 ) -> AppResult<u64> {
-    let file = tokio::fs::File::create(path)
-        .await
-        .map_err(AppError::from_io)?;
-    let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
-    let mut size = 0u64;
     let mut stream = std::pin::pin!(stream);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| AppError::from_body(&e, "The upload was interrupted"))?;
+        let size = writer.size();
         // Every MiB, the disk's reserve is checked again: other uploads and conversions
         // fill the disk too.
         if (size >> 20) != ((size + chunk.len() as u64) >> 20) {
             blobs.check_room(0).map_err(AppError::from_io)?;
         }
-        size += chunk.len() as u64;
-        if size > limit {
+        if size + chunk.len() as u64 > limit {
             return Err(too_large(limit));
         }
-        out.write_all(&chunk).await.map_err(AppError::from_io)?;
+        writer.write(&chunk).await.map_err(AppError::from_io)?;
     }
-    out.flush().await.map_err(AppError::from_io)?;
-    Ok(size)
+    writer.close().await.map_err(AppError::from_io)
 }
 
 /// Types a stored file may be served with: raster formats, never anything a browser would run

@@ -61,11 +61,15 @@ impl LocalDisk {
         Ok(())
     }
 
-    /// The path of a stored blob. Names are ours (32 hex digits); anything else is refused
-    /// so that a corrupted row can never point outside `blobs/`.
+    /// Whether `blob` is a name this server gives (32 hex digits). Anything else is refused,
+    /// so that a corrupted row can never point outside `blobs/` (or its prefix).
+    pub fn is_blob_name(blob: &str) -> bool {
+        blob.len() == 32 && blob.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    /// The path of a stored blob.
     pub fn path(&self, blob: &str) -> Option<PathBuf> {
-        (blob.len() == 32 && blob.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| self.blobs.join(blob))
+        Self::is_blob_name(blob).then(|| self.blobs.join(blob))
     }
 
     pub fn temp(&self, suffix: &str) -> TempBlob {
@@ -104,40 +108,47 @@ impl LocalDisk {
         }
     }
 
-    /// Start-up clean-up after a crash: partial uploads and outputs in `tmp/`, and blobs
-    /// whose row was never committed, when last modified at least `min_age` ago. (Nodes that
-    /// share the directory write there too: a file another node is between writing and
-    /// committing must survive this node's start.) Returns how many files were removed.
-    pub fn sweep(
-        &self,
-        referenced: &HashSet<String>,
-        min_age: std::time::Duration,
-    ) -> std::io::Result<usize> {
-        let old_enough = |entry: &std::fs::DirEntry| {
-            min_age.is_zero()
-                || entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age >= min_age)
-        };
+    /// Scratch files (partial uploads, staged sources, outputs) last modified at least
+    /// `min_age` ago. Returns how many were removed.
+    pub fn sweep_scratch(&self, min_age: std::time::Duration) -> std::io::Result<usize> {
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.tmp)? {
             let entry = entry?;
-            if old_enough(&entry) {
-                std::fs::remove_file(entry.path())?;
-                removed += 1;
-            }
-        }
-        for entry in std::fs::read_dir(&self.blobs)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !referenced.contains(&name) && old_enough(&entry) {
+            if old_enough(&entry, min_age) {
                 std::fs::remove_file(entry.path())?;
                 removed += 1;
             }
         }
         Ok(removed)
     }
+
+    /// Blobs whose row was never committed (or was deleted while their removal failed), when
+    /// last modified at least `min_age` ago: nodes that share the directory write there too,
+    /// and a file another node is between writing and committing must survive.
+    pub fn collect(
+        &self,
+        referenced: &HashSet<String>,
+        min_age: std::time::Duration,
+    ) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.blobs)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !referenced.contains(&name) && old_enough(&entry, min_age) {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn old_enough(entry: &std::fs::DirEntry, min_age: std::time::Duration) -> bool {
+    min_age.is_zero()
+        || entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= min_age)
 }

@@ -223,31 +223,17 @@ impl Workers {
         owner: &Arc<str>,
         stop: &CancellationToken,
     ) -> Result<(), Outcome> {
-        let staged = self
-            .blobs
-            .stage(&task.source_blob)
-            .await
-            .map_err(|e| {
-                Outcome::Failed(Failure::transient(format!(
-                    "The source file could not be read from storage: {e}"
-                )))
-            })?
-            .ok_or_else(|| {
-                Outcome::Failed(Failure::permanent(
-                    "The source file was deleted before the conversion started.",
-                ))
-            })?;
-        let output = self.blobs.temp(".tif");
-        let job = Job {
-            kind: JobKind::Convert,
-            input: staged.path().to_path_buf(),
-            output: output.path().to_path_buf(),
-            conversion: task.options.clone(),
-            limits: self.limits.clone(),
-            cache_mb: self.cache_mb,
-        };
-
+        // One progress bar for the whole run, never going back: staging from object storage
+        // takes 0–2 %, the worker 0–95 %, the upload of the result 95–99 %.
         let (progress_tx, progress_rx) = watch::channel((0.0, Phase::Opening));
+        let report = |percent: f64, phase: Phase| {
+            progress_tx.send_if_modified(|last| {
+                let next = (percent.max(last.0), phase);
+                let changed = next != *last;
+                *last = next;
+                changed
+            });
+        };
         let reporter = tokio::spawn(
             report_progress(
                 self.tasks.clone(),
@@ -258,28 +244,59 @@ impl Workers {
             )
             .in_current_span(),
         );
-        let outcome = child::run(&job, &self.child, stop, |percent, phase| {
-            let _ = progress_tx.send((percent, phase));
-        })
-        .await;
-        if matches!(outcome, Outcome::Done(_)) {
-            let _ = progress_tx.send((95.0, Phase::Publishing));
+        let stages = async {
+            let downloaded = |done: f64| report(2.0 * done, Phase::Downloading);
+            let staging = self.blobs.stage(&task.source_blob, &downloaded);
+            let staged = tokio::select! {
+                staged = staging => staged,
+                _ = stop.cancelled() => return Err(Outcome::Stopped),
+            }
+            .map_err(|e| {
+                Outcome::Failed(Failure::transient(format!(
+                    "The source file could not be read from storage: {e}"
+                )))
+            })?
+            .ok_or_else(|| {
+                Outcome::Failed(Failure::permanent(
+                    "The source file was deleted before the conversion started.",
+                ))
+            })?;
+            let output = self.blobs.temp(".tif");
+            let job = Job {
+                kind: JobKind::Convert,
+                input: staged.path().to_path_buf(),
+                output: output.path().to_path_buf(),
+                conversion: task.options.clone(),
+                limits: self.limits.clone(),
+                cache_mb: self.cache_mb,
+            };
+            let outcome = child::run(&job, &self.child, stop, &report).await;
+            drop(staged);
+            let Outcome::Done(described) = outcome else {
+                return Err(outcome);
+            };
+            if stop.is_cancelled() {
+                return Err(Outcome::Stopped);
+            }
+            let uploaded = |done: f64| report(95.0 + 4.0 * done, Phase::Uploading);
+            let uploading = self.blobs.persist_file(output, &uploaded);
+            let stored = tokio::select! {
+                stored = uploading => stored,
+                _ = stop.cancelled() => return Err(Outcome::Stopped),
+            };
+            let blob = stored.map_err(|e| {
+                Outcome::Failed(Failure::transient(format!(
+                    "The output could not be stored: {e}"
+                )))
+            })?;
+            report(0.0, Phase::Publishing);
+            Ok((blob, described))
         }
+        .await;
         drop(progress_tx);
         let _ = reporter.await;
-
-        let Outcome::Done(described) = outcome else {
-            return Err(outcome);
-        };
-        if stop.is_cancelled() {
-            return Err(Outcome::Stopped);
-        }
+        let (blob, described) = stages?;
         let size = described.size_bytes;
-        let blob = self.blobs.persist(output).await.map_err(|e| {
-            Outcome::Failed(Failure::transient(format!(
-                "The output could not be stored: {e}"
-            )))
-        })?;
         let geo = serde_json::to_value(&*described).expect("serialises");
         let new_item = NewItem {
             user_id: task.user_id,

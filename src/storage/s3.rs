@@ -1,0 +1,547 @@
+//! Object storage (any S3-compatible service) through the `object_store` crate.
+//!
+//! Keys under the configured prefix: `blobs/{name}` holds an item's bytes, and
+//! `uploads/{name}` is a marker holding the id of a multipart upload in flight, so that a
+//! node that dies mid-upload leaves something the garbage collector can find and abort.
+//! Every write lands on this node's scratch disk first (GDAL inspects and converts local
+//! files, with no network); bytes go on to the store as they arrive, in parts of [`PART`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{BoxStream, FuturesOrdered};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as Key;
+use object_store::{
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig,
+};
+use tokio::io::AsyncWriteExt;
+
+use super::local::{LocalDisk, TempBlob};
+use super::{Progress, Unavailable};
+
+/// The size of every part but the last. Parts are read back from the scratch file, so a
+/// transfer holds at most [`IN_FLIGHT`] of them in memory.
+pub const PART: u64 = 8 << 20;
+const IN_FLIGHT: usize = 3;
+
+#[derive(Clone, Debug)]
+pub struct ObjectStorage {
+    store: Arc<AmazonS3>,
+    /// `""` or `"some/prefix/"`.
+    root: String,
+    /// `s3://bucket/prefix`, for messages.
+    url: String,
+    pub(super) scratch: LocalDisk,
+}
+
+impl ObjectStorage {
+    /// Connects to `s3://BUCKET[/PREFIX]` with the standard AWS environment variables, and
+    /// lists the prefix once: wrong credentials or a missing bucket stop the start here,
+    /// with one sentence, rather than at the first upload.
+    pub async fn connect(url: &str, scratch: LocalDisk) -> anyhow::Result<ObjectStorage> {
+        let rest = url
+            .strip_prefix("s3://")
+            .context("a storage URL is file:// or s3://BUCKET[/PREFIX]")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        anyhow::ensure!(!bucket.is_empty(), "{url} names no bucket");
+        let prefix = prefix.trim_matches('/');
+        let root = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .or_else(|_| std::env::var("AWS_ENDPOINT"))
+            .unwrap_or_default();
+        let store = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            // A store that stops answering must surface as an error within seconds: uploads
+            // then get a 503 and conversions are retried later, instead of hanging.
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(endpoint.starts_with("http://"))
+                    .with_connect_timeout(Duration::from_secs(3))
+                    .with_read_timeout(Duration::from_secs(30))
+                    .with_timeout_disabled(),
+            )
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(10),
+            })
+            .build()
+            .with_context(|| format!("configuring the storage {url}"))?;
+        let storage = ObjectStorage {
+            store: Arc::new(store),
+            root,
+            url: url.trim_end_matches('/').to_string(),
+            scratch,
+        };
+        let probe = storage
+            .store
+            .list_with_delimiter(Some(&storage.key("blobs")))
+            .await;
+        match probe {
+            Ok(_) => Ok(storage),
+            Err(object_store::Error::NotFound { .. }) => {
+                anyhow::bail!("The bucket {bucket:?} does not exist at the storage endpoint {}; create it, or fix --storage.", shown(&endpoint))
+            }
+            Err(
+                e @ (object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }),
+            ) => anyhow::bail!(
+                "The storage refused the credentials for {url} (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY): {}",
+                root_cause(&e)
+            ),
+            Err(e) => anyhow::bail!(
+                "The storage for {url} at {} does not answer: {}",
+                shown(&endpoint),
+                root_cause(&e)
+            ),
+        }
+    }
+
+    fn key(&self, rest: &str) -> Key {
+        Key::from(format!("{}{rest}", self.root))
+    }
+
+    fn blob_key(&self, blob: &str) -> std::io::Result<Key> {
+        if LocalDisk::is_blob_name(blob) {
+            Ok(self.key(&format!("blobs/{blob}")))
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not a blob name",
+            ))
+        }
+    }
+
+    fn error(&self, e: object_store::Error) -> std::io::Error {
+        match e {
+            object_store::Error::NotFound { .. } => {
+                std::io::Error::new(std::io::ErrorKind::NotFound, e)
+            }
+            e => std::io::Error::other(Unavailable(format!(
+                "the file storage ({}) failed: {}",
+                self.url,
+                root_cause(&e)
+            ))),
+        }
+    }
+
+    /// Answers when the store answers: a missing object is a healthy answer.
+    pub async fn check(&self) -> std::io::Result<()> {
+        let key = self.key("healthz");
+        match tokio::time::timeout(Duration::from_secs(3), self.store.head(&key)).await {
+            Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => Err(std::io::Error::other(Unavailable(format!(
+                "the file storage ({}) did not answer within 3 s",
+                self.url
+            )))),
+        }
+    }
+
+    /// A new blob, fed as it arrives: once [`PART`] bytes are on the scratch disk, they go on
+    /// to the store as a part of a multipart upload, while the next ones arrive.
+    pub fn upload(&self, temp: &TempBlob) -> Upload {
+        let name = uuid::Uuid::new_v4().simple().to_string();
+        Upload {
+            key: self.key(&format!("blobs/{name}")),
+            marker: self.key(&format!("uploads/{name}")),
+            name,
+            storage: self.clone(),
+            source: temp.path().to_path_buf(),
+            multipart: None,
+            sent: 0,
+            available: 0,
+        }
+    }
+
+    /// The whole object, written to a scratch file, with its progress; `None` when it is gone.
+    pub async fn stage(
+        &self,
+        blob: &str,
+        progress: &Progress<'_>,
+    ) -> std::io::Result<Option<TempBlob>> {
+        let got = match self.store.get(&self.blob_key(blob)?).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error(e)),
+        };
+        let size = got.meta.size;
+        self.scratch.check_room(size)?;
+        let temp = self.scratch.temp(".source");
+        let mut file = tokio::io::BufWriter::with_capacity(
+            1 << 20,
+            tokio::fs::File::create(temp.path()).await?,
+        );
+        let mut stream = got.into_stream();
+        let mut done = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.error(e))?;
+            file.write_all(&chunk).await?;
+            let before = done;
+            done += chunk.len() as u64;
+            if (before >> 20) != (done >> 20) {
+                self.scratch.check_room(0)?;
+                progress(done as f64 / size.max(1) as f64);
+            }
+        }
+        file.flush().await?;
+        if done != size {
+            return Err(std::io::Error::other(Unavailable(format!(
+                "the file storage sent {done} of the object's {size} bytes"
+            ))));
+        }
+        Ok(Some(temp))
+    }
+
+    /// `count` bytes of `blob` from `start`, streamed from the store.
+    pub async fn read(
+        &self,
+        blob: &str,
+        start: u64,
+        count: u64,
+    ) -> std::io::Result<BoxStream<'static, std::io::Result<Bytes>>> {
+        let key = self.blob_key(blob)?;
+        if count == 0 {
+            // A zero-length range is an error to S3; an empty answer is what is asked.
+            self.store.head(&key).await.map_err(|e| self.error(e))?;
+            return Ok(futures_util::stream::empty().boxed());
+        }
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(start..start + count)),
+            ..Default::default()
+        };
+        let got = self
+            .store
+            .get_opts(&key, options)
+            .await
+            .map_err(|e| self.error(e))?;
+        let this = self.clone();
+        Ok(got.into_stream().map_err(move |e| this.error(e)).boxed())
+    }
+
+    pub async fn len(&self, blob: &str) -> std::io::Result<u64> {
+        let meta = self
+            .store
+            .head(&self.blob_key(blob)?)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(meta.size)
+    }
+
+    pub async fn remove(&self, blobs: Vec<String>) {
+        for blob in blobs {
+            let Ok(key) = self.blob_key(&blob) else {
+                continue;
+            };
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(%blob, error = %root_cause(&e), "could not remove a deleted item's object; the garbage collector will")
+                }
+            }
+        }
+    }
+
+    /// Objects no item refers to, and multipart uploads whose node never finished them, both
+    /// older than `min_age` (other nodes may be between upload and commit). Returns how many
+    /// were removed.
+    pub async fn collect(
+        &self,
+        referenced: &HashSet<String>,
+        min_age: Duration,
+    ) -> std::io::Result<usize> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(min_age).unwrap_or(chrono::Duration::zero());
+        let mut removed = 0;
+        let mut markers = self.store.list(Some(&self.key("uploads")));
+        while let Some(meta) = markers.next().await {
+            let meta = meta.map_err(|e| self.error(e))?;
+            if meta.last_modified > cutoff {
+                continue;
+            }
+            let Some(name) = meta.location.filename().map(str::to_string) else {
+                continue;
+            };
+            if let Ok(marker) = self.store.get(&meta.location).await {
+                if let Ok(id) = marker.bytes().await {
+                    let id = String::from_utf8_lossy(&id).into_owned();
+                    let key = self.key(&format!("blobs/{name}"));
+                    if let Err(e) = self.store.abort_multipart(&key, &id).await {
+                        tracing::debug!(error = %root_cause(&e), "an abandoned multipart upload was already gone");
+                    }
+                }
+            }
+            match self.store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        let mut blobs = self.store.list(Some(&self.key("blobs")));
+        while let Some(meta) = blobs.next().await {
+            let meta = meta.map_err(|e| self.error(e))?;
+            let name = meta.location.filename().unwrap_or_default();
+            if meta.last_modified <= cutoff && !referenced.contains(name) {
+                match self.store.delete(&meta.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+                    Err(e) => return Err(self.error(e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A part on its way: its id in the upload, and the MD5 of its bytes.
+type SentPart = BoxFuture<'static, object_store::Result<(PartId, [u8; 16])>>;
+
+/// A blob being written: see [`ObjectStorage::upload`].
+pub struct Upload {
+    name: String,
+    key: Key,
+    marker: Key,
+    storage: ObjectStorage,
+    source: std::path::PathBuf,
+    multipart: Option<Multipart>,
+    /// Bytes of the scratch file already handed to parts.
+    sent: u64,
+    /// Bytes of the scratch file written and flushed so far.
+    available: u64,
+}
+
+/// A multipart upload in flight. Dropped unfinished (a request cut off, a task cancelled),
+/// it is aborted in the background; if this process dies first, its marker is left for the
+/// garbage collector.
+struct Multipart {
+    store: Arc<AmazonS3>,
+    key: Key,
+    marker: Key,
+    id: String,
+    parts: Vec<PartId>,
+    /// The MD5 of each part, in order: S3's ETag of the whole is the MD5 of these, `-N`.
+    digests: Vec<u8>,
+    inflight: FuturesOrdered<SentPart>,
+    finished: bool,
+}
+
+impl Drop for Multipart {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let (store, key, marker, id) = (
+            self.store.clone(),
+            self.key.clone(),
+            self.marker.clone(),
+            self.id.clone(),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if store.abort_multipart(&key, &id).await.is_ok() {
+                    let _ = store.delete(&marker).await;
+                }
+            });
+        }
+    }
+}
+
+impl Upload {
+    /// `bytes` more of the scratch file are written and flushed: sends every whole part.
+    pub async fn advance(&mut self, available: u64) -> std::io::Result<()> {
+        self.available = available;
+        while self.available - self.sent >= PART {
+            self.send_part(PART).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self, len: u64) -> std::io::Result<()> {
+        if self.multipart.is_none() {
+            let store = &self.storage.store;
+            let id = store
+                .create_multipart(&self.key)
+                .await
+                .map_err(|e| self.storage.error(e))?;
+            let mut multipart = Multipart {
+                store: store.clone(),
+                key: self.key.clone(),
+                marker: self.marker.clone(),
+                id: id.clone(),
+                parts: Vec::new(),
+                digests: Vec::new(),
+                inflight: FuturesOrdered::new(),
+                finished: false,
+            };
+            if let Err(e) = store.put(&self.marker, id.into()).await {
+                multipart.finished = true;
+                let _ = store.abort_multipart(&self.key, &multipart.id).await;
+                return Err(self.storage.error(e));
+            }
+            self.multipart = Some(multipart);
+        }
+        let multipart = self.multipart.as_mut().expect("started above");
+        let (store, key, id, path) = (
+            multipart.store.clone(),
+            multipart.key.clone(),
+            multipart.id.clone(),
+            self.source.clone(),
+        );
+        let (offset, index) = (self.sent, multipart.parts.len() + multipart.inflight.len());
+        multipart.inflight.push_back(
+            async move {
+                let (data, digest) = read_part(path, offset, len).await.map_err(|e| {
+                    object_store::Error::Generic {
+                        store: "scratch",
+                        source: Box::new(e),
+                    }
+                })?;
+                let part = store.put_part(&key, &id, index, data.into()).await?;
+                Ok((part, digest))
+            }
+            .boxed(),
+        );
+        self.sent += len;
+        while multipart.inflight.len() >= IN_FLIGHT {
+            multipart
+                .collect_one()
+                .await
+                .map_err(|e| self.storage.error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Sends the rest, completes the upload, and checks that the store holds exactly the
+    /// scratch file's bytes (size, and the ETag S3 derives from the parts' MD5s). Returns
+    /// the blob's name; the object is not referenced by anything yet.
+    pub async fn finish(mut self, size: u64, progress: &Progress<'_>) -> std::io::Result<String> {
+        self.available = size;
+        let storage = self.storage.clone();
+        let expected = match self.multipart.is_some() || size > PART {
+            false => {
+                let data = tokio::fs::read(&self.source).await?;
+                let digest = hex::encode(Md5::digest(&data));
+                let put = storage.store.put(&self.key, data.into()).await;
+                let put = put.map_err(|e| storage.error(e))?;
+                progress(1.0);
+                check_etag(put.e_tag.as_deref(), &digest)?;
+                digest
+            }
+            true => {
+                while self.available > self.sent {
+                    let len = PART.min(self.available - self.sent);
+                    self.send_part(len).await?;
+                    progress(self.sent as f64 / size.max(1) as f64);
+                }
+                let mut multipart = self.multipart.take().expect("parts were sent");
+                while !multipart.inflight.is_empty() {
+                    multipart
+                        .collect_one()
+                        .await
+                        .map_err(|e| storage.error(e))?;
+                }
+                let parts = std::mem::take(&mut multipart.parts);
+                let count = parts.len();
+                let done = storage
+                    .store
+                    .complete_multipart(&multipart.key, &multipart.id, parts)
+                    .await
+                    .map_err(|e| storage.error(e))?;
+                multipart.finished = true;
+                let _ = storage.store.delete(&multipart.marker).await;
+                let expected = format!("{}-{count}", hex::encode(Md5::digest(&multipart.digests)));
+                if let Err(e) = check_etag(done.e_tag.as_deref(), &expected) {
+                    storage.remove(vec![self.name.clone()]).await;
+                    return Err(e);
+                }
+                expected
+            }
+        };
+        let stored = storage
+            .store
+            .head(&self.key)
+            .await
+            .map_err(|e| storage.error(e))?;
+        if stored.size != size || stored.e_tag.as_deref().map(unquote) != Some(expected.as_str()) {
+            storage.remove(vec![self.name.clone()]).await;
+            return Err(std::io::Error::other(Unavailable(format!(
+                "the file storage holds {} bytes (ETag {:?}) where {size} were sent",
+                stored.size, stored.e_tag
+            ))));
+        }
+        Ok(self.name)
+    }
+}
+
+impl Multipart {
+    async fn collect_one(&mut self) -> object_store::Result<()> {
+        if let Some(done) = self.inflight.next().await {
+            let (part, digest) = done?;
+            self.parts.push(part);
+            self.digests.extend_from_slice(&digest);
+        }
+        Ok(())
+    }
+}
+
+/// `len` bytes of the file at `offset`, and their MD5.
+async fn read_part(
+    path: std::path::PathBuf,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<(Bytes, [u8; 16])> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut data = vec![0u8; len as usize];
+        std::fs::File::open(path)?.read_exact_at(&mut data, offset)?;
+        let digest: [u8; 16] = Md5::digest(&data).into();
+        Ok((Bytes::from(data), digest))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+fn unquote(etag: &str) -> &str {
+    etag.trim_start_matches("W/").trim_matches('"')
+}
+
+fn check_etag(got: Option<&str>, expected: &str) -> std::io::Result<()> {
+    match got.map(unquote) {
+        Some(got) if got.eq_ignore_ascii_case(expected) => Ok(()),
+        got => Err(std::io::Error::other(Unavailable(format!(
+            "the file storage acknowledged the upload with ETag {got:?}, not the {expected:?} its bytes give"
+        )))),
+    }
+}
+
+fn shown(endpoint: &str) -> &str {
+    if endpoint.is_empty() {
+        "AWS"
+    } else {
+        endpoint
+    }
+}
+
+/// The innermost message: object_store's outer ones repeat the operation.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    let inner = last.to_string();
+    if std::ptr::eq(last, e) {
+        inner
+    } else {
+        format!("{inner} ({e})")
+    }
+}
