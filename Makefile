@@ -10,11 +10,12 @@ run: setup
 	target/release/rastercast serve
 
 ## Set up and run every test: Rust unit and integration tests (the store's on SQLite and on
-## PostgreSQL, started when none answers), the browser tests, then the API fuzzed against its
-## own OpenAPI document.
+## PostgreSQL, and files on S3-compatible storage: each started when none answers), the
+## browser tests, then the API fuzzed against its own OpenAPI document.
 test: setup
 	@./scripts/setup.sh --browser
-	RASTERCAST_TEST_DATABASE_URL="$$(scripts/test-postgres.sh)" cargo test
+	RASTERCAST_TEST_DATABASE_URL="$$(scripts/test-postgres.sh)" \
+	RASTERCAST_TEST_S3_ENDPOINT="$$(scripts/test-s3.sh)" cargo test
 	node --test tests/browser/
 	scripts/fuzz-api.sh
 

@@ -2,7 +2,7 @@
 # Installs what building, running and testing rastercast needs, and only what is missing:
 # GDAL (library, headers and command-line tools), SQLite headers, a C toolchain and Rust;
 # with `--browser` (what `make test` needs), also Node.js, npm, Debian's Chromium, the pinned npm
-# packages, and Python's venv for the API fuzzer.
+# packages, and Python's venv for the API fuzzer and the tests' object store (SeaweedFS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

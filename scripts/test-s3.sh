@@ -44,7 +44,7 @@ EOF
         -master.port=$((PORT + 1000)) -volume.port=$((PORT + 1001)) -filer.port=$((PORT + 1002)) \
         -volume.max=100 -master.volumeSizeLimitMB=64 -master.telemetry=false \
         -s3 -s3.port="$PORT" -s3.config="$DIR/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 \
-        >"$DIR/log" 2>&1 </dev/null &
+        >"$DIR/log" 2>&1 </dev/null 9>&- &
     for _ in $(seq 1 120); do
         answers && break
         sleep 0.5

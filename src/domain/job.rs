@@ -52,6 +52,11 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Copying bytes to or from object storage.
+    pub fn is_transfer(self) -> bool {
+        matches!(self, Phase::Downloading | Phase::Uploading)
+    }
+
     pub fn sentence(self) -> &'static str {
         match self {
             Phase::Downloading => "Downloading source",

@@ -89,22 +89,35 @@ impl ObjectStorage {
             .store
             .list_with_delimiter(Some(&storage.key("blobs")))
             .await;
+        // Listing errors come back untyped: what the store said is in the message.
+        let said = |e: &object_store::Error, words: &[&str]| {
+            let text = root_cause(e);
+            words.iter().any(|w| text.contains(w))
+        };
         match probe {
             Ok(_) => Ok(storage),
-            Err(object_store::Error::NotFound { .. }) => {
+            Err(e)
+                if matches!(e, object_store::Error::NotFound { .. })
+                    || said(&e, &["NoSuchBucket"]) =>
+            {
                 anyhow::bail!("The bucket {bucket:?} does not exist at the storage endpoint {}; create it, or fix --storage.", shown(&endpoint))
             }
-            Err(
-                e @ (object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. }),
-            ) => anyhow::bail!(
-                "The storage refused the credentials for {url} (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY): {}",
-                root_cause(&e)
-            ),
+            Err(e)
+                if matches!(
+                    e,
+                    object_store::Error::PermissionDenied { .. }
+                        | object_store::Error::Unauthenticated { .. }
+                ) || said(&e, &["403 Forbidden", "401 Unauthorized"]) =>
+            {
+                anyhow::bail!(
+                    "The storage refused the credentials for {url} (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY): {}",
+                    store_said(&e)
+                )
+            }
             Err(e) => anyhow::bail!(
                 "The storage for {url} at {} does not answer: {}",
                 shown(&endpoint),
-                root_cause(&e)
+                innermost(&e)
             ),
         }
     }
@@ -179,6 +192,7 @@ impl ObjectStorage {
         };
         let size = got.meta.size;
         self.scratch.check_room(size)?;
+        progress(0.0);
         let temp = self.scratch.temp(".source");
         let mut file = tokio::io::BufWriter::with_capacity(
             1 << 20,
@@ -427,6 +441,7 @@ impl Upload {
     pub async fn finish(mut self, size: u64, progress: &Progress<'_>) -> std::io::Result<String> {
         self.available = size;
         let storage = self.storage.clone();
+        progress(self.sent as f64 / size.max(1) as f64);
         let expected = match self.multipart.is_some() || size > PART {
             false => {
                 let data = tokio::fs::read(&self.source).await?;
@@ -532,16 +547,38 @@ fn shown(endpoint: &str) -> &str {
     }
 }
 
-/// The innermost message: object_store's outer ones repeat the operation.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+/// The `<Code>` and `<Message>` of an S3 error answer, else the innermost message.
+fn store_said(e: &object_store::Error) -> String {
+    let text = root_cause(e);
+    let field = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find('<')? + start;
+        Some(text[start..end].to_string())
+    };
+    match (field("Code"), field("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        _ => root_cause(e),
+    }
+}
+
+/// The innermost message, which says what happened (object_store's outer ones say which
+/// request it was).
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut last = e;
     while let Some(next) = last.source() {
         last = next;
     }
-    let inner = last.to_string();
-    if std::ptr::eq(last, e) {
+    last.to_string()
+}
+
+/// The innermost message, then the whole, for logs.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let inner = innermost(e);
+    let whole = e.to_string();
+    if inner == whole {
         inner
     } else {
-        format!("{inner} ({e})")
+        format!("{inner} ({whole})")
     }
 }

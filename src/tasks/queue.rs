@@ -395,7 +395,8 @@ fn output_name(source: &str) -> String {
     format!("{stem}.cog.tif")
 }
 
-/// Writes progress to the store and the bus, at most every `PROGRESS_EVERY`; the claim's
+/// Writes progress to the store and the bus, at most every `PROGRESS_EVERY` (and at once
+/// when a transfer to or from object storage starts); the claim's
 /// state event already said the task started. The watch channel keeps only the newest value,
 /// so a slow write never queues stale ones, and the last value is always written.
 async fn report_progress(
@@ -415,6 +416,16 @@ async fn report_progress(
             changed = rx.changed() => {
                 if changed.is_ok() {
                     received += 1;
+                    // Entering a transfer is written at once: it is where a task waits on the
+                    // network, and a watcher must be able to tell that it does.
+                    let latest = *rx.borrow_and_update();
+                    if latest.1 != sent.0 .1 && latest.1.is_transfer() {
+                        written += 1;
+                        if let Err(e) = write(latest).await {
+                            tracing::warn!(error = ?e, "could not record progress");
+                        }
+                        sent = (latest, tokio::time::Instant::now());
+                    }
                     continue;
                 }
                 let last = *rx.borrow();

@@ -138,6 +138,27 @@ impl TestServer {
         }
     }
 
+    /// Another node with a data dir of its own: nodes on object storage share no disk.
+    pub async fn beside(&self, args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, url, _) = spawn(dir.path(), &args, &[], &env).await;
+        TestServer {
+            child: Some(child),
+            url,
+            token: self.token.clone(),
+            dir: std::sync::Arc::new(dir),
+            args,
+            wrapper: Vec::new(),
+            env,
+            http: http_client(),
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
@@ -181,6 +202,12 @@ impl TestServer {
         assert!(token.is_none(), "no new admin token on a second start");
         self.child = Some(child);
         self.url = url;
+    }
+
+    /// Starts again on the same data dir, with `extra` arguments after the first start's.
+    pub async fn restart_with(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+        self.restart().await;
     }
 
     /// A token for another user, made with the CLI as an operator would.
@@ -957,4 +984,186 @@ pub fn outputs_in(items: &Value, source: &str) -> usize {
         .iter()
         .filter(|i| i["source_id"] == source)
         .count()
+}
+
+/// A TCP path to a service (PostgreSQL, the object store) that a test can cut and mend, as a
+/// network would.
+pub struct Cable {
+    pub port: u16,
+    target: u16,
+    carrying: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Cable {
+    pub async fn to(target: u16) -> Cable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        Cable {
+            port,
+            target,
+            carrying: Some(tokio::spawn(carry(listener, target))),
+        }
+    }
+
+    /// Closes every connection through the cable and refuses new ones.
+    pub fn cut(&mut self) {
+        if let Some(task) = self.carrying.take() {
+            task.abort();
+        }
+    }
+
+    pub async fn mend(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.carrying = Some(tokio::spawn(carry(listener, self.target)));
+    }
+}
+
+/// Accepts connections and joins each to the target; dropped (aborted), it drops them all.
+async fn carry(listener: tokio::net::TcpListener, target: u16) {
+    let mut connections = tokio::task::JoinSet::new();
+    while let Ok((mut down, _)) = listener.accept().await {
+        connections.spawn(async move {
+            let mut up = tokio::net::TcpStream::connect(("127.0.0.1", target)).await?;
+            tokio::io::copy_bidirectional(&mut down, &mut up).await
+        });
+    }
+}
+
+/// A prefix of the test's own in the bucket `rastercast-test` of the S3-compatible store that
+/// `scripts/test-s3.sh` finds or starts (SeaweedFS), with the credentials it was set up with.
+pub struct TestBucket {
+    pub endpoint: String,
+    pub prefix: String,
+    store: object_store::aws::AmazonS3,
+}
+
+pub const BUCKET: &str = "rastercast-test";
+pub const S3_KEY: &str = "rastercast-test";
+pub const S3_SECRET: &str = "rastercast-test-secret";
+
+impl TestBucket {
+    pub fn new() -> TestBucket {
+        let out = std::process::Command::new(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-s3.sh"),
+        )
+        .output()
+        .expect("scripts/test-s3.sh runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let endpoint = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_bucket_name(BUCKET)
+            .with_access_key_id(S3_KEY)
+            .with_secret_access_key(S3_SECRET)
+            .build()
+            .unwrap();
+        TestBucket {
+            endpoint,
+            prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
+            store,
+        }
+    }
+
+    /// `--storage` for a server on this prefix.
+    pub fn storage(&self) -> String {
+        format!("s3://{BUCKET}/{}", self.prefix)
+    }
+
+    /// The store's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.endpoint.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// The server's environment: the standard AWS variables, for `endpoint`.
+    pub fn env_for(endpoint: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", S3_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET.to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT_URL", endpoint.to_string()),
+        ]
+    }
+
+    /// A server on this prefix, with `args`.
+    pub async fn server(&self, args: &[&str]) -> TestServer {
+        self.server_via(&self.endpoint.clone(), args).await
+    }
+
+    /// A server on this prefix that reaches the store at `endpoint` (e.g. through a [`Cable`]).
+    pub async fn server_via(&self, endpoint: &str, args: &[&str]) -> TestServer {
+        let storage = self.storage();
+        let mut all = vec!["--storage", storage.as_str()];
+        all.extend_from_slice(args);
+        let env = Self::env_for(endpoint);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        TestServer::start_with_env(&all, &env).await
+    }
+
+    /// The objects under `folder` (`blobs`, `uploads`) of this prefix: (name, size).
+    pub async fn objects(&self, folder: &str) -> Vec<(String, u64)> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore;
+        let prefix = object_store::path::Path::from(format!("{}/{folder}", self.prefix));
+        let mut found: Vec<(String, u64)> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| (m.location.filename().unwrap_or("").to_string(), m.size))
+            .try_collect()
+            .await
+            .unwrap();
+        found.sort();
+        found
+    }
+
+    /// Puts `bytes` at `key` under this prefix, as another node (or a crashed one) would.
+    pub async fn put(&self, key: &str, bytes: Vec<u8>) {
+        use object_store::ObjectStoreExt;
+        let path = object_store::path::Path::from(format!("{}/{key}", self.prefix));
+        self.store.put(&path, bytes.into()).await.unwrap();
+    }
+
+    /// Starts a multipart upload at `key` under this prefix and leaves it unfinished, with one
+    /// part sent; returns its id.
+    pub async fn abandoned_multipart(&self, key: &str) -> String {
+        use object_store::multipart::MultipartStore;
+        let path = object_store::path::Path::from(format!("{}/{key}", self.prefix));
+        let id = self.store.create_multipart(&path).await.unwrap();
+        self.store
+            .put_part(&path, &id, 0, vec![7u8; 1024].into())
+            .await
+            .unwrap();
+        id
+    }
+
+    /// Multipart uploads in flight under this prefix, as the store lists them.
+    pub fn multipart_uploads(&self) -> usize {
+        // curl signs the query only when it is sorted and every key has a value.
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                "--max-time",
+                "10",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+            ])
+            .args(["--user", &format!("{S3_KEY}:{S3_SECRET}")])
+            .arg(format!(
+                "{}/{BUCKET}?prefix={}%2F&uploads=",
+                self.endpoint, self.prefix
+            ))
+            .output()
+            .expect("curl runs");
+        assert!(out.status.success(), "listing multipart uploads");
+        String::from_utf8_lossy(&out.stdout)
+            .matches("<UploadId>")
+            .count()
+    }
 }

@@ -20,3 +20,4 @@ mod nodes;
 mod retention;
 mod retries;
 mod security;
+mod storage;

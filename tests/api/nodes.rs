@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{children_of, data, outputs_in, TestDatabase, TestServer};
+use crate::helpers::{children_of, data, outputs_in, Cable, TestDatabase, TestServer};
 use crate::lifecycle::{big_raster, slow, wait_running};
 use crate::live_clients::{is_final, ws_connect, ws_next, ws_send, Sse};
 
@@ -547,50 +547,6 @@ async fn a_node_that_slept_past_the_event_log_resyncs_its_watchers() {
         sleeper.metric(resyncs).await > resyncs_before,
         "the sleeper counted its resync"
     );
-}
-
-/// A TCP path to PostgreSQL that a test can cut and mend, as a network would.
-struct Cable {
-    port: u16,
-    target: u16,
-    carrying: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Cable {
-    async fn to(target: u16) -> Cable {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        Cable {
-            port,
-            target,
-            carrying: Some(tokio::spawn(carry(listener, target))),
-        }
-    }
-
-    /// Closes every connection through the cable and refuses new ones.
-    fn cut(&mut self) {
-        if let Some(task) = self.carrying.take() {
-            task.abort();
-        }
-    }
-
-    async fn mend(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .unwrap();
-        self.carrying = Some(tokio::spawn(carry(listener, self.target)));
-    }
-}
-
-/// Accepts connections and joins each to the target; dropped (aborted), it drops them all.
-async fn carry(listener: tokio::net::TcpListener, target: u16) {
-    let mut connections = tokio::task::JoinSet::new();
-    while let Ok((mut down, _)) = listener.accept().await {
-        connections.spawn(async move {
-            let mut up = tokio::net::TcpStream::connect(("127.0.0.1", target)).await?;
-            tokio::io::copy_bidirectional(&mut down, &mut up).await
-        });
-    }
 }
 
 /// A node that cannot reach its database says so on `/healthz` (503), and is healthy again,
