@@ -1,7 +1,7 @@
 //! The benchmark behind `make bench`: every figure is measured against its reference in the
 //! same run, on this machine, and written to docs/BENCHMARKS.md as a ratio.
 //!
-//! cargo run --release --example bench [-- --quick] [--only startup,convert,status,push,tiny,stalled,nodes]
+//! cargo run --release --example bench [-- --quick] [--only startup,convert,status,push,tiny,stalled,nodes,s3]
 //!
 //! `--only` runs the named sections and prints their rows without touching docs/BENCHMARKS.md.
 //!
@@ -306,12 +306,178 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
+    // Object storage against local disk, and uploads against curl to the same bucket.
+    if want("s3") {
+        rows.extend(object_storage(&client, runs, quick).await?);
+    }
+
     if only.is_some() {
         print_table(&rows);
     } else {
         write_report(&rows)?;
     }
     Ok(())
+}
+
+/// The bench's own SeaweedFS (from `scripts/test-s3.sh`, on ports of its own): started for the
+/// object-storage rows and removed after them, since their gigabytes should not stay in the
+/// store the tests use.
+const BENCH_S3_PORT: u16 = 18433;
+
+async fn object_storage(
+    client: &reqwest::Client,
+    runs: usize,
+    quick: bool,
+) -> anyhow::Result<Vec<Row>> {
+    let out = std::process::Command::new(root().join("scripts/test-s3.sh"))
+        .env("RASTERCAST_TEST_S3_PORT", BENCH_S3_PORT.to_string())
+        .env_remove("RASTERCAST_TEST_S3_ENDPOINT")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "scripts/test-s3.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let endpoint = String::from_utf8(out.stdout)?.trim().to_string();
+    let rows = object_storage_rows(client, runs, quick, &endpoint).await;
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", &format!("-s3.port={BENCH_S3_PORT} ")])
+        .status();
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let _ = std::fs::remove_dir_all(format!("/tmp/rastercast-test-s3-{uid}-{BENCH_S3_PORT}"));
+    rows
+}
+
+async fn object_storage_rows(
+    client: &reqwest::Client,
+    runs: usize,
+    quick: bool,
+    endpoint: &str,
+) -> anyhow::Result<Vec<Row>> {
+    let (key, secret) = ("rastercast-test", "rastercast-test-secret");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", key),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", endpoint),
+    ];
+    let storage = format!(
+        "s3://rastercast-test/bench-{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut rows = Vec::new();
+
+    let big = big_input()?;
+    let (s3, _) = Server::start_with_env(&["--storage", &storage], &env).await?;
+    let (local, _) = Server::start(&[]).await?;
+    let (on_s3, on_disk) = (
+        s3.upload(client, &big).await?,
+        local.upload(client, &big).await?,
+    );
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..runs.min(3) {
+        ours.push(s3.convert_seen_by_sse(client, &on_s3).await?.as_secs_f64());
+        theirs.push(
+            local
+                .convert_seen_by_sse(client, &on_disk)
+                .await?
+                .as_secs_f64(),
+        );
+    }
+    drop((s3, local));
+    let (o, t) = (median(ours), median(theirs));
+    rows.push(Row {
+        figure:
+            "8192×8192×3 conversion, start → SUCCESS over SSE, files on S3 (SeaweedFS, loopback)"
+                .into(),
+        measured: format!("{o:.3} s"),
+        reference: format!("the same on local disk: {t:.3} s"),
+        ratio: format!("{:.2}×", o / t),
+        target: "—".into(),
+        met: None,
+    });
+
+    // One upload of a big random file, streamed by curl to each; the server's peak RSS is its
+    // high-water mark, in a process that did nothing else.
+    let size: u64 = if quick { 512 << 20 } else { 2 << 30 };
+    let file = root().join(format!("target/bench-upload-{}m.bin", size >> 20));
+    if std::fs::metadata(&file).map(|m| m.len()).ok() != Some(size) {
+        let status = std::process::Command::new("head")
+            .args(["-c", &size.to_string(), "/dev/urandom"])
+            .stdout(std::fs::File::create(&file)?)
+            .status()?;
+        anyhow::ensure!(status.success(), "writing {}", file.display());
+    }
+    let (s3, _) = Server::start_with_env(
+        &[
+            "--storage",
+            &storage,
+            "--max-upload-bytes",
+            &(4u64 << 30).to_string(),
+        ],
+        &env,
+    )
+    .await?;
+    let timed = |args: Vec<String>| {
+        let started = Instant::now();
+        let out = std::process::Command::new("curl").args(&args).output();
+        (out, started.elapsed())
+    };
+    let (out, ours) = timed(vec![
+        "-sS".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+        "-X".into(),
+        "POST".into(),
+        "-T".into(),
+        file.display().to_string(),
+        "-H".into(),
+        format!("Authorization: Bearer {}", s3.token),
+        "-H".into(),
+        "content-type: application/octet-stream".into(),
+        format!("{}/api/v1/tree-items?name=upload.bin", s3.url),
+    ]);
+    let code = String::from_utf8_lossy(&out?.stdout).to_string();
+    anyhow::ensure!(code == "201", "the upload answered {code}");
+    let peak_mib = std::fs::read_to_string(format!("/proc/{}/status", s3.pid()))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0;
+    drop(s3);
+    let (out, theirs) = timed(vec![
+        "-sS".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+        "-T".into(),
+        file.display().to_string(),
+        "--aws-sigv4".into(),
+        "aws:amz:us-east-1:s3".into(),
+        "--user".into(),
+        format!("{key}:{secret}"),
+        format!("{endpoint}/rastercast-test/bench-reference/upload.bin"),
+    ]);
+    let code = String::from_utf8_lossy(&out?.stdout).to_string();
+    anyhow::ensure!(code == "200", "curl -T to the bucket answered {code}");
+    let rate = |d: Duration| size as f64 / (1 << 20) as f64 / d.as_secs_f64();
+    rows.push(Row {
+        figure: format!(
+            "{} upload to S3 storage (curl -T, streamed; multipart, verified)",
+            if quick { "512 MiB" } else { "2 GiB" }
+        ),
+        measured: format!("{:.0} MiB/s, server peak RSS {peak_mib:.0} MiB", rate(ours)),
+        reference: format!("curl -T to the same bucket: {:.0} MiB/s", rate(theirs)),
+        ratio: format!("{:.2}×", theirs.as_secs_f64() / ours.as_secs_f64()),
+        target: "peak RSS < 128 MiB".into(),
+        met: Some(peak_mib < 128.0),
+    });
+    Ok(rows)
 }
 
 /// Connects subscribers to the user feed, converts RGB.byte.tif, and reports latencies.

@@ -20,12 +20,20 @@ pub struct Server {
 
 impl Server {
     pub async fn start(args: &[&str]) -> anyhow::Result<(Server, Duration)> {
-        Server::start_in(std::sync::Arc::new(tempfile::tempdir()?), args).await
+        Server::start_in(std::sync::Arc::new(tempfile::tempdir()?), args, &[]).await
+    }
+
+    /// Starts with `env` set too (the AWS variables of object storage).
+    pub async fn start_with_env(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(Server, Duration)> {
+        Server::start_in(std::sync::Arc::new(tempfile::tempdir()?), args, env).await
     }
 
     /// Another node beside this one, on the same data dir (`args` name the shared database).
     pub async fn join(&self, args: &[&str]) -> anyhow::Result<Server> {
-        let (mut node, _) = Server::start_in(self.dir.clone(), args).await?;
+        let (mut node, _) = Server::start_in(self.dir.clone(), args, &[]).await?;
         node.token = self.token.clone();
         Ok(node)
     }
@@ -33,6 +41,7 @@ impl Server {
     async fn start_in(
         dir: std::sync::Arc<tempfile::TempDir>,
         args: &[&str],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<(Server, Duration)> {
         let started = Instant::now();
         let mut child = tokio::process::Command::new(root().join("target/release/rastercast"))
@@ -44,6 +53,7 @@ impl Server {
             .args(["--max-requests-per-second-per-user", "0"])
             .args(args)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)

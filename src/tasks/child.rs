@@ -283,6 +283,14 @@ pub async fn run(
 impl Worker {
     fn spawn(limits: &ChildLimits) -> std::io::Result<Worker> {
         let mut cmd = Command::new(&limits.exe);
+        // Code that parses hostile files gets no credentials: not the object store's, not
+        // the database's.
+        for (key, _) in std::env::vars_os() {
+            let name = key.to_string_lossy();
+            if name.starts_with("AWS_") || name == "RASTERCAST_DATABASE_URL" {
+                cmd.env_remove(&key);
+            }
+        }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

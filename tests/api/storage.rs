@@ -14,8 +14,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::helpers::{
-    data, download, eventually, files_in, gdal_translate, json_of, Cable, TestBucket, TestDatabase,
-    TestServer, BIN,
+    data, download, eventually, files_in, gdal_translate, json_of, worker_children, Cable,
+    TestBucket, TestDatabase, TestServer, BIN,
 };
 use crate::live_clients::{is_final, Sse};
 
@@ -181,6 +181,15 @@ async fn files_live_in_the_bucket_and_read_back_with_ranges_and_etags() {
         .unwrap();
     assert!(String::from_utf8_lossy(&info.stdout).contains("LAYOUT=COG"));
     assert_eq!(bucket.objects("blobs").await.len(), 3);
+    // The worker that parsed the file had no credentials to leak.
+    let workers = worker_children(server.pid());
+    assert!(!workers.is_empty(), "a warm worker stays");
+    for pid in workers {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(!environ.contains("AWS_SECRET_ACCESS_KEY"), "{environ}");
+        assert!(!environ.contains(crate::helpers::S3_SECRET));
+    }
     eventually("scratch removed", Duration::from_secs(10), || async {
         server.tmp_files().is_empty().then_some(())
     })
