@@ -37,6 +37,7 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub bytes_converted: Counter,
+    pub bytes_staged: Counter,
     pub sse_open: Gauge,
     pub ws_open: Gauge,
     tasks: Family<StateLabels, Gauge>,
@@ -89,6 +90,12 @@ impl Metrics {
             "output_bytes",
             "Bytes of published COGs",
             bytes_converted.clone(),
+        );
+        let bytes_staged = Counter::default();
+        registry.register(
+            "staged_bytes",
+            "Bytes of sources downloaded from object storage for conversions",
+            bytes_staged.clone(),
         );
         let sse_open = Gauge::default();
         registry.register(
@@ -149,6 +156,7 @@ impl Metrics {
             bytes_in,
             bytes_out,
             bytes_converted,
+            bytes_staged,
             sse_open,
             ws_open,
             tasks,

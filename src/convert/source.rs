@@ -143,6 +143,13 @@ fn is_zip(path: &Path) -> Result<bool, ConvertError> {
     Ok(n == 4 && magic == *b"PK\x03\x04")
 }
 
+/// Whether a member of a zip archive is one the conversion would pick as its raster.
+pub fn is_raster_name(name: &str) -> bool {
+    name.rsplit('.')
+        .next()
+        .is_some_and(|ext| RASTER_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
+}
+
 const RASTER_EXTENSIONS: &[&str] = &[
     "tif", "tiff", "hgt", "jp2", "nc", "png", "jpg", "jpeg", "gif", "bmp", "webp", "img", "asc",
     "grd",
@@ -172,11 +179,7 @@ fn zip_member(
             "This zip archive has member paths that leave the archive.",
         ));
     }
-    let is_raster = |name: &String| {
-        name.rsplit('.')
-            .next()
-            .is_some_and(|ext| RASTER_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
-    };
+    let is_raster = |name: &String| is_raster_name(name);
     let (member, used_option) = match requested {
         Some(name) if files.iter().any(|f| f == name) => (name.to_string(), true),
         _ => {

@@ -7,6 +7,7 @@
 pub mod gc;
 pub mod local;
 pub mod s3;
+pub mod zip_ranges;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,8 @@ pub struct Staged {
     path: PathBuf,
     /// The downloaded copy, removed with this.
     _scratch: Option<TempBlob>,
+    /// Bytes downloaded to make it (0 on local disk).
+    pub fetched: u64,
 }
 
 impl Staged {
@@ -174,21 +177,30 @@ impl Storage {
     }
 
     /// `blob` as a local file for a worker; `None` when it is gone. On object storage it is
-    /// downloaded to scratch (counted against the disk reserve), reporting its progress.
+    /// downloaded to scratch (counted against the disk reserve), reporting its progress; of a
+    /// zip archive, only what a conversion of `member` (the options' subdataset) reads.
     pub async fn stage(
         &self,
         blob: &str,
+        member: Option<&str>,
         progress: &Progress<'_>,
     ) -> std::io::Result<Option<Staged>> {
         match self {
             Storage::Local(disk) => Ok(disk.path(blob).filter(|p| p.exists()).map(|path| Staged {
                 path,
                 _scratch: None,
+                fetched: 0,
             })),
-            Storage::S3(store) => Ok(store.stage(blob, progress).await?.map(|temp| Staged {
-                path: temp.path().to_path_buf(),
-                _scratch: Some(temp),
-            })),
+            Storage::S3(store) => {
+                Ok(store
+                    .stage(blob, member, progress)
+                    .await?
+                    .map(|(temp, fetched)| Staged {
+                        path: temp.path().to_path_buf(),
+                        _scratch: Some(temp),
+                        fetched,
+                    }))
+            }
         }
     }
 

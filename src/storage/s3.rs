@@ -22,15 +22,19 @@ use object_store::path::Path as Key;
 use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::local::{LocalDisk, TempBlob};
-use super::{Progress, Unavailable};
+use super::{zip_ranges, Progress, Unavailable};
 
 /// The size of every part but the last. Parts are read back from the scratch file, so a
 /// transfer holds at most [`IN_FLIGHT`] of them in memory.
 pub const PART: u64 = 8 << 20;
 const IN_FLIGHT: usize = 3;
+
+/// Zip archives smaller than this are staged whole: reading their directory first would cost
+/// more round trips than it saves.
+const WHOLE_BELOW: u64 = 8 << 20;
 
 #[derive(Clone, Debug)]
 pub struct ObjectStorage {
@@ -179,44 +183,122 @@ impl ObjectStorage {
         }
     }
 
-    /// The whole object, written to a scratch file, with its progress; `None` when it is gone.
+    /// The object as a scratch file, with its progress, and how many bytes were downloaded;
+    /// `None` when it is gone. Of a big zip archive only the ranges a conversion of `member`
+    /// reads are downloaded, into a sparse file of the archive's size.
     pub async fn stage(
         &self,
         blob: &str,
+        member: Option<&str>,
         progress: &Progress<'_>,
-    ) -> std::io::Result<Option<TempBlob>> {
-        let got = match self.store.get(&self.blob_key(blob)?).await {
-            Ok(got) => got,
+    ) -> std::io::Result<Option<(TempBlob, u64)>> {
+        let key = self.blob_key(blob)?;
+        let size = match self.store.head(&key).await {
+            Ok(meta) => meta.size,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.error(e)),
         };
-        let size = got.meta.size;
-        self.scratch.check_room(size)?;
+        let ranges = match size >= WHOLE_BELOW {
+            true => self.zip_ranges(&key, size, member).await?,
+            false => None,
+        };
+        let ranges = ranges.unwrap_or_else(|| std::iter::once(0..size).collect());
+        let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        self.scratch.check_room(total)?;
         progress(0.0);
         let temp = self.scratch.temp(".source");
-        let mut file = tokio::io::BufWriter::with_capacity(
-            1 << 20,
-            tokio::fs::File::create(temp.path()).await?,
-        );
-        let mut stream = got.into_stream();
+        let mut file = tokio::fs::File::create(temp.path()).await?;
+        file.set_len(size).await?;
         let mut done = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.error(e))?;
-            file.write_all(&chunk).await?;
-            let before = done;
-            done += chunk.len() as u64;
-            if (before >> 20) != (done >> 20) {
-                self.scratch.check_room(0)?;
-                progress(done as f64 / size.max(1) as f64);
+        for range in ranges {
+            let options = GetOptions {
+                range: Some(GetRange::Bounded(range.clone())),
+                ..Default::default()
+            };
+            let got = self
+                .store
+                .get_opts(&key, options)
+                .await
+                .map_err(|e| self.error(e))?;
+            file.seek(std::io::SeekFrom::Start(range.start)).await?;
+            let mut out = tokio::io::BufWriter::with_capacity(1 << 20, &mut file);
+            let mut stream = got.into_stream();
+            let mut at = range.start;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| self.error(e))?;
+                out.write_all(&chunk).await?;
+                at += chunk.len() as u64;
+                let before = done;
+                done += chunk.len() as u64;
+                if (before >> 20) != (done >> 20) {
+                    self.scratch.check_room(0)?;
+                    progress(done as f64 / total.max(1) as f64);
+                }
+            }
+            out.flush().await?;
+            if at != range.end {
+                return Err(std::io::Error::other(Unavailable(format!(
+                    "the file storage sent bytes {}..{at} where {}..{} were asked for",
+                    range.start, range.start, range.end
+                ))));
             }
         }
-        file.flush().await?;
-        if done != size {
-            return Err(std::io::Error::other(Unavailable(format!(
-                "the file storage sent {done} of the object's {size} bytes"
-            ))));
+        Ok(Some((temp, done)))
+    }
+
+    /// What a conversion reads of the object at `key`, when it is a zip archive this can
+    /// read piecewise (see `zip_ranges`): sorted ranges that do not overlap.
+    async fn zip_ranges(
+        &self,
+        key: &Key,
+        size: u64,
+        member: Option<&str>,
+    ) -> std::io::Result<Option<Vec<std::ops::Range<u64>>>> {
+        let get = |range: std::ops::Range<u64>| async move {
+            self.store
+                .get_range(key, range)
+                .await
+                .map_err(|e| self.error(e))
+        };
+        if get(0..4).await?.as_ref() != b"PK\x03\x04" {
+            return Ok(None);
         }
-        Ok(Some(temp))
+        let tail_start = size.saturating_sub(zip_ranges::TAIL);
+        let tail = get(tail_start..size).await?;
+        let Some(directory) = zip_ranges::central_directory(&tail, size) else {
+            return Ok(None);
+        };
+        let listing = if directory.start >= tail_start {
+            let at = (directory.start - tail_start) as usize;
+            tail.slice(at..at + (directory.end - directory.start) as usize)
+        } else if directory.end - directory.start <= 64 << 20 {
+            get(directory.clone()).await?
+        } else {
+            return Ok(None);
+        };
+        let Some(members) = zip_ranges::members(&listing, directory.start) else {
+            return Ok(None);
+        };
+        let Some(mut ranges) = zip_ranges::needed(
+            &members,
+            member,
+            crate::convert::is_raster_name,
+            directory.start,
+        ) else {
+            return Ok(None);
+        };
+        // The worker tells a zip by its first bytes, and GDAL lists it from its directory.
+        ranges.push(0..4);
+        ranges.push(directory.start.min(tail_start)..size);
+        ranges.sort_by_key(|r| r.start);
+        let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            match merged.last_mut() {
+                Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+                _ => merged.push(range),
+            }
+        }
+        Ok(Some(merged))
     }
 
     /// `count` bytes of `blob` from `start`, streamed from the store.

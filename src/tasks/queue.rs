@@ -246,7 +246,8 @@ impl Workers {
         );
         let stages = async {
             let downloaded = |done: f64| report(2.0 * done, Phase::Downloading);
-            let staging = self.blobs.stage(&task.source_blob, &downloaded);
+            let member = task.options.subdataset.as_deref();
+            let staging = self.blobs.stage(&task.source_blob, member, &downloaded);
             let staged = tokio::select! {
                 staged = staging => staged,
                 _ = stop.cancelled() => return Err(Outcome::Stopped),
@@ -261,6 +262,7 @@ impl Workers {
                     "The source file was deleted before the conversion started.",
                 ))
             })?;
+            self.metrics.bytes_staged.inc_by(staged.fetched);
             let output = self.blobs.temp(".tif");
             let job = Job {
                 kind: JobKind::Convert,

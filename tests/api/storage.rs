@@ -555,3 +555,80 @@ async fn nodes_sharing_no_disk_convert_and_serve_each_others_files() {
         assert!(files_in(&node.data_dir().join("tmp")).is_empty());
     }
 }
+
+/// A zip archive of `members` (name, file) then 24 MiB of incompressible junk,
+/// made with Python's zipfile (deflated, as most zips are).
+fn zip_with_junk(name: &str, members: &[(&str, PathBuf)]) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    // The members first: the junk keeps them far from the directory at the end.
+    let mut script = String::from(
+        "import os, sys, zipfile\n\
+         with zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED) as z:\n",
+    );
+    for (member, file) in members {
+        script += &format!(
+            "    z.write({:?}, {member:?})\n",
+            file.display().to_string()
+        );
+    }
+    script += "    z.writestr('junk.bin', os.urandom(24 << 20))\n";
+    let status = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .arg(&path)
+        .status()
+        .expect("python3 runs");
+    assert!(status.success());
+    path
+}
+
+/// A node stages of a big zip archive only what the conversion reads: the directory and the
+/// raster (the one the options name, when there are several), not the junk beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zip_member_is_staged_only_as_far_as_needed() {
+    let bucket = TestBucket::new();
+    let server = bucket.server(&["--workers", "1"]).await;
+    let staged = || server.metric_or_zero("rastercast_staged_bytes_total");
+
+    let one = zip_with_junk("one-raster.zip", &[("inner/byte.tif", data("byte.tif"))]);
+    let zip_len = std::fs::metadata(&one).unwrap().len();
+    let status = server.convert_file(&one, json!({})).await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
+    let fetched = staged().await;
+    assert!(
+        fetched > 0.0 && fetched < 1_000_000.0,
+        "{fetched} of {zip_len} bytes downloaded"
+    );
+
+    let two = zip_with_junk(
+        "two-rasters.zip",
+        &[
+            ("a.tif", data("byte.tif")),
+            ("b.tif", data("float_nan.tif")),
+        ],
+    );
+    let status = server
+        .convert_file(&two, json!({"subdataset": "b.tif"}))
+        .await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
+    assert_eq!(
+        status["result"]["bands"][0]["data_type"], "Float32",
+        "{status}"
+    );
+    let more = staged().await - fetched;
+    assert!(more < 1_000_000.0, "{more} bytes downloaded");
+
+    // Without a choice the worker refuses it, having been given the whole archive to list.
+    let status = server.convert_file(&two, json!({})).await;
+    assert_eq!(status["state"], "FAILURE", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("2 rasters"),
+        "{status}"
+    );
+    eventually("scratch removed", Duration::from_secs(10), || async {
+        server.tmp_files().is_empty().then_some(())
+    })
+    .await;
+}
