@@ -35,6 +35,7 @@ const DRAIN: Duration = Duration::from_secs(3);
 
 impl App {
     pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
+        crate::memory::map_large_blocks();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
         let bus = Bus::new(config.bus_capacity.max(1), REPLAY_WINDOW);

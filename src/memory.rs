@@ -9,6 +9,18 @@ use tokio_util::sync::CancellationToken;
 
 const EVERY: Duration = Duration::from_secs(5);
 
+/// Makes blocks of 1 MiB and more (the parts of an upload to object storage) their own
+/// mappings, returned to the system when freed, rather than heap that a burst leaves behind:
+/// an upload of any size then holds only the parts in flight.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn map_large_blocks() {
+    // SAFETY: mallopt only changes glibc's allocation policy; called once, at start.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn map_large_blocks() {}
+
 /// Trims the heap every few seconds until `shutdown`.
 pub async fn trim_until(shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(EVERY);

@@ -53,11 +53,9 @@ pub async fn serve_item(
     })?;
     // Blobs never change once written, so the blob name is a strong validator.
     let etag = format!("\"{blob}\"");
-    let len = state
-        .blobs
-        .len(blob)
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?;
+    // The size recorded with the item is the blob's (blobs never change): no round trip to
+    // object storage before the one that reads.
+    let len = item.size;
 
     let mut common = HeaderMap::new();
     common.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
@@ -132,7 +130,7 @@ pub async fn serve_item(
         .blobs
         .read(blob, start, count)
         .await
-        .map_err(|e| AppError::Internal(e.into()))?;
+        .map_err(AppError::from_io)?;
     let body = Body::from_stream(bytes);
     Ok((status, common, body).into_response())
 }

@@ -204,14 +204,6 @@ impl Storage {
         }
     }
 
-    /// The size of `blob`.
-    pub async fn len(&self, blob: &str) -> std::io::Result<u64> {
-        match self {
-            Storage::Local(disk) => Ok(tokio::fs::metadata(local_path(disk, blob)?).await?.len()),
-            Storage::S3(store) => store.len(blob).await,
-        }
-    }
-
     /// `count` bytes of `blob` from `start`, as a stream that never holds the whole of it.
     pub async fn read(
         &self,

@@ -1045,11 +1045,25 @@ pub const S3_SECRET: &str = "rastercast-test-secret";
 
 impl TestBucket {
     pub fn new() -> TestBucket {
-        let out = std::process::Command::new(
+        Self::on_store(None)
+    }
+
+    /// A bucket on a SeaweedFS of the test's own, on `port`, that the test may stop and start
+    /// again ([`TestBucket::stop_store`], [`TestBucket::new_on_port`] once more).
+    pub fn new_on_port(port: u16) -> TestBucket {
+        Self::on_store(Some(port))
+    }
+
+    fn on_store(port: Option<u16>) -> TestBucket {
+        let mut script = std::process::Command::new(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-s3.sh"),
-        )
-        .output()
-        .expect("scripts/test-s3.sh runs");
+        );
+        if let Some(port) = port {
+            script
+                .env("RASTERCAST_TEST_S3_PORT", port.to_string())
+                .env_remove("RASTERCAST_TEST_S3_ENDPOINT");
+        }
+        let out = script.output().expect("scripts/test-s3.sh runs");
         assert!(
             out.status.success(),
             "{}",
@@ -1069,6 +1083,24 @@ impl TestBucket {
             endpoint,
             prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
             store,
+        }
+    }
+
+    /// Kills the SeaweedFS on `port` (one of [`TestBucket::new_on_port`]), as a crash would,
+    /// and waits until it is gone; its data stays, for a start again.
+    pub fn stop_store(port: u16) {
+        let pattern = format!("-s3.port={port} ");
+        let _ = std::process::Command::new("pkill")
+            .args(["-KILL", "-f", "--", &pattern])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::process::Command::new("pgrep")
+            .args(["-f", "--", &pattern])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(Instant::now() < deadline, "SeaweedFS on {port} stops");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

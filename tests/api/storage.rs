@@ -632,3 +632,68 @@ async fn a_zip_member_is_staged_only_as_far_as_needed() {
     })
     .await;
 }
+
+/// SeaweedFS of this test's own: stopped and started again under a running server.
+const RESTARTED_STORE_PORT: u16 = 18533;
+
+/// The store killed and restarted mid-upload: the upload gets a clear 503 and leaves no item; once the
+/// store is back, the server is healthy again, takes uploads, and collects what the broken
+/// upload left in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_restarted_mid_upload_is_a_clear_error_and_nothing_half_visible() {
+    let bucket = TestBucket::new_on_port(RESTARTED_STORE_PORT);
+    let server = bucket.server(&["--orphan-min-age-secs", "1"]).await;
+
+    let (tx, request) = feed_upload(&server, "restarted.bin");
+    for _ in 0..9 {
+        tx.send(Ok(vec![5u8; MIB])).await.unwrap();
+    }
+    eventually(
+        "a multipart upload in flight",
+        Duration::from_secs(20),
+        || async { (bucket.multipart_uploads() > 0).then_some(()) },
+    )
+    .await;
+    tokio::task::spawn_blocking(|| TestBucket::stop_store(RESTARTED_STORE_PORT))
+        .await
+        .unwrap();
+    let sender = tokio::spawn(async move {
+        for _ in 0..12 {
+            if tx.send(Ok(vec![5u8; MIB])).await.is_err() {
+                break;
+            }
+        }
+    });
+    let res = tokio::time::timeout(Duration::from_secs(60), request)
+        .await
+        .expect("the upload is answered")
+        .unwrap()
+        .unwrap();
+    sender.abort();
+    let (code, body) = json_of(res).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "storage_unavailable", "{body}");
+
+    // Back: nothing of the broken upload is visible, new uploads work, and its remains go.
+    tokio::task::spawn_blocking(|| TestBucket::new_on_port(RESTARTED_STORE_PORT))
+        .await
+        .unwrap();
+    eventually("healthy again", Duration::from_secs(60), || async {
+        (server.healthz().await == 200).then_some(())
+    })
+    .await;
+    let (_, items) = server.get_json("/tree-items", &server.token).await;
+    assert_eq!(items, json!([]), "no item appeared");
+    let item = server.upload(&data("byte.tif")).await;
+    assert_eq!(item["size"], 736);
+    eventually(
+        "the broken upload collected",
+        Duration::from_secs(60),
+        || async {
+            (bucket.multipart_uploads() == 0 && bucket.objects("uploads").await.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(bucket.objects("blobs").await.len(), 1);
+}
