@@ -36,6 +36,9 @@ const IN_FLIGHT: usize = 3;
 /// more round trips than it saves.
 const WHOLE_BELOW: u64 = 8 << 20;
 
+/// How a marker whose upload was aborted once begins (see [`ObjectStorage::collect`]).
+const ABORTED: &str = "aborted ";
+
 #[derive(Clone, Debug)]
 pub struct ObjectStorage {
     store: Arc<AmazonS3>,
@@ -345,8 +348,8 @@ impl ObjectStorage {
     }
 
     /// Objects no item refers to, and multipart uploads whose node never finished them, both
-    /// older than `min_age` (other nodes may be between upload and commit). Returns how many
-    /// were removed.
+    /// older than `min_age` (other nodes may be between upload and commit); an upload's marker
+    /// goes after its second abort, `min_age` after the first. Returns how many were removed.
     pub async fn collect(
         &self,
         referenced: &HashSet<String>,
@@ -364,18 +367,38 @@ impl ObjectStorage {
             let Some(name) = meta.location.filename().map(str::to_string) else {
                 continue;
             };
-            if let Ok(marker) = self.store.get(&meta.location).await {
-                if let Ok(id) = marker.bytes().await {
-                    let id = String::from_utf8_lossy(&id).into_owned();
-                    let key = self.key(&format!("blobs/{name}"));
-                    if let Err(e) = self.store.abort_multipart(&key, &id).await {
-                        tracing::debug!(error = %root_cause(&e), "an abandoned multipart upload was already gone");
-                    }
-                }
-            }
-            match self.store.delete(&meta.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+            let marker = match self.store.get(&meta.location).await {
+                Ok(got) => got.bytes().await.map_err(|e| self.error(e))?,
+                Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(self.error(e)),
+            };
+            let marker = String::from_utf8_lossy(&marker).into_owned();
+            let (id, aborted_once) = match marker.strip_prefix(ABORTED) {
+                Some(id) => (id.to_string(), true),
+                None => (marker, false),
+            };
+            let key = self.key(&format!("blobs/{name}"));
+            self.store
+                .abort_multipart(&key, &id)
+                .await
+                .or_else(|e| match e {
+                    object_store::Error::NotFound { .. } => Ok(()),
+                    e => Err(self.error(e)),
+                })?;
+            // Some stores acknowledge an abort they did not do (SeaweedFS, just after a
+            // crash) and every one acknowledges aborting an upload it no longer knows: the
+            // marker goes only after a second abort, one collection later.
+            if aborted_once {
+                match self.store.delete(&meta.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+                    Err(e) => return Err(self.error(e)),
+                }
+            } else {
+                let again = format!("{ABORTED}{id}");
+                self.store
+                    .put(&meta.location, again.into())
+                    .await
+                    .map_err(|e| self.error(e))?;
             }
         }
         let mut blobs = self.store.list(Some(&self.key("blobs")));

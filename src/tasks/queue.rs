@@ -253,9 +253,13 @@ impl Workers {
                 _ = stop.cancelled() => return Err(Outcome::Stopped),
             }
             .map_err(|e| {
-                Outcome::Failed(Failure::transient(format!(
-                    "The source file could not be read from storage: {e}"
-                )))
+                Outcome::Failed(Failure::transient(
+                    if e.raw_os_error() == Some(libc::ENOSPC) {
+                        "The server ran out of disk space while copying the source from storage; nothing was kept. Try again once space is freed.".to_string()
+                    } else {
+                        format!("The source file could not be read from storage: {e}")
+                    },
+                ))
             })?
             .ok_or_else(|| {
                 Outcome::Failed(Failure::permanent(

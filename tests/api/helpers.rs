@@ -67,9 +67,18 @@ impl TestServer {
     /// of its own, made by `unshare`, so no privileges are needed). The disk lives as long as
     /// the process: look at it through [`TestServer::view`].
     pub async fn start_on_small_disk(mb: u32, args: &[&str]) -> TestServer {
+        Self::start_on_small_disk_with_env(mb, args, &[]).await
+    }
+
+    /// [`TestServer::start_on_small_disk`], with `env` set for the server.
+    pub async fn start_on_small_disk_with_env(
+        mb: u32,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let mount = format!("mount -t tmpfs -o size={mb}m tmpfs \"$0\" && exec \"$@\"");
         let wrapper = ["unshare", "--mount", "--map-root-user", "sh", "-c", &mount];
-        Self::start_wrapped(&wrapper, args, &[]).await
+        Self::start_wrapped(&wrapper, args, env).await
     }
 
     async fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> TestServer {

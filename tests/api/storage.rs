@@ -80,6 +80,21 @@ fn feed_upload(
 
 const MIB: usize = 1 << 20;
 
+/// Waits until a multipart upload is in flight, its marker written. (A node that dies between
+/// starting a multipart upload and writing its marker, one request later, leaves an upload
+/// only the store's own expiry rules remove: see the README.)
+async fn in_flight(bucket: &TestBucket) {
+    eventually(
+        "a multipart upload in flight, with its marker",
+        Duration::from_secs(20),
+        || async {
+            (bucket.multipart_uploads() > 0 && !bucket.objects("uploads").await.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_live_in_the_bucket_and_read_back_with_ranges_and_etags() {
     let bucket = TestBucket::new();
@@ -222,12 +237,7 @@ async fn an_upload_cut_off_or_over_the_limit_leaves_no_object() {
     for _ in 0..17 {
         tx.send(Ok(vec![1u8; MIB])).await.unwrap();
     }
-    eventually(
-        "a multipart upload in flight",
-        Duration::from_secs(20),
-        || async { (bucket.multipart_uploads() > 0).then_some(()) },
-    )
-    .await;
+    in_flight(&bucket).await;
     request.abort();
     drop(tx);
     eventually(
@@ -354,12 +364,7 @@ async fn storage_out_of_reach_is_a_503_and_a_retry_and_leaves_nothing_half_visib
     for _ in 0..9 {
         tx.send(Ok(vec![3u8; MIB])).await.unwrap();
     }
-    eventually(
-        "a multipart upload in flight",
-        Duration::from_secs(20),
-        || async { (bucket.multipart_uploads() > 0).then_some(()) },
-    )
-    .await;
+    in_flight(&bucket).await;
     cable.cut();
     let sender = tokio::spawn(async move {
         for _ in 0..12 {
@@ -648,12 +653,7 @@ async fn the_store_restarted_mid_upload_is_a_clear_error_and_nothing_half_visibl
     for _ in 0..9 {
         tx.send(Ok(vec![5u8; MIB])).await.unwrap();
     }
-    eventually(
-        "a multipart upload in flight",
-        Duration::from_secs(20),
-        || async { (bucket.multipart_uploads() > 0).then_some(()) },
-    )
-    .await;
+    in_flight(&bucket).await;
     tokio::task::spawn_blocking(|| TestBucket::stop_store(RESTARTED_STORE_PORT))
         .await
         .unwrap();
@@ -696,4 +696,72 @@ async fn the_store_restarted_mid_upload_is_a_clear_error_and_nothing_half_visibl
     )
     .await;
     assert_eq!(bucket.objects("blobs").await.len(), 1);
+}
+
+/// Staging a source from object storage counts against the disk reserve: with no room on
+/// the node's scratch disk the conversion fails with the disk-space sentence and keeps
+/// nothing, and once there is room again, a retry succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_counts_against_the_disk_reserve() {
+    let bucket = TestBucket::new();
+    let storage = bucket.storage();
+    let env = TestBucket::env_for(&bucket.endpoint);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // 24 MiB of scratch disk, 4 of them kept free.
+    let server = TestServer::start_on_small_disk_with_env(
+        24,
+        &[
+            "--storage",
+            &storage,
+            "--min-free-disk-mb",
+            "4",
+            "--max-attempts",
+            "1",
+        ],
+        &env,
+    )
+    .await;
+    // 6.4 MB fits; then most of the disk is taken by something else.
+    let source = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rgb-1500.tif");
+    if !source.exists() {
+        gdal_translate(&[
+            "-outsize",
+            "1500",
+            "1500",
+            data("RGB.byte.tif").to_str().unwrap(),
+            source.to_str().unwrap(),
+        ]);
+    }
+    let item = server.upload(&source).await;
+    let filler = server.view("filler.bin");
+    std::fs::write(&filler, vec![0u8; 12 << 20]).unwrap();
+
+    let task = server.convert(&item, json!({})).await;
+    let status = server.wait_final(task["task_id"].as_str().unwrap()).await;
+    assert_eq!(status["state"], "FAILURE", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("ran out of disk space"),
+        "{status}"
+    );
+    assert!(server.tmp_files().is_empty(), "nothing kept");
+
+    std::fs::remove_file(&filler).unwrap();
+    let res = server
+        .req(
+            Method::POST,
+            &format!("/tasks/{}/retry", task["task_id"].as_str().unwrap()),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    let (code, retried) = json_of(res).await;
+    assert!(code.is_success(), "{retried}");
+    let status = server
+        .wait_final(retried["task_id"].as_str().unwrap())
+        .await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
 }
