@@ -3,7 +3,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { startServer, launch, data, bigRaster, root } from './server.mjs';
+import { startServer, launch, data, bigRaster, root, objectStorage } from './server.mjs';
 
 // Screenshots for a person to look at after a run.
 const shots = path.join(root, 'target/screenshots');
@@ -15,8 +15,8 @@ before(async () => { browser = await launch(); });
 after(async () => { await browser.close(); });
 
 /// A signed-in page on a fresh server, with page errors collected.
-async function signedIn(t, { viewport = { width: 1200, height: 900 }, init } = {}) {
-  const server = await startServer();
+async function signedIn(t, { viewport = { width: 1200, height: 900 }, init, args = [], env = {} } = {}) {
+  const server = await startServer(args, env);
   t.after(() => server.stop());
   const context = await browser.newContext({ viewport });
   t.after(() => context.close());
@@ -76,6 +76,42 @@ test('sign-in from the printed URL, upload, convert, and a map drawn from the CO
 
   await page.click('#sign-out');
   await page.waitForSelector('#sign-in:not([hidden])');
+});
+
+test('on object storage: the transfers show as phases, and the map reads the COG from the bucket', async (t) => {
+  const { page, errors } = await signedIn(t, objectStorage());
+  await upload(page, bigRaster(), 'big-8192x8192x3.tif');
+  // Every sentence the task's status line shows.
+  await page.evaluate(() => {
+    window.lines = new Set();
+    new MutationObserver(() => {
+      for (const line of document.querySelectorAll('#tasks li .status')) window.lines.add(line.textContent.split(' · ')[0]);
+    }).observe(document.getElementById('tasks'), { subtree: true, characterData: true, childList: true });
+  });
+  await convert(page, 'big-8192x8192x3.tif');
+  const row = task(page, 'big-8192x8192x3.tif');
+  await row.locator('.state.SUCCESS').waitFor({ timeout: 120000 });
+  const lines = await page.evaluate(() => [...window.lines]);
+  assert.ok(lines.includes('Downloading source'), `phases shown: ${lines}`);
+  assert.ok(lines.includes('Uploading result'), `phases shown: ${lines}`);
+
+  const ranges = [];
+  page.on('request', (r) => { if (r.url().includes('/content') && r.headers().range) ranges.push(r.headers().range); });
+  await row.locator('text=Show on map').click();
+  await page.waitForFunction(() => document.getElementById('map-caption').textContent === 'big-8192x8192x3.tif');
+  // This raster is black where it has data and nodata (transparent) elsewhere: count the
+  // pixels drawn opaque, once its overview has arrived.
+  const painted = await page.waitForFunction(() => {
+    const c = document.getElementById('map');
+    const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 3; i < px.length; i += 4) if (px[i] > 0) n++;
+    return n > 10000 && n;
+  }, null, { timeout: 30000, polling: 200 }).then((h) => h.jsonValue());
+  assert.ok(painted > 10000, `the map drew ${painted} pixels`);
+  assert.ok(ranges.length > 0, 'the COG was read from the bucket with Range requests');
+  await shot(page, 'object-storage');
+  assert.deepEqual(errors, []);
 });
 
 test('progress advances live, and a long conversion can be cancelled', async (t) => {

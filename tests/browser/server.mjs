@@ -11,11 +11,11 @@ export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const data = (name) => path.resolve(root, '../shared/data', name);
 const binary = path.join(root, 'target/debug/rastercast');
 
-export async function startServer(args = []) {
+export async function startServer(args = [], env = {}) {
   if (!existsSync(binary)) throw new Error(`build first: ${binary} is missing (cargo build)`);
   const dir = mkdtempSync(path.join(tmpdir(), 'rastercast-browser-'));
   const child = spawn(binary, ['serve', '--addr', '127.0.0.1:0', '--data-dir', dir, ...args], {
-    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'rastercast=warn' },
+    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'rastercast=warn', ...env },
   });
   const lines = readline.createInterface({ input: child.stdout });
   let token = null;
@@ -37,6 +37,20 @@ export async function startServer(args = []) {
       return out.trim().split('\n').pop().trim();
     },
     async stop() { child.kill('SIGTERM'); await new Promise((r) => child.on('exit', r)); rmSync(dir, { recursive: true, force: true }); },
+  };
+}
+
+/// `--storage` and the AWS variables for a prefix of its own in the test bucket of the
+/// S3-compatible store that scripts/test-s3.sh finds or starts (SeaweedFS).
+export function objectStorage() {
+  const endpoint = execFileSync(path.join(root, 'scripts/test-s3.sh'), { encoding: 'utf8' }).trim();
+  const prefix = 'browser-' + Math.random().toString(16).slice(2);
+  return {
+    args: ['--storage', `s3://rastercast-test/${prefix}`],
+    env: {
+      AWS_ACCESS_KEY_ID: 'rastercast-test', AWS_SECRET_ACCESS_KEY: 'rastercast-test-secret',
+      AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: endpoint,
+    },
   };
 }
 
