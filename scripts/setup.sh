@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 packages=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
-for pkg in libgdal-dev gdal-bin libsqlite3-dev pkg-config build-essential curl ca-certificates; do
+for pkg in libgdal-dev gdal-bin libsqlite3-dev pkg-config build-essential curl ca-certificates procps; do
     have_pkg "$pkg" || packages+=("$pkg")
 done
 if [ "${1:-}" = "--browser" ]; then
