@@ -8,6 +8,7 @@ pub mod job;
 pub mod options;
 pub mod state;
 pub mod task;
+pub mod tus;
 
 pub use event::{Announce, Event, EventKind};
 pub use state::{TaskState, Transition};
