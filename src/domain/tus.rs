@@ -124,7 +124,7 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// The digest's length in bytes.
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             Algorithm::Sha1 => 20,
             Algorithm::Sha256 => 32,
@@ -141,17 +141,19 @@ pub fn checksum(header: &str) -> Result<(Algorithm, Vec<u8>), HeaderError> {
     let algorithm = match name.to_ascii_lowercase().as_str() {
         "sha1" => Algorithm::Sha1,
         "sha256" => Algorithm::Sha256,
-        other => return refuse(format!(
+        other => {
+            return refuse(format!(
             "The checksum algorithm {other:?} is not supported; use one of {CHECKSUM_ALGORITHMS}."
-        )),
+        ))
+        }
     };
     let digest = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .or_else(|_| refuse("The Upload-Checksum digest is not Base64."))?;
-    if digest.len() != algorithm.len() {
+    if digest.len() != algorithm.digest_len() {
         return refuse(format!(
             "A {name} digest is {} bytes; this one is {}.",
-            algorithm.len(),
+            algorithm.digest_len(),
             digest.len()
         ));
     }
