@@ -341,7 +341,7 @@ async fn object_storage(
     let endpoint = String::from_utf8(out.stdout)?.trim().to_string();
     let rows = object_storage_rows(client, runs, quick, &endpoint).await;
     let _ = std::process::Command::new("pkill")
-        .args(["-f", "--", &format!("-s3.port={BENCH_S3_PORT} ")])
+        .args(["-KILL", "-f", "--", &format!("-s3.port={BENCH_S3_PORT} ")])
         .status();
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
