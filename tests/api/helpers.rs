@@ -1184,27 +1184,44 @@ impl TestBucket {
         id
     }
 
-    /// Multipart uploads in flight under this prefix, as the store lists them.
-    pub fn multipart_uploads(&self) -> usize {
-        // curl signs the query only when it is sorted and every key has a value.
+    /// Runs curl, signed with the test credentials, against `path_and_query` of the bucket;
+    /// its output, if it succeeded. (curl signs a query only when it is sorted and every key
+    /// has a value.)
+    fn curl(&self, method: &str, path_and_query: &str) -> Option<String> {
         let out = std::process::Command::new("curl")
-            .args([
-                "-sf",
-                "--max-time",
-                "10",
-                "--aws-sigv4",
-                "aws:amz:us-east-1:s3",
-            ])
+            .args(["-sf", "--max-time", "10", "-X", method])
+            .args(["--aws-sigv4", "aws:amz:us-east-1:s3"])
             .args(["--user", &format!("{S3_KEY}:{S3_SECRET}")])
-            .arg(format!(
-                "{}/{BUCKET}?prefix={}%2F&uploads=",
-                self.endpoint, self.prefix
-            ))
+            .arg(format!("{}/{BUCKET}{path_and_query}", self.endpoint))
             .output()
             .expect("curl runs");
-        assert!(out.status.success(), "listing multipart uploads");
-        String::from_utf8_lossy(&out.stdout)
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Multipart uploads in flight under this prefix, as the store lists them.
+    pub fn multipart_uploads(&self) -> usize {
+        self.curl("GET", &format!("?prefix={}%2F&uploads=", self.prefix))
+            .expect("listing multipart uploads")
             .matches("<UploadId>")
             .count()
+    }
+}
+
+impl Drop for TestBucket {
+    /// Deletes what the test left under its prefix, so that the store the tests share stays
+    /// small however often they run (SeaweedFS reclaims deleted space in the background).
+    fn drop(&mut self) {
+        let listing = self
+            .curl("GET", &format!("?list-type=2&prefix={}%2F", self.prefix))
+            .unwrap_or_default();
+        for key in listing
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split('<').next())
+        {
+            self.curl("DELETE", &format!("/{key}"));
+        }
     }
 }
