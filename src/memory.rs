@@ -15,12 +15,7 @@ const EVERY: Duration = Duration::from_secs(5);
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn map_large_blocks() {
     // SAFETY: mallopt only changes glibc's allocation policy; called once, at start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        // A fixed mapping threshold also fixes the trim threshold, at 128 KiB: the heap would
-        // shrink and grow again with every burst of small requests. `trim_until` trims it.
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-    }
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
