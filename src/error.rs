@@ -121,7 +121,7 @@ impl AppError {
     pub fn from_io(e: std::io::Error) -> AppError {
         if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
             AppError::InsufficientStorage
-        } else if crate::storage::is_unavailable(&e) {
+        } else if find::<crate::storage::Unavailable>(&e).is_some() {
             tracing::warn!(error = %e, "the file storage failed");
             AppError::StorageUnavailable
         } else {

@@ -37,11 +37,6 @@ pub type Progress<'a> = dyn Fn(f64) + Send + Sync + 'a;
 #[error("{0}")]
 pub struct Unavailable(pub String);
 
-/// Whether `e` says the blob store is out of reach (see [`Unavailable`]).
-pub fn is_unavailable(e: &std::io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<Unavailable>())
-}
-
 /// A blob as a local file, for as long as this lives (a worker reads it by path).
 pub struct Staged {
     path: PathBuf,

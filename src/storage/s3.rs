@@ -185,7 +185,6 @@ impl ObjectStorage {
             source: temp.path().to_path_buf(),
             multipart: None,
             sent: 0,
-            available: 0,
         }
     }
 
@@ -217,21 +216,12 @@ impl ObjectStorage {
         file.set_len(size).await?;
         let mut done = 0u64;
         for range in ranges {
-            let options = GetOptions {
-                range: Some(GetRange::Bounded(range.clone())),
-                ..Default::default()
-            };
-            let got = self
-                .store
-                .get_opts(&key, options)
-                .await
-                .map_err(|e| self.error(e))?;
+            let mut stream = self.get_stream(&key, range.clone()).await?;
             file.seek(std::io::SeekFrom::Start(range.start)).await?;
             let mut out = tokio::io::BufWriter::with_capacity(1 << 20, &mut file);
-            let mut stream = got.into_stream();
             let mut at = range.start;
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| self.error(e))?;
+                let chunk = chunk?;
                 out.write_all(&chunk).await?;
                 at += chunk.len() as u64;
                 let before = done;
@@ -307,6 +297,25 @@ impl ObjectStorage {
         Ok(Some(merged))
     }
 
+    /// The bytes of `range` of the object at `key`, as they arrive.
+    async fn get_stream(
+        &self,
+        key: &Key,
+        range: std::ops::Range<u64>,
+    ) -> std::io::Result<BoxStream<'static, std::io::Result<Bytes>>> {
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            ..Default::default()
+        };
+        let got = self
+            .store
+            .get_opts(key, options)
+            .await
+            .map_err(|e| self.error(e))?;
+        let this = self.clone();
+        Ok(got.into_stream().map_err(move |e| this.error(e)).boxed())
+    }
+
     /// `count` bytes of `blob` from `start`, streamed from the store.
     pub async fn read(
         &self,
@@ -320,17 +329,7 @@ impl ObjectStorage {
             self.store.head(&key).await.map_err(|e| self.error(e))?;
             return Ok(futures_util::stream::empty().boxed());
         }
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(start..start + count)),
-            ..Default::default()
-        };
-        let got = self
-            .store
-            .get_opts(&key, options)
-            .await
-            .map_err(|e| self.error(e))?;
-        let this = self.clone();
-        Ok(got.into_stream().map_err(move |e| this.error(e)).boxed())
+        self.get_stream(&key, start..start + count).await
     }
 
     pub async fn remove(&self, blobs: Vec<String>) {
@@ -429,8 +428,6 @@ pub struct Upload {
     multipart: Option<Multipart>,
     /// Bytes of the scratch file already handed to parts.
     sent: u64,
-    /// Bytes of the scratch file written and flushed so far.
-    available: u64,
 }
 
 /// A multipart upload in flight. Dropped unfinished (a request cut off, a task cancelled),
@@ -470,10 +467,9 @@ impl Drop for Multipart {
 }
 
 impl Upload {
-    /// `bytes` more of the scratch file are written and flushed: sends every whole part.
+    /// The scratch file holds `available` bytes, written and flushed: sends every whole part.
     pub async fn advance(&mut self, available: u64) -> std::io::Result<()> {
-        self.available = available;
-        while self.available - self.sent >= PART {
+        while available - self.sent >= PART {
             self.send_part(PART).await?;
         }
         Ok(())
@@ -486,7 +482,7 @@ impl Upload {
                 .create_multipart(&self.key)
                 .await
                 .map_err(|e| self.storage.error(e))?;
-            let mut multipart = Multipart {
+            let multipart = Multipart {
                 store: store.clone(),
                 key: self.key.clone(),
                 marker: self.marker.clone(),
@@ -496,11 +492,11 @@ impl Upload {
                 inflight: FuturesOrdered::new(),
                 finished: false,
             };
-            if let Err(e) = store.put(&self.marker, id.into()).await {
-                multipart.finished = true;
-                let _ = store.abort_multipart(&self.key, &multipart.id).await;
-                return Err(self.storage.error(e));
-            }
+            // Without its marker no one could find the upload again: dropped, it is aborted.
+            store
+                .put(&self.marker, id.into())
+                .await
+                .map_err(|e| self.storage.error(e))?;
             self.multipart = Some(multipart);
         }
         let multipart = self.multipart.as_mut().expect("started above");
@@ -538,59 +534,52 @@ impl Upload {
     /// scratch file's bytes (size, and the ETag S3 derives from the parts' MD5s). Returns
     /// the blob's name; the object is not referenced by anything yet.
     pub async fn finish(mut self, size: u64, progress: &Progress<'_>) -> std::io::Result<String> {
-        self.available = size;
         let storage = self.storage.clone();
         progress(self.sent as f64 / size.max(1) as f64);
-        let expected = match self.multipart.is_some() || size > PART {
-            false => {
-                let data = tokio::fs::read(&self.source).await?;
-                let digest = hex::encode(Md5::digest(&data));
-                let put = storage.store.put(&self.key, data.into()).await;
-                let put = put.map_err(|e| storage.error(e))?;
-                progress(1.0);
-                check_etag(put.e_tag.as_deref(), &digest)?;
-                digest
+        let expected = if self.multipart.is_none() && size <= PART {
+            let data = tokio::fs::read(&self.source).await?;
+            let digest = hex::encode(Md5::digest(&data));
+            storage
+                .store
+                .put(&self.key, data.into())
+                .await
+                .map_err(|e| storage.error(e))?;
+            digest
+        } else {
+            while size > self.sent {
+                self.send_part(PART.min(size - self.sent)).await?;
+                progress(self.sent as f64 / size.max(1) as f64);
             }
-            true => {
-                while self.available > self.sent {
-                    let len = PART.min(self.available - self.sent);
-                    self.send_part(len).await?;
-                    progress(self.sent as f64 / size.max(1) as f64);
-                }
-                let mut multipart = self.multipart.take().expect("parts were sent");
-                while !multipart.inflight.is_empty() {
-                    multipart
-                        .collect_one()
-                        .await
-                        .map_err(|e| storage.error(e))?;
-                }
-                let parts = std::mem::take(&mut multipart.parts);
-                let count = parts.len();
-                let done = storage
-                    .store
-                    .complete_multipart(&multipart.key, &multipart.id, parts)
+            let mut multipart = self.multipart.take().expect("parts were sent");
+            while !multipart.inflight.is_empty() {
+                multipart
+                    .collect_one()
                     .await
                     .map_err(|e| storage.error(e))?;
-                multipart.finished = true;
-                let _ = storage.store.delete(&multipart.marker).await;
-                let expected = format!("{}-{count}", hex::encode(Md5::digest(&multipart.digests)));
-                if let Err(e) = check_etag(done.e_tag.as_deref(), &expected) {
-                    storage.remove(vec![self.name.clone()]).await;
-                    return Err(e);
-                }
-                expected
             }
+            let parts = std::mem::take(&mut multipart.parts);
+            let count = parts.len();
+            storage
+                .store
+                .complete_multipart(&multipart.key, &multipart.id, parts)
+                .await
+                .map_err(|e| storage.error(e))?;
+            multipart.finished = true;
+            let _ = storage.store.delete(&multipart.marker).await;
+            format!("{}-{count}", hex::encode(Md5::digest(&multipart.digests)))
         };
+        progress(1.0);
         let stored = storage
             .store
             .head(&self.key)
             .await
             .map_err(|e| storage.error(e))?;
-        if stored.size != size || stored.e_tag.as_deref().map(unquote) != Some(expected.as_str()) {
+        let etag = stored.e_tag.as_deref().map(unquote);
+        if stored.size != size || !etag.is_some_and(|etag| etag.eq_ignore_ascii_case(&expected)) {
             storage.remove(vec![self.name.clone()]).await;
             return Err(std::io::Error::other(Unavailable(format!(
-                "the file storage holds {} bytes (ETag {:?}) where {size} were sent",
-                stored.size, stored.e_tag
+                "the file storage holds {} bytes with ETag {etag:?} where {size} bytes with ETag {expected:?} were sent",
+                stored.size
             ))));
         }
         Ok(self.name)
@@ -627,15 +616,6 @@ async fn read_part(
 
 fn unquote(etag: &str) -> &str {
     etag.trim_start_matches("W/").trim_matches('"')
-}
-
-fn check_etag(got: Option<&str>, expected: &str) -> std::io::Result<()> {
-    match got.map(unquote) {
-        Some(got) if got.eq_ignore_ascii_case(expected) => Ok(()),
-        got => Err(std::io::Error::other(Unavailable(format!(
-            "the file storage acknowledged the upload with ETag {got:?}, not the {expected:?} its bytes give"
-        )))),
-    }
 }
 
 fn shown(endpoint: &str) -> &str {

@@ -55,40 +55,43 @@ impl TestServer {
     }
 
     pub async fn start_with(args: &[&str]) -> TestServer {
-        Self::start_wrapped(&[], args, &[]).await
+        Self::start_wrapped(&[], args, Vec::new()).await
     }
 
     /// Starts the server with `env` set in its environment (its workers inherit it).
-    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
-        Self::start_wrapped(&[], args, env).await
+    pub async fn start_with_env(
+        args: &[&str],
+        env: &[(impl AsRef<str>, impl AsRef<str>)],
+    ) -> TestServer {
+        Self::start_wrapped(&[], args, owned(env)).await
     }
 
     /// Starts the server with its data dir on a disk of `mb` MiB (a tmpfs in a mount namespace
     /// of its own, made by `unshare`, so no privileges are needed). The disk lives as long as
     /// the process: look at it through [`TestServer::view`].
     pub async fn start_on_small_disk(mb: u32, args: &[&str]) -> TestServer {
-        Self::start_on_small_disk_with_env(mb, args, &[]).await
+        Self::start_on_small_disk_with_env(mb, args, &[] as &[(&str, &str)]).await
     }
 
     /// [`TestServer::start_on_small_disk`], with `env` set for the server.
     pub async fn start_on_small_disk_with_env(
         mb: u32,
         args: &[&str],
-        env: &[(&str, &str)],
+        env: &[(impl AsRef<str>, impl AsRef<str>)],
     ) -> TestServer {
         let mount = format!("mount -t tmpfs -o size={mb}m tmpfs \"$0\" && exec \"$@\"");
         let wrapper = ["unshare", "--mount", "--map-root-user", "sh", "-c", &mount];
-        Self::start_wrapped(&wrapper, args, env).await
+        Self::start_wrapped(&wrapper, args, owned(env)).await
     }
 
-    async fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> TestServer {
+    async fn start_wrapped(
+        wrapper: &[&str],
+        args: &[&str],
+        env: Vec<(String, String)>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let wrapper: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
         let (child, url, token) = spawn(dir.path(), &args, &wrapper, &env).await;
         TestServer {
             child: Some(child),
@@ -148,13 +151,14 @@ impl TestServer {
     }
 
     /// Another node with a data dir of its own: nodes on object storage share no disk.
-    pub async fn beside(&self, args: &[&str], env: &[(&str, &str)]) -> TestServer {
+    pub async fn beside(
+        &self,
+        args: &[&str],
+        env: &[(impl AsRef<str>, impl AsRef<str>)],
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env = owned(env);
         let (child, url, _) = spawn(dir.path(), &args, &[], &env).await;
         TestServer {
             child: Some(child),
@@ -609,6 +613,39 @@ pub fn alive(pid: i32) -> bool {
                 .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+/// Environment variables as the server is given them.
+fn owned(env: &[(impl AsRef<str>, impl AsRef<str>)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
+        .collect()
+}
+
+/// `name` in the tests' own temp dir, made once from the sample raster `source` by
+/// gdal_translate with `args` (written aside and renamed, so a test never reads half of it).
+pub fn generated_raster(name: &str, source: &str, args: &[&str]) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    if !path.exists() {
+        let partial = path.with_extension(format!("{}.part.tif", uuid::Uuid::new_v4().simple()));
+        let source = data(source);
+        let mut all = args.to_vec();
+        all.extend([source.to_str().unwrap(), partial.to_str().unwrap()]);
+        gdal_translate(&all);
+        std::fs::rename(&partial, &path).unwrap();
+    }
+    path
+}
+
+/// `gdalinfo TARGET` from a shell with no settings (only `PATH`), as a user would run it.
+pub async fn gdalinfo(target: &str) -> std::process::Output {
+    tokio::process::Command::new("gdalinfo")
+        .arg(target)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .await
+        .expect("gdalinfo runs")
 }
 
 /// Makes a raster with gdal_translate (from gdal-bin), as a test fixture.
@@ -1143,9 +1180,7 @@ impl TestBucket {
         let storage = self.storage();
         let mut all = vec!["--storage", storage.as_str()];
         all.extend_from_slice(args);
-        let env = Self::env_for(endpoint);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        TestServer::start_with_env(&all, &env).await
+        TestServer::start_with_env(&all, &Self::env_for(endpoint)).await
     }
 
     /// The objects under `folder` (`blobs`, `uploads`) of this prefix: (name, size).

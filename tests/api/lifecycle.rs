@@ -1,45 +1,36 @@
 //! Cancellation, timeouts, graceful restarts and crashes: no task is lost or left stuck.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{alive, children_of, data, gdal_translate, TestServer};
+use crate::helpers::{alive, children_of, data, generated_raster, TestServer};
 
-/// An 8192×8192 3-band raster made from shade.tif, generated once per test run.
+/// An 8192×8192 3-band raster made from shade.tif, generated once.
 pub fn big_raster() -> PathBuf {
-    static BIG: OnceLock<PathBuf> = OnceLock::new();
-    BIG.get_or_init(|| {
-        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("big-8192x8192x3.tif");
-        if !path.exists() {
-            let partial = path.with_extension("part.tif");
-            gdal_translate(&[
-                "-outsize",
-                "8192",
-                "8192",
-                "-b",
-                "1",
-                "-b",
-                "1",
-                "-b",
-                "1",
-                "-r",
-                "cubic",
-                "-co",
-                "COMPRESS=DEFLATE",
-                "-co",
-                "TILED=YES",
-                data("shade.tif").to_str().unwrap(),
-                partial.to_str().unwrap(),
-            ]);
-            std::fs::rename(&partial, &path).unwrap();
-        }
-        path
-    })
-    .clone()
+    generated_raster(
+        "big-8192x8192x3.tif",
+        "shade.tif",
+        &[
+            "-outsize",
+            "8192",
+            "8192",
+            "-b",
+            "1",
+            "-b",
+            "1",
+            "-b",
+            "1",
+            "-r",
+            "cubic",
+            "-co",
+            "COMPRESS=DEFLATE",
+            "-co",
+            "TILED=YES",
+        ],
+    )
 }
 
 /// Options that make the big raster take several seconds: a reprojection and lanczos.

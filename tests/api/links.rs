@@ -7,7 +7,7 @@ use reqwest::header::{ETAG, IF_NONE_MATCH, RANGE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{data, download, eventually, json_of, TestServer};
+use crate::helpers::{data, download, eventually, gdalinfo, json_of, TestServer};
 
 /// A converted COG and its item id.
 async fn converted(server: &TestServer) -> String {
@@ -87,13 +87,7 @@ async fn a_link_opens_the_file_with_no_credentials_and_honours_ranges() {
     );
 
     // GDAL reads it in place, from a shell with no settings, and probes no side file loudly.
-    let out = tokio::process::Command::new("gdalinfo")
-        .arg(format!("/vsicurl/{url}"))
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .await
-        .expect("gdalinfo runs");
+    let out = gdalinfo(&format!("/vsicurl/{url}")).await;
     let text = String::from_utf8_lossy(&out.stdout);
     let warnings = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{warnings}");

@@ -6,7 +6,6 @@
 //! a missing bucket stop the start; and what no item refers to is collected.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_RANGE, ETAG, IF_NONE_MATCH, RETRY_AFTER};
@@ -14,30 +13,18 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::helpers::{
-    data, download, eventually, files_in, gdal_translate, json_of, worker_children, Cable,
-    TestBucket, TestDatabase, TestServer, BIN,
+    data, download, eventually, files_in, gdalinfo, generated_raster, json_of, worker_children,
+    Cable, TestBucket, TestDatabase, TestServer, BIN,
 };
 use crate::live_clients::{is_final, Sse};
 
 /// An uncompressed 2500 × 2500 × 3 GeoTIFF (about 19 MB): three parts of a multipart upload.
 fn multipart_raster() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rgb-2500.tif");
-        if !path.exists() {
-            let partial = path.with_extension("part.tif");
-            gdal_translate(&[
-                "-outsize",
-                "2500",
-                "2500",
-                data("RGB.byte.tif").to_str().unwrap(),
-                partial.to_str().unwrap(),
-            ]);
-            std::fs::rename(&partial, &path).unwrap();
-        }
-        path
-    })
-    .clone()
+    generated_raster(
+        "rgb-2500.tif",
+        "RGB.byte.tif",
+        &["-outsize", "2500", "2500"],
+    )
 }
 
 /// `GET /content` of `item` with `headers`.
@@ -93,6 +80,60 @@ async fn in_flight(bucket: &TestBucket) {
         },
     )
     .await;
+}
+
+/// Downloads `item` from `server` and checks that GDAL reads it as a COG.
+async fn assert_is_cog(server: &TestServer, item: &str) {
+    let cog = download(server, item).await;
+    let info = gdalinfo(cog.path().to_str().unwrap()).await;
+    assert!(String::from_utf8_lossy(&info.stdout).contains("LAYOUT=COG"));
+}
+
+/// Waits until no multipart upload and no marker is left under the bucket's prefix.
+async fn no_upload_left(bucket: &TestBucket, what: &str, secs: u64) {
+    eventually(what, Duration::from_secs(secs), || async {
+        (bucket.multipart_uploads() == 0 && bucket.objects("uploads").await.is_empty())
+            .then_some(())
+    })
+    .await;
+}
+
+/// Waits until the server's scratch dir is empty.
+async fn scratch_removed(server: &TestServer) {
+    eventually("scratch removed", Duration::from_secs(10), || async {
+        server.tmp_files().is_empty().then_some(())
+    })
+    .await;
+}
+
+/// An upload whose store `breaks` once a part of it went up, fed on until the server
+/// answers: that answer.
+async fn upload_broken_mid_way<F: std::future::Future<Output = ()>>(
+    server: &TestServer,
+    bucket: &TestBucket,
+    name: &str,
+    breaks: impl FnOnce() -> F,
+) -> reqwest::Response {
+    let (tx, request) = feed_upload(server, name);
+    for _ in 0..9 {
+        tx.send(Ok(vec![3u8; MIB])).await.unwrap();
+    }
+    in_flight(bucket).await;
+    breaks().await;
+    let sender = tokio::spawn(async move {
+        for _ in 0..12 {
+            if tx.send(Ok(vec![3u8; MIB])).await.is_err() {
+                break;
+            }
+        }
+    });
+    let res = tokio::time::timeout(Duration::from_secs(60), request)
+        .await
+        .expect("the upload is answered")
+        .unwrap()
+        .unwrap();
+    sender.abort();
+    res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,12 +230,7 @@ async fn files_live_in_the_bucket_and_read_back_with_ranges_and_etags() {
     let status = server.wait_final(&task_id).await;
     assert_eq!(status["state"], "SUCCESS", "{status}");
     let output = status["result"]["tree_item_id"].as_str().unwrap();
-    let cog = download(&server, output).await;
-    let info = std::process::Command::new("gdalinfo")
-        .arg(cog.path())
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&info.stdout).contains("LAYOUT=COG"));
+    assert_is_cog(&server, output).await;
     assert_eq!(bucket.objects("blobs").await.len(), 3);
     // The worker that parsed the file had no credentials to leak.
     let workers = worker_children(server.pid());
@@ -205,10 +241,7 @@ async fn files_live_in_the_bucket_and_read_back_with_ranges_and_etags() {
         assert!(!environ.contains("AWS_SECRET_ACCESS_KEY"), "{environ}");
         assert!(!environ.contains(crate::helpers::S3_SECRET));
     }
-    eventually("scratch removed", Duration::from_secs(10), || async {
-        server.tmp_files().is_empty().then_some(())
-    })
-    .await;
+    scratch_removed(&server).await;
 
     // Deleting items deletes their objects.
     for item in [&small["id"], &big["id"]] {
@@ -240,15 +273,7 @@ async fn an_upload_cut_off_or_over_the_limit_leaves_no_object() {
     in_flight(&bucket).await;
     request.abort();
     drop(tx);
-    eventually(
-        "the cut-off upload aborted",
-        Duration::from_secs(20),
-        || async {
-            (bucket.multipart_uploads() == 0 && bucket.objects("uploads").await.is_empty())
-                .then_some(())
-        },
-    )
-    .await;
+    no_upload_left(&bucket, "the cut-off upload aborted", 20).await;
 
     // Over the limit: a 413, and again nothing stays.
     let res = server
@@ -260,15 +285,7 @@ async fn an_upload_cut_off_or_over_the_limit_leaves_no_object() {
         .unwrap();
     let (code, body) = json_of(res).await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    eventually(
-        "the refused upload aborted",
-        Duration::from_secs(20),
-        || async {
-            (bucket.multipart_uploads() == 0 && bucket.objects("uploads").await.is_empty())
-                .then_some(())
-        },
-    )
-    .await;
+    no_upload_left(&bucket, "the refused upload aborted", 20).await;
     assert!(bucket.objects("blobs").await.is_empty());
     let (_, items) = server.get_json("/tree-items", &server.token).await;
     assert_eq!(items, json!([]), "no item appeared");
@@ -360,25 +377,7 @@ async fn storage_out_of_reach_is_a_503_and_a_retry_and_leaves_nothing_half_visib
     let item = server.upload(&data("byte.tif")).await;
 
     // Cut mid-upload, after a part went up: a clear 503, and no item.
-    let (tx, request) = feed_upload(&server, "cut.bin");
-    for _ in 0..9 {
-        tx.send(Ok(vec![3u8; MIB])).await.unwrap();
-    }
-    in_flight(&bucket).await;
-    cable.cut();
-    let sender = tokio::spawn(async move {
-        for _ in 0..12 {
-            if tx.send(Ok(vec![3u8; MIB])).await.is_err() {
-                break;
-            }
-        }
-    });
-    let res = tokio::time::timeout(Duration::from_secs(60), request)
-        .await
-        .expect("the upload is answered")
-        .unwrap()
-        .unwrap();
-    sender.abort();
+    let res = upload_broken_mid_way(&server, &bucket, "cut.bin", || async { cable.cut() }).await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()[RETRY_AFTER], "5");
     let (_, body) = json_of(res).await;
@@ -424,24 +423,13 @@ async fn storage_out_of_reach_is_a_503_and_a_retry_and_leaves_nothing_half_visib
     cable.mend().await;
     assert_eq!(server.wait_final(&id).await["state"], "SUCCESS");
     assert_eq!(server.healthz().await, 200);
-    eventually(
-        "the cut upload collected",
-        Duration::from_secs(30),
-        || async {
-            (bucket.multipart_uploads() == 0 && bucket.objects("uploads").await.is_empty())
-                .then_some(())
-        },
-    )
-    .await;
+    no_upload_left(&bucket, "the cut upload collected", 30).await;
     assert_eq!(
         bucket.objects("blobs").await.len(),
         2,
         "the upload and the output"
     );
-    eventually("scratch removed", Duration::from_secs(10), || async {
-        server.tmp_files().is_empty().then_some(())
-    })
-    .await;
+    scratch_removed(&server).await;
 }
 
 /// A crash between upload and commit leaves objects no item refers to, and multipart uploads
@@ -468,11 +456,7 @@ async fn objects_and_uploads_no_item_refers_to_are_collected_when_old_enough() {
     server.stop(libc::SIGTERM).await;
 
     server.restart_with(&["--orphan-min-age-secs", "1"]).await;
-    eventually("orphans collected", Duration::from_secs(30), || async {
-        (bucket.multipart_uploads() == 0 && bucket.objects("uploads").await.is_empty())
-            .then_some(())
-    })
-    .await;
+    no_upload_left(&bucket, "orphans collected", 30).await;
     let blobs = bucket.objects("blobs").await;
     assert_eq!(blobs.len(), 1, "{blobs:?}");
     assert_ne!(blobs[0].0, stray);
@@ -491,7 +475,6 @@ async fn nodes_sharing_no_disk_convert_and_serve_each_others_files() {
     let db = TestDatabase::new();
     let bucket = TestBucket::new();
     let env = TestBucket::env_for(&bucket.endpoint);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let storage = bucket.storage();
     let args = |role: &'static str| {
         vec![
@@ -524,12 +507,7 @@ async fn nodes_sharing_no_disk_convert_and_serve_each_others_files() {
     let output = status["result"]["tree_item_id"].as_str().unwrap();
 
     // Read through C: the bytes are the ones B wrote.
-    let cog = download(&c, output).await;
-    let info = std::process::Command::new("gdalinfo")
-        .arg(cog.path())
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&info.stdout).contains("LAYOUT=COG"));
+    assert_is_cog(&c, output).await;
     // A's upload, read through C.
     let source = download(&c, item["id"].as_str().unwrap()).await;
     assert_eq!(
@@ -540,13 +518,7 @@ async fn nodes_sharing_no_disk_convert_and_serve_each_others_files() {
     // A link made on C opens in GDAL with no credentials.
     let (code, link) = c.link(&c.token, output, None).await;
     assert_eq!(code, StatusCode::OK, "{link}");
-    let out = tokio::process::Command::new("gdalinfo")
-        .arg(format!("/vsicurl/{}", link["url"].as_str().unwrap()))
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .await
-        .unwrap();
+    let out = gdalinfo(&format!("/vsicurl/{}", link["url"].as_str().unwrap())).await;
     assert!(
         out.status.success(),
         "{}",
@@ -632,10 +604,7 @@ async fn a_zip_member_is_staged_only_as_far_as_needed() {
             .contains("2 rasters"),
         "{status}"
     );
-    eventually("scratch removed", Duration::from_secs(10), || async {
-        server.tmp_files().is_empty().then_some(())
-    })
-    .await;
+    scratch_removed(&server).await;
 }
 
 /// SeaweedFS of this test's own: stopped and started again under a running server.
@@ -649,27 +618,12 @@ async fn the_store_restarted_mid_upload_is_a_clear_error_and_nothing_half_visibl
     let bucket = TestBucket::new_on_port(RESTARTED_STORE_PORT);
     let server = bucket.server(&["--orphan-min-age-secs", "1"]).await;
 
-    let (tx, request) = feed_upload(&server, "restarted.bin");
-    for _ in 0..9 {
-        tx.send(Ok(vec![5u8; MIB])).await.unwrap();
-    }
-    in_flight(&bucket).await;
-    tokio::task::spawn_blocking(|| TestBucket::stop_store(RESTARTED_STORE_PORT))
-        .await
-        .unwrap();
-    let sender = tokio::spawn(async move {
-        for _ in 0..12 {
-            if tx.send(Ok(vec![5u8; MIB])).await.is_err() {
-                break;
-            }
-        }
-    });
-    let res = tokio::time::timeout(Duration::from_secs(60), request)
-        .await
-        .expect("the upload is answered")
-        .unwrap()
-        .unwrap();
-    sender.abort();
+    let res = upload_broken_mid_way(&server, &bucket, "restarted.bin", || async {
+        tokio::task::spawn_blocking(|| TestBucket::stop_store(RESTARTED_STORE_PORT))
+            .await
+            .unwrap()
+    })
+    .await;
     let (code, body) = json_of(res).await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["code"], "storage_unavailable", "{body}");
@@ -686,15 +640,7 @@ async fn the_store_restarted_mid_upload_is_a_clear_error_and_nothing_half_visibl
     assert_eq!(items, json!([]), "no item appeared");
     let item = server.upload(&data("byte.tif")).await;
     assert_eq!(item["size"], 736);
-    eventually(
-        "the broken upload collected",
-        Duration::from_secs(60),
-        || async {
-            (bucket.multipart_uploads() == 0 && bucket.objects("uploads").await.is_empty())
-                .then_some(())
-        },
-    )
-    .await;
+    no_upload_left(&bucket, "the broken upload collected", 60).await;
     assert_eq!(bucket.objects("blobs").await.len(), 1);
 }
 
@@ -706,7 +652,6 @@ async fn staging_counts_against_the_disk_reserve() {
     let bucket = TestBucket::new();
     let storage = bucket.storage();
     let env = TestBucket::env_for(&bucket.endpoint);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // 24 MiB of scratch disk, 4 of them kept free.
     let server = TestServer::start_on_small_disk_with_env(
         24,
@@ -722,16 +667,11 @@ async fn staging_counts_against_the_disk_reserve() {
     )
     .await;
     // 6.4 MB fits; then most of the disk is taken by something else.
-    let source = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rgb-1500.tif");
-    if !source.exists() {
-        gdal_translate(&[
-            "-outsize",
-            "1500",
-            "1500",
-            data("RGB.byte.tif").to_str().unwrap(),
-            source.to_str().unwrap(),
-        ]);
-    }
+    let source = generated_raster(
+        "rgb-1500.tif",
+        "RGB.byte.tif",
+        &["-outsize", "1500", "1500"],
+    );
     let item = server.upload(&source).await;
     let filler = server.view("filler.bin");
     std::fs::write(&filler, vec![0u8; 12 << 20]).unwrap();
@@ -749,19 +689,42 @@ async fn staging_counts_against_the_disk_reserve() {
     assert!(server.tmp_files().is_empty(), "nothing kept");
 
     std::fs::remove_file(&filler).unwrap();
-    let res = server
-        .req(
-            Method::POST,
-            &format!("/tasks/{}/retry", task["task_id"].as_str().unwrap()),
-            &server.token,
-        )
-        .send()
-        .await
-        .unwrap();
-    let (code, retried) = json_of(res).await;
+    let (code, retried) = server
+        .retry_task(&server.token, task["task_id"].as_str().unwrap(), None)
+        .await;
     assert!(code.is_success(), "{retried}");
     let status = server
         .wait_final(retried["task_id"].as_str().unwrap())
         .await;
     assert_eq!(status["state"], "SUCCESS", "{status}");
+}
+
+/// Scratch files go on every path, on object storage as on disk: a cancelled conversion leaves
+/// none, and neither does one cut off by SIGKILL, whose staged source and partial output the
+/// next start sweeps before the task runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scratch_is_removed_after_a_cancel_and_after_a_crash() {
+    use crate::lifecycle::{big_raster, slow, wait_running};
+    let bucket = TestBucket::new();
+    let mut server = bucket.server(&["--workers", "1"]).await;
+    let item = server.upload(&big_raster()).await;
+
+    let task = server.convert(&item, slow()).await;
+    let id = task["task_id"].as_str().unwrap().to_string();
+    wait_running(&server, &id).await;
+    assert!(!server.tmp_files().is_empty(), "the source is staged");
+    let (code, _) = server.cancel_task(&server.token, &id).await;
+    assert!(code.is_success());
+    assert_eq!(server.wait_final(&id).await["state"], "REVOKED");
+    scratch_removed(&server).await;
+
+    let task = server.convert(&item, slow()).await;
+    let id = task["task_id"].as_str().unwrap().to_string();
+    wait_running(&server, &id).await;
+    let left = server.tmp_files();
+    assert!(!left.is_empty(), "the source is staged");
+    server.stop(libc::SIGKILL).await;
+    server.restart().await;
+    assert_eq!(server.wait_final(&id).await["state"], "SUCCESS");
+    scratch_removed(&server).await;
 }

@@ -41,6 +41,17 @@ async function convert(page, name, options = {}) {
   await page.waitForSelector('#convert-dialog:not([open])', { state: 'attached' });
 }
 
+/// Pixels the map canvas drew opaque (and, with `coloured`, not black). Runs in the page.
+function mapPixels({ coloured }) {
+  const c = document.getElementById('map');
+  const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 3; i < px.length; i += 4) {
+    if (px[i] > 0 && (!coloured || px[i - 1] || px[i - 2] || px[i - 3])) n++;
+  }
+  return n;
+}
+
 const task = (page, name) => page.locator(`#tasks li:has(.title:text-is("${name}"))`).first();
 
 test('sign-in from the printed URL, upload, convert, and a map drawn from the COG with Range requests', async (t) => {
@@ -61,13 +72,7 @@ test('sign-in from the printed URL, upload, convert, and a map drawn from the CO
   page.on('request', (r) => { if (r.url().includes('/content') && r.headers().range) ranges.push(r.headers().range); });
   await row.locator('text=Show on map').click();
   await page.waitForFunction(() => document.getElementById('map-caption').textContent === 'RGB.byte.tif');
-  const painted = await page.evaluate(() => {
-    const c = document.getElementById('map');
-    const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-    let n = 0;
-    for (let i = 3; i < px.length; i += 4) if (px[i] > 0 && (px[i - 1] || px[i - 2] || px[i - 3])) n++;
-    return n;
-  });
+  const painted = await page.evaluate(mapPixels, { coloured: true });
   assert.ok(painted > 10000, `the map drew ${painted} pixels`);
   assert.ok(ranges.length > 0, 'the COG was read with Range requests');
   assert.match(await page.textContent('#map-extent'), /WGS 84 extent: -78\.9/);
@@ -101,13 +106,11 @@ test('on object storage: the transfers show as phases, and the map reads the COG
   await page.waitForFunction(() => document.getElementById('map-caption').textContent === 'big-8192x8192x3.tif');
   // This raster is black where it has data and nodata (transparent) elsewhere: count the
   // pixels drawn opaque, once its overview has arrived.
-  const painted = await page.waitForFunction(() => {
-    const c = document.getElementById('map');
-    const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-    let n = 0;
-    for (let i = 3; i < px.length; i += 4) if (px[i] > 0) n++;
+  await page.evaluate(`window.mapPixels = ${mapPixels}`);
+  const painted = await page.waitForFunction((want) => {
+    const n = window.mapPixels(want);
     return n > 10000 && n;
-  }, null, { timeout: 30000, polling: 200 }).then((h) => h.jsonValue());
+  }, { coloured: false }, { timeout: 30000, polling: 200 }).then((h) => h.jsonValue());
   assert.ok(painted > 10000, `the map drew ${painted} pixels`);
   assert.ok(ranges.length > 0, 'the COG was read from the bucket with Range requests');
   await shot(page, 'object-storage');
