@@ -179,6 +179,7 @@ impl App {
             sign_ins,
             revocations: Default::default(),
             sockets: Default::default(),
+            writing: Default::default(),
             shutdown,
         };
         Ok(App {
@@ -210,6 +211,12 @@ impl App {
         };
         tokio::spawn(crate::memory::trim_until(shutdown.clone()));
         tokio::spawn(self.state.tasks.clone().expire_until(shutdown.clone()));
+        if self.state.config.role.serves_api() {
+            tokio::spawn(crate::http::expire_uploads_until(
+                self.state.clone(),
+                shutdown.clone(),
+            ));
+        }
         if self.state.config.database_url.is_some() || matches!(self.state.blobs, Storage::S3(_)) {
             tokio::spawn(crate::storage::gc::collect_until(
                 self.state.blobs.clone(),

@@ -72,6 +72,19 @@ pub struct Config {
     #[arg(long, env = "RASTERCAST_MAX_UPLOAD_BYTES", default_value_t = 8 << 30)]
     pub max_upload_bytes: u64,
 
+    /// Resumable uploads (`/api/v1/uploads`) not finished this long after their last chunk
+    /// expire, and the bytes they received are deleted.
+    #[arg(long, env = "RASTERCAST_UPLOAD_EXPIRY_SECS", default_value_t = 86_400)]
+    pub upload_expiry_secs: u64,
+
+    /// Unfinished resumable uploads one user may hold at once; more get 429.
+    #[arg(
+        long,
+        env = "RASTERCAST_MAX_OPEN_UPLOADS_PER_USER",
+        default_value_t = 32
+    )]
+    pub max_open_uploads_per_user: u64,
+
     /// Largest accepted raster: width × height × bands.
     #[arg(long, env = "RASTERCAST_MAX_PIXELS", default_value_t = 4_000_000_000)]
     pub max_pixels: u64,

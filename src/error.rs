@@ -24,6 +24,15 @@ pub enum AppError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// A tus request without a protocol version this server speaks.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// Another request is still writing to this resource.
+    #[error("{0}")]
+    Locked(String),
+    /// A tus chunk whose `Upload-Checksum` does not match its bytes (tus's own 460).
+    #[error("{0}")]
+    ChecksumMismatch(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -63,6 +72,11 @@ impl AppError {
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            AppError::Locked(_) => StatusCode::LOCKED,
+            AppError::ChecksumMismatch(_) => {
+                StatusCode::from_u16(460).expect("460 is a valid status code")
+            }
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -88,6 +102,9 @@ impl AppError {
             AppError::MethodNotAllowed(_) => "method_not_allowed".into(),
             AppError::Conflict(_) => "conflict".into(),
             AppError::TooLarge(_) => "too_large".into(),
+            AppError::PreconditionFailed(_) => "unsupported_tus_version".into(),
+            AppError::Locked(_) => "locked".into(),
+            AppError::ChecksumMismatch(_) => "checksum_mismatch".into(),
             AppError::UnsupportedMediaType(_) => "unsupported_media_type".into(),
             AppError::RangeNotSatisfiable(_) => "range_not_satisfiable".into(),
             AppError::RequestTimeout(_) => "request_timeout".into(),

@@ -10,6 +10,7 @@ mod links;
 mod metrics;
 mod names;
 mod openapi;
+mod resumable;
 mod serve;
 mod session;
 mod state;
@@ -22,6 +23,7 @@ use axum::{Extension, Router};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+pub use resumable::expire_until as expire_uploads_until;
 pub use serve::serve;
 pub use state::AppState;
 
@@ -45,6 +47,7 @@ pub fn router(state: AppState) -> Router {
     let api = OpenApiRouter::new()
         .merge(tree_items::router())
         .merge(uploads::router())
+        .merge(resumable::router())
         .merge(content::router())
         .merge(links::router())
         .merge(tasks::router())

@@ -69,17 +69,50 @@ async fn upload(
 ) -> axum::response::Response {
     match store_upload(state, user, query, key, headers, request).await {
         Ok(created) => created,
-        Err(error) => {
-            // The rest of a refused body is never read, so this connection cannot carry another
-            // request: say so, or a client's pool would reuse it and fail.
-            let mut response = error.into_response();
-            response.headers_mut().insert(
-                header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-            response
-        }
+        Err(error) => closing(error),
     }
+}
+
+/// The answer to a refused upload. The rest of its body is never read, so this connection
+/// cannot carry another request: say so, or a client's pool would reuse it and fail.
+pub(super) fn closing(error: AppError) -> axum::response::Response {
+    let mut response = error.into_response();
+    response.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// A finished upload as the row of a new file: described while still scratch (so a request
+/// dropped meanwhile leaves nothing behind; rasters show their geo metadata in the tree before
+/// any conversion), then stored. Nothing refers to the blob until the row is inserted.
+pub(super) async fn new_file(
+    state: &AppState,
+    user_id: Uuid,
+    parent_id: Option<Uuid>,
+    name: String,
+    content_type: &str,
+    writer: crate::storage::BlobWriter,
+) -> AppResult<NewItem> {
+    let geo_raster = state.inspector.describe(writer.path()).await;
+    let size = writer.size();
+    let blob = state
+        .blobs
+        .persist(writer, &|_| ())
+        .await
+        .map_err(AppError::from_io)?;
+    Ok(NewItem {
+        user_id,
+        parent_id,
+        name,
+        kind: ItemKind::File,
+        size,
+        content_type: Some(content_type.to_string()),
+        blob: Some(blob),
+        geo_raster: geo_raster.map(|g| serde_json::to_value(g).expect("serialises")),
+        source_id: None,
+    })
 }
 
 async fn store_upload(
@@ -116,7 +149,7 @@ async fn store_upload(
         .writer(".upload")
         .await
         .map_err(AppError::from_io)?;
-    let (name, parent_id, size, part_type) = if content_type.starts_with("multipart/form-data") {
+    let (name, parent_id, part_type) = if content_type.starts_with("multipart/form-data") {
         let mut multipart = Multipart::from_request(request, &state)
             .await
             .map_err(|e| {
@@ -143,8 +176,8 @@ async fn store_upload(
                     )?;
                     let part_type = field.content_type().map(str::to_string);
                     let stream = field.map(|r| r.map_err(std::io::Error::other));
-                    let size = write_stream(stream, &mut writer, limit, &state.blobs).await?;
-                    file = Some((name, size, part_type));
+                    write_stream(stream, &mut writer, limit, &state.blobs).await?;
+                    file = Some((name, part_type));
                 }
                 Some("parent_id") => {
                     let raw = small_field(field, &mut other_bytes).await?;
@@ -162,10 +195,10 @@ async fn store_upload(
                 }
             }
         }
-        let (name, size, part_type) = file.ok_or_else(|| {
+        let (name, part_type) = file.ok_or_else(|| {
             AppError::BadRequest("A multipart upload needs a `file` part.".into())
         })?;
-        (name, parent_id, size, part_type)
+        (name, parent_id, part_type)
     } else {
         let name = clean_name(query.name.as_deref().ok_or_else(|| {
             AppError::BadRequest(
@@ -177,10 +210,10 @@ async fn store_upload(
             .into_body()
             .into_data_stream()
             .map(|r| r.map_err(std::io::Error::other));
-        let size = write_stream(stream, &mut writer, limit, &state.blobs).await?;
+        write_stream(stream, &mut writer, limit, &state.blobs).await?;
         let raw_type = (!content_type.is_empty() && content_type != "application/octet-stream")
             .then_some(content_type);
-        (name, query.parent_id, size, raw_type)
+        (name, query.parent_id, raw_type)
     };
 
     let content_type = stored_type(part_type.as_deref(), &name);
@@ -194,9 +227,6 @@ async fn store_upload(
             return Err(AppError::NotFound("folder"));
         }
     }
-    // Rasters show their geo metadata in the tree before any conversion. The file is described
-    // while still temporary, so a request dropped meanwhile leaves nothing behind.
-    let geo_raster = state.inspector.describe(writer.path()).await;
     let keyed = match key.0 {
         Some(_) => {
             let digest = file_digest(writer.path()).await?;
@@ -211,22 +241,8 @@ async fn store_upload(
         }
         None => None,
     };
-    let blob = state
-        .blobs
-        .persist(writer, &|_| ())
-        .await
-        .map_err(AppError::from_io)?;
-    let new = NewItem {
-        user_id,
-        parent_id,
-        name,
-        kind: ItemKind::File,
-        size,
-        content_type: Some(content_type.to_string()),
-        blob: Some(blob.clone()),
-        geo_raster: geo_raster.map(|g| serde_json::to_value(g).expect("serialises")),
-        source_id: None,
-    };
+    let new = new_file(&state, user_id, parent_id, name, content_type, writer).await?;
+    let blob = new.blob.clone().expect("a file has a blob");
     // The folder is checked again in the insert's own call: it may have gone meanwhile.
     let inserted = state
         .store
@@ -308,7 +324,7 @@ async fn small_field(
         .map_err(|_| AppError::BadRequest("A form field is not UTF-8 text.".into()))
 }
 
-fn too_large(limit: u64) -> AppError {
+pub(super) fn too_large(limit: u64) -> AppError {
     AppError::TooLarge(format!(
         "The upload is larger than the limit of {limit} bytes."
     ))
@@ -316,7 +332,7 @@ fn too_large(limit: u64) -> AppError {
 
 /// Streams a body into `writer`, never holding more than one chunk in memory (and, on object
 /// storage, the parts in flight).
-async fn write_stream(
+pub(super) async fn write_stream(
     stream: impl Stream<Item = std::io::Result<Bytes>>,
     writer: &mut crate::storage::BlobWriter,
     limit: u64,
@@ -352,7 +368,7 @@ const SERVED_TYPES: &[&str] = &[
 ];
 
 /// The type a file is served with: the client's, when it is one of ours, else one from the name.
-fn stored_type(claimed: Option<&str>, name: &str) -> &'static str {
+pub(super) fn stored_type(claimed: Option<&str>, name: &str) -> &'static str {
     let claimed = claimed.map(|t| {
         t.split(';')
             .next()

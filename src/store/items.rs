@@ -161,11 +161,13 @@ pub fn refers_to_blob(db: &mut Db, blob: &str) -> anyhow::Result<bool> {
         .is_some())
 }
 
-/// Every blob name the database refers to, including sources of queued tasks.
+/// Every blob name the database refers to, including sources of queued tasks and the chunks
+/// of unfinished resumable uploads.
 pub fn referenced_blobs(db: &mut Db) -> anyhow::Result<std::collections::HashSet<String>> {
     db.query(
         "SELECT blob FROM items WHERE blob IS NOT NULL
-         UNION SELECT source_blob FROM tasks WHERE state IN ('PENDING', 'PROGRESS')",
+         UNION SELECT source_blob FROM tasks WHERE state IN ('PENDING', 'PROGRESS')
+         UNION SELECT blob FROM resumable_upload_chunks",
         &[],
     )?
     .iter()

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod items;
 pub mod link_keys;
 pub mod queue;
+pub mod resumable;
 pub mod tasks;
 #[cfg(test)]
 pub mod testing;
@@ -40,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_5.sql"),
     include_str!("schema_6.sql"),
     include_str!("schema_7.sql"),
+    include_str!("schema_8.sql"),
 ];
 
 /// The same schema in PostgreSQL's words (its first migration is SQLite's first three); the
@@ -50,6 +52,7 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
     include_str!("postgres_3.sql"),
     include_str!("postgres_4.sql"),
     include_str!("postgres_5.sql"),
+    include_str!("postgres_6.sql"),
 ];
 
 enum Engine {
