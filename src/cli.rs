@@ -1,4 +1,4 @@
-//! The command line: `serve`, `token` and `convert`. (Conversions themselves run in
+//! The command line: `serve`, `token`, `convert` and `upload`. (Conversions themselves run in
 //! `rastercast-worker`, the program that links GDAL.)
 
 use std::path::{Path, PathBuf};
@@ -35,6 +35,9 @@ enum Command {
     Token(TokenCommand),
     /// Convert one file locally, with a progress bar (Ctrl-C cancels).
     Convert(ConvertArgs),
+    /// Upload a file to a server, resumably (tus): run the same command again to resume an
+    /// interrupted upload. The last line of stdout is JSON with the new tree item's id.
+    Upload(UploadArgs),
     /// Manage the key that signs shareable links.
     #[command(subcommand, name = "link-key")]
     LinkKey(LinkKeyCommand),
@@ -117,6 +120,34 @@ struct ConvertArgs {
     subdataset: Option<String>,
 }
 
+#[derive(Args)]
+struct UploadArgs {
+    /// The file to upload.
+    file: PathBuf,
+    /// The server, e.g. https://maps.example.org.
+    #[arg(long, env = "RASTERCAST_URL")]
+    url: String,
+    /// An API token (`rc_...`).
+    #[arg(long, env = "RASTERCAST_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The folder to put the file in.
+    #[arg(long)]
+    parent_id: Option<uuid::Uuid>,
+    /// The tree item's name (default: FILE's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Convert once uploaded, with these options as JSON, e.g. '{"compression":"zstd"}'.
+    #[arg(long, value_name = "JSON")]
+    convert: Option<String>,
+    /// MiB sent per request; a broken connection loses at most one.
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    chunk_size: u64,
+    /// Where unfinished uploads are remembered (default:
+    /// $XDG_STATE_HOME/rastercast/uploads.json or ~/.local/state/rastercast/uploads.json).
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -127,6 +158,7 @@ pub fn main() -> ExitCode {
                 .map(|()| println!("rotated: every link given out so far no longer opens")),
         ),
         Command::Convert(args) => convert_local(args),
+        Command::Upload(args) => upload(args),
         Command::Serve(config) => report(serve(config)),
     }
 }
@@ -375,6 +407,71 @@ fn convert_local(args: ConvertArgs) -> ExitCode {
             bar.abandon_with_message("Failed");
             eprintln!("rastercast: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn upload(args: UploadArgs) -> ExitCode {
+    use crate::upload_client::{self, UploadError};
+    let options = upload_client::Options {
+        file: args.file,
+        url: args.url,
+        token: args.token,
+        parent_id: args.parent_id,
+        name: args.name,
+        convert: args.convert,
+        chunk_bytes: args.chunk_size << 20,
+        state_file: args.state_file,
+    };
+    let cancel = CancellationToken::new();
+    let on_ctrl_c = cancel.clone();
+    let _ = ctrlc::set_handler(move || on_ctrl_c.cancel());
+
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:<10} [{bar:40.cyan/blue}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} (eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    // Ctrl-C drops the upload wherever it is: the server keeps what it stored, and the state
+    // file still names the upload, so the same command resumes it.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = upload_client::upload(options, &bar) => Some(result),
+            () = cancel.cancelled() => None,
+        }
+    });
+    match result {
+        Some(Ok(uploaded)) => {
+            bar.finish();
+            println!(
+                "{}",
+                serde_json::to_string(&uploaded).expect("the outcome serialises")
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            bar.abandon_with_message("Cancelled");
+            eprintln!(
+                "rastercast: interrupted after {} of {} bytes; run the same command again to resume",
+                bar.position(),
+                bar.length().unwrap_or(0)
+            );
+            ExitCode::from(130)
+        }
+        Some(Err(e)) => {
+            bar.abandon_with_message("Failed");
+            eprintln!("rastercast: {e}");
+            ExitCode::from(match e {
+                UploadError::Usage(_) => 2,
+                UploadError::Failed(_) => 1,
+            })
         }
     }
 }

@@ -5,7 +5,8 @@
 //! no I/O) → `store` (SQL), `storage` (the bytes of files), `bus` (task events), `convert` (the GDAL
 //! engine, run by child workers and the `convert` command) → `tasks` (the task service, the
 //! only writer of task state, with its queue and child workers) → `http` (one module per
-//! resource, and `AppState`) → `app` and `cli` (wiring). The README's architecture map names
+//! resource, and `AppState`) → `app` and `cli` (wiring); `upload_client`, the `upload` command's
+//! tus client, uses only `domain` and `time`. The README's architecture map names
 //! the module for each behaviour.
 
 pub mod app;
@@ -26,3 +27,4 @@ pub mod storage;
 pub mod store;
 pub mod tasks;
 pub mod time;
+pub mod upload_client;
