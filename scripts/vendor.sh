@@ -10,6 +10,8 @@ sed "/^\/\/# sourceMappingURL=/d" node_modules/geotiff/dist-browser/geotiff.js >
 cp node_modules/geotiff/LICENSE static/vendor/geotiff.LICENSE
 sed "/^\/\/# sourceMappingURL=/d" node_modules/redoc/bundles/redoc.standalone.js > static/vendor/redoc.standalone.js
 cp node_modules/redoc/bundles/redoc.standalone.js.LICENSE.txt static/vendor/redoc.LICENSE
-for lib in geotiff redoc; do
+sed "/^\/\/# sourceMappingURL=/d" node_modules/tus-js-client/dist/tus.min.js > static/vendor/tus.min.js
+cp node_modules/tus-js-client/LICENSE static/vendor/tus.LICENSE
+for lib in geotiff redoc tus-js-client; do
     echo "vendored $lib $(node -p "require('./node_modules/$lib/package.json').version")"
 done

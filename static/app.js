@@ -1,5 +1,6 @@
-// The rastercast dashboard: sign-in, the file tree, conversions with live progress
-// (WebSocket, then SSE, then polling), and a map preview read from the COG with Range requests.
+// The rastercast dashboard: sign-in, the file tree with resumable uploads (tus), conversions with
+// live progress (WebSocket, then SSE, then polling), and a map preview read from the COG with
+// Range requests.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -128,7 +129,7 @@ async function enter() {
   $('who').textContent = me.user;
   tree.init();
   tasks.init();
-  await Promise.all([tree.open(null, 'Home'), tasks.load()]);
+  await Promise.all([tree.open(null, 'Home'), tasks.load(), uploads.loadUnfinished()]);
   live.start();
 }
 
@@ -210,33 +211,7 @@ const tree = {
   },
 
   upload(files) {
-    for (const file of files) {
-      const bar = el('span', { style: 'width:0%' });
-      const progress = el('div', { className: 'bar', role: 'progressbar', ariaLabel: 'Uploading ' + file.name,
-        ariaValueMin: 0, ariaValueMax: 100, ariaValueNow: 0 }, bar);
-      const line = el('div', { className: 'upload' }, el('span', { className: 'meta', textContent: file.name }), progress);
-      $('uploads').append(line);
-      const form = new FormData();
-      if (this.current) form.append('parent_id', this.current);
-      form.append('file', file, file.name);
-      // XMLHttpRequest, because fetch cannot report upload progress.
-      const xhr = new XMLHttpRequest();
-      xhr.open('POST', '/api/v1/tree-items');
-      xhr.upload.onprogress = (e) => {
-        if (!e.lengthComputable) return;
-        const pct = Math.round((e.loaded / e.total) * 100);
-        bar.style.width = pct + '%'; progress.setAttribute('aria-valuenow', pct);
-      };
-      xhr.onload = () => {
-        line.remove();
-        if (xhr.status === 201) { this.refresh(); return; }
-        let detail = xhr.statusText;
-        try { detail = JSON.parse(xhr.responseText).detail; } catch (_) { /* not JSON */ }
-        showError(`Upload of ${file.name} failed: ${detail}`);
-      };
-      xhr.onerror = () => { line.remove(); showError(`Upload of ${file.name} failed: the connection broke.`); };
-      xhr.send(form);
-    }
+    for (const file of files) uploads.add(file, this.current);
   },
 
   askConvert(item) {
@@ -261,6 +236,188 @@ const tree = {
       $('convert-dialog').close();
       tasks.update(await api(`/tasks/${started.task_id}/status`));
     } catch (err) { showError(err); }
+  },
+};
+
+// ---------------------------------------------------------------- uploads
+
+// Resumable uploads (tus 1.0.0, with the vendored tus-js-client) in 8 MiB chunks: a broken
+// connection is retried, a paused upload goes on from the server's offset, and after a reload
+// choosing the same file again resumes it (tus-js-client keeps each upload's URL in
+// localStorage under the file's name, type, size and date).
+const TUS = { 'Tus-Resumable': '1.0.0' };
+const UPLOADS = '/api/v1/uploads';
+const uploadId = (url) => new URL(url, location.href).pathname.split('/').pop();
+
+const uploads = {
+  // Uploads running (or paused) in this page, by file; the server's unfinished ones, by id.
+  active: new Map(),
+  unfinished: new Map(),
+
+  key: (file) => [file.name, file.type, file.size, file.lastModified].join('/'),
+
+  add(file, parentId) {
+    if (typeof tus === 'undefined' || !tus.isSupported) {
+      showError(`Upload of ${file.name} failed: the upload library (/vendor/tus.min.js) did not load; reload the page.`);
+      return;
+    }
+    const key = this.key(file);
+    const running = this.active.get(key);
+    if (running) { running.button.focus(); return; }
+    const view = this.view(file);
+    const metadata = { filename: file.name };
+    if (file.type) metadata.filetype = file.type;
+    if (parentId) metadata.parent_id = parentId;
+    const state = { paused: false, button: view.button };
+    // No extra headers: the session cookie authenticates, as for api(), and the Origin the
+    // server checks on cookie-authenticated writes goes with every XMLHttpRequest.
+    const upload = new tus.Upload(file, {
+      endpoint: UPLOADS,
+      chunkSize: 8 * 1024 * 1024,
+      retryDelays: [0, 1000, 3000, 5000, 10000],
+      metadata,
+      removeFingerprintOnSuccess: true,
+      // Resuming an upload listed as unfinished: that line gives way to this one.
+      onUploadUrlAvailable: () => this.dropUnfinished(uploadId(upload.url)),
+      onProgress: (sent, total) => { if (!state.paused) view.progress(sent, total); },
+      onSuccess: () => {
+        this.active.delete(key);
+        view.remove();
+        $('uploads-note').textContent = `Uploaded ${file.name}.`;
+        tree.refresh();
+      },
+      onError: (err) => {
+        const status = err.originalResponse ? err.originalResponse.getStatus() : 0;
+        let detail = null;
+        try { detail = JSON.parse(err.originalResponse.getBody()).detail; } catch (_) { /* no JSON body */ }
+        if (!detail) detail = status ? `the server answered ${status}.` : 'the connection broke.';
+        showError(`Upload of ${file.name} failed: ${detail}`);
+        // A refusal (too large, no such folder, …) is final; anything else can be resumed.
+        if (status >= 400 && status < 500 && ![408, 409, 423, 429].includes(status)) {
+          this.active.delete(key);
+          view.remove();
+        } else {
+          state.paused = true;
+          view.paused(true, 'Stopped');
+        }
+      },
+    });
+    state.upload = upload;
+    this.active.set(key, state);
+    view.button.onclick = () => {
+      state.paused = !state.paused;
+      view.paused(state.paused, 'Paused');
+      if (state.paused) upload.abort(); else upload.start();
+    };
+    upload.findPreviousUploads().then((previous) => {
+      // The one the server still lists as unfinished, if any; a stale one is found out by
+      // tus-js-client (its HEAD gets 404) and replaced by a new upload.
+      const listed = previous.find((p) => p.uploadUrl && this.unfinished.has(uploadId(p.uploadUrl)));
+      const resume = listed || previous[0];
+      if (resume) upload.resumeFromPreviousUpload(resume);
+      if (!state.paused) upload.start();
+    }).catch((err) => { this.active.delete(key); view.remove(); showError(err); });
+  },
+
+  // One line per upload: its name, a progress bar, how far it is, and Pause / Resume.
+  view(file) {
+    const bar = el('span', { style: 'width:0%' });
+    const progress = el('div', { className: 'bar', role: 'progressbar', ariaLabel: 'Uploading ' + file.name,
+      ariaValueMin: 0, ariaValueMax: 100, ariaValueNow: 0 }, bar);
+    const status = el('span', { className: 'meta', textContent: 'Starting…' });
+    const button = el('button', { type: 'button', className: 'secondary push', textContent: 'Pause',
+      ariaLabel: 'Pause the upload of ' + file.name });
+    const line = el('div', { className: 'upload' },
+      el('div', { className: 'row' }, el('span', { className: 'name', textContent: file.name }), status, button),
+      progress);
+    $('uploads').append(line);
+    let shown = { sent: 0, total: file.size };
+    const describe = (prefix) => {
+      const pct = shown.total ? Math.floor((shown.sent / shown.total) * 100) : 0;
+      return `${prefix}${pct}\u00a0% · ${bytes(shown.sent)} of ${bytes(shown.total)}`;
+    };
+    return {
+      button,
+      progress(sent, total) {
+        shown = { sent, total };
+        const pct = total ? Math.floor((sent / total) * 100) : 0;
+        bar.style.width = pct + '%';
+        progress.setAttribute('aria-valuenow', pct);
+        progress.setAttribute('aria-valuetext', describe(''));
+        status.textContent = describe('');
+      },
+      paused(yes, why) {
+        button.textContent = yes ? 'Resume' : 'Pause';
+        button.ariaLabel = (yes ? 'Resume' : 'Pause') + ' the upload of ' + file.name;
+        status.textContent = yes ? describe(why + ' at ') : 'Resuming…';
+      },
+      remove() { uploads.removeLine(line); },
+    };
+  },
+
+  // A line leaves; the keyboard focus it held goes to the next line's button, or to the file chooser.
+  removeLine(line) {
+    const focused = line.contains(document.activeElement);
+    const next = line.nextElementSibling || line.previousElementSibling;
+    line.remove();
+    if (focused) (next ? next.querySelector('button') : $('file-input')).focus();
+  },
+
+  // The server's unfinished uploads (from before a reload, or another tab), each with Discard.
+  async loadUnfinished() {
+    for (const line of this.unfinished.values()) line.remove();
+    this.unfinished.clear();
+    let list;
+    try { list = await api('/uploads', { headers: TUS }); } catch (err) { showError(err); return; }
+    for (const u of list) {
+      if (u.complete) continue;
+      const line = this.unfinishedLine(u);
+      this.unfinished.set(u.id, line);
+      $('uploads').append(line);
+    }
+  },
+
+  unfinishedLine(u) {
+    const done = u.length ? `${Math.floor((u.offset / u.length) * 100)}\u00a0% uploaded (${bytes(u.offset)} of ${bytes(u.length)})`
+      : `${bytes(u.offset)} uploaded`;
+    const until = u.expires_at && new Date(u.expires_at);
+    const kept = until && !Number.isNaN(until.getTime()) ? ` It is kept until ${until.toLocaleString()}.` : '';
+    const text = el('span', { className: 'meta' }, el('strong', { className: 'name', textContent: u.name }),
+      ` — ${done}. Choose the file again to resume.${kept}`);
+    const line = el('div', { className: 'upload unfinished' }, el('div', { className: 'row' }, text,
+      el('button', { type: 'button', className: 'danger push', textContent: 'Discard',
+        ariaLabel: 'Discard the unfinished upload of ' + u.name, onclick: () => this.discard(u) })));
+    line.dataset.uploadId = u.id;
+    return line;
+  },
+
+  async discard(u) {
+    try {
+      await api('/uploads/' + encodeURIComponent(u.id), { method: 'DELETE', headers: TUS });
+    } catch (err) {
+      if (err.status !== 404) { showError(`Discarding ${u.name} failed: ${err.message}`); return; }
+    }
+    this.forget(u.id);
+    this.dropUnfinished(u.id);
+    $('uploads-note').textContent = `Discarded the unfinished upload of ${u.name}.`;
+  },
+
+  dropUnfinished(id) {
+    const line = this.unfinished.get(id);
+    this.unfinished.delete(id);
+    if (line) this.removeLine(line);
+  },
+
+  // Whatever tus-js-client remembers of this upload, so that the file starts afresh next time.
+  forget(id) {
+    for (let i = localStorage.length - 1; i >= 0; i--) {
+      const key = localStorage.key(i);
+      if (!key || !key.startsWith('tus::')) continue;
+      try {
+        const stored = JSON.parse(localStorage.getItem(key));
+        if (stored && stored.uploadUrl && uploadId(stored.uploadUrl) === id) localStorage.removeItem(key);
+      } catch (_) { /* not one of tus-js-client's */ }
+    }
   },
 };
 

@@ -35,6 +35,7 @@ const ASSETS: &[Asset] = &[
     asset!("/app.js", JS, "app.js", CSP),
     asset!("/style.css", CSS, "style.css", CSP),
     asset!("/vendor/geotiff.js", JS, "vendor/geotiff.js", CSP),
+    asset!("/vendor/tus.min.js", JS, "vendor/tus.min.js", CSP),
     asset!("/docs", HTML, "docs.html", DOCS_CSP),
     asset!("/docs.js", JS, "docs.js", DOCS_CSP),
     asset!(
