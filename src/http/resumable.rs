@@ -37,8 +37,9 @@ use crate::store::resumable::{self, Chunk, NewResumable, Resumable};
 use crate::tasks::lifecycle::{self, Submitted};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    let (schemas, paths, collection) = routes!(discover, create, list);
-    let (schemas_one, paths_one, one) = routes!(offset_of, append, terminate, status);
+    let (schemas, paths, collection) = routes!(tus_options, create_upload, list_uploads);
+    let (schemas_one, paths_one, one) =
+        routes!(upload_offset, upload_chunk, delete_upload, upload_status);
     OpenApiRouter::new()
         .routes((
             schemas,
@@ -178,6 +179,14 @@ impl Writing {
     }
 }
 
+/// The protocol version a tus request names in `Tus-Resumable` (documentation only).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+enum TusResumable {
+    #[serde(rename = "1.0.0")]
+    V1,
+}
+
 /// An upload's state, for `GET /uploads/{id}` and the list of unfinished ones.
 #[derive(Serialize, ToSchema)]
 struct UploadStatus {
@@ -222,7 +231,7 @@ impl From<Resumable> for UploadStatus {
 /// Discover the tus protocol version, extensions, size limit and checksum algorithms.
 #[utoipa::path(options, path = "/uploads", tag = "resumable uploads",
     responses((status = 204, description = "What this endpoint supports, in Tus-Version, Tus-Extension, Tus-Max-Size and Tus-Checksum-Algorithm")))]
-async fn discover(State(state): State<AppState>) -> impl IntoResponse {
+async fn tus_options(State(state): State<AppState>) -> impl IntoResponse {
     (
         StatusCode::NO_CONTENT,
         [
@@ -243,7 +252,7 @@ async fn discover(State(state): State<AppState>) -> impl IntoResponse {
 /// first bytes come with it (creation-with-upload).
 #[utoipa::path(post, path = "/uploads", tag = "resumable uploads",
     params(
-        ("Tus-Resumable" = String, Header, description = "1.0.0"),
+        ("Tus-Resumable" = inline(TusResumable), Header, description = "The protocol version: 1.0.0"),
         ("Upload-Length" = Option<u64>, Header, description = "The file's size in bytes"),
         ("Upload-Defer-Length" = Option<u8>, Header, description = "1, to give the length later"),
         ("Upload-Metadata" = Option<String>, Header, description = "Comma-separated keys with Base64 values: filename, filetype, parent_id, convert"),
@@ -260,7 +269,7 @@ async fn discover(State(state): State<AppState>) -> impl IntoResponse {
         (status = 460, description = "The first bytes do not match Upload-Checksum", body = ErrorBody),
         (status = 507, description = "The server's disk is full", body = ErrorBody),
     ), security(("bearer" = []), ("cookie" = [])))]
-async fn create(
+async fn create_upload(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     headers: HeaderMap,
@@ -465,14 +474,14 @@ fn http_date(rfc3339: &str) -> Option<HeaderValue> {
 /// `Upload-Defer-Length`), `Upload-Metadata`, `Upload-Expires`; once complete,
 /// `Upload-Item-Id` and, when a conversion was queued, `Upload-Task-Id`.
 #[utoipa::path(head, path = "/uploads/{id}", tag = "resumable uploads",
-    params(("id" = Uuid, Path, description = "The upload"), ("Tus-Resumable" = String, Header, description = "1.0.0")),
+    params(("id" = Uuid, Path, description = "The upload"), ("Tus-Resumable" = inline(TusResumable), Header, description = "The protocol version: 1.0.0")),
     responses(
         (status = 200, description = "Its offset and length in headers"),
         (status = 400, description = "Malformed request"), (status = 401, description = "No or bad credentials"),
         (status = 404, description = "Unknown, expired, or not the caller's"),
         (status = 412, description = "No or another Tus-Resumable"),
     ), security(("bearer" = []), ("cookie" = [])))]
-async fn offset_of(
+async fn upload_offset(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
@@ -504,7 +513,7 @@ async fn offset_of(
 #[utoipa::path(patch, path = "/uploads/{id}", tag = "resumable uploads",
     params(
         ("id" = Uuid, Path, description = "The upload"),
-        ("Tus-Resumable" = String, Header, description = "1.0.0"),
+        ("Tus-Resumable" = inline(TusResumable), Header, description = "The protocol version: 1.0.0"),
         ("Upload-Offset" = u64, Header, description = "Where these bytes start: the offset HEAD answered"),
         ("Upload-Checksum" = Option<String>, Header, description = "`sha1 <Base64>` or `sha256 <Base64>` of this request's bytes"),
         ("Upload-Length" = Option<u64>, Header, description = "The length, when it was deferred"),
@@ -523,7 +532,7 @@ async fn offset_of(
         (status = 503, description = "Shutting down, or the file storage does not answer", body = ErrorBody),
         (status = 507, description = "The server's disk is full", body = ErrorBody),
     ), security(("bearer" = []), ("cookie" = [])))]
-async fn append(
+async fn upload_chunk(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
@@ -922,7 +931,7 @@ async fn join(
 /// Delete an upload and the bytes it received (tus termination). A complete upload's item
 /// stays.
 #[utoipa::path(delete, path = "/uploads/{id}", tag = "resumable uploads",
-    params(("id" = Uuid, Path, description = "The upload"), ("Tus-Resumable" = String, Header, description = "1.0.0")),
+    params(("id" = Uuid, Path, description = "The upload"), ("Tus-Resumable" = inline(TusResumable), Header, description = "The protocol version: 1.0.0")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
@@ -930,7 +939,7 @@ async fn join(
         (status = 412, description = "No or another Tus-Resumable", body = ErrorBody),
         (status = 423, description = "Another request is still writing to this upload", body = ErrorBody),
     ), security(("bearer" = []), ("cookie" = [])))]
-async fn terminate(
+async fn delete_upload(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
@@ -955,7 +964,7 @@ async fn terminate(
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
         (status = 404, description = "Unknown, expired, or not the caller's", body = ErrorBody),
     ), security(("bearer" = []), ("cookie" = [])))]
-async fn status(
+async fn upload_status(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
@@ -969,7 +978,7 @@ async fn status(
         (status = 200, description = "Unfinished uploads", body = Vec<UploadStatus>),
         (status = 401, description = "No or bad credentials", body = ErrorBody),
     ), security(("bearer" = []), ("cookie" = [])))]
-async fn list(
+async fn list_uploads(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> AppResult<axum::Json<Vec<UploadStatus>>> {
