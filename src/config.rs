@@ -85,6 +85,16 @@ pub struct Config {
     )]
     pub max_open_uploads_per_user: u64,
 
+    /// Chunks one resumable upload may arrive in: each is a stored file until the upload
+    /// completes, so a client sending bytes one by one is stopped (400).
+    #[arg(
+        long,
+        env = "RASTERCAST_MAX_UPLOAD_CHUNKS",
+        default_value_t = 10_000,
+        hide = true
+    )]
+    pub max_upload_chunks: u64,
+
     /// Largest accepted raster: width × height × bands.
     #[arg(long, env = "RASTERCAST_MAX_PIXELS", default_value_t = 4_000_000_000)]
     pub max_pixels: u64,

@@ -306,6 +306,18 @@ async fn start(
     let mut content_type = None;
     let mut convert = None;
     for pair in tus::metadata(&metadata).map_err(bad_header)? {
+        // Values are any bytes; the keys read here are text, the rest are the client's own.
+        let known = [
+            "filename",
+            "name",
+            "filetype",
+            "type",
+            "parent_id",
+            "convert",
+        ];
+        if !known.contains(&pair.key.as_str()) {
+            continue;
+        }
         let value = match pair.value {
             Some(bytes) => String::from_utf8(bytes).map_err(|_| {
                 AppError::BadRequest(format!("The metadata {:?} is not UTF-8 text.", pair.key))
@@ -349,6 +361,9 @@ async fn start(
             return Err(AppError::NotFound("folder"));
         }
     }
+    let with_bytes = text(headers, &header::CONTENT_TYPE)?
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(CHUNK_TYPE));
+    let checksum = checksum_of(headers)?;
     state
         .blobs
         .check_room(length.unwrap_or(0))
@@ -375,18 +390,28 @@ async fn start(
             retry_after_secs: 60,
         })?;
     let location = format!("/api/v1/uploads/{}", upload.id);
-    let with_bytes = text(headers, &header::CONTENT_TYPE)?
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case(CHUNK_TYPE));
+    let (id, user) = (upload.id, upload.user_id);
     let landed = if with_bytes || length == Some(0) {
-        let checksum = checksum_of(headers)?;
-        let guard = state.writing.lock(upload.id).await?;
-        receive(state, upload, body, checksum, guard).await
+        let guard = state.writing.lock(id).await?;
+        receive(state.clone(), upload, body, checksum, guard).await
     } else {
         Ok(Landed::at(&upload))
     };
     let mut response = match landed {
         Ok(landed) => landed.into_response(StatusCode::CREATED),
-        Err(error) => closing(error),
+        Err(error) => {
+            // Refused with nothing kept, the upload is gone too: a client that sees an error
+            // does not learn its URL, so it would only hold one of the user's places.
+            let kept = owned(&state, user, id).await.map(|u| u.received > 0);
+            if let Ok(false) = kept {
+                state
+                    .store
+                    .call(move |c| resumable::delete(c, user, id))
+                    .await?;
+                return Err(error);
+            }
+            closing(error)
+        }
     };
     response.headers_mut().insert(
         header::LOCATION,
@@ -488,6 +513,7 @@ async fn upload_offset(
     headers: HeaderMap,
 ) -> AppResult<Response> {
     speaks_tus(&headers)?;
+    owned(&state, user.id, id).await?;
     state.writing.settled(id).await;
     let upload = owned(&state, user.id, id).await?;
     let metadata = upload.metadata.clone();
@@ -568,6 +594,7 @@ async fn patch(
         .map(tus::late_length)
         .transpose()
         .map_err(bad_header)?;
+    owned(&state, user, id).await?;
     let guard = state.writing.lock(id).await?;
     // Read under the lock: a request that held it may have moved the offset.
     let mut upload = owned(&state, user, id).await?;
@@ -608,13 +635,30 @@ async fn patch(
                     upload.received
                 )));
             }
-            state
+            if !state
                 .store
                 .call(move |c| resumable::set_length(c, id, sent))
-                .await?;
+                .await?
+            {
+                return Err(moved_meanwhile());
+            }
             upload.length = Some(sent);
         }
         _ => {}
+    }
+    // While bytes arrive the upload does not expire, however long the request takes.
+    let (expires_at, max_chunks) = (expiry(&state), state.config.max_upload_chunks);
+    let chunks = state
+        .store
+        .call(move |c| {
+            resumable::touch(c, id, &expires_at)?;
+            resumable::chunk_count(c, id)
+        })
+        .await?;
+    if chunks >= max_chunks {
+        return Err(AppError::BadRequest(format!(
+            "This upload already arrived in {chunks} requests, the most one may take; send the rest in larger ones, or start again."
+        )));
     }
     // The bytes are taken in a task of their own, so that a client gone mid-chunk (which may
     // drop this handler) still leaves what arrived stored and counted.
@@ -744,10 +788,14 @@ async fn receive(
             .store
             .call(move |c| resumable::append(c, id, &stored, &expires_at))
             .await;
-        if !matches!(moved, Ok(true)) {
+        // Removed only when surely not counted: after an error the commit may have happened
+        // (PostgreSQL), and the collector removes the blob if nothing refers to it.
+        if !moved? {
             state.blobs.remove(vec![chunk.blob]).await;
-            moved?;
-            return Err(moved_meanwhile());
+            return Err(match owned(&state, upload.user_id, id).await {
+                Ok(_) => moved_meanwhile(),
+                Err(gone) => gone,
+            });
         }
         state.metrics.bytes_in.inc_by(size);
     }
@@ -767,29 +815,41 @@ fn moved_meanwhile() -> AppError {
     )
 }
 
-/// Why a completion's transaction made no item.
+/// Another request completed the upload, or moved its offset, while this one joined it.
 #[derive(Debug, thiserror::Error)]
-enum NotCompleted {
-    #[error("the offset moved")]
-    Moved,
-    #[error("the folder is gone")]
-    FolderGone,
-}
+#[error("the offset moved")]
+struct Moved;
 
 /// Joins the chunks received before with `last` (this request's bytes) into one file, and
-/// makes it a tree item in the transaction that marks the upload complete; then queues the
+/// makes it a tree item in one transaction with marking the upload complete and queueing the
 /// conversion asked for.
 async fn complete(state: &AppState, upload: &Resumable, last: BlobWriter) -> AppResult<Landed> {
     let id = upload.id;
     let length = upload.received + last.size();
     let chunks = state.store.call(move |c| resumable::chunks(c, id)).await?;
+    // Another node may have appended since this request read the offset.
+    let mut end = 0;
+    for chunk in &chunks {
+        if chunk.start != end {
+            return Err(moved_meanwhile());
+        }
+        end += chunk.size;
+    }
+    if end != upload.received {
+        return Err(moved_meanwhile());
+    }
+    // Options stored by an older version may no longer read: the file is kept all the same.
+    let convert = upload
+        .convert
+        .as_deref()
+        .map(|json| serde_json::from_str::<Conversion>(json).map_err(|e| e.to_string()));
     let whole = if chunks.is_empty() {
         last
     } else {
         join(state, &chunks, last, length).await?
     };
     let content_type = stored_type(upload.content_type.as_deref(), &upload.name);
-    let new = new_file(
+    let mut new = new_file(
         state,
         upload.user_id,
         upload.parent_id,
@@ -799,12 +859,6 @@ async fn complete(state: &AppState, upload: &Resumable, last: BlobWriter) -> App
     )
     .await?;
     let blob = new.blob.clone().expect("a file has a blob");
-    let convert = match &upload.convert {
-        Some(json) => Some(
-            serde_json::from_str::<Conversion>(json).map_err(|e| AppError::Internal(e.into()))?,
-        ),
-        None => None,
-    };
     let (user, from, limit) = (
         upload.user_id,
         upload.received,
@@ -813,54 +867,56 @@ async fn complete(state: &AppState, upload: &Resumable, last: BlobWriter) -> App
     let done = state
         .store
         .call(move |c| {
-            let (item, joined) = c.atomically(|c| {
+            c.atomically(|c| {
+                // A folder deleted during a day-long upload loses the folder, not the file.
                 if let Some(folder) = new.parent_id {
                     if !items::is_folder(c, user, folder)? {
-                        return Err(NotCompleted::FolderGone.into());
+                        new.parent_id = None;
                     }
                 }
                 let item = items::insert(c, new)?;
-                let joined = resumable::complete(c, id, from, length, item.id)?
-                    .ok_or(NotCompleted::Moved)?;
-                Ok((item, joined))
-            })?;
-            let task = match convert {
-                None => None,
-                Some(options) => {
-                    let task = NewTask {
-                        user_id: user,
-                        source_id: item.id,
-                        source_blob: item.blob.clone().expect("a file has a blob"),
-                        source_name: item.name.clone(),
-                        parent_id: item.parent_id,
-                        options,
-                        retry_of: None,
-                    };
-                    let (task, error) = match lifecycle::submit(c, task, limit, None)? {
-                        Submitted::Queued(task) => (Some(task.id), None),
-                        Submitted::Busy { active } => (
-                            None,
-                            Some(crate::limits::too_many_tasks(active, limit).to_string()),
-                        ),
-                        _ => (None, None),
-                    };
+                let joined = resumable::complete(c, id, from, length, item.id)?.ok_or(Moved)?;
+                let (task, error) = match convert {
+                    None => (None, None),
+                    Some(Err(e)) => (
+                        None,
+                        Some(format!("The conversion options no longer read: {e}")),
+                    ),
+                    Some(Ok(options)) => {
+                        let task = NewTask {
+                            user_id: user,
+                            source_id: item.id,
+                            source_blob: item.blob.clone().expect("a file has a blob"),
+                            source_name: item.name.clone(),
+                            parent_id: item.parent_id,
+                            options,
+                            retry_of: None,
+                        };
+                        match lifecycle::submit(c, task, limit, None)? {
+                            Submitted::Queued(task) => (Some(task.id), None),
+                            Submitted::Busy { active } => (
+                                None,
+                                Some(crate::limits::too_many_tasks(active, limit).to_string()),
+                            ),
+                            _ => (None, None),
+                        }
+                    }
+                };
+                if task.is_some() || error.is_some() {
                     resumable::set_conversion(c, id, task, error)?;
-                    task
                 }
-            };
-            Ok((item, joined, task))
+                Ok((item, joined, task))
+            })
         })
         .await;
     let (item, joined, task) = match done {
         Ok(done) => done,
-        Err(e) => {
+        Err(e) if e.downcast_ref::<Moved>().is_some() => {
             state.blobs.remove(vec![blob]).await;
-            return Err(match e.downcast_ref::<NotCompleted>() {
-                Some(NotCompleted::Moved) => moved_meanwhile(),
-                Some(NotCompleted::FolderGone) => AppError::NotFound("folder"),
-                None => e.into(),
-            });
+            return Err(moved_meanwhile());
         }
+        // The commit may have happened (PostgreSQL): the collector removes the file if not.
+        Err(e) => return Err(e.into()),
     };
     state.metrics.bytes_in.inc_by(length - from);
     state.blobs.remove(joined).await;
@@ -946,6 +1002,7 @@ async fn delete_upload(
     headers: HeaderMap,
 ) -> AppResult<StatusCode> {
     speaks_tus(&headers)?;
+    owned(&state, user.id, id).await?;
     let _guard = state.writing.lock(id).await?;
     let blobs = state
         .store

@@ -443,7 +443,13 @@ struct Multipart {
     digests: Vec<u8>,
     inflight: FuturesOrdered<SentPart>,
     finished: bool,
+    /// When the marker was last written: the collector takes a marker older than
+    /// `--orphan-min-age-secs` for one a dead node left, so a long upload rewrites it.
+    marked_at: std::time::Instant,
 }
+
+/// How often an upload in flight rewrites its marker (well under the collector's age).
+const MARKER_REFRESH: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Drop for Multipart {
     fn drop(&mut self) {
@@ -491,6 +497,7 @@ impl Upload {
                 digests: Vec::new(),
                 inflight: FuturesOrdered::new(),
                 finished: false,
+                marked_at: std::time::Instant::now(),
             };
             // Without its marker no one could find the upload again: dropped, it is aborted.
             store
@@ -500,6 +507,14 @@ impl Upload {
             self.multipart = Some(multipart);
         }
         let multipart = self.multipart.as_mut().expect("started above");
+        if multipart.marked_at.elapsed() > MARKER_REFRESH {
+            multipart
+                .store
+                .put(&self.marker, multipart.id.clone().into())
+                .await
+                .map_err(|e| self.storage.error(e))?;
+            multipart.marked_at = std::time::Instant::now();
+        }
         let (store, key, id, path) = (
             multipart.store.clone(),
             multipart.key.clone(),

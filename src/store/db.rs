@@ -115,13 +115,16 @@ impl Db<'_> {
 
     /// Runs `f` as one unit that other writers never see half-done. SQLite takes its write
     /// lock up front (`BEGIN IMMEDIATE`); for PostgreSQL the whole call already is a
-    /// transaction.
+    /// transaction. Inside another `atomically`, `f` is part of the outer unit (an error
+    /// that reaches the outer one undoes both).
     pub fn atomically<R>(
         &mut self,
         f: impl FnOnce(&mut Db) -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
-        if let Conn::Postgres(_) = self.conn {
-            return f(self);
+        match &self.conn {
+            Conn::Postgres(_) => return f(self),
+            Conn::Sqlite(c) if !c.is_autocommit() => return f(self),
+            Conn::Sqlite(_) => {}
         }
         self.execute_batch("BEGIN IMMEDIATE")?;
         match f(self) {

@@ -237,6 +237,7 @@ fn migrate_postgres(client: &mut postgres::Client) -> anyhow::Result<()> {
             0
         }
     };
+    newer_than_known(done as usize, POSTGRES_MIGRATIONS.len())?;
     for (i, sql) in POSTGRES_MIGRATIONS.iter().enumerate().skip(done as usize) {
         tx.batch_execute(sql)
             .with_context(|| format!("running PostgreSQL migration {}", i + 1))?;
@@ -246,8 +247,19 @@ fn migrate_postgres(client: &mut postgres::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A database a newer version migrated is refused: this binary would not know its tables (an
+/// old node's garbage collector would delete files that only new tables refer to).
+fn newer_than_known(done: usize, known: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        done <= known,
+        "The database's schema is at version {done}, newer than this rastercast knows ({known}): run the newer version on every node."
+    );
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    newer_than_known(done, MIGRATIONS.len())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)

@@ -1109,3 +1109,279 @@ async fn any_node_takes_the_next_chunk() {
         .unwrap();
     assert_eq!(res.bytes().await.unwrap(), bytes);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Races, and what a completion does when the world changed meanwhile.
+
+/// A PATCH whose body the test sends piece by piece; dropped, the body ends.
+struct HeldPatch {
+    sender: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    answer: tokio::task::JoinHandle<Response>,
+}
+
+impl HeldPatch {
+    async fn start(tus: &Tus<'_>, location: &str, offset: u64, first: Vec<u8>) -> HeldPatch {
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        sender.send(Ok(first)).await.unwrap();
+        let body = reqwest::Body::wrap_stream(tokio_stream_of(receiver));
+        let request = tus
+            .req(Method::PATCH, location)
+            .header("Content-Type", CHUNK_TYPE)
+            .header("Upload-Offset", offset)
+            .body(body);
+        HeldPatch {
+            sender,
+            answer: tokio::spawn(async move { request.send().await.unwrap() }),
+        }
+    }
+
+    async fn finish(self, last: Vec<u8>) -> Response {
+        self.sender.send(Ok(last)).await.unwrap();
+        drop(self.sender);
+        self.answer.await.unwrap()
+    }
+}
+
+fn tokio_stream_of(
+    mut receiver: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    async_stream::stream! {
+        while let Some(item) = receiver.recv().await {
+            yield item;
+        }
+    }
+}
+
+/// Waits until the server has taken `n` bytes of a held request (its offset does not show
+/// them yet: the request's bytes count only once it ends).
+async fn server_reading(server: &TestServer) {
+    eventually(
+        "the server to read the held request",
+        Duration::from_secs(10),
+        || async { (!server.tmp_files().is_empty()).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_request_for_an_upload_being_written_waits_then_gets_423() {
+    let server = TestServer::start().await;
+    let tus = Tus::new(&server);
+    let location = tus.create(Some(20), &[("filename", "race.bin")]).await;
+    let held = HeldPatch::start(&tus, &location, 0, b"0123456789".to_vec()).await;
+    server_reading(&server).await;
+    let (status, detail) = detail(tus.patch(&location, 0, b"abcdefghij".to_vec()).await).await;
+    assert_eq!(status, StatusCode::LOCKED, "{detail}");
+    let res = held.finish(b"0123456789".to_vec()).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let item = res.headers()["upload-item-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let res = server
+        .req(
+            Method::GET,
+            &format!("/tree-items/{item}/content"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.bytes().await.unwrap(), &b"01234567890123456789"[..]);
+    // Another user learns nothing from the lock: 404 at once.
+    let other = Tus::as_user(&server, server.token_for("eve").await);
+    let held = {
+        let location = tus.create(Some(20), &[]).await;
+        (
+            HeldPatch::start(&tus, &location, 0, vec![1; 10]).await,
+            location,
+        )
+    };
+    let started = std::time::Instant::now();
+    assert_eq!(other.head(&held.1).await.status(), StatusCode::NOT_FOUND);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "no wait for the lock"
+    );
+    assert_eq!(
+        held.0.finish(vec![2; 10]).await.status(),
+        StatusCode::NO_CONTENT
+    );
+}
+
+#[tokio::test]
+async fn two_nodes_racing_for_one_offset_land_one_chunk_and_the_file_is_exact() {
+    let db = TestDatabase::new();
+    let first = TestServer::start_with(&["--database-url", &db.url]).await;
+    let second = first.join(&["--database-url", &db.url]).await;
+    let (one, two) = (Tus::new(&first), Tus::new(&second));
+    let location = one.create(Some(30), &[("filename", "raced.bin")]).await;
+    assert_eq!(
+        one.patch(&location, 0, b"AAAAAAAAAA".to_vec())
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    // Node one reads a request from offset 10; meanwhile node two takes bytes from 10 too.
+    let held = HeldPatch::start(&one, &location, 10, b"xxxxx".to_vec()).await;
+    server_reading(&first).await;
+    let res = two.patch(&location, 10, b"BBBBBBBBBB".to_vec()).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // The late one ends the upload in its own eyes (10 + 20 = 30), but the offset moved.
+    let (status, detail) = detail(held.finish(vec![b'x'; 15]).await).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{detail}");
+    assert_eq!(one.offset(&location).await, 20);
+    let res = one.patch(&location, 20, b"CCCCCCCCCC".to_vec()).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let item = res.headers()["upload-item-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let res = second
+        .req(
+            Method::GET,
+            &format!("/tree-items/{item}/content"),
+            &second.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.bytes().await.unwrap(),
+        &b"AAAAAAAAAABBBBBBBBBBCCCCCCCCCC"[..]
+    );
+    // The losing request's bytes were removed: only the item's file is left.
+    eventually(
+        "the loser's chunk to go",
+        Duration::from_secs(10),
+        || async { (blobs(&first) == 1).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn completion_keeps_the_file_when_its_folder_went_or_its_conversion_cannot_queue() {
+    // No place for a task: the conversion asked for cannot queue.
+    let server = TestServer::start_with(&["--max-active-tasks-per-user", "0"]).await;
+    let tus = Tus::new(&server);
+    let res = server
+        .req(Method::POST, "/tree-items/folders", &server.token)
+        .json(&json!({"name": "gone"}))
+        .send()
+        .await
+        .unwrap();
+    let folder: Value = res.json().await.unwrap();
+    let folder = folder["id"].as_str().unwrap().to_string();
+    let bytes = std::fs::read(data("byte.tif")).unwrap();
+    let location = tus
+        .create(
+            Some(bytes.len() as u64),
+            &[
+                ("filename", "late.tif"),
+                ("parent_id", &folder),
+                ("convert", "{}"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        tus.patch(&location, 0, bytes[..100].to_vec())
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let res = server
+        .req(
+            Method::DELETE,
+            &format!("/tree-items/{folder}"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = tus.patch(&location, 100, bytes[100..].to_vec()).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let upload = tus.state(&location).await;
+    let item = upload["tree_item_id"].as_str().unwrap();
+    let (_, item) = server
+        .get_json(&format!("/tree-items/{item}"), &server.token)
+        .await;
+    assert!(
+        item["parent_id"].is_null(),
+        "the file lands at the root: {item}"
+    );
+    assert_eq!(item["name"], "late.tif");
+    assert!(upload["task_id"].is_null(), "{upload}");
+    assert!(
+        upload["conversion_error"]
+            .as_str()
+            .unwrap()
+            .contains("limit"),
+        "{upload}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_creation_leaves_no_upload_and_chunks_are_capped() {
+    let server = TestServer::start_with(&["--max-upload-chunks", "3"]).await;
+    let tus = Tus::new(&server);
+    for (headers, body) in [
+        (
+            vec![("Upload-Checksum", "md5 AAAA".to_string())],
+            b"abc".to_vec(),
+        ),
+        (vec![], b"more than ten bytes".to_vec()),
+        (
+            vec![(
+                "Upload-Checksum",
+                format!(
+                    "sha1 {}",
+                    base64::engine::general_purpose::STANDARD.encode([0u8; 20])
+                ),
+            )],
+            b"abc".to_vec(),
+        ),
+    ] {
+        let mut req = tus
+            .req(Method::POST, "/api/v1/uploads")
+            .header("Upload-Length", 10)
+            .header("Content-Type", CHUNK_TYPE);
+        for (name, value) in &headers {
+            req = req.header(*name, value);
+        }
+        let res = req.body(body).send().await.unwrap();
+        assert!(res.status().is_client_error(), "{}", res.status());
+        assert!(!res.headers().contains_key("location"));
+    }
+    assert_eq!(
+        server.get_json("/uploads", &server.token).await.1,
+        json!([])
+    );
+
+    // Binary values under keys the server does not read are the client's own business.
+    let location = tus
+        .req(Method::POST, "/api/v1/uploads")
+        .header("Upload-Length", 10)
+        .header(
+            "Upload-Metadata",
+            format!(
+                "filename {},blob {}",
+                b64("x.bin"),
+                base64::engine::general_purpose::STANDARD.encode([0xff, 0xfe, 0x00])
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(location.status(), StatusCode::CREATED);
+    let location = location.headers()["location"].to_str().unwrap().to_string();
+    for offset in 0..3 {
+        assert_eq!(
+            tus.patch(&location, offset, vec![1]).await.status(),
+            StatusCode::NO_CONTENT
+        );
+    }
+    let (status, detail) = detail(tus.patch(&location, 3, vec![1]).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(detail.contains("larger"), "{detail}");
+}
