@@ -1,7 +1,7 @@
 //! The benchmark behind `make bench`: every figure is measured against its reference in the
 //! same run, on this machine, and written to docs/BENCHMARKS.md as a ratio.
 //!
-//! cargo run --release --example bench [-- --quick] [--only startup,convert,status,push,tiny,stalled,nodes,s3]
+//! cargo run --release --example bench [-- --quick] [--only startup,convert,status,push,tiny,stalled,nodes,s3,tus]
 //!
 //! `--only` runs the named sections and prints their rows without touching docs/BENCHMARKS.md.
 //!
@@ -311,12 +311,105 @@ async fn main() -> anyhow::Result<()> {
         rows.extend(object_storage(&client, runs, quick).await?);
     }
 
+    // Resumable uploads in 8 MiB chunks against one plain upload of the same file.
+    if want("tus") {
+        rows.push(resumable_upload(&client, runs, quick).await?);
+    }
+
     if only.is_some() {
         print_table(&rows);
     } else {
         write_report(&rows)?;
     }
     Ok(())
+}
+
+/// A file of `size` random bytes under target/, made once.
+fn random_file(size: u64) -> anyhow::Result<PathBuf> {
+    let file = root().join(format!("target/bench-upload-{}m.bin", size >> 20));
+    if std::fs::metadata(&file).map(|m| m.len()).ok() != Some(size) {
+        let status = std::process::Command::new("head")
+            .args(["-c", &size.to_string(), "/dev/urandom"])
+            .stdout(std::fs::File::create(&file)?)
+            .status()?;
+        anyhow::ensure!(status.success(), "writing {}", file.display());
+    }
+    Ok(file)
+}
+
+/// `rastercast upload` (tus, 8 MiB chunks, each with its sha256) against one
+/// `POST /tree-items` by curl, of the same file to the same server, alternating; both end with
+/// the file stored as an item, which is deleted before the next run.
+async fn resumable_upload(
+    client: &reqwest::Client,
+    runs: usize,
+    quick: bool,
+) -> anyhow::Result<Row> {
+    let size: u64 = if quick { 256 << 20 } else { 1 << 30 };
+    let file = random_file(size)?;
+    let (server, _) = Server::start(&[]).await?;
+    let state = tempfile::tempdir()?;
+    let delete = |id: String| {
+        let request = client
+            .delete(format!("{}/api/v1/tree-items/{id}", server.url))
+            .bearer_auth(&server.token);
+        async move { anyhow::Ok(request.send().await?.error_for_status()?) }
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..runs.min(3) {
+        let started = Instant::now();
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-X", "POST", "-T"])
+            .arg(&file)
+            .args(["-H", &format!("Authorization: Bearer {}", server.token)])
+            .args(["-H", "content-type: application/octet-stream"])
+            .arg(format!("{}/api/v1/tree-items?name=plain.bin", server.url))
+            .output()?;
+        theirs.push(started.elapsed().as_secs_f64());
+        let item: Value = serde_json::from_slice(&out.stdout)?;
+        delete(item["id"].as_str().unwrap_or_default().to_string()).await?;
+
+        let started = Instant::now();
+        let out = std::process::Command::new(root().join("target/release/rastercast"))
+            .arg("upload")
+            .arg(&file)
+            .args([
+                "--url",
+                &server.url,
+                "--token",
+                &server.token,
+                "--chunk-size",
+                "8",
+            ])
+            .arg("--state-file")
+            .arg(state.path().join("uploads.json"))
+            .stderr(Stdio::null())
+            .output()?;
+        ours.push(started.elapsed().as_secs_f64());
+        anyhow::ensure!(out.status.success(), "rastercast upload failed");
+        let last = String::from_utf8_lossy(&out.stdout);
+        let done: Value = serde_json::from_str(last.lines().last().unwrap_or_default())?;
+        delete(
+            done["tree_item_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+        .await?;
+    }
+    let mib = size as f64 / (1 << 20) as f64;
+    let (o, t) = (mib / median(ours), mib / median(theirs));
+    Ok(Row {
+        figure: format!(
+            "{} resumable upload, 8 MiB chunks with sha256 (rastercast upload, tus), local disk",
+            if quick { "256 MiB" } else { "1 GiB" }
+        ),
+        measured: format!("{o:.0} MiB/s"),
+        reference: format!("one POST /tree-items of the same file (curl -T): {t:.0} MiB/s"),
+        ratio: format!("{:.2}×", o / t),
+        target: "—".into(),
+        met: None,
+    })
 }
 
 /// The bench's own SeaweedFS (from `scripts/test-s3.sh`, on ports of its own): started for the
@@ -401,14 +494,7 @@ async fn object_storage_rows(
     // One upload of a big random file, streamed by curl to each; the server's peak RSS is its
     // high-water mark, in a process that did nothing else.
     let size: u64 = if quick { 512 << 20 } else { 2 << 30 };
-    let file = root().join(format!("target/bench-upload-{}m.bin", size >> 20));
-    if std::fs::metadata(&file).map(|m| m.len()).ok() != Some(size) {
-        let status = std::process::Command::new("head")
-            .args(["-c", &size.to_string(), "/dev/urandom"])
-            .stdout(std::fs::File::create(&file)?)
-            .status()?;
-        anyhow::ensure!(status.success(), "writing {}", file.display());
-    }
+    let file = random_file(size)?;
     let (s3, _) = Server::start_with_env(
         &[
             "--storage",

@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server and its conversion workers.
-    Serve(Config),
+    Serve(Box<Config>),
     /// Create, list or revoke API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -159,7 +159,7 @@ pub fn main() -> ExitCode {
         ),
         Command::Convert(args) => convert_local(args),
         Command::Upload(args) => upload(args),
-        Command::Serve(config) => report(serve(config)),
+        Command::Serve(config) => report(serve(*config)),
     }
 }
 
