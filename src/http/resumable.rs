@@ -953,28 +953,33 @@ async fn join(
                 whole.size()
             )));
         }
-        let mut bytes = state
-            .blobs
-            .read(&chunk.blob, 0, chunk.size)
-            .await
-            .map_err(AppError::from_io)?;
-        while let Some(bytes) = bytes.next().await {
-            whole
-                .write(&bytes.map_err(AppError::from_io)?)
-                .await
-                .map_err(AppError::from_io)?;
+        match state.blobs.local_path(&chunk.blob) {
+            Some(path) => whole.append_file(&path).await,
+            None => {
+                let mut bytes = state
+                    .blobs
+                    .read(&chunk.blob, 0, chunk.size)
+                    .await
+                    .map_err(AppError::from_io)?;
+                let mut copied = Ok(());
+                while let Some(bytes) = bytes.next().await {
+                    copied = match bytes {
+                        Ok(bytes) => whole.write(&bytes).await,
+                        Err(e) => Err(e),
+                    };
+                    if copied.is_err() {
+                        break;
+                    }
+                }
+                copied
+            }
         }
+        .map_err(AppError::from_io)?;
     }
-    let file = tokio::fs::File::open(last.path())
+    whole
+        .append_file(last.path())
         .await
         .map_err(AppError::from_io)?;
-    let mut bytes = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
-    while let Some(bytes) = bytes.next().await {
-        whole
-            .write(&bytes.map_err(AppError::from_io)?)
-            .await
-            .map_err(AppError::from_io)?;
-    }
     let size = whole.close().await.map_err(AppError::from_io)?;
     if size != length {
         return Err(AppError::Internal(anyhow::anyhow!(

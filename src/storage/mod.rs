@@ -86,6 +86,35 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Appends the whole of the local file `source`. On local disk the kernel copies it
+    /// (`copy_file_range`), so the bytes never pass through this process; on object storage they
+    /// go through [`BlobWriter::write`], which sends them on.
+    pub async fn append_file(&mut self, source: &Path) -> std::io::Result<()> {
+        self.file.flush().await?;
+        if self.upload.is_some() {
+            let mut file = tokio::fs::File::open(source).await?;
+            let mut buffer = vec![0u8; 256 * 1024];
+            loop {
+                use tokio::io::AsyncReadExt;
+                let n = file.read(&mut buffer).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                self.write(&buffer[..n]).await?;
+            }
+        }
+        // A second handle on the same open file shares its offset: the copy lands at the end.
+        let mut target = self.file.get_ref().try_clone().await?.into_std().await;
+        let source = source.to_path_buf();
+        let copied = tokio::task::spawn_blocking(move || {
+            std::io::copy(&mut std::fs::File::open(source)?, &mut target)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.size += copied;
+        Ok(())
+    }
+
     /// Flushes the scratch file; returns its size.
     pub async fn close(&mut self) -> std::io::Result<u64> {
         self.file.flush().await?;
@@ -196,6 +225,14 @@ impl Storage {
                         fetched,
                     }))
             }
+        }
+    }
+
+    /// Where `blob` is on this node's disk, when blobs are kept there (local disk only).
+    pub fn local_path(&self, blob: &str) -> Option<PathBuf> {
+        match self {
+            Storage::Local(disk) => disk.path(blob),
+            Storage::S3(_) => None,
         }
     }
 

@@ -399,7 +399,11 @@ async fn the_reference_client_resumes_after_random_cuts_and_a_sigkill_bit_exact(
         assert!(offset > acknowledged, "round {round} kept what arrived");
         // The cut fell inside a chunk (headers are a few hundred of its 8 MiB): its first
         // part was kept too, so the offset is off the chunks' edges.
-        assert_ne!(offset % chunk, 0, "round {round} kept the cut request's bytes");
+        assert_ne!(
+            offset % chunk,
+            0,
+            "round {round} kept the cut request's bytes"
+        );
         assert!(offset <= wire.sent());
         acknowledged = offset;
     }
