@@ -553,6 +553,13 @@ async fn the_openapi_document_covers_every_route() {
         ("GET", "/api/v1/session"),
         ("DELETE", "/api/v1/session"),
         ("GET", "/api/v1/openapi.json"),
+        ("OPTIONS", "/api/v1/uploads"),
+        ("POST", "/api/v1/uploads"),
+        ("GET", "/api/v1/uploads"),
+        ("HEAD", "/api/v1/uploads/{id}"),
+        ("PATCH", "/api/v1/uploads/{id}"),
+        ("DELETE", "/api/v1/uploads/{id}"),
+        ("GET", "/api/v1/uploads/{id}"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),
     ];
