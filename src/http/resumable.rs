@@ -75,6 +75,28 @@ const CHUNK_TYPE: &str = "application/offset+octet-stream";
 /// resumes at once after its connection broke may arrive before the server saw the break).
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// tus's `X-HTTP-Method-Override`, for clients behind proxies that pass only GET and POST: a
+/// `POST` to an upload's URL that names `PATCH`, `DELETE` or `HEAD` is routed as that method.
+/// It runs before routing (from `serve`), and only for upload URLs.
+pub fn method_override<B>(request: &mut axum::http::Request<B>) {
+    use axum::http::Method;
+    if request.method() != Method::POST || !request.uri().path().starts_with("/api/v1/uploads/") {
+        return;
+    }
+    let wanted = request
+        .headers()
+        .get("x-http-method-override")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_uppercase());
+    let method = match wanted.as_deref() {
+        Some("PATCH") => Method::PATCH,
+        Some("DELETE") => Method::DELETE,
+        Some("HEAD") => Method::HEAD,
+        _ => return,
+    };
+    *request.method_mut() = method;
+}
+
 /// Every answer says which protocol version it speaks; a refusal for the wrong one also says
 /// which versions there are.
 async fn protocol_headers(mut response: Response) -> Response {

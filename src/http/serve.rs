@@ -57,6 +57,7 @@ pub async fn serve(
                 request
                     .extensions_mut()
                     .insert(ConnectInfo::<SocketAddr>(peer));
+                super::resumable::method_override(&mut request);
                 request.map(axum::body::Body::new)
             },
         );

@@ -286,9 +286,20 @@ impl Workers {
             }
             let uploaded = |done: f64| report(95.0 + 4.0 * done, Phase::Uploading);
             let uploading = self.blobs.persist_file(output, &uploaded);
+            tokio::pin!(uploading);
             let stored = tokio::select! {
-                stored = uploading => stored,
-                _ = stop.cancelled() => return Err(Outcome::Stopped),
+                stored = &mut uploading => stored,
+                _ = stop.cancelled() => {
+                    // On local disk the fsync and rename run on a blocking thread that a drop
+                    // does not stop: let it finish (it is quick) and remove what it stored. On
+                    // object storage, dropping the upload aborts it.
+                    if let Storage::Local(_) = self.blobs {
+                        if let Ok(blob) = uploading.await {
+                            self.blobs.remove(vec![blob]).await;
+                        }
+                    }
+                    return Err(Outcome::Stopped);
+                }
             };
             let blob = stored.map_err(|e| {
                 Outcome::Failed(Failure::transient(format!(

@@ -1392,3 +1392,37 @@ async fn a_refused_creation_leaves_no_upload_and_chunks_are_capped() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(detail.contains("larger"), "{detail}");
 }
+
+#[tokio::test]
+async fn x_http_method_override_routes_a_post_as_patch_head_or_delete() {
+    let server = TestServer::start().await;
+    let tus = Tus::new(&server);
+    let location = tus.create(Some(10), &[("filename", "proxied.bin")]).await;
+    let overridden = |method: &str| {
+        tus.req(Method::POST, &location)
+            .header("X-HTTP-Method-Override", method)
+    };
+    let res = overridden("PATCH")
+        .header("Content-Type", CHUNK_TYPE)
+        .header("Upload-Offset", 0)
+        .body("01234")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = overridden("HEAD").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header_u64(&res, "upload-offset"), 5);
+    let res = overridden("DELETE").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(tus.head(&location).await.status(), StatusCode::NOT_FOUND);
+    // Elsewhere, a POST stays a POST.
+    let res = server
+        .req(Method::POST, "/tree-items/folders", &server.token)
+        .header("X-HTTP-Method-Override", "DELETE")
+        .json(&json!({"name": "kept"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+}
