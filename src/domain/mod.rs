@@ -9,6 +9,7 @@ pub mod options;
 pub mod state;
 pub mod task;
 pub mod tus;
+pub mod webhook;
 
 pub use event::{Announce, Event, EventKind};
 pub use state::{TaskState, Transition};
