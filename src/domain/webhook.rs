@@ -111,6 +111,72 @@ pub fn signature_header(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8
         .join(" ")
 }
 
+/// When a failed delivery is tried again: the delay before each attempt after the first
+/// (immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h), as Svix schedules them.
+pub const RETRY_DELAYS: [std::time::Duration; 8] = {
+    use std::time::Duration;
+    [
+        Duration::ZERO,
+        Duration::from_secs(5),
+        Duration::from_secs(5 * 60),
+        Duration::from_secs(30 * 60),
+        Duration::from_secs(2 * 3600),
+        Duration::from_secs(5 * 3600),
+        Duration::from_secs(10 * 3600),
+        Duration::from_secs(10 * 3600),
+    ]
+};
+
+/// The delay before attempt `n` (0 is the first, sent at once), spread by `jitter` (from -1 to
+/// 1, drawn by the caller) over ±10 % so that deliveries that failed together do not all come
+/// back together; `None` once the schedule is used up.
+pub fn retry_delay(n: usize, jitter: f64) -> Option<std::time::Duration> {
+    let base = *RETRY_DELAYS.get(n)?;
+    Some(base.mul_f64(1.0 + 0.1 * jitter.clamp(-1.0, 1.0)))
+}
+
+/// Whether a delivery may go to `ip`: a public unicast address, never this machine, a private
+/// or link-local network (where cloud metadata services answer), or a special-purpose range.
+/// IPv4 inside IPv6 (mapped, or NAT64) is judged as the IPv4 it carries.
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+                || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+                || (a == 198 && (b == 18 || b == 19)) // benchmarking
+                || a >= 240) // reserved
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let segments = v6.segments();
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [a, b] = segments[6].to_be_bytes();
+                let [c, d] = segments[7].to_be_bytes();
+                return is_public(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)));
+            }
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (segments[0] & 0xfe00) == 0xfc00 // unique local (fd00:ec2::254 is AWS metadata)
+                || (segments[0] & 0xffc0) == 0xfe80 // link-local
+                || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
+                || segments[..5] == [0, 0, 0, 0, 0]) // IPv4-compatible and other reserved
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +251,72 @@ mod tests {
         assert!(Secret::from_key(vec![1; 65]).is_err());
         assert!(Secret::from_key(vec![1; 64]).is_ok());
         assert_eq!(format!("{secret:?}"), "Secret(…)", "never printed");
+    }
+
+    #[test]
+    fn retries_follow_the_schedule_with_bounded_jitter_then_stop() {
+        use std::time::Duration;
+        assert_eq!(retry_delay(0, 1.0), Some(Duration::ZERO));
+        assert_eq!(retry_delay(1, 0.0), Some(Duration::from_secs(5)));
+        assert_eq!(retry_delay(7, 0.0), Some(Duration::from_secs(36_000)));
+        assert_eq!(retry_delay(8, 0.0), None);
+        let low = retry_delay(3, -1.0).unwrap();
+        let high = retry_delay(3, 5.0).unwrap();
+        assert_eq!(low, Duration::from_secs(1620));
+        assert_eq!(high, Duration::from_secs(1980), "jitter is capped at 10 %");
+        let total: Duration = RETRY_DELAYS.iter().sum();
+        assert_eq!(total, Duration::from_secs(99_305), "27 h 35 min 5 s in all");
+    }
+
+    #[test]
+    fn only_public_unicast_addresses_may_receive_deliveries() {
+        let public = [
+            "93.184.215.14",
+            "8.8.8.8",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ];
+        let refused = [
+            "127.0.0.1",
+            "127.8.9.10",
+            "0.0.0.0",
+            "0.1.2.3",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.254",
+            "192.0.0.8",
+            "192.0.2.1",
+            "198.18.0.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "fc00::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "::127.0.0.1",
+        ];
+        for ip in public {
+            assert!(is_public(ip.parse().unwrap()), "{ip} is public");
+        }
+        for ip in refused {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} is not");
+        }
+        // Just outside the private ranges.
+        assert!(is_public("172.32.0.1".parse().unwrap()));
+        assert!(is_public("100.128.0.1".parse().unwrap()));
     }
 }
