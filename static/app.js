@@ -268,13 +268,14 @@ const uploads = {
     const metadata = { filename: file.name };
     if (file.type) metadata.filetype = file.type;
     if (parentId) metadata.parent_id = parentId;
-    const state = { paused: false, button: view.button };
+    const state = { paused: false, stopped: false, button: view.button, view };
     // No extra headers: the session cookie authenticates, as for api(), and the Origin the
     // server checks on cookie-authenticated writes goes with every XMLHttpRequest.
     const upload = new tus.Upload(file, {
       endpoint: UPLOADS,
       chunkSize: 8 * 1024 * 1024,
-      retryDelays: [0, 1000, 3000, 5000, 10000],
+      // A server restarting or a flaky link: about four minutes of retries before giving up.
+      retryDelays: [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000, 60000, 60000],
       metadata,
       removeFingerprintOnSuccess: true,
       // Resuming an upload listed as unfinished: that line gives way to this one.
@@ -290,21 +291,28 @@ const uploads = {
         const status = err.originalResponse ? err.originalResponse.getStatus() : 0;
         let detail = null;
         try { detail = JSON.parse(err.originalResponse.getBody()).detail; } catch (_) { /* no JSON body */ }
-        if (!detail) detail = status ? `the server answered ${status}.` : 'the connection broke.';
-        showError(`Upload of ${file.name} failed: ${detail}`);
         // A refusal (too large, no such folder, …) is final; anything else can be resumed.
         if (status >= 400 && status < 500 && ![408, 409, 423, 429].includes(status)) {
+          showError(`Upload of ${file.name} failed: ${detail || `the server answered ${status}.`}`);
           this.active.delete(key);
           view.remove();
-        } else {
-          state.paused = true;
-          view.paused(true, 'Stopped');
+          return;
         }
+        state.paused = true;
+        if (!status && !navigator.onLine) {
+          // Offline: it goes on by itself once the browser is back online (see resumeStopped).
+          state.stopped = true;
+          view.paused(true, 'Offline (resumes when the connection is back)');
+          return;
+        }
+        showError(`Upload of ${file.name} stopped: ${detail || (status ? `the server answered ${status}.` : 'the connection broke.')} Resume it when the server is back.`);
+        view.paused(true, 'Stopped');
       },
     });
     state.upload = upload;
     this.active.set(key, state);
     view.button.onclick = () => {
+      state.stopped = false;
       state.paused = !state.paused;
       view.paused(state.paused, 'Paused');
       if (state.paused) upload.abort(); else upload.start();
@@ -317,6 +325,17 @@ const uploads = {
       if (resume) upload.resumeFromPreviousUpload(resume);
       if (!state.paused) upload.start();
     }).catch((err) => { this.active.delete(key); view.remove(); showError(err); });
+  },
+
+  // Uploads stopped by a lost connection go on where the server stopped once it is back.
+  resumeStopped() {
+    for (const state of this.active.values()) {
+      if (!state.stopped) continue;
+      state.stopped = false;
+      state.paused = false;
+      state.view.paused(false);
+      state.upload.start();
+    }
   },
 
   // One line per upload: its name, a progress bar, how far it is, and Pause / Resume.
@@ -742,6 +761,7 @@ const map = {
   },
 };
 
+window.addEventListener('online', () => uploads.resumeStopped());
 window.addEventListener('error', (e) => showError(e.message));
 window.addEventListener('unhandledrejection', (e) => showError(e.reason && e.reason.message ? e.reason.message : String(e.reason)));
 start();

@@ -193,6 +193,34 @@ test('an upload pauses (nothing more is sent) and resumes from where the server 
   assert.deepEqual(errors, []);
 });
 
+test('an upload cut off by a lost connection goes on by itself once the browser is back online', async (t) => {
+  const { page, errors, requests } = await signedIn(t);
+  const file = sizedFile(40);
+  const cdp = await throttle(page, 8 * MiB);
+  await page.setInputFiles('#file-input', file);
+  await progressReaches(page, 25);
+  // The network goes away in the middle of a chunk.
+  await cdp.send('Network.emulateNetworkConditions', {
+    offline: true, latency: 0, downloadThroughput: -1, uploadThroughput: -1,
+  });
+  await until('the line to say it waits for the connection', async () =>
+    /^Offline \(resumes when the connection is back\) at \d+/.test(await page.textContent('#uploads .upload .meta')));
+  await shot(page, 'upload-offline');
+  const cutAt = requests.length;
+  // Back online, with no click: the same upload goes on from where the server stopped.
+  await cdp.send('Network.emulateNetworkConditions', {
+    offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1,
+  });
+  await item(page, 'random-40MiB.bin');
+  const after = requests.slice(cutAt);
+  assert.equal(after.filter((r) => r.method === 'POST').length, 0, 'no new upload was created');
+  const firstPatch = after.find((r) => r.method === 'PATCH');
+  assert.ok(Number(firstPatch.offset) >= CHUNK, `it resumed at ${firstPatch.offset}, not at 0`);
+  assert.equal(await servedSha256(page, 'random-40MiB.bin'), sha256(file), 'the server holds the same bytes');
+  assert.equal(await page.locator('#alerts > div').count(), 0, 'no error was shown for a connection that came back');
+  assert.deepEqual(errors, []);
+});
+
 test('after a reload the unfinished upload is listed, and choosing the file again resumes it', async (t) => {
   const { page, errors, requests } = await signedIn(t);
   const file = sizedFile(40);
