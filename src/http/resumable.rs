@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::auth::AuthUser;
 use super::extract::Path;
 use super::names::clean_name;
-use super::uploads::{closing, new_file, stored_type, too_large};
+use super::uploads::{check_reserve, closing, new_file, stored_type, too_large};
 use super::AppState;
 use crate::domain::options::{Conversion, RequestedOptions};
 use crate::domain::tus::{self, Algorithm};
@@ -193,11 +193,19 @@ impl Writing {
     }
 
     /// Waits (at most [`LOCK_WAIT`]) until no request writes to `id` on this node, so that an
-    /// offset read next counts the bytes of a request whose client just went away.
-    async fn settled(&self, id: Uuid) {
-        if let Ok(guard) = self.lock(id).await {
-            drop(guard);
+    /// offset read next counts the bytes of a request whose client just went away; true when
+    /// there was one to wait for.
+    async fn settled(&self, id: Uuid) -> bool {
+        if !self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+        {
+            return false;
         }
+        let _ = self.lock(id).await;
+        true
     }
 }
 
@@ -468,7 +476,6 @@ async fn owned(state: &AppState, user: Uuid, id: Uuid) -> AppResult<Resumable> {
 /// Where an upload stands after a request, as the protocol's headers.
 struct Landed {
     offset: u64,
-    length: Option<u64>,
     expires_at: Option<String>,
     item: Option<Uuid>,
     task: Option<Uuid>,
@@ -478,7 +485,6 @@ impl Landed {
     fn at(upload: &Resumable) -> Landed {
         Landed {
             offset: upload.received,
-            length: upload.length,
             expires_at: (!upload.complete()).then(|| upload.expires_at.clone()),
             item: upload.item_id,
             task: upload.task_id,
@@ -498,7 +504,6 @@ impl Landed {
         if let Some(task) = self.task {
             headers.insert(UPLOAD_TASK_ID, uuid_value(task));
         }
-        let _ = self.length;
         response
     }
 }
@@ -535,9 +540,10 @@ async fn upload_offset(
     headers: HeaderMap,
 ) -> AppResult<Response> {
     speaks_tus(&headers)?;
-    owned(&state, user.id, id).await?;
-    state.writing.settled(id).await;
-    let upload = owned(&state, user.id, id).await?;
+    let mut upload = owned(&state, user.id, id).await?;
+    if state.writing.settled(id).await {
+        upload = owned(&state, user.id, id).await?;
+    }
     let metadata = upload.metadata.clone();
     let mut response = Landed::at(&upload).into_response(StatusCode::OK);
     let headers = response.headers_mut();
@@ -619,7 +625,12 @@ async fn patch(
     owned(&state, user, id).await?;
     let guard = state.writing.lock(id).await?;
     // Read under the lock: a request that held it may have moved the offset.
-    let mut upload = owned(&state, user, id).await?;
+    let expires_at = expiry(&state);
+    let (mut upload, chunks) = state
+        .store
+        .call(move |c| resumable::start_writing(c, user, id, &expires_at))
+        .await?
+        .ok_or(AppError::NotFound("upload"))?;
     if offset != upload.received {
         return Err(AppError::Conflict(format!(
             "The upload is at byte {}; this PATCH starts at {offset}. HEAD tells the offset to resume from.",
@@ -668,15 +679,7 @@ async fn patch(
         }
         _ => {}
     }
-    // While bytes arrive the upload does not expire, however long the request takes.
-    let (expires_at, max_chunks) = (expiry(&state), state.config.max_upload_chunks);
-    let chunks = state
-        .store
-        .call(move |c| {
-            resumable::touch(c, id, &expires_at)?;
-            resumable::chunk_count(c, id)
-        })
-        .await?;
+    let max_chunks = state.config.max_upload_chunks;
     if chunks >= max_chunks {
         return Err(AppError::BadRequest(format!(
             "This upload already arrived in {chunks} requests, the most one may take; send the rest in larger ones, or start again."
@@ -764,9 +767,7 @@ async fn receive(
                 None => too_large(limit),
             });
         }
-        if (size >> 20) != ((size + bytes.len() as u64) >> 20) {
-            state.blobs.check_room(0).map_err(AppError::from_io)?;
-        }
+        check_reserve(&state.blobs, size, bytes.len())?;
         if let Some(digest) = &mut digest {
             digest.update(&bytes);
         }
@@ -804,11 +805,11 @@ async fn receive(
             blob,
         };
         let expires_at = expiry(&state);
-        let stored = chunk.clone();
+        let (stored, expiring) = (chunk.clone(), expires_at.clone());
         let id = upload.id;
         let moved = state
             .store
-            .call(move |c| resumable::append(c, id, &stored, &expires_at))
+            .call(move |c| resumable::append(c, id, &stored, &expiring))
             .await;
         // Removed only when surely not counted: after an error the commit may have happened
         // (PostgreSQL), and the collector removes the blob if nothing refers to it.
@@ -820,13 +821,18 @@ async fn receive(
             });
         }
         state.metrics.bytes_in.inc_by(size);
+        if cut.is_none() {
+            return Ok(Landed {
+                offset: end,
+                expires_at: Some(expires_at),
+                item: None,
+                task: None,
+            });
+        }
     }
     match cut {
         Some(cut) => Err(cut),
-        None => {
-            let upload = owned(&state, upload.user_id, upload.id).await?;
-            Ok(Landed::at(&upload))
-        }
+        None => Ok(Landed::at(&upload)),
     }
 }
 
@@ -947,7 +953,6 @@ async fn complete(state: &AppState, upload: &Resumable, last: BlobWriter) -> App
     }
     Ok(Landed {
         offset: length,
-        length: Some(length),
         expires_at: None,
         item: Some(item.id),
         task,
@@ -968,13 +973,6 @@ async fn join(
         .await
         .map_err(AppError::from_io)?;
     for chunk in chunks {
-        if chunk.start != whole.size() {
-            return Err(AppError::Internal(anyhow::anyhow!(
-                "upload chunks are not contiguous: one starts at {}, after {} bytes",
-                chunk.start,
-                whole.size()
-            )));
-        }
         match state.blobs.local_path(&chunk.blob) {
             Some(path) => whole.append_file(&path).await,
             None => {

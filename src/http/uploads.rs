@@ -332,7 +332,7 @@ pub(super) fn too_large(limit: u64) -> AppError {
 
 /// Streams a body into `writer`, never holding more than one chunk in memory (and, on object
 /// storage, the parts in flight).
-pub(super) async fn write_stream(
+async fn write_stream(
     stream: impl Stream<Item = std::io::Result<Bytes>>,
     writer: &mut crate::storage::BlobWriter,
     limit: u64,
@@ -342,17 +342,26 @@ pub(super) async fn write_stream(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| AppError::from_body(&e, "The upload was interrupted"))?;
         let size = writer.size();
-        // Every MiB, the disk's reserve is checked again: other uploads and conversions
-        // fill the disk too.
-        if (size >> 20) != ((size + chunk.len() as u64) >> 20) {
-            blobs.check_room(0).map_err(AppError::from_io)?;
-        }
+        check_reserve(blobs, size, chunk.len())?;
         if size + chunk.len() as u64 > limit {
             return Err(too_large(limit));
         }
         writer.write(&chunk).await.map_err(AppError::from_io)?;
     }
     writer.close().await.map_err(AppError::from_io)
+}
+
+/// Every MiB an upload writes, the disk's reserve is checked again: other uploads and
+/// conversions fill the disk too (507).
+pub(super) fn check_reserve(
+    blobs: &crate::storage::Storage,
+    written: u64,
+    incoming: usize,
+) -> AppResult<()> {
+    if (written >> 20) != ((written + incoming as u64) >> 20) {
+        blobs.check_room(0).map_err(AppError::from_io)?;
+    }
+    Ok(())
 }
 
 /// Types a stored file may be served with: raster formats, never anything a browser would run

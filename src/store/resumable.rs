@@ -138,23 +138,30 @@ pub fn unfinished(db: &mut Db, user: Uuid) -> anyhow::Result<Vec<Resumable>> {
     .collect()
 }
 
-/// Moves an unfinished upload's expiry to `expires_at` (a request is writing to it).
-pub fn touch(db: &mut Db, id: Uuid, expires_at: &str) -> anyhow::Result<()> {
+/// `user`'s upload as a request starts writing to it, with how many chunks it holds; an
+/// unfinished one's expiry moves to `expires_at`, so that it does not expire however long the
+/// request takes.
+pub fn start_writing(
+    db: &mut Db,
+    user: Uuid,
+    id: Uuid,
+    expires_at: &str,
+) -> anyhow::Result<Option<(Resumable, u64)>> {
     db.execute(
-        "UPDATE resumable_uploads SET expires_at = ?2 WHERE id = ?1 AND item_id IS NULL",
-        vals![id, expires_at],
+        "UPDATE resumable_uploads SET expires_at = ?3
+         WHERE id = ?1 AND user_id = ?2 AND item_id IS NULL AND expires_at > ?4",
+        vals![id, user, expires_at, crate::time::now()],
     )?;
-    Ok(())
-}
-
-/// How many chunks the upload holds.
-pub fn chunk_count(db: &mut Db, id: Uuid) -> anyhow::Result<u64> {
-    Ok(db
+    let Some(upload) = get(db, user, id)? else {
+        return Ok(None);
+    };
+    let chunks = db
         .query_one(
             "SELECT COUNT(*) FROM resumable_upload_chunks WHERE upload_id = ?1",
             vals![id],
         )?
-        .int(0)? as u64)
+        .int(0)? as u64;
+    Ok(Some((upload, chunks)))
 }
 
 /// Sets a deferred length; false when it was set meanwhile.

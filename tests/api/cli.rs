@@ -5,7 +5,7 @@ use std::time::Duration;
 use gdal::{Dataset, Metadata};
 use tokio::process::Command;
 
-use crate::helpers::{data, BIN};
+use crate::helpers::{data, sha256_of, unfinished_uploads, Trip, Tripwire, BIN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn convert_writes_a_cog_and_reports_it() {
@@ -150,11 +150,6 @@ fn upload_raster() -> std::path::PathBuf {
 
 const MIB: u64 = 1 << 20;
 
-fn sha256_of(path: &std::path::Path) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
-}
-
 /// The arguments of one `upload` of `file` to `url`, in 1 MiB chunks, remembering unfinished
 /// uploads in `state` (never the user's own state file).
 fn upload_args(
@@ -212,13 +207,6 @@ fn remembered(state: &std::path::Path) -> Vec<serde_json::Value> {
         }
         Err(_) => Vec::new(),
     }
-}
-
-/// The caller's unfinished uploads, as the server lists them.
-async fn unfinished(server: &crate::helpers::TestServer) -> Vec<serde_json::Value> {
-    let (code, list) = server.get_json("/uploads", &server.token).await;
-    assert_eq!(code, reqwest::StatusCode::OK, "{list}");
-    list.as_array().unwrap().clone()
 }
 
 /// Checks that item `id` holds exactly the bytes of `original`.
@@ -292,7 +280,7 @@ async fn upload_sends_a_file_in_chunks_and_it_arrives_whole() {
 
     // Nothing is left to resume, on either side.
     assert!(remembered(&state).is_empty(), "{:?}", remembered(&state));
-    assert!(unfinished(&server).await.is_empty());
+    assert!(unfinished_uploads(&server).await.is_empty());
     let upload = done["upload_url"].as_str().unwrap();
     assert!(upload.starts_with(&format!("{}/api/v1/uploads/", server.url)));
 }
@@ -347,163 +335,15 @@ async fn upload_refusals_are_one_sentence_with_the_detail() {
         assert!(run.stdout.is_empty());
     }
     assert!(remembered(&state).is_empty());
-    assert!(unfinished(&server).await.is_empty());
+    assert!(unfinished_uploads(&server).await.is_empty());
 }
 
-/// A TCP path to the server that counts the bytes clients send through it; once `budget` of
-/// them went through, it holds back the rest ([`AtBudget::Stall`]: the upload hangs midway,
-/// until [`Tap::open`]) or breaks the connection that carries them, once
-/// ([`AtBudget::Cut`]: later connections pass freely).
-struct Tap {
-    port: u16,
-    shared: std::sync::Arc<TapState>,
-    connections: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
-    accepting: tokio::task::JoinHandle<()>,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum AtBudget {
-    Stall,
-    Cut,
-}
-
-struct TapState {
-    at_budget: AtBudget,
-    /// (bytes sent through, budget, connections cut)
-    counts: std::sync::Mutex<(u64, u64, u32)>,
-    opened: tokio::sync::Notify,
-}
-
-impl TapState {
-    /// How many of `want` bytes may go through now; 0 when the connection is to be cut.
-    async fn allowance(&self, want: u64) -> u64 {
-        loop {
-            let opened = self.opened.notified();
-            {
-                let mut counts = self.counts.lock().unwrap();
-                let (sent, budget, cuts) = &mut *counts;
-                if *sent < *budget {
-                    let n = want.min(*budget - *sent);
-                    *sent += n;
-                    return n;
-                }
-                if self.at_budget == AtBudget::Cut {
-                    *budget = u64::MAX;
-                    *cuts += 1;
-                    return 0;
-                }
-            }
-            opened.await;
-        }
-    }
-}
-
-impl Tap {
-    async fn to(target: &str, budget: u64, at_budget: AtBudget) -> Tap {
-        let target = target
-            .strip_prefix("http://")
-            .expect("an http URL")
-            .to_string();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let shared = std::sync::Arc::new(TapState {
-            at_budget,
-            counts: std::sync::Mutex::new((0, budget, 0)),
-            opened: tokio::sync::Notify::new(),
-        });
-        let connections = std::sync::Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
-        let accepting = tokio::spawn({
-            let (shared, connections) = (shared.clone(), connections.clone());
-            async move {
-                while let Ok((down, _)) = listener.accept().await {
-                    let (shared, target) = (shared.clone(), target.clone());
-                    connections.lock().unwrap().spawn(async move {
-                        let _ = Tap::carry(down, &target, &shared).await;
-                    });
-                }
-            }
-        });
-        Tap {
-            port,
-            shared,
-            connections,
-            accepting,
-        }
-    }
-
-    async fn carry(
-        down: tokio::net::TcpStream,
-        target: &str,
-        shared: &TapState,
-    ) -> std::io::Result<()> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let up = tokio::net::TcpStream::connect(target).await?;
-        let (mut down_read, mut down_write) = down.into_split();
-        let (mut up_read, mut up_write) = up.into_split();
-        let forth = async {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = down_read.read(&mut buf).await?;
-                if n == 0 {
-                    return up_write.shutdown().await;
-                }
-                let mut at = 0;
-                while at < n {
-                    let allowed = shared.allowance((n - at) as u64).await as usize;
-                    if allowed == 0 {
-                        return Err(std::io::Error::other("cut"));
-                    }
-                    up_write.write_all(&buf[at..at + allowed]).await?;
-                    at += allowed;
-                }
-            }
-        };
-        let back = async {
-            tokio::io::copy(&mut up_read, &mut down_write).await?;
-            down_write.shutdown().await
-        };
-        tokio::try_join!(forth, back).map(|_| ())
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn sent(&self) -> u64 {
-        self.shared.counts.lock().unwrap().0
-    }
-
-    fn stalled(&self) -> bool {
-        let (sent, budget, _) = *self.shared.counts.lock().unwrap();
-        sent >= budget
-    }
-
-    fn cuts(&self) -> u32 {
-        self.shared.counts.lock().unwrap().2
-    }
-
-    /// Drops every connection through the tap (as a client's crash or a network cut would
-    /// end them), and lets everything through from now on.
-    fn open(&self) {
-        self.connections.lock().unwrap().abort_all();
-        self.shared.counts.lock().unwrap().1 = u64::MAX;
-        self.shared.opened.notify_waiters();
-    }
-}
-
-impl Drop for Tap {
-    fn drop(&mut self) {
-        self.accepting.abort();
-        self.connections.lock().unwrap().abort_all();
-    }
-}
-
-/// Starts `upload` of `file` through a tap that stalls after 2.5 MiB, and waits until the
-/// server has at least one chunk of it and the tap holds the rest back; returns the running
+/// Starts `upload` of `file` through a wire that stalls after 2.5 MiB, and waits until the
+/// server has at least one chunk of it and the wire holds the rest back; returns the running
 /// command and the server's unfinished upload.
 async fn stalled_upload(
     server: &crate::helpers::TestServer,
-    tap: &Tap,
+    tap: &Tripwire,
     args: &[std::ffi::OsString],
 ) -> (tokio::process::Child, serde_json::Value) {
     let child = Command::new(BIN)
@@ -517,9 +357,9 @@ async fn stalled_upload(
         "a chunk on the server, and the rest held back",
         Duration::from_secs(60),
         || async {
-            let uploads = unfinished(server).await;
+            let uploads = unfinished_uploads(server).await;
             let upload = uploads.first()?;
-            (upload["offset"].as_u64()? > 0 && tap.stalled()).then(|| upload.clone())
+            (upload["offset"].as_u64()? > 0 && tap.held()).then(|| upload.clone())
         },
     )
     .await;
@@ -529,7 +369,7 @@ async fn stalled_upload(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_resumes_where_a_killed_run_stopped() {
     let server = crate::helpers::TestServer::start().await;
-    let tap = Tap::to(&server.url, 5 * MIB / 2, AtBudget::Stall).await;
+    let tap = Tripwire::armed(&server.url, 5 * MIB / 2, Trip::Hold).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("uploads.json");
     let file = upload_raster();
@@ -568,13 +408,13 @@ async fn upload_resumes_where_a_killed_run_stopped() {
     assert_eq!(done["upload_url"], url);
     assert_same_bytes(&server, done["tree_item_id"].as_str().unwrap(), &file).await;
     assert!(remembered(&state).is_empty());
-    assert!(unfinished(&server).await.is_empty());
+    assert!(unfinished_uploads(&server).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_keeps_the_upload_and_a_deleted_one_starts_over() {
     let server = crate::helpers::TestServer::start().await;
-    let tap = Tap::to(&server.url, 5 * MIB / 2, AtBudget::Stall).await;
+    let tap = Tripwire::armed(&server.url, 5 * MIB / 2, Trip::Hold).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("uploads.json");
     let file = upload_raster();
@@ -596,7 +436,7 @@ async fn ctrl_c_keeps_the_upload_and_a_deleted_one_starts_over() {
     assert_eq!(remembered(&state).len(), 1);
 
     // The upload is deleted meanwhile (or expired): the next run starts a new one. (The
-    // chunk held back in the tap ends first: until then it holds the upload.)
+    // chunk held back in the wire ends first: until then it holds the upload.)
     tap.open();
     let id = upload["id"].as_str().unwrap();
     let deleted = server
@@ -622,7 +462,7 @@ async fn ctrl_c_keeps_the_upload_and_a_deleted_one_starts_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_rides_out_a_broken_connection() {
     let server = crate::helpers::TestServer::start().await;
-    let tap = Tap::to(&server.url, 5 * MIB / 2, AtBudget::Cut).await;
+    let tap = Tripwire::armed(&server.url, 5 * MIB / 2, Trip::Cut).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("uploads.json");
     let file = upload_raster();
@@ -643,5 +483,5 @@ async fn upload_rides_out_a_broken_connection() {
     );
     assert_same_bytes(&server, done["tree_item_id"].as_str().unwrap(), &file).await;
     assert!(remembered(&state).is_empty());
-    assert!(unfinished(&server).await.is_empty());
+    assert!(unfinished_uploads(&server).await.is_empty());
 }

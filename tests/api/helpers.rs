@@ -462,6 +462,21 @@ impl TestServer {
         files_in(&self.view("tmp"))
     }
 
+    /// A file item's whole content, as its owner reads it.
+    pub async fn content(&self, item: &str) -> Vec<u8> {
+        let res = self
+            .req(
+                Method::GET,
+                &format!("/tree-items/{item}/content"),
+                &self.token,
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.bytes().await.unwrap().to_vec()
+    }
+
     pub fn blob_files(&self) -> Vec<PathBuf> {
         files_in(&self.view("blobs"))
     }
@@ -1259,4 +1274,204 @@ impl Drop for TestBucket {
             self.curl("DELETE", &format!("/{key}"));
         }
     }
+}
+
+/// A TCP path to a server that counts the bytes clients send through it and trips once they
+/// reach a budget: [`Trip::Cut`] breaks the connection carrying the byte past it (once; later
+/// bytes pass), [`Trip::Hold`] holds the rest back (a link gone silent) until
+/// [`Tripwire::open`], or until the server behind it goes away. Its port stays the same when
+/// that server restarts on another ([`Tripwire::retarget`]), so clients that remember URLs
+/// keep them.
+pub struct Tripwire {
+    pub port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    state: std::sync::Arc<TripState>,
+    connections: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Trip {
+    Cut,
+    Hold,
+}
+
+struct TripState {
+    /// Bytes sent through, the budget they may reach, how it trips, and connections cut.
+    counts: std::sync::Mutex<(u64, u64, Trip, u32)>,
+    opened: tokio::sync::Notify,
+}
+
+impl TripState {
+    /// How many of `want` bytes may go through now (waiting while held); 0 to cut.
+    async fn allowance(&self, want: u64) -> u64 {
+        loop {
+            let opened = self.opened.notified();
+            {
+                let mut counts = self.counts.lock().unwrap();
+                let (sent, budget, trip, cuts) = &mut *counts;
+                if *sent < *budget {
+                    let n = want.min(*budget - *sent);
+                    *sent += n;
+                    return n;
+                }
+                if *trip == Trip::Cut {
+                    *budget = u64::MAX;
+                    *cuts += 1;
+                    return 0;
+                }
+            }
+            opened.await;
+        }
+    }
+}
+
+/// The port of a server's URL (`http://127.0.0.1:PORT`).
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+impl Tripwire {
+    /// A wire to the server at `url`, letting everything through until armed.
+    pub async fn to(url: &str) -> Tripwire {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(port_of(url)));
+        let state = std::sync::Arc::new(TripState {
+            counts: std::sync::Mutex::new((0, u64::MAX, Trip::Cut, 0)),
+            opened: tokio::sync::Notify::new(),
+        });
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let accepting = tokio::spawn({
+            let (target, state, connections) = (target.clone(), state.clone(), connections.clone());
+            async move {
+                while let Ok((down, _)) = listener.accept().await {
+                    let port = target.load(std::sync::atomic::Ordering::SeqCst);
+                    let state = state.clone();
+                    connections.lock().unwrap().spawn(async move {
+                        let _ = carry_counted(down, port, &state).await;
+                    });
+                }
+            }
+        });
+        Tripwire {
+            port,
+            target,
+            state,
+            connections,
+            accepting,
+        }
+    }
+
+    /// A wire armed from the start (see [`Tripwire::arm`]).
+    pub async fn armed(url: &str, bytes: u64, trip: Trip) -> Tripwire {
+        let wire = Tripwire::to(url).await;
+        wire.arm(bytes, trip);
+        wire
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// New connections go to the server now at `url`.
+    pub fn retarget(&self, url: &str) {
+        self.target
+            .store(port_of(url), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Trips after `bytes` more bytes from clients.
+    pub fn arm(&self, bytes: u64, trip: Trip) {
+        let mut counts = self.state.counts.lock().unwrap();
+        counts.1 = counts.0.saturating_add(bytes);
+        counts.2 = trip;
+    }
+
+    /// Drops every connection through the wire (as a client's crash or a network cut would
+    /// end them), and lets everything through from now on.
+    pub fn open(&self) {
+        self.connections.lock().unwrap().abort_all();
+        self.state.counts.lock().unwrap().1 = u64::MAX;
+        self.state.opened.notify_waiters();
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.state.counts.lock().unwrap().0
+    }
+
+    /// True once a wire armed to hold has let through all it was armed for.
+    pub fn held(&self) -> bool {
+        let (sent, budget, trip, _) = *self.state.counts.lock().unwrap();
+        trip == Trip::Hold && sent >= budget
+    }
+
+    pub fn cuts(&self) -> u32 {
+        self.state.counts.lock().unwrap().3
+    }
+}
+
+impl Drop for Tripwire {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.connections.lock().unwrap().abort_all();
+    }
+}
+
+/// Joins a client's connection to the server at `port`, counting what the client sends. The
+/// connection ends when the server's side does (a held request of a killed server included),
+/// or when the client's side fails or is cut.
+async fn carry_counted(
+    down: tokio::net::TcpStream,
+    port: u16,
+    state: &TripState,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut down_read, mut down_write) = down.into_split();
+    let (mut up_read, mut up_write) = up.into_split();
+    let forth = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = down_read.read(&mut buf).await?;
+            if n == 0 {
+                up_write.shutdown().await?;
+                return std::future::pending().await;
+            }
+            let mut at = 0;
+            while at < n {
+                let allowed = state.allowance((n - at) as u64).await as usize;
+                if allowed == 0 {
+                    return Err(std::io::Error::other("cut"));
+                }
+                up_write.write_all(&buf[at..at + allowed]).await?;
+                at += allowed;
+            }
+        }
+    };
+    let back = async {
+        tokio::io::copy(&mut up_read, &mut down_write).await?;
+        down_write.shutdown().await
+    };
+    tokio::select! {
+        cut = forth => cut,
+        done = back => done,
+    }
+}
+
+/// The SHA-256 of a file, as hex (by `sha256sum`: the tests build without optimisation and
+/// the files are large).
+pub fn sha256_of(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum runs");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// The owner's unfinished resumable uploads, as the server lists them.
+pub async fn unfinished_uploads(server: &TestServer) -> Vec<Value> {
+    let (code, list) = server.get_json("/uploads", &server.token).await;
+    assert_eq!(code, StatusCode::OK, "{list}");
+    list.as_array().unwrap().clone()
 }

@@ -3,8 +3,6 @@
 //! server states (checksums, owners, expiry, limits, deferred length, termination).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -13,22 +11,15 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::Digest;
 
-use crate::helpers::{data, download, eventually, files_in, TestBucket, TestDatabase, TestServer};
+use crate::helpers::{
+    data, download, eventually, files_in, sha256_of, unfinished_uploads, TestBucket, TestDatabase,
+    TestServer, Trip, Tripwire,
+};
 
 const CHUNK_TYPE: &str = "application/offset+octet-stream";
 
 fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-fn sha256_of(path: &Path) -> String {
-    // sha256sum, not sha2: the tests build without optimisation and the files are large.
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum runs");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
 /// A file of `mib` MiB of random bytes.
@@ -169,120 +160,6 @@ fn blobs(server: &TestServer) -> usize {
 // ---------------------------------------------------------------------------------------------
 // The reference client, cut off and killed.
 
-/// A TCP proxy in front of the server, at a port that stays the same across server restarts,
-/// that trips after a set number of bytes from the client: it either cuts every connection
-/// (a dropped link) or stops forwarding (a link gone silent) until the server goes away.
-struct Tripwire {
-    port: u16,
-    target: Arc<AtomicU16>,
-    trip: Arc<Mutex<Trip>>,
-    _accepting: tokio::task::JoinHandle<()>,
-}
-
-#[derive(Default)]
-struct Trip {
-    /// Bytes forwarded from clients so far.
-    sent: u64,
-    /// When `sent` reaches this, the wire trips.
-    at: Option<u64>,
-    hold: bool,
-}
-
-impl Tripwire {
-    async fn to(target: u16) -> Tripwire {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let target = Arc::new(AtomicU16::new(target));
-        let trip = Arc::new(Mutex::new(Trip::default()));
-        let accepting = tokio::spawn({
-            let (target, trip) = (target.clone(), trip.clone());
-            async move {
-                while let Ok((down, _)) = listener.accept().await {
-                    let port = target.load(Ordering::SeqCst);
-                    tokio::spawn(forward(down, port, trip.clone()));
-                }
-            }
-        });
-        Tripwire {
-            port,
-            target,
-            trip,
-            _accepting: accepting,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn retarget(&self, port: u16) {
-        self.target.store(port, Ordering::SeqCst);
-    }
-
-    /// Trips after `bytes` more bytes from clients: cuts, or with `hold`, goes silent.
-    fn arm(&self, bytes: u64, hold: bool) {
-        let mut trip = self.trip.lock().unwrap();
-        trip.at = Some(trip.sent + bytes);
-        trip.hold = hold;
-    }
-
-    fn disarm(&self) {
-        self.trip.lock().unwrap().at = None;
-    }
-
-    /// True once the wire, armed to hold, let through all it was armed for.
-    fn held(&self) -> bool {
-        let trip = self.trip.lock().unwrap();
-        trip.hold && trip.at == Some(trip.sent)
-    }
-
-    fn sent(&self) -> u64 {
-        self.trip.lock().unwrap().sent
-    }
-}
-
-async fn forward(mut down: tokio::net::TcpStream, target: u16, trip: Arc<Mutex<Trip>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
-        return;
-    };
-    let (mut down_read, mut down_write) = down.split();
-    let (mut up_read, mut up_write) = tokio::io::split(up);
-    let upstream = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match down_read.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let (pass, tripped, hold) = {
-                let mut trip = trip.lock().unwrap();
-                let pass = match trip.at {
-                    Some(at) => (at.saturating_sub(trip.sent) as usize).min(n),
-                    None => n,
-                };
-                trip.sent += pass as u64;
-                (pass, pass < n, trip.hold)
-            };
-            if up_write.write_all(&buf[..pass]).await.is_err() {
-                return;
-            }
-            if tripped {
-                if hold {
-                    // Silent: the server waits for bytes that never come, until it dies.
-                    std::future::pending::<()>().await;
-                }
-                return;
-            }
-        }
-    };
-    let downstream = tokio::io::copy(&mut up_read, &mut down_write);
-    tokio::select! {
-        _ = upstream => {}
-        _ = downstream => {}
-    }
-}
-
 /// Runs the reference client (tuspy) once; its exit code and output.
 async fn tuspy(
     url: &str,
@@ -346,10 +223,8 @@ fn started_at(output: &str) -> u64 {
 
 /// The one unfinished upload's offset, read straight from the server.
 async fn unfinished_offset(server: &TestServer) -> Option<u64> {
-    let (status, list) = server.get_json("/uploads", &server.token).await;
-    assert_eq!(status, StatusCode::OK);
-    list.as_array()
-        .unwrap()
+    unfinished_uploads(server)
+        .await
         .first()
         .map(|u| u["offset"].as_u64().unwrap())
 }
@@ -370,8 +245,7 @@ async fn the_reference_client_resumes_after_random_cuts_and_a_sigkill_bit_exact(
     let file = random_file(dir.path(), "big.bin", mib);
     let size = mib << 20;
     let state = dir.path().join("tus-urls.json");
-    let port = |s: &TestServer| s.url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
-    let wire = Tripwire::to(port(&server)).await;
+    let wire = Tripwire::to(&server.url).await;
     let chunk = 8 << 20;
     let mut rng = rand::thread_rng();
     let mut acknowledged = 0;
@@ -379,7 +253,7 @@ async fn the_reference_client_resumes_after_random_cuts_and_a_sigkill_bit_exact(
     // Three cuts at random bytes, each somewhere in the next fifth of the file: mid-chunk,
     // mid-request, wherever the byte falls.
     for round in 0..3 {
-        wire.arm(rng.gen_range(1 << 20..size / 5), false);
+        wire.arm(rng.gen_range(1 << 20..size / 5), Trip::Cut);
         let (code, out) = tuspy(&wire.url(), &server.token, &file, &state, chunk, false).await;
         assert_eq!(code, Some(3), "round {round} is cut off: {out}");
         if round > 0 {
@@ -409,7 +283,7 @@ async fn the_reference_client_resumes_after_random_cuts_and_a_sigkill_bit_exact(
     }
 
     // The link goes silent mid-request, and the server is killed while it waits for bytes.
-    wire.arm(rng.gen_range(1 << 20..size / 5), true);
+    wire.arm(rng.gen_range(1 << 20..size / 5), Trip::Hold);
     let client = tokio::spawn({
         let (url, token, file, state) = (
             wire.url(),
@@ -432,7 +306,7 @@ async fn the_reference_client_resumes_after_random_cuts_and_a_sigkill_bit_exact(
     let (code, out) = client.await.unwrap();
     assert_eq!(code, Some(3), "the client loses the killed server: {out}");
     server.restart().await;
-    wire.retarget(port(&server));
+    wire.retarget(&server.url);
     assert_eq!(
         unfinished_offset(&server).await,
         Some(acknowledged),
@@ -440,7 +314,7 @@ async fn the_reference_client_resumes_after_random_cuts_and_a_sigkill_bit_exact(
     );
 
     // The last run goes through.
-    wire.disarm();
+    wire.open();
     let (code, out) = tuspy(&wire.url(), &server.token, &file, &state, chunk, false).await;
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(started_at(&out), acknowledged);
@@ -467,8 +341,7 @@ async fn the_reference_client_resumes_after_random_cuts_and_a_sigkill_bit_exact(
 }
 
 async fn unfinished_upload_id(server: &TestServer) -> String {
-    let (_, list) = server.get_json("/uploads", &server.token).await;
-    list[0]["id"]
+    unfinished_uploads(server).await[0]["id"]
         .as_str()
         .expect("an unfinished upload")
         .to_string()
@@ -480,10 +353,9 @@ async fn the_reference_client_with_checksums_and_a_restart_by_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let file = random_file(dir.path(), "sums.bin", 6);
     let state = dir.path().join("urls.json");
-    let port = |s: &TestServer| s.url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
-    let wire = Tripwire::to(port(&server)).await;
+    let wire = Tripwire::to(&server.url).await;
     // A chunk cut off with a checksum is discarded whole: the offset stays on a chunk's edge.
-    wire.arm((2 << 20) + 12345, false);
+    wire.arm((2 << 20) + 12345, Trip::Cut);
     let (code, out) = tuspy(&wire.url(), &server.token, &file, &state, 1 << 20, true).await;
     assert_eq!(code, Some(3), "{out}");
     let offset = unfinished_offset(&server).await.unwrap();
@@ -495,8 +367,8 @@ async fn the_reference_client_with_checksums_and_a_restart_by_sigterm() {
     assert!(offset >= 1 << 20);
     server.stop(libc::SIGTERM).await;
     server.restart().await;
-    wire.retarget(port(&server));
-    wire.disarm();
+    wire.retarget(&server.url);
+    wire.open();
     let (code, out) = tuspy(&wire.url(), &server.token, &file, &state, 1 << 20, true).await;
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(started_at(&out), offset);
@@ -714,16 +586,7 @@ async fn checksum_mismatches_get_460_and_the_chunk_is_discarded() {
         .as_str()
         .unwrap()
         .to_string();
-    let res = server
-        .req(
-            Method::GET,
-            &format!("/tree-items/{item}/content"),
-            &server.token,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.bytes().await.unwrap(), &b"hello world"[..]);
+    assert_eq!(server.content(&item).await, &b"hello world"[..]);
 }
 
 #[tokio::test]
@@ -1105,16 +968,7 @@ async fn any_node_takes_the_next_chunk() {
     let tus = Tus::new(&first);
     let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let item = upload_in_chunks(&tus, &[&first, &second], &bytes, 700_000).await;
-    let res = second
-        .req(
-            Method::GET,
-            &format!("/tree-items/{item}/content"),
-            &second.token,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.bytes().await.unwrap(), bytes);
+    assert_eq!(second.content(&item).await, bytes);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1185,16 +1039,7 @@ async fn a_second_request_for_an_upload_being_written_waits_then_gets_423() {
         .to_str()
         .unwrap()
         .to_string();
-    let res = server
-        .req(
-            Method::GET,
-            &format!("/tree-items/{item}/content"),
-            &server.token,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.bytes().await.unwrap(), &b"01234567890123456789"[..]);
+    assert_eq!(server.content(&item).await, &b"01234567890123456789"[..]);
     // Another user learns nothing from the lock: 404 at once.
     let other = Tus::as_user(&server, server.token_for("eve").await);
     let held = {
@@ -1244,17 +1089,8 @@ async fn two_nodes_racing_for_one_offset_land_one_chunk_and_the_file_is_exact() 
         .to_str()
         .unwrap()
         .to_string();
-    let res = second
-        .req(
-            Method::GET,
-            &format!("/tree-items/{item}/content"),
-            &second.token,
-        )
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        res.bytes().await.unwrap(),
+        second.content(&item).await,
         &b"AAAAAAAAAABBBBBBBBBBCCCCCCCCCC"[..]
     );
     // The losing request's bytes were removed: only the item's file is left.
@@ -1425,4 +1261,32 @@ async fn x_http_method_override_routes_a_post_as_patch_head_or_delete() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
+}
+
+/// An old node would not know the tables of uploads' pieces, and its collector would delete
+/// them: a binary older than the database's schema refuses to start, with a sentence.
+#[tokio::test]
+async fn a_binary_older_than_the_database_refuses_to_start() {
+    let mut server = TestServer::start().await;
+    server.stop(libc::SIGTERM).await;
+    // As a newer version would leave it: one migration past this binary's.
+    let db = rusqlite::Connection::open(server.data_dir().join("rastercast.db")).unwrap();
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    db.pragma_update(None, "user_version", version + 1).unwrap();
+    drop(db);
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(crate::helpers::BIN)
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(server.data_dir())
+            .output(),
+    )
+    .await
+    .expect("the start ends in time")
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {text}");
+    assert!(text.contains("newer than this rastercast knows"), "{text}");
 }
