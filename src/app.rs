@@ -148,6 +148,19 @@ impl App {
             lease: Duration::from_secs_f64(config.lease_secs.max(0.3)),
             reap: shared,
         });
+        if !shared {
+            crate::webhooks::release_leases(&store).await?;
+        }
+        let webhooks = crate::webhooks::Webhooks::new(
+            store.clone(),
+            crate::webhooks::Policy {
+                allow_private: config.webhook_allow_private,
+            },
+            crate::webhooks::Schedule {
+                speedup: config.webhook_schedule_speedup,
+            },
+            workers.node.clone(),
+        )?;
         let workers_count = config.workers();
         let tickets = Tickets::with_ttl(Duration::from_secs(config.stream_ticket_secs));
         let rate = crate::limits::RequestRate::new(config.max_requests_per_second_per_user);
@@ -180,6 +193,7 @@ impl App {
             revocations: Default::default(),
             sockets: Default::default(),
             writing: Default::default(),
+            webhooks,
             shutdown,
         };
         Ok(App {
@@ -217,6 +231,12 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        tokio::spawn(
+            self.state
+                .webhooks
+                .clone()
+                .run_until(self.state.bus.clone(), shutdown.clone()),
+        );
         if self.state.config.database_url.is_some() || matches!(self.state.blobs, Storage::S3(_)) {
             tokio::spawn(crate::storage::gc::collect_until(
                 self.state.blobs.clone(),

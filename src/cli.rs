@@ -300,6 +300,7 @@ fn convert_local(args: ConvertArgs) -> ExitCode {
         nodata: args.nodata.map(serde_json::Value::String),
         subdataset: args.subdataset,
         priority: None,
+        callback_url: None,
     };
     let conversion = match requested.validate() {
         Ok(c) => c,

@@ -95,6 +95,25 @@ pub struct Config {
     )]
     pub max_upload_chunks: u64,
 
+    /// Let webhooks and callbacks call loopback, private and link-local addresses (a private
+    /// deployment, or tests). Off, such URLs are refused, whatever their name resolves to.
+    #[arg(long, env = "RASTERCAST_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+
+    /// Webhook endpoints one user may register.
+    #[arg(long, env = "RASTERCAST_MAX_WEBHOOKS_PER_USER", default_value_t = 20)]
+    pub max_webhooks_per_user: u64,
+
+    /// Tests only: the webhook retry schedule (and the five failing days that disable an
+    /// endpoint) run this many times faster.
+    #[arg(
+        long,
+        env = "RASTERCAST_WEBHOOK_SCHEDULE_SPEEDUP",
+        default_value_t = 1.0,
+        hide = true
+    )]
+    pub webhook_schedule_speedup: f64,
+
     /// Largest accepted raster: width × height × bands.
     #[arg(long, env = "RASTERCAST_MAX_PIXELS", default_value_t = 4_000_000_000)]
     pub max_pixels: u64,

@@ -29,6 +29,11 @@ pub struct RequestedOptions {
     /// Orders this user's own queued tasks (default normal); other users' tasks take turns
     /// with them whatever their priority.
     pub priority: Option<Priority>,
+    /// A URL called when this task ends (`task.succeeded`, `task.failed` or `task.revoked`),
+    /// signed as webhooks are, with the key from `GET /webhooks/callback-secret`. Public
+    /// addresses only. Not part of the conversion: status shows it nowhere.
+    #[schema(example = "https://example.com/hooks/rastercast")]
+    pub callback_url: Option<String>,
 }
 
 /// Where a task goes among its user's own queued tasks.
@@ -69,6 +74,16 @@ pub struct Conversion {
     /// Tasks stored before priorities existed read as normal.
     #[serde(default)]
     pub priority: Priority,
+}
+
+/// Options stored with a resumable upload until it completes: the conversion, and its
+/// callback. JSON stored before callbacks existed reads as a conversion alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deferred {
+    #[serde(flatten)]
+    pub options: Conversion,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 impl Default for Conversion {

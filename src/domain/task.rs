@@ -45,6 +45,8 @@ pub struct NewTask {
     pub parent_id: Option<Uuid>,
     pub options: Conversion,
     pub retry_of: Option<Uuid>,
+    /// Where this task's own webhook deliveries go (`callback_url`, OGC subscribers).
+    pub callbacks: Vec<super::webhook::Callback>,
 }
 
 /// A task's status exactly as every API channel shows it.

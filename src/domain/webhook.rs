@@ -177,6 +177,130 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// What a delivery announces. Task events carry the task's status as every channel shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    TaskStarted,
+    TaskProgress,
+    TaskSucceeded,
+    TaskFailed,
+    TaskRevoked,
+    /// Sent by `POST /webhooks/{id}/test`, to whatever the endpoint subscribes to.
+    WebhookTest,
+}
+
+impl EventType {
+    /// The event types an endpoint may subscribe to.
+    pub const TASK_EVENTS: [EventType; 5] = [
+        EventType::TaskStarted,
+        EventType::TaskProgress,
+        EventType::TaskSucceeded,
+        EventType::TaskFailed,
+        EventType::TaskRevoked,
+    ];
+
+    /// A task's end, as a one-off `callback_url` receives it.
+    pub const FINAL: [EventType; 3] = [
+        EventType::TaskSucceeded,
+        EventType::TaskFailed,
+        EventType::TaskRevoked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::TaskStarted => "task.started",
+            EventType::TaskProgress => "task.progress",
+            EventType::TaskSucceeded => "task.succeeded",
+            EventType::TaskFailed => "task.failed",
+            EventType::TaskRevoked => "task.revoked",
+            EventType::WebhookTest => "webhook.test",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventType> {
+        Self::TASK_EVENTS
+            .into_iter()
+            .chain([EventType::WebhookTest])
+            .find(|e| e.as_str() == text)
+    }
+
+    /// The event a task's change announces, if any: a task queued (again) or asked to stop
+    /// announces nothing to webhooks; its start, progress and end do.
+    pub fn of_change(state: crate::domain::TaskState, progress: bool) -> Option<EventType> {
+        use crate::domain::TaskState;
+        Some(match state {
+            TaskState::Progress if progress => EventType::TaskProgress,
+            TaskState::Success => EventType::TaskSucceeded,
+            TaskState::Failure => EventType::TaskFailed,
+            TaskState::Revoked => EventType::TaskRevoked,
+            _ => return None,
+        })
+    }
+}
+
+/// A task's own callback: `url` receives `events`, signed with its owner's callback secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callback {
+    pub url: String,
+    pub events: Vec<EventType>,
+}
+
+/// The body of a delivery, as the specification shapes it. Built once per event: every
+/// attempt sends the same bytes under a fresh timestamp and signature.
+pub fn body(event: EventType, timestamp: &str, data: serde_json::Value) -> String {
+    serde_json::json!({"type": event.as_str(), "timestamp": timestamp, "data": data}).to_string()
+}
+
+/// How long a receiver has to answer before an attempt counts as failed.
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// An endpoint whose deliveries have failed for this long, with no success between, is
+/// disabled.
+pub const DISABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(5 * 86400);
+
+/// What one attempt's answer means for its delivery.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// A 2xx: delivered.
+    Delivered,
+    /// 410 Gone: the receiver asks never to be called again; its endpoint is disabled.
+    Gone,
+    /// Anything else (or no answer): try again later, not before `not_before` if the receiver
+    /// said so (`Retry-After`).
+    Failed {
+        not_before: Option<std::time::Duration>,
+    },
+}
+
+/// The longest `Retry-After` honoured: a receiver cannot park a delivery past the schedule's
+/// own longest wait.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 3600);
+
+/// Judges an attempt from its status code (`None`: no answer in time, or no connection) and
+/// its `Retry-After` header (seconds; an HTTP date is read as "later", by the schedule).
+pub fn judge(status: Option<u16>, retry_after: Option<&str>) -> Verdict {
+    match status {
+        Some(200..=299) => Verdict::Delivered,
+        Some(410) => Verdict::Gone,
+        _ => Verdict::Failed {
+            not_before: retry_after
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| std::time::Duration::from_secs(s).min(MAX_RETRY_AFTER)),
+        },
+    }
+}
+
+/// When the attempt after `tries` failed ones goes out: the schedule's delay (jittered), or
+/// the receiver's `Retry-After` if that is later; `None` once the schedule is used up.
+pub fn next_delay(
+    tries: usize,
+    not_before: Option<std::time::Duration>,
+    jitter: f64,
+) -> Option<std::time::Duration> {
+    let scheduled = retry_delay(tries, jitter)?;
+    Some(not_before.map_or(scheduled, |wait| wait.max(scheduled)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +442,68 @@ mod tests {
         // Just outside the private ranges.
         assert!(is_public("172.32.0.1".parse().unwrap()));
         assert!(is_public("100.128.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn event_types_round_trip_and_changes_map_to_them() {
+        use crate::domain::TaskState;
+        for e in EventType::TASK_EVENTS
+            .into_iter()
+            .chain([EventType::WebhookTest])
+        {
+            assert_eq!(EventType::parse(e.as_str()), Some(e));
+        }
+        assert_eq!(EventType::parse("task.queued"), None);
+        assert_eq!(
+            EventType::of_change(TaskState::Progress, true),
+            Some(EventType::TaskProgress)
+        );
+        // A cancel asked for, or a task queued again, is no webhook event.
+        assert_eq!(EventType::of_change(TaskState::Progress, false), None);
+        assert_eq!(EventType::of_change(TaskState::Pending, false), None);
+        assert_eq!(
+            EventType::of_change(TaskState::Revoked, false),
+            Some(EventType::TaskRevoked)
+        );
+    }
+
+    #[test]
+    fn answers_are_judged_as_the_issue_says() {
+        use std::time::Duration;
+        assert_eq!(judge(Some(204), None), Verdict::Delivered);
+        assert_eq!(judge(Some(410), Some("5")), Verdict::Gone);
+        assert_eq!(judge(None, None), Verdict::Failed { not_before: None });
+        assert_eq!(
+            judge(Some(503), Some(" 120 ")),
+            Verdict::Failed {
+                not_before: Some(Duration::from_secs(120))
+            }
+        );
+        assert_eq!(
+            judge(Some(429), Some("999999999")),
+            Verdict::Failed {
+                not_before: Some(MAX_RETRY_AFTER)
+            }
+        );
+        assert_eq!(
+            judge(Some(500), Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Verdict::Failed { not_before: None }
+        );
+    }
+
+    #[test]
+    fn retry_after_only_ever_delays_the_schedule() {
+        use std::time::Duration;
+        // After the first failure the schedule says 5 s: a Retry-After of 60 s wins, one of
+        // 1 s does not shorten it.
+        assert_eq!(
+            next_delay(1, Some(Duration::from_secs(60)), 0.0),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            next_delay(1, Some(Duration::from_secs(1)), 0.0),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(next_delay(RETRY_DELAYS.len(), None, 0.0), None);
     }
 }

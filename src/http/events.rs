@@ -294,6 +294,7 @@ mod tests {
                     parent_id: None,
                     options: Default::default(),
                     retry_of: None,
+                    callbacks: vec![],
                 };
                 let Submitted::Queued(task) = lifecycle::submit(c, new, 1, None)? else {
                     unreachable!("a new user has no tasks")

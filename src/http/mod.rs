@@ -17,6 +17,7 @@ mod state;
 mod tasks;
 mod tree_items;
 mod uploads;
+mod webhooks;
 mod ws;
 
 use axum::{Extension, Router};
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::router())
         .merge(session::router())
         .merge(ws::router())
+        .merge(webhooks::router())
         .merge(openapi::router());
     let (documented, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api/v1", api)

@@ -27,8 +27,9 @@ use super::extract::Path;
 use super::names::clean_name;
 use super::uploads::{check_reserve, closing, new_file, stored_type, too_large};
 use super::AppState;
-use crate::domain::options::{Conversion, RequestedOptions};
+use crate::domain::options::{Deferred, RequestedOptions};
 use crate::domain::tus::{self, Algorithm};
+use crate::domain::webhook::{Callback, EventType};
 use crate::domain::NewTask;
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::storage::BlobWriter;
@@ -369,7 +370,7 @@ async fn start(
     let convert = match convert {
         None => None,
         Some(json) => {
-            let requested: RequestedOptions = if json.trim().is_empty() {
+            let mut requested: RequestedOptions = if json.trim().is_empty() {
                 RequestedOptions::default()
             } else {
                 serde_json::from_str(&json).map_err(|e| {
@@ -378,8 +379,14 @@ async fn start(
                     ))
                 })?
             };
+            let callback_url = requested.callback_url.take();
+            super::webhooks::callbacks(&state, user, callback_url.clone()).await?;
             let options = super::tree_items::conversion_options(&state, requested).await?;
-            Some(serde_json::to_string(&options).expect("options serialise"))
+            let deferred = Deferred {
+                options,
+                callback_url,
+            };
+            Some(serde_json::to_string(&deferred).expect("options serialise"))
         }
     };
     if let Some(folder) = parent_id {
@@ -870,7 +877,7 @@ async fn complete(state: &AppState, upload: &Resumable, last: BlobWriter) -> App
     let convert = upload
         .convert
         .as_deref()
-        .map(|json| serde_json::from_str::<Conversion>(json).map_err(|e| e.to_string()));
+        .map(|json| serde_json::from_str::<Deferred>(json).map_err(|e| e.to_string()));
     let whole = if chunks.is_empty() {
         last
     } else {
@@ -910,7 +917,19 @@ async fn complete(state: &AppState, upload: &Resumable, last: BlobWriter) -> App
                         None,
                         Some(format!("The conversion options no longer read: {e}")),
                     ),
-                    Some(Ok(options)) => {
+                    Some(Ok(Deferred {
+                        options,
+                        callback_url,
+                    })) => {
+                        // Checked when the upload was created; addresses are checked again
+                        // on every delivery.
+                        let callbacks = callback_url
+                            .map(|url| Callback {
+                                url,
+                                events: EventType::FINAL.to_vec(),
+                            })
+                            .into_iter()
+                            .collect();
                         let task = NewTask {
                             user_id: user,
                             source_id: item.id,
@@ -919,6 +938,7 @@ async fn complete(state: &AppState, upload: &Resumable, last: BlobWriter) -> App
                             parent_id: item.parent_id,
                             options,
                             retry_of: None,
+                            callbacks,
                         };
                         match lifecycle::submit(c, task, limit, None)? {
                             Submitted::Queued(task) => (Some(task.id), None),

@@ -47,6 +47,8 @@ pub struct AppState {
     pub revocations: crate::revocation::Revocations,
     /// Upgraded WebSockets, which shutdown waits for (the HTTP server no longer sees them).
     pub sockets: tokio_util::task::TaskTracker,
+    /// The webhook dispatcher: woken when a test or a redelivery is queued; checks URLs.
+    pub webhooks: crate::webhooks::Webhooks,
     /// Resumable uploads a request is writing to on this node.
     pub writing: super::resumable::Writing,
     /// Cancelled on SIGINT/SIGTERM, so handlers refuse new work while the server drains.

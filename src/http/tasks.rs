@@ -109,12 +109,23 @@ async fn retry(
     if state.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
-    let options = match requested {
-        Some(requested) => Some(conversion_options(&state, requested).await?),
-        None => None,
+    // New options come with their own callback (or none); without, the old task's stay.
+    let (options, callbacks) = match requested {
+        Some(mut requested) => {
+            let url = requested.callback_url.take();
+            let callbacks = super::webhooks::callbacks(&state, user.id, url).await?;
+            (
+                Some(conversion_options(&state, requested).await?),
+                Some(callbacks),
+            )
+        }
+        None => (None, None),
     };
     let limit = state.config.max_active_tasks_per_user;
-    let task = state.tasks.retry(user.id, id, options, limit).await?;
+    let task = state
+        .tasks
+        .retry(user.id, id, options, callbacks, limit)
+        .await?;
     Ok(Json(Started::new(task.id, task.source_id, Some(id))))
 }
 

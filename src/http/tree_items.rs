@@ -210,11 +210,13 @@ async fn convert(
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
     key: IdempotencyKey,
-    OptionalJson(requested): OptionalJson<RequestedOptions>,
+    OptionalJson(mut requested): OptionalJson<RequestedOptions>,
 ) -> AppResult<axum::Json<Started>> {
     if state.shutdown.is_cancelled() {
         return Err(AppError::ShuttingDown);
     }
+    let callback_url = requested.callback_url.take();
+    let callbacks = super::webhooks::callbacks(&state, user.id, callback_url.clone()).await?;
     let options = conversion_options(&state, requested).await?;
     let item = owned_item(&state, user.id, id).await?;
     let Some(blob) = item.blob.clone().filter(|_| item.kind == ItemKind::File) else {
@@ -224,7 +226,13 @@ async fn convert(
         )));
     };
     let options_json = serde_json::to_vec(&options).expect("options serialise");
-    let keyed = key.keyed(&[b"convert", item.id.as_bytes(), &options_json]);
+    let callback = callback_url.unwrap_or_default();
+    let keyed = key.keyed(&[
+        b"convert",
+        item.id.as_bytes(),
+        &options_json,
+        callback.as_bytes(),
+    ]);
     let new = NewTask {
         user_id: user.id,
         source_id: item.id,
@@ -233,6 +241,7 @@ async fn convert(
         parent_id: item.parent_id,
         options,
         retry_of: None,
+        callbacks,
     };
     let limit = state.config.max_active_tasks_per_user;
     let task_id = state.tasks.submit(new, limit, keyed).await?;

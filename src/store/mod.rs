@@ -19,6 +19,7 @@ pub mod tasks;
 pub mod testing;
 pub mod tombstones;
 pub mod users;
+pub mod webhooks;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_6.sql"),
     include_str!("schema_7.sql"),
     include_str!("schema_8.sql"),
+    include_str!("schema_9.sql"),
 ];
 
 /// The same schema in PostgreSQL's words (its first migration is SQLite's first three); the
@@ -53,6 +55,7 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
     include_str!("postgres_4.sql"),
     include_str!("postgres_5.sql"),
     include_str!("postgres_6.sql"),
+    include_str!("postgres_7.sql"),
 ];
 
 enum Engine {

@@ -5,7 +5,8 @@
 //!
 //! On SQLite the announcement happens after the write's commit and under the store's one
 //! lock; on PostgreSQL it is part of the same transaction. Either way event order is commit
-//! order.
+//! order. The webhook deliveries a change owes ([`owe`]) are written in the change's own
+//! transaction, on both engines: a change is never committed without them.
 
 use std::time::Duration;
 
@@ -13,12 +14,13 @@ use rand::Rng;
 use uuid::Uuid;
 
 use crate::domain::job::Failure;
+use crate::domain::webhook::{self, EventType};
 use crate::domain::{EventKind, NewTask, TaskRecord, TaskState, Transition};
 use crate::store::idempotency::{self, Keyed, Once};
 use crate::store::items::{self, NewItem};
 use crate::store::tasks::{self as rows, End, Held, Retry};
 use crate::store::Db;
-use crate::store::{queue, tombstones};
+use crate::store::{queue, tombstones, webhooks};
 
 /// How failed runs are retried.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +60,24 @@ pub(super) fn announce(
     Ok(task)
 }
 
+/// Queues the webhook deliveries that task `id`'s change (`event`) owes; call it inside the
+/// change's transaction, after the change.
+fn owe(db: &mut Db, id: Uuid, event: Option<EventType>) -> anyhow::Result<()> {
+    let Some(event) = event else {
+        return Ok(());
+    };
+    webhooks::enqueue(db, id, event, |db| {
+        Ok(rows::get(db, id)?.map(|task| {
+            let data = crate::domain::task::status_json(&task);
+            (
+                task.user_id,
+                webhook::body(event, &crate::time::now(), data),
+            )
+        }))
+    })?;
+    Ok(())
+}
+
 fn step(from: TaskState, to: TaskState) -> anyhow::Result<Transition> {
     Ok(Transition::new(from, to)?)
 }
@@ -90,7 +110,10 @@ pub fn submit(
         if active >= limit {
             return Ok(Submitted::Busy { active });
         }
-        Ok(Submitted::Queued(Box::new(rows::insert(db, new)?)))
+        let callbacks = new.callbacks.clone();
+        let task = rows::insert(db, new)?;
+        webhooks::add_callbacks(db, task.id, &callbacks)?;
+        Ok(Submitted::Queued(Box::new(task)))
     };
     let answer = |done: &Submitted| match done {
         Submitted::Queued(task) => Some((200, serde_json::json!({"task_id": task.id}).to_string())),
@@ -123,6 +146,7 @@ pub fn claim(db: &mut Db, owner: &str, lease_ms: i64) -> anyhow::Result<Option<T
                 return Ok(None);
             }
             queue::served(db, user)?;
+            owe(db, id, Some(EventType::TaskStarted))?;
             Ok(Some(id))
         })
     })?;
@@ -158,7 +182,15 @@ pub fn progress(
     percent: f64,
     sentence: &str,
 ) -> anyhow::Result<Option<TaskRecord>> {
-    let changed = db.unsynced(|db| rows::set_progress(db, id, owner, percent, sentence))?;
+    let changed = db.unsynced(|db| {
+        db.atomically(|db| {
+            let changed = rows::set_progress(db, id, owner, percent, sentence)?;
+            if changed {
+                owe(db, id, Some(EventType::TaskProgress))?;
+            }
+            Ok(changed)
+        })
+    })?;
     announce(db, id, EventKind::Progress, changed)
 }
 
@@ -182,12 +214,12 @@ pub fn finish(
     ending: Ending,
     policy: Policy,
 ) -> anyhow::Result<Option<TaskRecord>> {
-    let changed = match rows::hold(db, id)? {
+    let changed = db.atomically(|db| match rows::hold(db, id)? {
         Some(held) if held.state == TaskState::Progress => {
-            end_run(db, id, &held, Some(owner), ending, policy)?
+            end_run(db, id, &held, Some(owner), ending, policy)
         }
-        _ => false,
-    };
+        _ => Ok(false),
+    })?;
     announce(db, id, EventKind::State, changed)
 }
 
@@ -236,7 +268,11 @@ fn end_run(
         error,
         result: None,
     };
-    rows::end(db, id, change, claim, end)
+    let ended = rows::end(db, id, change, claim, end)?;
+    if ended {
+        owe(db, id, EventType::of_change(to, false))?;
+    }
+    Ok(ended)
 }
 
 pub enum Published {
@@ -280,7 +316,9 @@ pub fn succeed(
             error: None,
             result: Some(&result),
         };
-        rows::end(db, task.id, change, Some(owner), end)?;
+        if rows::end(db, task.id, change, Some(owner), end)? {
+            owe(db, task.id, Some(EventType::TaskSucceeded))?;
+        }
         Ok(Published::Output(item.id))
     })?;
     if let Published::Output(_) = published {
@@ -335,7 +373,9 @@ pub(super) fn cancel_held(
                 error: None,
                 result: None,
             };
-            rows::end(db, id, change, None, end)?;
+            if rows::end(db, id, change, None, end)? {
+                owe(db, id, Some(EventType::TaskRevoked))?;
+            }
             Ok(true)
         }
         TaskState::Progress => {
@@ -395,6 +435,7 @@ pub fn recover(db: &mut Db, policy: Policy) -> anyhow::Result<usize> {
                 result: None,
             };
             if rows::end(db, id, change, None, end)? {
+                owe(db, id, Some(EventType::TaskRevoked))?;
                 changed.push(id);
             }
         }
@@ -467,13 +508,15 @@ pub enum Retried {
     NotFound,
 }
 
-/// Queues a new task with the source of `user`'s failed or revoked task `id`, and `options`
-/// (the old task's when `None`). The old task stays as it was: final states are final.
+/// Queues a new task with the source of `user`'s failed or revoked task `id`, `options` and
+/// `callbacks` (the old task's when `None`). The old task stays as it was: final states are
+/// final.
 pub fn retry(
     db: &mut Db,
     user: Uuid,
     id: Uuid,
     options: Option<crate::domain::options::Conversion>,
+    callbacks: Option<Vec<webhook::Callback>>,
     limit: u64,
 ) -> anyhow::Result<Retried> {
     let Some(old) = rows::get(db, id)?.filter(|t| t.user_id == user) else {
@@ -494,6 +537,10 @@ pub fn retry(
         source_blob: old.source_blob,
         source_name: old.source_name,
         parent_id: old.parent_id,
+        callbacks: match callbacks {
+            Some(callbacks) => callbacks,
+            None => webhooks::callbacks(db, id)?,
+        },
         options: options.unwrap_or(old.options),
         retry_of: Some(id),
     };

@@ -210,17 +210,18 @@ impl Tasks {
         Ok(deleted)
     }
 
-    /// Queues a new task from `user`'s failed or revoked task `id`, with `options` or the
-    /// old task's.
+    /// Queues a new task from `user`'s failed or revoked task `id`, with `options` and
+    /// `callbacks` or the old task's.
     pub async fn retry(
         &self,
         user: Uuid,
         id: Uuid,
         options: Option<Conversion>,
+        callbacks: Option<Vec<crate::domain::webhook::Callback>>,
         limit: u64,
     ) -> AppResult<TaskRecord> {
         match self
-            .run(move |db| lifecycle::retry(db, user, id, options, limit))
+            .run(move |db| lifecycle::retry(db, user, id, options, callbacks, limit))
             .await?
         {
             Retried::Queued(task) => {

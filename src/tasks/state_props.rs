@@ -120,6 +120,7 @@ fn run(store: &Store, ops: &[Op]) {
                 parent_id: None,
                 options: Default::default(),
                 retry_of: None,
+                callbacks: vec![],
             };
             let pick = |ids: &[Uuid], i: usize| (!ids.is_empty()).then(|| ids[i % ids.len()]);
             let fail = || Ending::Failed(Failure::permanent("broken"));
@@ -177,7 +178,7 @@ fn run(store: &Store, ops: &[Op]) {
                     Op::RetryByHand(i) => {
                         if let Some(id) = pick(&ids, i) {
                             let before = tasks::get(c, id)?;
-                            match lifecycle::retry(c, user.id, id, None, u64::MAX)? {
+                            match lifecycle::retry(c, user.id, id, None, None, u64::MAX)? {
                                 Retried::Queued(task) => {
                                     let before = before.expect("a retried task exists").state;
                                     assert!(matches!(

@@ -217,6 +217,11 @@ impl TestServer {
         self.url = url;
     }
 
+    /// The arguments the next [`TestServer::restart`] starts with.
+    pub fn args_mut(&mut self) -> &mut Vec<String> {
+        &mut self.args
+    }
+
     /// Starts again on the same data dir, with `extra` arguments after the first start's.
     pub async fn restart_with(&mut self, extra: &[&str]) {
         self.args.extend(extra.iter().map(|s| s.to_string()));

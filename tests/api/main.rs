@@ -22,3 +22,5 @@ mod retention;
 mod retries;
 mod security;
 mod storage;
+mod webhook_receiver;
+mod webhooks;
