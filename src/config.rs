@@ -95,6 +95,15 @@ pub struct Config {
     )]
     pub max_upload_chunks: u64,
 
+    /// Origins whose web pages may call `/ogcapi` from a browser (CORS, with a bearer
+    /// token): repeat the flag, or separate them with commas.
+    #[arg(
+        long = "cors-origin",
+        env = "RASTERCAST_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
     /// Let webhooks and callbacks call loopback, private and link-local addresses (a private
     /// deployment, or tests). Off, such URLs are refused, whatever their name resolves to.
     #[arg(long, env = "RASTERCAST_WEBHOOK_ALLOW_PRIVATE")]

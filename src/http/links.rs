@@ -53,10 +53,10 @@ struct LinkRequest {
 
 /// A link that opens the file with no credentials until `expires_at`.
 #[derive(Serialize, ToSchema)]
-struct Link {
-    url: String,
+pub struct Link {
+    pub url: String,
     /// RFC 3339.
-    expires_at: String,
+    pub expires_at: String,
 }
 
 /// Make a shareable link to a file: anyone holding it can read the file (with ranges, as map
@@ -99,20 +99,46 @@ async fn create_link(
             item.name
         )));
     }
+    Ok(Json(link_to(&state, &headers, &item, expires_in).await?))
+}
+
+/// A link that opens `item` (a file) for `expires_in` seconds.
+pub async fn link_to(
+    state: &AppState,
+    headers: &HeaderMap,
+    item: &items::Item,
+    expires_in: u64,
+) -> AppResult<Link> {
     let expires = chrono::Utc::now().timestamp() as u64 + expires_in;
     let key = state.link_key.get(&state.store).await?;
-    let token = sign(&key, user.id, item.id, expires);
-    let base = public_base(&state, &headers)?;
+    let token = sign(&key, item.user_id, item.id, expires);
+    let base = public_base(state, headers)?;
     let expires_at = chrono::DateTime::from_timestamp(expires as i64, 0)
         .map(crate::time::format)
         .unwrap_or_default();
     // The file's name ends the URL, so that tools see its extension, and GDAL's probes for
     // side files (`….aux.xml`, `….ovr`) name another file: a quiet 404, not a 403.
     let name = percent_encoding::utf8_percent_encode(&item.name, PATH_SEGMENT);
-    Ok(Json(Link {
+    Ok(Link {
         url: format!("{base}/api/v1/links/{token}/{name}"),
         expires_at,
-    }))
+    })
+}
+
+/// The owner and the file that a link of ours names (its URL as it was given out, or its
+/// path), if it verifies and has not expired.
+pub async fn item_of_link(state: &AppState, url: &str) -> AppResult<(Uuid, Uuid)> {
+    let path = url::Url::parse(url).map_or_else(|_| url.to_owned(), |u| u.path().to_owned());
+    let token = path
+        .strip_prefix("/api/v1/links/")
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| {
+            AppError::Unprocessable(format!(
+                "{url:?} is not a link from POST /api/v1/tree-items/{{id}}/links."
+            ))
+        })?;
+    let key = state.link_key.get(&state.store).await?;
+    verify(&key, token, chrono::Utc::now().timestamp() as u64)
 }
 
 /// A file through a link from `POST /tree-items/{id}/links`: no credentials, `Range` and

@@ -9,6 +9,7 @@ mod health;
 mod links;
 mod metrics;
 mod names;
+mod ogc;
 mod openapi;
 mod resumable;
 mod serve;
@@ -65,6 +66,7 @@ pub fn router(state: AppState) -> Router {
     let document = openapi::Document::new(&document);
     documented
         .merge(dashboard::router())
+        .merge(ogc::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(document))

@@ -72,6 +72,35 @@ pub async fn conversion_options(
     Ok(options)
 }
 
+/// Queues the conversion of `item` (a file of its owner's) with checked `options`; 422 for a
+/// folder, 429 when its owner has too many tasks.
+pub async fn submit_conversion(
+    state: &AppState,
+    item: &Item,
+    options: Conversion,
+    callbacks: Vec<crate::domain::webhook::Callback>,
+    keyed: Option<crate::store::idempotency::Keyed>,
+) -> AppResult<Uuid> {
+    let Some(blob) = item.blob.clone().filter(|_| item.kind == ItemKind::File) else {
+        return Err(AppError::Unprocessable(format!(
+            "{:?} is a folder; convert a file.",
+            item.name
+        )));
+    };
+    let new = NewTask {
+        user_id: item.user_id,
+        source_id: item.id,
+        source_blob: blob,
+        source_name: item.name.clone(),
+        parent_id: item.parent_id,
+        options,
+        retry_of: None,
+        callbacks,
+    };
+    let limit = state.config.max_active_tasks_per_user;
+    state.tasks.submit(new, limit, keyed).await
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewFolder {
@@ -219,12 +248,6 @@ async fn convert(
     let callbacks = super::webhooks::callbacks(&state, user.id, callback_url.clone()).await?;
     let options = conversion_options(&state, requested).await?;
     let item = owned_item(&state, user.id, id).await?;
-    let Some(blob) = item.blob.clone().filter(|_| item.kind == ItemKind::File) else {
-        return Err(AppError::Unprocessable(format!(
-            "{:?} is a folder; convert a file.",
-            item.name
-        )));
-    };
     let options_json = serde_json::to_vec(&options).expect("options serialise");
     let callback = callback_url.unwrap_or_default();
     let keyed = key.keyed(&[
@@ -233,17 +256,6 @@ async fn convert(
         &options_json,
         callback.as_bytes(),
     ]);
-    let new = NewTask {
-        user_id: user.id,
-        source_id: item.id,
-        source_blob: blob,
-        source_name: item.name,
-        parent_id: item.parent_id,
-        options,
-        retry_of: None,
-        callbacks,
-    };
-    let limit = state.config.max_active_tasks_per_user;
-    let task_id = state.tasks.submit(new, limit, keyed).await?;
+    let task_id = submit_conversion(&state, &item, options, callbacks, keyed).await?;
     Ok(axum::Json(Started::new(task_id, item.id, None)))
 }

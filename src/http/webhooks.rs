@@ -153,18 +153,38 @@ pub async fn callbacks(
     user: Uuid,
     url: Option<String>,
 ) -> AppResult<Vec<Callback>> {
-    let Some(url) = url else {
-        return Ok(Vec::new());
-    };
-    let url = checked_url(state, &url).await?;
+    let callbacks = url
+        .map(|url| Callback {
+            url,
+            events: EventType::FINAL.to_vec(),
+        })
+        .into_iter()
+        .collect();
+    check_callbacks(state, user, callbacks).await
+}
+
+/// Checks each callback's URL as endpoint URLs are, and makes `user`'s callback secret if it
+/// does not exist yet.
+pub async fn check_callbacks(
+    state: &AppState,
+    user: Uuid,
+    callbacks: Vec<Callback>,
+) -> AppResult<Vec<Callback>> {
+    if callbacks.is_empty() {
+        return Ok(callbacks);
+    }
+    let mut checked = Vec::with_capacity(callbacks.len());
+    for callback in callbacks {
+        checked.push(Callback {
+            url: checked_url(state, &callback.url).await?,
+            events: callback.events,
+        });
+    }
     state
         .store
         .call(move |c| rows::callback_secret(c, user, new_secret))
         .await?;
-    Ok(vec![Callback {
-        url,
-        events: EventType::FINAL.to_vec(),
-    }])
+    Ok(checked)
 }
 
 /// Register an endpoint: deliveries of the chosen events of your tasks are POSTed to it,
@@ -601,7 +621,7 @@ async fn endpoint_deliveries(
 #[utoipa::path(get, path = "/tasks/{id}/deliveries", tag = "webhooks",
     params(("id" = Uuid, Path, description = "The task"), DeliveryQuery),
     responses((status = 200, description = "A page of deliveries", body = DeliveryPage),
-        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody)),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Another user's task", body = ErrorBody)),
     security(("bearer" = []), ("cookie" = [])))]
 async fn task_deliveries(
     State(state): State<AppState>,
@@ -609,6 +629,14 @@ async fn task_deliveries(
     Path(id): Path<Uuid>,
     Query(q): Query<DeliveryQuery>,
 ) -> AppResult<Json<DeliveryPage>> {
+    // Another user's task is not there; one forgotten since still has its deliveries listed.
+    let task = state
+        .store
+        .call(move |c| crate::store::tasks::get(c, id))
+        .await?;
+    if task.is_some_and(|t| t.user_id != user.id) {
+        return Err(AppError::NotFound("task"));
+    }
     page(&state, user.id, None, Some(id), q).await
 }
 

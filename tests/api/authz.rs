@@ -222,6 +222,69 @@ const TABLE: &[Row] = &[
         TOKEN,
         [404, 401, 401, 401, 204],
     ),
+    // Webhooks: endpoints and their logs are their owner's alone.
+    row("POST", "/api/v1/webhooks", TOKEN, [201, 401, 401, 401, 201]),
+    row("GET", "/api/v1/webhooks", TOKEN, [200, 401, 401, 401, 200]),
+    row(
+        "GET",
+        "/api/v1/webhooks/{webhook}",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    row(
+        "PATCH",
+        "/api/v1/webhooks/{webhook}",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    row(
+        "DELETE",
+        "/api/v1/webhooks/{webhook_to_delete}",
+        TOKEN,
+        [404, 401, 401, 401, 204],
+    ),
+    row(
+        "POST",
+        "/api/v1/webhooks/{webhook}/rotate-secret",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    row(
+        "POST",
+        "/api/v1/webhooks/{webhook}/test",
+        TOKEN,
+        [404, 401, 401, 401, 202],
+    ),
+    row(
+        "GET",
+        "/api/v1/webhooks/{webhook}/deliveries",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    row(
+        "POST",
+        "/api/v1/webhooks/{webhook}/deliveries/{delivery}/redeliver",
+        TOKEN,
+        [404, 401, 401, 401, 202],
+    ),
+    row(
+        "GET",
+        "/api/v1/webhooks/callback-secret",
+        TOKEN,
+        [200, 401, 401, 401, 200],
+    ),
+    row(
+        "POST",
+        "/api/v1/webhooks/callback-secret/rotate",
+        TOKEN,
+        [200, 401, 401, 401, 200],
+    ),
+    row(
+        "GET",
+        "/api/v1/tasks/{task}/deliveries",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
     row("GET", "/healthz", TOKEN, [200, 200, 200, 200, 200]),
     row("GET", "/metrics", TOKEN, [200, 200, 200, 200, 200]),
 ];
@@ -233,6 +296,8 @@ struct Callers {
     revoked: String,
     cookies: [(Caller, String); 3],
     expired_tickets: std::sync::Mutex<Vec<String>>,
+    /// Where the owner's webhook endpoints point.
+    hook: String,
 }
 
 impl Callers {
@@ -341,6 +406,12 @@ async fn call(
         }
         ("POST", p) if p.ends_with("/convert-to-geo-raster") => request.json(&json!({})),
         ("POST", "/api/v1/uploads") => request.header("Upload-Length", 10),
+        ("POST", "/api/v1/webhooks") => {
+            request.json(&json!({"url": callers.hook, "events": ["task.failed"]}))
+        }
+        ("PATCH", p) if p.starts_with("/api/v1/webhooks") => {
+            request.json(&json!({"description": "x"}))
+        }
         ("PATCH", _) => request
             .header("Content-Type", "application/offset+octet-stream")
             .header("Upload-Offset", 0)
@@ -376,7 +447,9 @@ async fn call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_each_kind_of_caller_as_the_table_says() {
-    let server = TestServer::start_with(&["--stream-ticket-secs", "1"]).await;
+    let server =
+        TestServer::start_with(&["--stream-ticket-secs", "1", "--webhook-allow-private"]).await;
+    let receiver = crate::webhook_receiver::Receiver::start().await;
     let doc: Value = server
         .http
         .get(server.api("/openapi.json"))
@@ -399,6 +472,8 @@ async fn every_route_answers_each_kind_of_caller_as_the_table_says() {
                 .path
                 .replace("{item_to_delete}", "{id}")
                 .replace("{upload_to_delete}", "{id}")
+                .replace("{webhook_to_delete}", "{id}")
+                .replace("{webhook}", "{id}")
                 .replace("{upload}", "{id}")
                 .replace("{task_to_delete}", "{id}")
                 .replace("{item}", "{id}")
@@ -477,6 +552,7 @@ async fn every_route_answers_each_kind_of_caller_as_the_table_says() {
         revoked,
         cookies,
         expired_tickets: std::sync::Mutex::new(tickets),
+        hook: receiver.url("/hook"),
     };
 
     let (_, link) = server
@@ -500,8 +576,43 @@ async fn every_route_answers_each_kind_of_caller_as_the_table_says() {
     };
     let upload = new_upload().await;
     let upload_to_delete = new_upload().await;
+    let new_webhook = || async {
+        let res = server
+            .req(Method::POST, "/webhooks", &server.token)
+            .json(&json!({"url": callers.hook, "events": ["task.succeeded"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap();
+        body["id"].as_str().unwrap().to_string()
+    };
+    let webhook = new_webhook().await;
+    let webhook_to_delete = new_webhook().await;
+    // A delivery that has gone out, so that redelivering it is never refused as in flight.
+    let res = server
+        .req(
+            Method::POST,
+            &format!("/webhooks/{webhook}/test"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    let queued: Value = res.json().await.unwrap();
+    let delivery = queued["delivery_id"].as_str().unwrap().to_string();
+    crate::helpers::eventually("the test delivery", Duration::from_secs(30), || async {
+        let (_, page) = server
+            .get_json(&format!("/webhooks/{webhook}/deliveries"), &server.token)
+            .await;
+        (page["deliveries"][0]["status"] == "succeeded").then_some(())
+    })
+    .await;
     let ids = [
         ("{upload_to_delete}", upload_to_delete.as_str()),
+        ("{webhook_to_delete}", webhook_to_delete.as_str()),
+        ("{webhook}", webhook.as_str()),
+        ("{delivery}", delivery.as_str()),
         ("{upload}", upload.as_str()),
         ("{link}", link.as_str()),
         ("{item_to_delete}", item_to_delete["id"].as_str().unwrap()),

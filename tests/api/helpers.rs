@@ -1480,3 +1480,23 @@ pub async fn unfinished_uploads(server: &TestServer) -> Vec<Value> {
     assert_eq!(code, StatusCode::OK, "{list}");
     list.as_array().unwrap().clone()
 }
+
+/// The tests' venv with the reference clients, made once by `scripts/test-venv.sh`.
+pub fn test_python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let out = std::process::Command::new(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-venv.sh"),
+            )
+            .output()
+            .expect("scripts/test-venv.sh runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        })
+        .clone()
+}

@@ -17,6 +17,7 @@ mod links;
 mod live;
 mod live_clients;
 mod nodes;
+mod ogc;
 mod resumable;
 mod retention;
 mod retries;

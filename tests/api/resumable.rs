@@ -169,7 +169,7 @@ async fn tuspy(
     chunk: u64,
     checksum: bool,
 ) -> (Option<i32>, String) {
-    let python = python();
+    let python = crate::helpers::test_python();
     let mut command = tokio::process::Command::new(python);
     command
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tus/client.py"))
@@ -188,26 +188,6 @@ async fn tuspy(
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code(), text)
-}
-
-/// The tests' venv with the reference clients, made once by `scripts/test-venv.sh`.
-fn python() -> PathBuf {
-    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let out = std::process::Command::new(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-venv.sh"),
-            )
-            .output()
-            .expect("scripts/test-venv.sh runs");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-        })
-        .clone()
 }
 
 /// Where the client said it started from.
