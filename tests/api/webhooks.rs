@@ -769,3 +769,57 @@ async fn several_nodes_send_each_delivery_once() {
     assert_eq!(seen.len(), 30);
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
 }
+
+#[tokio::test]
+async fn failures_and_cancels_are_announced() {
+    let receiver = Receiver::start().await;
+    // One worker, so that a second conversion waits in the queue to be cancelled there.
+    let server = TestServer::start_with(&["--webhook-allow-private", "--workers", "1"]).await;
+    let e = endpoint(&server, &receiver.url("/hook"), &ALL_EVENTS).await;
+    let failed = server.convert_file(&data("corrupt.tif"), json!({})).await;
+    assert_eq!(failed["state"], "FAILURE", "{failed}");
+    let big = generated_raster(
+        "webhook-busy.tif",
+        "byte.tif",
+        &["-outsize", "6000", "6000"],
+    );
+    let busy = server.upload(&big).await;
+    let running = task_id(&server.convert(&busy, json!({})).await);
+    let queued = task_id(&server.convert(&busy, json!({})).await);
+    let (code, _) = server.cancel_task(&server.token, &queued).await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = server.cancel_task(&server.token, &running).await;
+    assert_eq!(code, StatusCode::OK);
+    for task in [&running, &queued] {
+        assert_eq!(server.wait_final(task).await["state"], "REVOKED");
+    }
+    let of = |task: String, kind: &'static str| {
+        move |r: &crate::webhook_receiver::Received| {
+            r.body()["data"]["task_id"] == task.as_str() && r.event_type() == kind
+        }
+    };
+    let failure = received_where(
+        &receiver,
+        "task.failed",
+        Duration::from_secs(30),
+        of(task_id(&failed), "task.failed"),
+    )
+    .await;
+    assert_eq!(failure.body()["data"]["state"], "FAILURE");
+    assert!(failure.body()["data"]["error"].is_string());
+    for task in [&running, &queued] {
+        received_where(
+            &receiver,
+            "task.revoked",
+            Duration::from_secs(30),
+            of(task.clone(), "task.revoked"),
+        )
+        .await;
+    }
+    // The queued one never started: no task.started for it.
+    let got = receiver.received();
+    assert!(!got.iter().any(|r| of(queued.clone(), "task.started")(r)));
+    assert!(got
+        .iter()
+        .all(|r| r.verifies(e["secret"].as_str().unwrap())));
+}
