@@ -1,6 +1,6 @@
 // The rastercast dashboard: sign-in, the file tree with resumable uploads (tus), conversions with
-// live progress (WebSocket, then SSE, then polling), and a map preview read from the COG with
-// Range requests.
+// live progress (WebSocket, then SSE, then polling), a map preview read from the COG with
+// Range requests, and webhook endpoints with their delivery logs.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -129,7 +129,8 @@ async function enter() {
   $('who').textContent = me.user;
   tree.init();
   tasks.init();
-  await Promise.all([tree.open(null, 'Home'), tasks.load(), uploads.loadUnfinished()]);
+  webhooks.init();
+  await Promise.all([tree.open(null, 'Home'), tasks.load(), uploads.loadUnfinished(), webhooks.load()]);
   live.start();
 }
 
@@ -578,6 +579,375 @@ const tasks = {
     if (!first || s.state !== 'PROGRESS' || s.progress <= first.p + 1) return '';
     const seconds = ((performance.now() - first.t) / 1000) * ((100 - s.progress) / (s.progress - first.p));
     return seconds < 60 ? Math.ceil(seconds) + ' s' : Math.ceil(seconds / 60) + ' min';
+  },
+};
+
+// ---------------------------------------------------------------- webhooks
+
+// Endpoints that receive the user's task events, and the log of what came of each delivery.
+// The server signs, sends and retries; the page registers endpoints, shows their deliveries
+// and asks for one again.
+const DELIVERY_PAGE = 25;
+const DELIVERY_MOST = 200;
+const DELIVERY_REFRESH_MS = 3000;
+
+// Today's times alone; older ones with their date.
+function when(iso) {
+  if (!iso) return '';
+  const t = new Date(iso);
+  return t.toDateString() === new Date().toDateString() ? t.toLocaleTimeString() : t.toLocaleString();
+}
+
+// Redrawn rows keep the keyboard focus on the same control (`data-key`), so that a refresh
+// every few seconds does not throw a keyboard or screen reader user back to the page's top.
+function keepFocus(container, draw) {
+  const active = document.activeElement;
+  const key = active && container.contains(active) ? active.dataset.key : null;
+  draw();
+  if (key) {
+    const again = container.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (again) again.focus();
+  }
+}
+
+const webhooks = {
+  endpoints: new Map(),
+  // The endpoint whose deliveries are shown, how many of them, and what was last drawn.
+  open: null,
+  limit: DELIVERY_PAGE,
+  drawn: '',
+  timer: null,
+  // Answers to a refresh older than the latest one asked are dropped.
+  seq: 0,
+  // Deliveries the person just sent or redelivered: their outcome is announced once logged.
+  watched: new Map(),
+  // Where the focus goes back to once the shown secret is put away.
+  secretFrom: null,
+
+  init() {
+    this.close({ quiet: true });
+    this.endpoints.clear();
+    $('webhook-list').replaceChildren();
+    $('webhook-form').onsubmit = (e) => { e.preventDefault(); this.create(); };
+    $('secret-value').onfocus = (e) => e.target.select();
+    $('secret-copy').onclick = () => this.copySecret();
+    $('secret-hide').onclick = () => this.hideSecret();
+    $('deliveries-refresh').onclick = () => this.refresh({ asked: true });
+    $('deliveries-close').onclick = () => this.close();
+    $('delivery-filter').onchange = () => { this.limit = DELIVERY_PAGE; this.refresh({ asked: true }); };
+    $('deliveries-more').onclick = () => {
+      this.limit = Math.min(DELIVERY_MOST, this.limit + DELIVERY_PAGE);
+      this.refresh({ asked: true });
+    };
+    // A hidden tab asks nothing, and catches up as soon as it is shown again.
+    document.onvisibilitychange = () => {
+      if (!document.hidden && this.open) this.refresh(); else this.schedule();
+    };
+  },
+
+  async load() {
+    try {
+      const list = await api('/webhooks');
+      this.endpoints.clear();
+      for (const e of list) this.endpoints.set(e.id, e);
+      this.drawList();
+    } catch (err) { showError(err); }
+  },
+
+  drawList() {
+    const list = $('webhook-list');
+    keepFocus(list, () => list.replaceChildren(...[...this.endpoints.values()].map((e) => this.row(e))));
+    $('no-webhooks').hidden = this.endpoints.size > 0;
+  },
+
+  row(e) {
+    // Every row has the same buttons: each one's name says which endpoint it acts on.
+    const button = (action, text, props) => {
+      const b = el('button', { type: 'button', className: 'secondary', textContent: text, ...props });
+      b.dataset.key = `${action}:${e.id}`;
+      return b;
+    };
+    const deliveries = button('deliveries', 'Deliveries', {
+      ariaLabel: `Deliveries to ${e.url}`, ariaExpanded: String(this.open === e.id),
+      onclick: () => (this.open === e.id ? this.close() : this.show(e.id)),
+    });
+    deliveries.setAttribute('aria-controls', 'deliveries');
+    const actions = el('div', { className: 'row' },
+      button('test', 'Send test', { ariaLabel: `Send test to ${e.url}`, disabled: e.disabled, onclick: () => this.test(e.id) }),
+      deliveries,
+      button('rotate', 'Rotate secret', { ariaLabel: `Rotate secret of ${e.url}`, onclick: () => this.rotate(e.id) }),
+      e.disabled ? button('enable', 'Enable', { className: '', ariaLabel: `Enable ${e.url}`, onclick: () => this.enable(e.id) }) : null,
+      button('delete', 'Delete', { className: 'danger', ariaLabel: `Delete ${e.url}`, onclick: () => this.remove(e.id) }));
+    const li = el('li', { id: 'webhook-' + e.id },
+      el('div', { className: 'row' },
+        el('span', { className: 'name', textContent: e.url }),
+        el('span', { className: 'state ' + (e.disabled ? 'off' : 'on'), textContent: e.disabled ? 'disabled' : 'enabled' })),
+      el('span', { className: 'meta', textContent: `Events: ${e.events.join(', ')}` + (e.description ? ` · ${e.description}` : '') }),
+      e.disabled ? el('span', { className: 'error reason', textContent: e.disabled_reason || 'Disabled.' }) : null,
+      !e.disabled && e.failing_since ? el('span', { className: 'error', textContent:
+        `Every delivery since ${when(e.failing_since)} failed; after five days of that the endpoint is disabled.` }) : null,
+      e.previous_secret_until ? el('span', { className: 'meta', textContent:
+        `The previous secret also signs until ${when(e.previous_secret_until)}.` }) : null,
+      actions);
+    li.dataset.id = e.id;
+    return li;
+  },
+
+  async create() {
+    const form = $('webhook-form');
+    const events = [...form.querySelectorAll('input[name=events]:checked')].map((c) => c.value);
+    if (!events.length) {
+      showError('Choose at least one event to send to the endpoint.');
+      form.querySelector('input[name=events]').focus();
+      return;
+    }
+    const body = { url: $('webhook-url').value.trim(), events };
+    const description = $('webhook-description').value.trim();
+    if (description) body.description = description;
+    try {
+      const { secret, ...endpoint } = await api('/webhooks', json('POST', body));
+      this.endpoints.set(endpoint.id, endpoint);
+      this.drawList();
+      form.reset();
+      this.showSecret(secret, endpoint.url, `Added ${endpoint.url}.`);
+    } catch (err) { showError(err); }
+  },
+
+  // A secret the server made is in that one answer only: it stays on screen until the person
+  // says it is saved, and the page keeps it nowhere else.
+  showSecret(secret, url, done, previousUntil) {
+    if (!secret) { $('webhooks-note').textContent = done; return; }
+    $('secret-label').textContent = `Signing secret of ${url}`;
+    $('secret-value').value = secret;
+    $('secret-note').textContent = 'Copy it now into your receiver: it will not be shown again. ' + (previousUntil
+      ? `Until ${when(previousUntil)} deliveries carry the previous secret’s signature too, so the receiver can switch over.`
+      : 'The receiver checks each delivery’s webhook-signature with it.');
+    $('webhook-secret').hidden = false;
+    $('webhooks-note').textContent = `${done} Its signing secret is shown once, below the form.`;
+    this.secretFrom = document.activeElement;
+    $('secret-value').focus();
+  },
+
+  async copySecret() {
+    try {
+      await navigator.clipboard.writeText($('secret-value').value);
+      $('webhooks-note').textContent = 'Secret copied.';
+    } catch {
+      $('secret-value').focus();
+      $('webhooks-note').textContent = 'The secret is selected: copy it with Ctrl+C (⌘C).';
+    }
+  },
+
+  hideSecret() {
+    $('secret-value').value = '';
+    $('webhook-secret').hidden = true;
+    $('webhooks-note').textContent = '';
+    const back = this.secretFrom && this.secretFrom.isConnected && this.secretFrom !== document.body ? this.secretFrom : $('webhook-url');
+    back.focus();
+  },
+
+  async test(id) {
+    const e = this.endpoints.get(id);
+    try {
+      const queued = await api(`/webhooks/${id}/test`, { method: 'POST' });
+      this.watched.set(queued.delivery_id, { what: 'The test delivery', attempts: 0 });
+      if (this.open !== id) await this.show(id, { focus: false });
+      $('deliveries-note').textContent = `Test delivery to ${e.url} queued.`;
+      await this.refresh();
+    } catch (err) {
+      showError(err);
+      // Disabled or deleted meanwhile (a 410 answer disables it): show it as it now is.
+      if (err.status === 404 || err.status === 409) this.load();
+    }
+  },
+
+  async rotate(id) {
+    const e = this.endpoints.get(id);
+    try {
+      const rotated = await api(`/webhooks/${id}/rotate-secret`, { method: 'POST' });
+      this.endpoints.set(id, await api(`/webhooks/${id}`));
+      this.drawList();
+      this.showSecret(rotated.secret, e.url, `Rotated the secret of ${e.url}.`, rotated.previous_secret_until);
+    } catch (err) { showError(err); }
+  },
+
+  async enable(id) {
+    try {
+      const e = await api(`/webhooks/${id}`, json('PATCH', { disabled: false }));
+      this.endpoints.set(id, e);
+      this.drawList();
+      $('webhooks-note').textContent = `Enabled ${e.url}: its waiting deliveries go out now.`;
+      // The Enable button is gone; the row's first action takes the focus.
+      $('webhook-list').querySelector(`[data-key="test:${id}"]`).focus();
+      if (this.open === id) this.refresh();
+    } catch (err) { showError(err); }
+  },
+
+  async remove(id) {
+    const e = this.endpoints.get(id);
+    if (!confirm(`Delete the endpoint ${e.url} and its delivery log?`)) return;
+    try {
+      await api(`/webhooks/${id}`, { method: 'DELETE' });
+      if (this.open === id) this.close({ quiet: true });
+      this.endpoints.delete(id);
+      this.drawList();
+      $('webhooks-note').textContent = `Deleted ${e.url}.`;
+      $('webhook-url').focus();
+    } catch (err) { showError(err); }
+  },
+
+  show(id, { focus = true } = {}) {
+    this.open = id;
+    this.limit = DELIVERY_PAGE;
+    this.drawn = '';
+    $('delivery-filter').value = '';
+    $('delivery-rows').replaceChildren();
+    $('deliveries-note').textContent = '';
+    $('deliveries-state').textContent = 'Loading…';
+    const url = this.endpoints.get(id).url;
+    $('deliveries-title').textContent = `Deliveries to ${url}`;
+    $('deliveries-caption').textContent = `Deliveries to ${url}, newest first`;
+    $('deliveries').hidden = false;
+    this.drawList();
+    if (focus) $('deliveries-title').focus();
+    return this.refresh({ asked: true });
+  },
+
+  close({ quiet = false } = {}) {
+    const was = this.open;
+    const fromPanel = $('deliveries').contains(document.activeElement);
+    this.open = null;
+    this.seq++;
+    this.schedule();
+    this.watched.clear();
+    $('deliveries').hidden = true;
+    $('delivery-rows').replaceChildren();
+    this.drawn = '';
+    if (!was) return;
+    this.drawList();
+    if (!quiet && fromPanel) {
+      const back = $('webhook-list').querySelector(`[data-key="deliveries:${was}"]`);
+      if (back) back.focus();
+    }
+  },
+
+  // Only while the panel is open and the tab is visible.
+  schedule(ms = DELIVERY_REFRESH_MS) {
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (this.open && !document.hidden) this.timer = setTimeout(() => this.refresh(), ms);
+  },
+
+  // `asked`: by the person, whose failure is an alert. The timer's failures only mark the
+  // panel, or a server that is down would add an alert every few seconds.
+  async refresh({ asked = false } = {}) {
+    const id = this.open;
+    if (!id) return;
+    clearTimeout(this.timer);
+    const seq = ++this.seq;
+    const query = new URLSearchParams({ limit: String(this.limit) });
+    const status = $('delivery-filter').value;
+    if (status) query.set('status', status);
+    try {
+      const [page, endpoint] = await Promise.all([
+        api(`/webhooks/${id}/deliveries?${query}`), api(`/webhooks/${id}`)]);
+      if (seq !== this.seq) return;
+      // A 410 or five failing days disable an endpoint while its log is watched.
+      if (JSON.stringify(endpoint) !== JSON.stringify(this.endpoints.get(id))) {
+        this.endpoints.set(id, endpoint);
+        this.drawList();
+      }
+      this.drawDeliveries(page, endpoint, status);
+      const most = page.next_cursor && this.limit >= DELIVERY_MOST ? ` Showing the newest ${DELIVERY_MOST}.` : '';
+      $('deliveries-state').textContent = (endpoint.disabled ? 'This endpoint is disabled: enable it to redeliver. ' : '') +
+        `Newest first. Updated at ${new Date().toLocaleTimeString()}; updates every ${DELIVERY_REFRESH_MS / 1000} s while shown.${most}`;
+    } catch (err) {
+      if (seq !== this.seq) return;
+      if (err.status === 404) {
+        this.endpoints.delete(id);
+        this.close({ quiet: true });
+        this.drawList();
+        showError('That endpoint no longer exists.');
+        return;
+      }
+      if (asked) showError(err);
+      $('deliveries-state').textContent = `Could not update: ${err.message} Trying again in a moment.`;
+    }
+    if (seq === this.seq) this.schedule();
+  },
+
+  drawDeliveries(page, endpoint, status) {
+    this.announce(page.deliveries);
+    // Unchanged rows are not redrawn, so that nothing under the pointer or the focus moves.
+    const drawn = JSON.stringify([page, endpoint.disabled]);
+    if (drawn === this.drawn) return;
+    this.drawn = drawn;
+    const rows = $('delivery-rows');
+    const opened = new Set([...rows.querySelectorAll('details[open]')].map((d) => d.dataset.key));
+    keepFocus(rows, () => rows.replaceChildren(...page.deliveries.map((d) => this.deliveryRow(d, endpoint, opened))));
+    const none = page.deliveries.length === 0;
+    rows.closest('.table-wrap').hidden = none;
+    $('no-deliveries').hidden = !none;
+    $('no-deliveries').textContent = status ? `No ${status} deliveries.`
+      : 'No deliveries yet: press “Send test”, or finish a conversion this endpoint subscribes to.';
+    $('deliveries-more').hidden = !page.next_cursor || this.limit >= DELIVERY_MOST;
+  },
+
+  deliveryRow(d, endpoint, opened) {
+    const last = d.attempts[d.attempts.length - 1];
+    const status = el('td', {}, el('span', { className: 'state ' + d.status, textContent: d.status }));
+    if (d.status === 'pending' && d.next_attempt_at) {
+      status.append(el('div', { className: 'meta', textContent: (last ? 'retry at ' : 'due at ') + when(d.next_attempt_at) }));
+    }
+    const answer = el('td', { className: 'answer' });
+    if (!last) answer.textContent = '—';
+    else if (last.status_code != null) {
+      answer.append(el('span', { className: 'code' + (last.status_code >= 300 ? ' bad' : ''), textContent: String(last.status_code) }));
+    } else answer.append(el('span', { className: 'error', textContent: last.error || 'No answer' }));
+    if (last && last.response) {
+      const details = el('details', {}, el('summary', { textContent: 'Body' }), el('pre', { textContent: last.response }));
+      details.dataset.key = 'body:' + d.id;
+      details.open = opened.has(details.dataset.key);
+      answer.append(details);
+    }
+    const redeliver = el('button', {
+      type: 'button', className: 'secondary', textContent: 'Redeliver', disabled: endpoint.disabled,
+      ariaLabel: `Redeliver ${d.type} of ${when(d.created_at)}, ${d.id}`, onclick: () => this.redeliver(endpoint.id, d),
+    });
+    redeliver.dataset.key = 'redeliver:' + d.id;
+    const tr = el('tr', {},
+      el('td', {}, el('time', { dateTime: d.created_at, textContent: when(d.created_at) })),
+      el('td', { className: 'event' }, el('span', { textContent: d.type }), el('code', { className: 'id', textContent: d.id })),
+      status,
+      el('td', { className: 'num attempts', textContent: String(d.attempts.length) }),
+      answer,
+      el('td', { className: 'num', textContent: last ? `${last.latency_ms} ms` : '—' }),
+      el('td', {}, redeliver));
+    tr.dataset.id = d.id;
+    return tr;
+  },
+
+  async redeliver(endpointId, d) {
+    try {
+      await api(`/webhooks/${endpointId}/deliveries/${encodeURIComponent(d.id)}/redeliver`, { method: 'POST' });
+      this.watched.set(d.id, { what: `The redelivery of ${d.type} ${d.id}`, attempts: d.attempts.length });
+      $('deliveries-note').textContent = `Redelivery of ${d.type} ${d.id} queued.`;
+      await this.refresh();
+    } catch (err) { showError(err); }
+  },
+
+  // The outcome of a delivery the person sent or redelivered, once its next attempt is logged.
+  announce(deliveries) {
+    for (const d of deliveries) {
+      const watched = this.watched.get(d.id);
+      if (!watched || d.attempts.length <= watched.attempts) continue;
+      this.watched.delete(d.id);
+      const last = d.attempts[d.attempts.length - 1];
+      const answer = last.status_code != null ? `answered ${last.status_code}` : `did not answer (${last.error})`;
+      $('deliveries-note').textContent = d.status === 'succeeded'
+        ? `${watched.what} succeeded: the receiver answered ${last.status_code} in ${last.latency_ms} ms.`
+        : `${watched.what} failed: the receiver ${answer}.` + (d.status === 'pending' ? ` It is tried again at ${when(d.next_attempt_at)}.` : '');
+    }
   },
 };
 

@@ -9,7 +9,7 @@ import { chromium } from 'playwright-core';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const data = (name) => path.resolve(root, '../shared/data', name);
-const binary = path.join(root, 'target/debug/rastercast');
+const binary = process.env.RASTERCAST_BIN || path.join(root, 'target/debug/rastercast');
 
 export async function startServer(args = [], env = {}) {
   if (!existsSync(binary)) throw new Error(`build first: ${binary} is missing (cargo build)`);
