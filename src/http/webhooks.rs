@@ -42,12 +42,30 @@ struct NewEndpointRequest {
     #[schema(example = "https://example.com/hooks/rastercast")]
     url: String,
     /// At least one of task.started, task.progress, task.succeeded, task.failed, task.revoked.
-    #[schema(example = json!(["task.succeeded", "task.failed"]))]
+    #[schema(value_type = Vec<EventName>, min_items = 1, example = json!(["task.succeeded", "task.failed"]))]
     events: Vec<String>,
     /// A `whsec_` secret of your own (24 to 64 bytes); one is made when left out, and shown
     /// once, in this answer.
     secret: Option<String>,
+    #[schema(max_length = 500)]
     description: Option<String>,
+}
+
+/// An event type an endpoint may subscribe to (the OpenAPI document's list; the handlers read
+/// the names with [`EventType::parse`]).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+enum EventName {
+    #[serde(rename = "task.started")]
+    Started,
+    #[serde(rename = "task.progress")]
+    Progress,
+    #[serde(rename = "task.succeeded")]
+    Succeeded,
+    #[serde(rename = "task.failed")]
+    Failed,
+    #[serde(rename = "task.revoked")]
+    Revoked,
 }
 
 /// An endpoint as its owner sees it. The secret appears only in the answer that made it.
@@ -290,7 +308,9 @@ async fn get_endpoint(
 #[serde(deny_unknown_fields)]
 struct EndpointPatch {
     url: Option<String>,
+    #[schema(value_type = Option<Vec<EventName>>, min_items = 1)]
     events: Option<Vec<String>>,
+    #[schema(max_length = 500)]
     description: Option<String>,
     /// `false` enables a disabled endpoint again: its waiting deliveries go out.
     disabled: Option<bool>,
@@ -412,14 +432,14 @@ async fn rotate_secret(
 ) -> AppResult<Json<Rotated>> {
     let (secret, shown) = rotation(request)?;
     let overlap = ROTATION_OVERLAP.as_millis() as i64;
-    state
+    let endpoint = state
         .store
         .call(move |c| rows::rotate_secret(c, user.id, id, &secret, overlap))
         .await?
         .ok_or(AppError::NotFound("webhook"))?;
     Ok(Json(Rotated {
         secret: shown,
-        previous_secret_until: overlap_end(),
+        previous_secret_until: ms_to_time(endpoint.previous_until).unwrap_or_else(overlap_end),
     }))
 }
 
@@ -683,7 +703,9 @@ async fn redeliver(
 /// The secret that signs a user's one-off callbacks.
 #[derive(Serialize, ToSchema)]
 struct CallbackSecret {
-    secret: String,
+    /// Left out of a rotation's answer when the caller gave the secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
     /// While a rotated-out secret still signs too: until when (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_secret_until: Option<String>,
@@ -704,7 +726,7 @@ async fn callback_secret(
         .call(move |c| rows::callback_secret(c, user.id, new_secret))
         .await?;
     Ok(Json(CallbackSecret {
-        secret,
+        secret: Some(secret),
         previous_secret_until: None,
     }))
 }
@@ -722,15 +744,14 @@ async fn rotate_callback_secret(
     AuthUser(user): AuthUser,
     OptionalJson(request): OptionalJson<RotateRequest>,
 ) -> AppResult<Json<CallbackSecret>> {
-    let (secret, _) = rotation(request)?;
+    let (secret, shown) = rotation(request)?;
     let overlap = ROTATION_OVERLAP.as_millis() as i64;
-    let kept = secret.clone();
     state
         .store
-        .call(move |c| rows::rotate_callback_secret(c, user.id, &kept, overlap))
+        .call(move |c| rows::rotate_callback_secret(c, user.id, &secret, overlap))
         .await?;
     Ok(Json(CallbackSecret {
-        secret,
+        secret: shown,
         previous_secret_until: Some(overlap_end()),
     }))
 }

@@ -5,6 +5,8 @@
 
 mod bulk;
 pub mod child;
+#[cfg(test)]
+mod deliveries_owed;
 mod inspect;
 pub mod lifecycle;
 mod queue;

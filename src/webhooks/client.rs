@@ -34,10 +34,14 @@ impl Policy {
     /// The refusal for a URL whose host is `ip`, if it is refused.
     fn refuse(self, host: &str, ip: IpAddr) -> Option<String> {
         (!self.allows(ip)).then(|| {
-            format!(
-                "{host} is {ip}, a loopback, private, link-local or reserved address; \
-                 webhooks go to public addresses only."
-            )
+            let what = "a loopback, private, link-local or reserved address";
+            let named = host.trim_matches(['[', ']']);
+            let is = if named == ip.to_string() {
+                format!("{ip} is {what}")
+            } else {
+                format!("{host} is {ip}, {what}")
+            };
+            format!("{is}; webhooks go to public addresses only.")
         })
     }
 }

@@ -282,11 +282,7 @@ async fn every_ogc_route_answers_each_kind_of_caller() {
             [404, 401, 401, 201],
         ),
         ("GET", "/ogcapi/jobs".into(), [200, 401, 401, 200]),
-        (
-            "GET",
-            format!("/ogcapi/jobs/{job}"),
-            [404, 401, 401, 200],
-        ),
+        ("GET", format!("/ogcapi/jobs/{job}"), [404, 401, 401, 200]),
         (
             "GET",
             format!("/ogcapi/jobs/{job}/results"),
