@@ -101,7 +101,12 @@ TUS = ("/api/v1/uploads", "/api/v1/uploads/{id}")
 # and Upload-Defer-Length, Base64 metadata, the offset the upload is at, a checksum that
 # matches, bytes within the length and the limit), and for the fixture once a DELETE ended it.
 TUS_REFUSALS = {400, 404, 409, 413, 423, 460}
-WEBHOOKS = ("/api/v1/webhooks", "/api/v1/webhooks/{id}")
+WEBHOOKS = (
+    "/api/v1/webhooks",
+    "/api/v1/webhooks/{id}",
+    "/api/v1/webhooks/{id}/rotate-secret",
+    "/api/v1/webhooks/callback-secret/rotate",
+)
 # Every URL a request names is sent to a closed port on loopback: a generated host could be a
 # real one, and nothing may be called off this machine.
 SINK = "$SINK"

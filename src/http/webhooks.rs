@@ -557,7 +557,8 @@ struct DeliveryPage {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct DeliveryQuery {
-    /// Only deliveries in this status: pending, succeeded, failed or superseded.
+    /// Only deliveries in this status.
+    #[param(inline, value_type = Option<DeliveryStatus>)]
     status: Option<String>,
     /// 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
@@ -568,6 +569,17 @@ struct DeliveryQuery {
 }
 
 const STATUSES: [&str; 4] = ["pending", "succeeded", "failed", "superseded"];
+
+/// A delivery's status (the OpenAPI document's list; the handler reads [`STATUSES`]).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+    Superseded,
+}
 
 async fn page(
     state: &AppState,
