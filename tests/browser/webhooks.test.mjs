@@ -238,7 +238,7 @@ test('a refused URL is shown with the server\'s sentence', async (t) => {
   await addEndpoint(page, 'http://127.0.0.1:9/hook');
   const privateAddress = page.locator('#alerts div', { hasText: 'webhooks go to public addresses only' });
   await privateAddress.waitFor();
-  assert.match(await privateAddress.locator('span').textContent(), /^127\.0\.0\.1 is 127\.0\.0\.1, a loopback, private/);
+  assert.match(await privateAddress.locator('span').textContent(), /^127\.0\.0\.1 is a loopback, private/);
   await addEndpoint(page, 'ftp://example.com/hook');
   await page.locator('#alerts div', { hasText: 'A webhook URL starts with https:// (or http://), not ftp://.' }).waitFor();
   // Nothing was added, and what was typed stays to be corrected.
