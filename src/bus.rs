@@ -36,6 +36,8 @@ struct Inner {
     /// up to `LATEST_FINISHED`, oldest forgotten first.
     latest: Mutex<Latest>,
     stats: BusStats,
+    /// Woken when a store call on this node queued webhook deliveries.
+    deliveries: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -73,6 +75,7 @@ impl Bus {
                 window_size,
                 latest: Mutex::default(),
                 stats: BusStats::default(),
+                deliveries: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -170,6 +173,12 @@ impl Bus {
     pub fn stats(&self) -> &BusStats {
         &self.inner.stats
     }
+
+    /// Returns once a store call on this node has queued webhook deliveries (at once if one
+    /// did since the last wait).
+    pub async fn deliveries_queued(&self) {
+        self.inner.deliveries.notified().await
+    }
 }
 
 impl Announce for Bus {
@@ -191,6 +200,10 @@ impl Announce for Bus {
 
     fn replay(&self, after: u64, keep: &dyn Fn(&Event) -> bool) -> Option<Vec<Arc<Event>>> {
         Bus::replay(self, after, keep)
+    }
+
+    fn deliveries_queued(&self) {
+        self.inner.deliveries.notify_one();
     }
 
     fn resynced(&self, feeds: u64) {

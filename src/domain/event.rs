@@ -178,6 +178,9 @@ pub trait Announce: Send + Sync + 'static {
     ) -> Option<Vec<std::sync::Arc<Event>>>;
     /// Counts feeds resynced with snapshots because events were lost.
     fn resynced(&self, feeds: u64);
+    /// Webhook deliveries were written in the store call under way: this node's dispatcher
+    /// looks for them once that call is over (it waits for the same connection).
+    fn deliveries_queued(&self) {}
 }
 
 #[cfg(test)]

@@ -305,6 +305,7 @@ pub fn enqueue(
         };
         queue(db, user, target, Some(task), event, &body)?;
     }
+    db.bus.deliveries_queued();
     Ok(targets.len())
 }
 

@@ -5,8 +5,9 @@
 //! or later if the receiver's `Retry-After` says so). A 410 disables an endpoint; so does a
 //! streak of failures lasting five days.
 //!
-//! It wakes on every task event of the bus (its own node's, and on PostgreSQL every node's),
-//! when a handler queues a test or a redelivery, and when the next retry is due.
+//! It wakes when a store call on its node queued deliveries (the node that changes a task
+//! sends what the change owes), when a handler queues a test or a redelivery, when the next
+//! retry is due, and at least every second (for what other nodes left behind).
 
 pub mod client;
 
@@ -96,7 +97,6 @@ impl Webhooks {
     /// Sends due deliveries until `shutdown`; attempts still in flight then are abandoned
     /// (their leases run out, and the delivery goes out again).
     pub async fn run_until(self, bus: Bus, shutdown: CancellationToken) {
-        let mut events = bus.subscribe();
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
         let mut in_flight = tokio::task::JoinSet::new();
         let mut pruned = tokio::time::Instant::now();
@@ -138,13 +138,7 @@ impl Webhooks {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
-                event = events.recv() => {
-                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = event {
-                        break;
-                    }
-                    // One look serves every event that arrived meanwhile.
-                    while events.try_recv().is_ok() {}
-                }
+                () = bus.deliveries_queued() => {}
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
