@@ -41,7 +41,10 @@ impl Policy {
             } else {
                 format!("{host} is {ip}, {what}")
             };
-            format!("{is}; webhooks go to public addresses only.")
+            format!(
+                "{is}; webhooks go to public addresses only (a server started with \
+                 --webhook-allow-private takes private ones too)."
+            )
         })
     }
 }
