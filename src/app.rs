@@ -162,6 +162,23 @@ impl App {
             workers.node.clone(),
         )?;
         let workers_count = config.workers();
+        // Tiles have warm workers of their own, so conversions never wait for a map, nor a
+        // map for a conversion's worker.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let renderer = crate::tasks::Renderer::new(
+            ChildLimits {
+                warm: WarmPool::new(cores),
+                timeout: Duration::from_secs(30),
+                ..workers.child.clone()
+            },
+            Limits {
+                threads: 1,
+                ..workers.limits.clone()
+            },
+            config.gdal_cache_mb,
+            cores,
+            config.tile_cache_mb << 20,
+        );
         let tickets = Tickets::with_ttl(Duration::from_secs(config.stream_ticket_secs));
         let rate = crate::limits::RequestRate::new(config.max_requests_per_second_per_user);
         let sign_ins = crate::limits::SignInRate::new(config.max_sign_ins_per_minute);
@@ -187,6 +204,7 @@ impl App {
                 slots: Arc::new(tokio::sync::Semaphore::new(workers_count)),
                 known_crs: Arc::default(),
             },
+            renderer,
             streams,
             rate,
             sign_ins,
@@ -224,6 +242,7 @@ impl App {
             tokio::task::JoinSet::new()
         };
         tokio::spawn(crate::memory::trim_until(shutdown.clone()));
+        tokio::spawn(self.state.renderer.clone().retire_until(shutdown.clone()));
         tokio::spawn(self.state.tasks.clone().expire_until(shutdown.clone()));
         if self.state.config.role.serves_api() {
             tokio::spawn(crate::http::expire_uploads_until(

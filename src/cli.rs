@@ -345,6 +345,7 @@ fn convert_local(args: ConvertArgs) -> ExitCode {
         conversion,
         limits: Limits::default(),
         cache_mb: 256,
+        tile: None,
     };
     // Local files on the user's own machine: no memory or time limit, one worker, no reuse.
     let limits = ChildLimits {
@@ -366,6 +367,9 @@ fn convert_local(args: ConvertArgs) -> ExitCode {
         Outcome::Done(described) => Ok(*described),
         Outcome::Failed(e) => Err(ConvertError::Failed(e.message)),
         Outcome::Stopped => Err(ConvertError::Cancelled),
+        Outcome::Rendered(_) => Err(ConvertError::Failed(
+            "The worker drew a tile instead.".into(),
+        )),
     };
     if result.is_err() {
         convert::remove_with_side_files(&partial);

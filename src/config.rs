@@ -123,6 +123,10 @@ pub struct Config {
     )]
     pub webhook_schedule_speedup: f64,
 
+    /// Memory (MiB) for drawn map tiles kept to answer the same tile again.
+    #[arg(long, env = "RASTERCAST_TILE_CACHE_MB", default_value_t = 256)]
+    pub tile_cache_mb: usize,
+
     /// Largest accepted raster: width × height × bands.
     #[arg(long, env = "RASTERCAST_MAX_PIXELS", default_value_t = 4_000_000_000)]
     pub max_pixels: u64,

@@ -7,6 +7,7 @@ mod describe;
 pub mod hardening;
 mod source;
 pub use source::is_raster_name;
+mod tiles;
 mod translate;
 pub mod worker;
 

@@ -71,6 +71,18 @@ pub fn main() -> i32 {
 }
 
 fn run(job: &Job, cancel: &AtomicBool) -> Report {
+    if let (JobKind::Tile, Some(tile)) = (job.kind, &job.tile) {
+        use base64::Engine;
+        return match super::tiles::render(&job.input, tile) {
+            Ok(image) => Report::Rendered {
+                image: base64::engine::general_purpose::STANDARD.encode(image),
+            },
+            Err(e) => Report::Failed {
+                error: e.to_string(),
+                transient: false,
+            },
+        };
+    }
     if job.kind == JobKind::CheckCrs {
         return match check_crs(job.conversion.target_crs.as_deref().unwrap_or("")) {
             Ok(described) => Report::Done {

@@ -93,6 +93,8 @@ pub enum JobKind {
     /// Only check that `conversion.target_crs` is a CRS GDAL knows; `Done` carries its name
     /// and WKT in an otherwise empty description.
     CheckCrs,
+    /// Draw map tile `tile` of the COG at `input`; answered by `Rendered`.
+    Tile,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +106,9 @@ pub struct Job {
     pub conversion: Conversion,
     pub limits: Limits,
     pub cache_mb: usize,
+    /// For `Tile`: which tile, drawn how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile: Option<super::tiles::TileJob>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,6 +120,10 @@ pub enum Report {
     },
     Done {
         result: Box<GeoRaster>,
+    },
+    /// A tile's encoded image (Base64).
+    Rendered {
+        image: String,
     },
     Failed {
         error: String,

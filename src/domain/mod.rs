@@ -8,6 +8,7 @@ pub mod job;
 pub mod options;
 pub mod state;
 pub mod task;
+pub mod tiles;
 pub mod tus;
 pub mod webhook;
 

@@ -16,6 +16,7 @@ mod serve;
 mod session;
 mod state;
 mod tasks;
+mod tiles;
 mod tree_items;
 mod uploads;
 mod webhooks;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .merge(uploads::router())
         .merge(resumable::router())
         .merge(content::router())
+        .merge(tiles::router())
         .merge(links::router())
         .merge(tasks::router())
         .merge(events::router())

@@ -28,6 +28,7 @@ use crate::http::AppState;
         (name = "tasks", description = "Conversion tasks: status, cancel, list"),
         (name = "live events", description = "Server-Sent Events and the WebSocket"),
         (name = "auth", description = "Browser sessions and stream tickets"),
+        (name = "tiles", description = "Map tiles of a COG in the WebMercatorQuad grid, as TiTiler draws them"),
         (name = "webhooks", description = "Signed deliveries of task events to your endpoints (Standard Webhooks), with durable retries and a delivery log"),
         (name = "operations", description = "Health and metrics"),
     )

@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Describes uploads in a child worker.
     pub inspector: Inspector,
+    /// Draws map tiles in child workers of its own, and keeps the drawn ones.
+    pub renderer: crate::tasks::Renderer,
     /// Open event streams per user, for `--max-streams-per-user`.
     pub streams: crate::limits::Streams,
     /// Requests per user, for `--max-requests-per-second-per-user`.

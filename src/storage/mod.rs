@@ -47,6 +47,11 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// Whether this is a downloaded copy (removed with it), not the stored file itself.
+    pub fn is_scratch(&self) -> bool {
+        self._scratch.is_some()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -169,6 +169,8 @@ fn in_own_network(pid: u32) -> Option<bool> {
 #[derive(Debug)]
 pub enum Outcome {
     Done(Box<GeoRaster>),
+    /// A tile's encoded image.
+    Rendered(Vec<u8>),
     Failed(Failure),
     /// Stopped because `stop` was cancelled (by itself or by a kill after the grace time).
     Stopped,
@@ -240,7 +242,11 @@ pub async fn run(
             }
         }
     }
-    let clean = matches!(last_report, Some(Report::Done { .. })) && !stopping && !timed_out;
+    let clean = matches!(
+        last_report,
+        Some(Report::Done { .. } | Report::Rendered { .. })
+    ) && !stopping
+        && !timed_out;
     let status = if clean && worker.jobs < MAX_JOBS {
         limits.warm.give(worker);
         None
@@ -250,6 +256,13 @@ pub async fn run(
     };
     match last_report {
         Some(Report::Done { result }) => Outcome::Done(result),
+        Some(Report::Rendered { image }) => {
+            use base64::Engine;
+            match base64::engine::general_purpose::STANDARD.decode(image) {
+                Ok(bytes) => Outcome::Rendered(bytes),
+                Err(_) => Outcome::Failed(Failure::permanent("The worker's image was garbled.")),
+            }
+        }
         Some(Report::Failed { error, .. }) if error.contains("cannot allocate") || error.contains("Out of memory") => {
             Outcome::Failed(Failure::permanent(format!(
                 "The conversion needed more than its memory limit of {} MiB. ({error})",

@@ -45,6 +45,7 @@ impl Inspector {
             conversion: Default::default(),
             limits: self.limits.clone(),
             cache_mb: self.cache_mb,
+            tile: None,
         };
         let limits = ChildLimits {
             timeout: INSPECT_TIMEOUT,
@@ -56,7 +57,7 @@ impl Inspector {
                 tracing::debug!(reason = %reason.message, "upload is not a raster we describe");
                 None
             }
-            Outcome::Stopped => None,
+            Outcome::Stopped | Outcome::Rendered(_) => None,
         }
     }
 
@@ -79,6 +80,7 @@ impl Inspector {
             },
             limits: self.limits.clone(),
             cache_mb: self.cache_mb,
+            tile: None,
         };
         let limits = ChildLimits {
             timeout: INSPECT_TIMEOUT,
@@ -94,7 +96,9 @@ impl Inspector {
                 Ok(())
             }
             Outcome::Failed(reason) => Err(reason.message),
-            Outcome::Stopped => Err("The CRS check was interrupted; try again.".into()),
+            Outcome::Stopped | Outcome::Rendered(_) => {
+                Err("The CRS check was interrupted; try again.".into())
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ mod deliveries_owed;
 mod inspect;
 pub mod lifecycle;
 mod queue;
+mod render;
 mod retention;
 #[cfg(test)]
 mod state_props;
@@ -24,6 +25,7 @@ pub use child::{worker_exe, ChildLimits, Outcome, WarmPool};
 pub use inspect::Inspector;
 pub use lifecycle::{Ending, Heartbeat, Policy, Published};
 pub use queue::{Queue, Workers};
+pub use render::{NotDrawn, Renderer, TileKey};
 
 use crate::bus::Bus;
 use crate::domain::options::Conversion;

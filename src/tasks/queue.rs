@@ -202,7 +202,9 @@ impl Workers {
                 tracing::info!(error = %failure.message, transient = failure.transient, "conversion failed");
                 Some(Ending::Failed(failure))
             }
-            Err(Outcome::Done(_)) => unreachable!("convert returns Ok for a published result"),
+            Err(Outcome::Done(_) | Outcome::Rendered(_)) => {
+                unreachable!("convert returns Ok for a published result, and asks for no tile")
+            }
         };
         let Some(ending) = ending else { return };
         if let Err(e) = self.tasks.finish(id, owner.clone(), ending).await {
@@ -275,6 +277,7 @@ impl Workers {
                 conversion: task.options.clone(),
                 limits: self.limits.clone(),
                 cache_mb: self.cache_mb,
+                tile: None,
             };
             let outcome = child::run(&job, &self.child, stop, &report).await;
             drop(staged);
