@@ -322,6 +322,17 @@ fn plain(v: f64) -> u8 {
     }
 }
 
+/// What a band's value is drawn as: stretched when valid; under the mask, as read when there
+/// is no `rescale` and 0 when there is (rio-tiler's rescale fills masked values). Invisible
+/// behind alpha 0 either way, but kept as rio-tiler has it so tiles compare equal.
+fn drawn(valid: bool, v: f64, stretched: bool, scale: impl Fn(f64) -> u8) -> u8 {
+    match (valid, stretched) {
+        (true, _) => scale(v),
+        (false, false) => plain(v),
+        (false, true) => 0,
+    }
+}
+
 /// Pixels of one tile: `bands` (each `n` values, row by row) and `valid` (whether each band's
 /// value at a pixel is data), drawn as `render` says. Returns the interleaved bytes and the
 /// number of channels (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA).
@@ -343,11 +354,12 @@ pub fn paint(bands: &[Vec<f64>], valid: &[Vec<bool>], render: &Render) -> (Vec<u
     let channels = if alpha { colors + 1 } else { colors };
     let mut out = Vec::with_capacity(n * channels);
     let table = render.colormap.as_deref().and_then(colormap);
+    let stretched = !render.rescale.is_empty();
     for i in 0..n {
         let on = shown(i);
         match (table, bands.len()) {
             (Some(table), _) => {
-                let v = if on { scale(0, bands[0][i]) } else { 0 };
+                let v = drawn(valid[0][i], bands[0][i], stretched, |v| scale(0, v));
                 let [r, g, b, a] = table[v as usize];
                 out.extend_from_slice(&[r, g, b]);
                 if alpha {
@@ -355,20 +367,15 @@ pub fn paint(bands: &[Vec<f64>], valid: &[Vec<bool>], render: &Render) -> (Vec<u
                 }
             }
             (None, 1) => {
-                out.push(if on { scale(0, bands[0][i]) } else { 0 });
+                out.push(drawn(valid[0][i], bands[0][i], stretched, |v| scale(0, v)));
                 if alpha {
                     out.push(if on { 255 } else { 0 });
                 }
             }
             (None, count) => {
                 for b in 0..3 {
-                    let v = if on && b < count {
-                        // A masked band's value is drawn as 0, as rio-tiler fills it.
-                        if valid[b][i] {
-                            scale(b, bands[b][i])
-                        } else {
-                            0
-                        }
+                    let v = if b < count {
+                        drawn(valid[b][i], bands[b][i], stretched, |v| scale(b, v))
                     } else {
                         0
                     };

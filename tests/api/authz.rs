@@ -97,6 +97,12 @@ const TABLE: &[Row] = &[
         [404, 401, 401, 401, 200],
     ),
     row(
+        "GET",
+        "/api/v1/tree-items/{cog}/tiles/WebMercatorQuad/{z}/{x}/{y}",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    row(
         "POST",
         "/api/v1/tree-items/{item}/convert-to-geo-raster",
         TOKEN,
@@ -473,6 +479,7 @@ async fn every_route_answers_each_kind_of_caller_as_the_table_says() {
                 .replace("{item_to_delete}", "{id}")
                 .replace("{upload_to_delete}", "{id}")
                 .replace("{webhook_to_delete}", "{id}")
+                .replace("{cog}", "{id}")
                 .replace("{webhook}", "{id}")
                 .replace("{upload}", "{id}")
                 .replace("{task_to_delete}", "{id}")
@@ -588,6 +595,10 @@ async fn every_route_answers_each_kind_of_caller_as_the_table_says() {
         body["id"].as_str().unwrap().to_string()
     };
     let webhook = new_webhook().await;
+    let (_, done) = server
+        .get_json(&format!("/tasks/{task}/status"), &server.token)
+        .await;
+    let cog = done["result"]["tree_item_id"].as_str().unwrap().to_string();
     let webhook_to_delete = new_webhook().await;
     // A delivery that has gone out, so that redelivering it is never refused as in flight.
     let res = server
@@ -612,6 +623,10 @@ async fn every_route_answers_each_kind_of_caller_as_the_table_says() {
         ("{upload_to_delete}", upload_to_delete.as_str()),
         ("{webhook_to_delete}", webhook_to_delete.as_str()),
         ("{webhook}", webhook.as_str()),
+        ("{cog}", cog.as_str()),
+        ("{z}", "8"),
+        ("{x}", "72"),
+        ("{y}", "109.png"),
         ("{delivery}", delivery.as_str()),
         ("{upload}", upload.as_str()),
         ("{link}", link.as_str()),

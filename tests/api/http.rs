@@ -535,6 +535,10 @@ async fn the_openapi_document_covers_every_route() {
         ("GET", "/api/v1/tree-items/{id}"),
         ("DELETE", "/api/v1/tree-items/{id}"),
         ("GET", "/api/v1/tree-items/{id}/content"),
+        (
+            "GET",
+            "/api/v1/tree-items/{id}/tiles/WebMercatorQuad/{z}/{x}/{y}",
+        ),
         ("POST", "/api/v1/tree-items/{id}/convert-to-geo-raster"),
         ("GET", "/api/v1/tasks"),
         ("GET", "/api/v1/tasks/{id}/status"),

@@ -23,5 +23,6 @@ mod retention;
 mod retries;
 mod security;
 mod storage;
+mod tiles;
 mod webhook_receiver;
 mod webhooks;

@@ -1,0 +1,204 @@
+//! Map tiles through the real server: pixel for pixel what rio-tiler (the library behind
+//! TiTiler) draws from the same COG and parameters (tests/tiles/compare.py), caching with a
+//! strong ETag, and refusals with a sentence.
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// Converts `file` and returns (the output item's id, its COG downloaded to a temp file).
+async fn cog_of(server: &TestServer, file: &Path) -> (String, tempfile::NamedTempFile) {
+    let done = server.convert_file(file, json!({})).await;
+    assert_eq!(done["state"], "SUCCESS", "{done}");
+    let item = done["result"]["tree_item_id"].as_str().unwrap().to_owned();
+    let cog = download(server, &item).await;
+    (item, cog)
+}
+
+/// A Float32 copy of RGB.byte.tif's first band whose nodata (0) became NaN.
+fn float_with_nan() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tiles-float-nan.tif");
+    if !path.exists() {
+        let band = generated_raster(
+            "tiles-float-band.tif",
+            "RGB.byte.tif",
+            &["-b", "1", "-ot", "Float32"],
+        );
+        let partial = path.with_extension(format!("{}.part.tif", uuid::Uuid::new_v4().simple()));
+        let status = std::process::Command::new("gdalwarp")
+            .args(["-q", "-srcnodata", "0", "-dstnodata", "nan"])
+            .arg(&band)
+            .arg(&partial)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::rename(&partial, &path).unwrap();
+    }
+    path
+}
+
+#[tokio::test]
+async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
+    let server = TestServer::start().await;
+    let (rgb, rgb_cog) = cog_of(&server, &data("RGB.byte.tif")).await;
+    let (gray, gray_cog) = cog_of(&server, &data("byte.tif")).await;
+    let (float, float_cog) = cog_of(&server, &float_with_nan()).await;
+    let path = |f: &tempfile::NamedTempFile| f.path().to_str().unwrap().to_owned();
+    let cases = json!([
+        {"name": "rgb", "item": rgb, "path": path(&rgb_cog), "zooms": [7, 8, 9, 10], "tilesize": 256, "query": ""},
+        {"name": "rgb @2x", "item": rgb, "path": path(&rgb_cog), "zooms": [8], "tilesize": 512, "query": ""},
+        {"name": "rgb, bands reordered", "item": rgb, "path": path(&rgb_cog), "zooms": [8, 9],
+         "tilesize": 256, "query": "bidx=3,2,1"},
+        {"name": "gray stretched through viridis", "item": gray, "path": path(&gray_cog), "zooms": [15],
+         "tilesize": 256, "query": "rescale=20,200&colormap_name=viridis"},
+        {"name": "rgb, stretched per band", "item": rgb, "path": path(&rgb_cog), "zooms": [9],
+         "tilesize": 256, "query": "rescale=0,100&rescale=20,200&rescale=50,255"},
+        {"name": "gray", "item": gray, "path": path(&gray_cog), "zooms": [14, 16], "tilesize": 256, "query": ""},
+        {"name": "gray with a nodata of its own", "item": gray, "path": path(&gray_cog), "zooms": [16],
+         "tilesize": 256, "query": "nodata=107"},
+        {"name": "float with NaN, stretched", "item": float, "path": path(&float_cog), "zooms": [8, 10],
+         "tilesize": 256, "query": "rescale=10,200"},
+        {"name": "float with NaN through terrain", "item": float, "path": path(&float_cog), "zooms": [9],
+         "tilesize": 256, "query": "rescale=10,200&colormap_name=terrain"},
+    ]);
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(test_python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tiles/compare.py"))
+            .args([&server.url, &server.token, &cases.to_string()])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the comparison ends")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the comparison failed:\n{stderr}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Two tiles per zoom: the centre, and one beside the data.
+    assert_eq!(lines.len(), 2 * 15, "{lines:#?}");
+    let mut drawn = 0;
+    for line in &lines {
+        // Nearest resampling, rio-tiler's overview choice and its truncating stretch are
+        // reproduced exactly. The tolerance: at most 0.1 % of a tile's pixels may differ, for
+        // pixels on the data's very edge, where GDAL 3.6 (ours) and 3.10 (in rasterio's wheel)
+        // round the footprint differently.
+        let differing = line["differing"].as_f64().unwrap();
+        assert!(differing <= 0.001, "{line}");
+        if line["shown"].as_f64().unwrap() > 0.0 {
+            drawn += 1;
+        }
+    }
+    assert!(drawn >= 15, "every centre tile shows data: {lines:#?}");
+}
+
+#[tokio::test]
+async fn tiles_are_cached_revalidated_and_refused_with_a_sentence() {
+    let server = TestServer::start().await;
+    let item = server.upload(&data("RGB.byte.tif")).await;
+    let done = server.convert(&item, json!({})).await;
+    let done = server.wait_final(&task_id(&done)).await;
+    let cog = done["result"]["tree_item_id"].as_str().unwrap().to_owned();
+    let url = |tail: &str| format!("/tree-items/{cog}/tiles/WebMercatorQuad/{tail}");
+
+    let res = server
+        .req(Method::GET, &url("8/72/109.png"), &server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "image/png");
+    let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(res.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("private"));
+    let first = res.bytes().await.unwrap();
+    assert_eq!(&first[1..4], b"PNG");
+    // The same tile again is the same bytes; with its ETag, a 304.
+    let again = server
+        .req(Method::GET, &url("8/72/109.png"), &server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.bytes().await.unwrap(), first);
+    let revalidated = server
+        .req(Method::GET, &url("8/72/109.png"), &server.token)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
+    // Other parameters are another tile, with another ETag; the formats are what they say.
+    for (tail, kind, magic) in [
+        ("8/72/109.webp", "image/webp", &b"RIFF"[..]),
+        ("8/72/109.jpg", "image/jpeg", &[0xff, 0xd8][..]),
+        (
+            "8/72/109.png?bidx=1&colormap_name=magma&rescale=0,255",
+            "image/png",
+            &b"\x89PNG"[..],
+        ),
+    ] {
+        let res = server
+            .req(Method::GET, &url(tail), &server.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{tail}");
+        assert_eq!(res.headers()["content-type"], kind);
+        assert_ne!(res.headers()["etag"].to_str().unwrap(), etag);
+        assert!(res.bytes().await.unwrap().starts_with(magic), "{tail}");
+    }
+
+    // Refusals, each a 422 with a sentence; another user's COG is not there at all.
+    for (tail, says) in [
+        ("8/256/0.png", "no tile"),
+        ("25/0/0.png", "Zoom levels"),
+        ("8/72/109.gif", "png"),
+        ("8/72/109.png?rescale=9,1", "below"),
+        ("8/72/109.png?colormap_name=nope", "viridis"),
+        ("8/72/109.png?bidx=4", "3 bands"),
+        ("8/72/109.png?tilesize=300", "256 or 512"),
+        ("8/72/109.png?colour=red", "not a tile parameter"),
+    ] {
+        let (code, body) = server.get_json(&url(tail), &server.token).await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{tail}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(says),
+            "{tail}: {body}"
+        );
+    }
+    let source = item["id"].as_str().unwrap();
+    let (code, body) = server
+        .get_json(
+            &format!("/tree-items/{source}/tiles/WebMercatorQuad/8/72/109.png"),
+            &server.token,
+        )
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the upload is no COG: {body}"
+    );
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("convert it first"));
+    let other = server.token_for("other").await;
+    let (code, _) = server.get_json(&url("8/72/109.png"), &other).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let res = server
+        .http
+        .get(server.api(&url("8/72/109.png")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}

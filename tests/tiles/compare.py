@@ -1,0 +1,93 @@
+"""Compares rastercast's map tiles with rio-tiler's, pixel by pixel. Run by tests/api/tiles.rs
+with: BASE TOKEN CASES_JSON. Each case names an item, the COG file it holds (read by
+rio-tiler directly), zoom levels, a tile size and the query; for each zoom the script takes
+the tile at the data's centre and one just outside it, fetches rastercast's, renders
+rio-tiler's with the same parameters, decodes both and compares every channel.
+Prints one JSON line per tile: the case, z/x/y, the largest difference and the share of
+pixels that differ."""
+
+import json
+import sys
+import urllib.parse
+import warnings
+
+import morecantile
+import numpy as np
+import rasterio
+import requests
+from rio_tiler.colormap import cmap
+from rio_tiler.io import Reader
+
+warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
+TMS = morecantile.tms.get("WebMercatorQuad")
+
+
+def decode(png):
+    with rasterio.io.MemoryFile(png) as memory, memory.open() as image:
+        return image.read()
+
+
+def reference(path, z, x, y, tilesize, query):
+    params = urllib.parse.parse_qs(query)
+    options = {}
+    if "bidx" in params:
+        options["indexes"] = tuple(int(b) for v in params["bidx"] for b in v.split(","))
+    if "resampling" in params:
+        options["resampling_method"] = params["resampling"][0]
+    opened = {"nodata": float(params["nodata"][0])} if "nodata" in params else {}
+    with Reader(path, options=opened) as cog:
+        image = cog.tile(x, y, z, tilesize=tilesize, **options)
+    if "rescale" in params:
+        ranges = [tuple(float(v) for v in r.split(",")) for r in params["rescale"]]
+        image.rescale(in_range=ranges)
+    colormap = cmap.get(params["colormap_name"][0]) if "colormap_name" in params else None
+    return decode(image.render(img_format="PNG", colormap=colormap))
+
+
+def main():
+    base, token, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    for case in cases:
+        with rasterio.open(case["path"]) as cog:
+            west, south, east, north = rasterio.warp.transform_bounds(cog.crs, "EPSG:4326", *cog.bounds)
+        for z in case["zooms"]:
+            centre = TMS.tile((west + east) / 2, (south + north) / 2, z)
+            for x, y in [(centre.x, centre.y), (TMS.tile(east, north, z).x + 2, centre.y)]:
+                suffix = "@2x" if case["tilesize"] == 512 else ""
+                url = f"{base}/api/v1/tree-items/{case['item']}/tiles/WebMercatorQuad/{z}/{x}/{y}{suffix}.png"
+                if case["query"]:
+                    url += "?" + case["query"]
+                answer = session.get(url, timeout=60)
+                assert answer.status_code == 200, (url, answer.status_code, answer.text)
+                ours = decode(answer.content)
+                try:
+                    theirs = reference(case["path"], z, x, y, case["tilesize"], case["query"])
+                except Exception as e:
+                    # rio-tiler refuses a tile outside the data (TileOutsideBounds); rastercast
+                    # draws it transparent: its alpha must be 0 everywhere.
+                    if "outside" not in str(e).lower():
+                        raise
+                    print(json.dumps({
+                        "case": case["name"],
+                        "tile": [z, x, y],
+                        "max": int(ours[-1].max()),
+                        "differing": float((ours[-1] > 0).mean()),
+                        "shown": 0.0,
+                    }))
+                    continue
+                if theirs.shape != ours.shape:
+                    print(json.dumps({"case": case["name"], "tile": [z, x, y], "shape": [list(theirs.shape), list(ours.shape)]}))
+                    continue
+                diff = np.abs(theirs.astype(int) - ours.astype(int))
+                print(json.dumps({
+                    "case": case["name"],
+                    "tile": [z, x, y],
+                    "max": int(diff.max()),
+                    "differing": float((diff.max(axis=0) > 0).mean()),
+                    "shown": float((ours[-1] > 0).mean()),
+                }))
+
+
+if __name__ == "__main__":
+    main()
