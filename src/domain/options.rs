@@ -11,8 +11,10 @@ pub struct RequestedOptions {
     #[schema(example = "deflate")]
     pub compression: Option<String>,
     /// 1 to 100, for jpeg and webp only.
+    #[serde(default, deserialize_with = "whole_number")]
     pub quality: Option<i64>,
     /// Tile size: a power of two from 64 to 4096 (default 512).
+    #[serde(default, deserialize_with = "whole_number")]
     pub blocksize: Option<i64>,
     /// nearest | average | bilinear | cubic | cubicspline | lanczos | mode | rms
     pub overview_resampling: Option<String>,
@@ -34,6 +36,22 @@ pub struct RequestedOptions {
     /// addresses only. Not part of the conversion: status shows it nowhere.
     #[schema(example = "https://example.com/hooks/rastercast")]
     pub callback_url: Option<String>,
+}
+
+/// An integer as JSON Schema counts them: `512` or `512.0` (a number with no fraction).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_i64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("expected a whole number, not {n}")))
 }
 
 /// Where a task goes among its user's own queued tasks.
@@ -287,6 +305,19 @@ fn warp_resampling(overview: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_numbers_may_be_written_with_a_zero_fraction() {
+        let read = |json: &str| serde_json::from_str::<RequestedOptions>(json);
+        assert_eq!(
+            read(r#"{"blocksize": 256.0}"#).unwrap().blocksize,
+            Some(256)
+        );
+        assert_eq!(read(r#"{"quality": 80}"#).unwrap().quality, Some(80));
+        assert!(read(r#"{"blocksize": 256.5}"#).is_err());
+        assert!(read(r#"{"quality": "80"}"#).is_err());
+        assert_eq!(read("{}").unwrap().blocksize, None);
+    }
 
     fn parse(json: &str) -> Result<Conversion, String> {
         serde_json::from_str::<RequestedOptions>(json)

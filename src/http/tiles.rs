@@ -23,6 +23,83 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(tile))
 }
 
+/// The query of a tile, as the OpenAPI document describes it (the handler reads the raw
+/// query, where `rescale` and `bidx` may repeat).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct TileQuery {
+    /// Bands to draw (1-based): one (gray, or with a colormap), or three (RGB).
+    #[param(inline, value_type = Option<Vec<u32>>, minimum = 1, maximum = 65535)]
+    bidx: Option<Vec<u32>>,
+    /// `min,max` per band, or one for all (min below max).
+    #[param(value_type = Option<Vec<String>>, example = "0,255")]
+    rescale: Option<Vec<String>>,
+    #[param(inline, value_type = Option<ColormapName>)]
+    colormap_name: Option<String>,
+    /// A number or `nan`, in place of the file's nodata.
+    #[param(pattern = r"^(nan|-?[0-9]{1,15}(\.[0-9]{1,15})?)$")]
+    nodata: Option<String>,
+    #[param(inline, value_type = Option<Resampling>)]
+    resampling: Option<String>,
+    /// Draw the mask as alpha (default true; JPEG has none).
+    return_mask: Option<bool>,
+    /// 256 (default) or 512.
+    #[param(inline, value_type = Option<TileSize>)]
+    tilesize: Option<u32>,
+}
+
+/// The colormaps (rio-tiler's tables).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum ColormapName {
+    Viridis,
+    Magma,
+    Inferno,
+    Plasma,
+    Cividis,
+    Turbo,
+    Gray,
+    Greys,
+    Terrain,
+    Rdylgn,
+    Spectral,
+    Rdbu,
+    Blues,
+    Greens,
+    Reds,
+    Ylorrd,
+}
+
+/// How values are resampled (default nearest).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum Resampling {
+    Nearest,
+    Bilinear,
+    Cubic,
+    CubicSpline,
+    Lanczos,
+    Average,
+    Mode,
+    Min,
+    Max,
+}
+
+/// A tile's side in pixels.
+#[derive(utoipa::ToSchema)]
+#[schema(as = TileSize)]
+#[allow(dead_code)]
+#[repr(u32)]
+enum TileSize {
+    #[schema(rename = "256")]
+    Small = 256,
+    #[schema(rename = "512")]
+    Large = 512,
+}
+
 /// `{y}`, `{y}@2x`, with `.png`, `.webp`, `.jpg` or `.jpeg`.
 fn parse_y(text: &str) -> Result<(u64, u32, Format), String> {
     let bad = || {
@@ -60,16 +137,11 @@ fn drawable(item: &Item) -> AppResult<&str> {
 /// transparent.
 #[utoipa::path(get, path = "/tree-items/{id}/tiles/WebMercatorQuad/{z}/{x}/{y}", tag = "tiles",
     params(("id" = Uuid, Path, description = "An item holding a COG"),
-        ("z" = u32, Path, description = "Zoom level, 0 to 24"),
-        ("x" = u64, Path, description = "Column"),
-        ("y" = String, Path, description = "Row, optionally `@2x`, then `.png`, `.webp` or `.jpg`", example = "109@2x.png"),
-        ("bidx" = Option<Vec<u32>>, Query, description = "Bands to draw (1-based): one (gray, or with a colormap), or three (RGB)"),
-        ("rescale" = Option<Vec<String>>, Query, description = "`min,max` per band, or one for all", example = "0,255"),
-        ("colormap_name" = Option<String>, Query, description = "viridis, magma, inferno, plasma, cividis, turbo, gray, greys, terrain, rdylgn, spectral, rdbu, blues, greens, reds, ylorrd"),
-        ("nodata" = Option<String>, Query, description = "A number or `nan`, in place of the file's nodata"),
-        ("resampling" = Option<String>, Query, description = "nearest (default), bilinear, cubic, cubic_spline, lanczos, average, mode, min, max"),
-        ("return_mask" = Option<bool>, Query, description = "Draw the mask as alpha (default true)"),
-        ("tilesize" = Option<u32>, Query, description = "256 (default) or 512"),
+        ("z" = u32, Path, description = "Zoom level, 0 to 24", maximum = 24),
+        ("x" = u64, Path, description = "Column, below 2^z"),
+        ("y" = String, Path, description = "Row (below 2^z), optionally `@2x`, then `.png`, `.webp` or `.jpg`", example = "109@2x.png",
+            pattern = r"^[0-9]{1,8}(@2x)?\.(png|webp|jpg|jpeg)$"),
+        TileQuery,
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
     responses(
         (status = 200, description = "The tile", content(("image/png"), ("image/webp"), ("image/jpeg"))),
