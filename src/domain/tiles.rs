@@ -215,7 +215,7 @@ pub fn parse_query<'a>(
                 };
             }
             // Credentials and cache-busters ride along in map clients' URLs.
-            "sig" | "expires" | "v" => {}
+            "link" | "v" => {}
             other => {
                 return Err(format!(
                     "{other:?} is not a tile parameter: bidx, rescale, colormap_name, nodata, resampling, return_mask, tilesize."

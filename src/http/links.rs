@@ -125,6 +125,24 @@ pub async fn link_to(
     })
 }
 
+/// A token that opens `item` (and, in tile URLs, its map tiles) until `expires_in` seconds
+/// from now: a link's own signed part.
+pub async fn token_for(state: &AppState, item: &items::Item, expires_in: u64) -> AppResult<String> {
+    let expires = chrono::Utc::now().timestamp() as u64 + expires_in;
+    let key = state.link_key.get(&state.store).await?;
+    Ok(sign(&key, item.user_id, item.id, expires))
+}
+
+/// The owner of `item` if `token` (a link's signed part) opens it; 403 otherwise.
+pub async fn token_opens(state: &AppState, token: &str, item: Uuid) -> AppResult<Uuid> {
+    let key = state.link_key.get(&state.store).await?;
+    let (owner, named) = verify(&key, token, chrono::Utc::now().timestamp() as u64)?;
+    if named != item {
+        return Err(AppError::Forbidden("This link opens another file."));
+    }
+    Ok(owner)
+}
+
 /// The owner and the file that a link of ours names (its URL as it was given out, or its
 /// path), if it verifies and has not expired.
 pub async fn item_of_link(state: &AppState, url: &str) -> AppResult<(Uuid, Uuid)> {
@@ -228,7 +246,7 @@ fn verify(key: &[u8], token: &str, now: u64) -> AppResult<(Uuid, Uuid)> {
 
 /// Where clients reach this server: `--public-url`, or the request's own `Host` (with
 /// `X-Forwarded-Proto` behind a TLS proxy).
-fn public_base(state: &AppState, headers: &HeaderMap) -> AppResult<String> {
+pub(super) fn public_base(state: &AppState, headers: &HeaderMap) -> AppResult<String> {
     if let Some(url) = &state.config.public_url {
         return Ok(url.trim_end_matches('/').to_string());
     }

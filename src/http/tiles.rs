@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::auth::AuthUser;
+use super::auth::{AuthUser, MaybeUser};
 use super::extract::Path;
 use super::tree_items::owned_item;
 use super::AppState;
@@ -20,7 +20,30 @@ use crate::store::Item;
 use crate::tasks::NotDrawn;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(tile))
+    OpenApiRouter::new()
+        .routes(routes!(tile))
+        .routes(routes!(tilejson))
+}
+
+/// The longest a TileJSON's tile URLs keep working: a week, as shareable links.
+const MAX_EXPIRES_IN: u64 = 7 * 86400;
+const DEFAULT_EXPIRES_IN: u64 = 86400;
+
+/// Whose item a tile request may read: the signed `link` in its query (map libraries and QGIS
+/// send no headers), or the caller's own credentials.
+async fn reader(
+    state: &AppState,
+    user: Option<crate::store::User>,
+    link: Option<&str>,
+    item: Uuid,
+) -> AppResult<Uuid> {
+    match (link, user) {
+        (Some(token), _) => super::links::token_opens(state, token, item).await,
+        (None, Some(user)) => Ok(user.id),
+        (None, None) => Err(AppError::Unauthorized(
+            "A tile needs a token, a session, or the `link` of a TileJSON's tile URL.",
+        )),
+    }
 }
 
 /// The query of a tile, as the OpenAPI document describes it (the handler reads the raw
@@ -142,34 +165,43 @@ fn drawable(item: &Item) -> AppResult<&str> {
         ("y" = String, Path, description = "Row (below 2^z), optionally `@2x`, then `.png`, `.webp` or `.jpg`", example = "109@2x.png",
             pattern = r"^[0-9]{1,8}(@2x)?\.(png|webp|jpg|jpeg)$"),
         TileQuery,
+        ("link" = Option<String>, Query, description = "The signed credential of a TileJSON's tile URLs, for clients that send no headers"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
     responses(
         (status = 200, description = "The tile", content(("image/png"), ("image/webp"), ("image/jpeg"))),
         (status = 304, description = "Not modified"),
-        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
+        (status = 403, description = "A link that was changed, has expired, or opens another file", body = ErrorBody),
+        (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
         (status = 422, description = "Not a COG, no tile of the grid, impossible parameters, or a file that cannot be placed on a web map", body = ErrorBody),
         (status = 503, description = "The tile workers or the file storage did not answer", body = ErrorBody),
     ), security(("bearer" = []), ("cookie" = [])))]
 async fn tile(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    MaybeUser(user): MaybeUser,
     Path((id, z, x, y)): Path<(Uuid, u32, u64, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> AppResult<Response> {
-    let (y, scale, format) = parse_y(&y).map_err(AppError::Unprocessable)?;
-    tiles::check_tile(z, x, y).map_err(AppError::Unprocessable)?;
     let pairs: Vec<(String, String)> =
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
+    // Who asks comes first: a caller with no right to the file learns nothing of it.
+    let link = pairs
+        .iter()
+        .find(|(k, _)| k == "link")
+        .map(|(_, v)| v.as_str());
+    let owner = reader(&state, user, link, id).await?;
+    let (y, scale, format) = parse_y(&y).map_err(AppError::Unprocessable)?;
+    tiles::check_tile(z, x, y).map_err(AppError::Unprocessable)?;
     let render = tiles::parse_query(
         pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         format,
         scale,
     )
     .map_err(AppError::Unprocessable)?;
-    let item = owned_item(&state, user.id, id).await?;
+    let item = owned_item(&state, owner, id).await?;
     let blob = drawable(&item)?.to_owned();
     let bands = item
         .geo_raster
@@ -219,6 +251,161 @@ async fn tile(
     let mut response = ([(header::CONTENT_TYPE, content_type)], image).into_response();
     cache_headers(&mut response);
     Ok(response)
+}
+
+/// The zoom levels a map client should ask for, as TiTiler computes them: the maximum is the
+/// level whose resolution is closest to the file's own in EPSG:3857; the minimum, the level
+/// closest to that resolution times 2 for each halving that keeps the image over 256 px.
+/// `bounds` are the file's in WGS 84 (`bounds_wgs84`), `width` × `height` its size.
+pub fn zoom_range(bounds: [f64; 4], width: usize, height: usize) -> (u32, u32) {
+    const R: f64 = 6_378_137.0;
+    let x = |lon: f64| lon.to_radians() * R;
+    let y = |lat: f64| {
+        (std::f64::consts::FRAC_PI_4 + lat.clamp(-85.05, 85.05).to_radians() / 2.0)
+            .tan()
+            .ln()
+            * R
+    };
+    let (dx, dy) = (x(bounds[2]) - x(bounds[0]), y(bounds[3]) - y(bounds[1]));
+    // GDAL's suggested warp output keeps the diagonal's pixel count.
+    let res = (dx * dx + dy * dy).sqrt() / ((width * width + height * height) as f64).sqrt();
+    let level_res = |z: u32| 2.0 * tiles::ORIGIN / 256.0 / f64::from(1u32 << z);
+    let closest = |res: f64| {
+        (0..=tiles::MAX_ZOOM)
+            .min_by(|a, b| {
+                let (da, db) = ((level_res(*a) - res).abs(), (level_res(*b) - res).abs());
+                da.partial_cmp(&db).unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .unwrap_or(0)
+    };
+    let max = closest(res);
+    // GDAL sizes the warped image in whole pixels.
+    let mut side = (dx / res).max(dy / res).round();
+    let mut halvings = 0;
+    while side > 256.0 {
+        side /= 2.0;
+        halvings += 1;
+    }
+    let min = closest(res * f64::from(1u32 << halvings.min(24))).min(max);
+    (min, max)
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct TileJsonQuery {
+    /// The tiles' format (default png).
+    #[param(inline, value_type = Option<TileFormat>)]
+    tile_format: Option<String>,
+    /// 1 (256 px, default) or 2 (512 px, `@2x`).
+    #[param(minimum = 1, maximum = 2)]
+    tile_scale: Option<u32>,
+    /// Seconds the tile URLs keep working: 1 to 604800 (a week); a day when left out.
+    #[param(minimum = 1, maximum = 604800)]
+    expires_in: Option<u64>,
+}
+
+/// Tile formats.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum TileFormat {
+    Png,
+    Webp,
+    Jpg,
+}
+
+/// A TileJSON 3.0.0 document for the COG: paste its URL into MapLibre, Leaflet or OpenLayers
+/// (or its `tiles` URL into QGIS as an XYZ layer). The tile URLs carry a signed `link` that
+/// works with no header until it expires, and every drawing parameter given here (`bidx`,
+/// `rescale`, `colormap_name`, …).
+#[utoipa::path(get, path = "/tree-items/{id}/WebMercatorQuad/tilejson.json", tag = "tiles",
+    params(("id" = Uuid, Path, description = "An item holding a COG"), TileJsonQuery, TileQuery),
+    responses(
+        (status = 200, description = "TileJSON 3.0.0", body = Object),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 422, description = "Not a COG, a file with no CRS, or impossible parameters", body = ErrorBody),
+    ), security(("bearer" = []), ("cookie" = [])))]
+async fn tilejson(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<Uuid>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> AppResult<axum::Json<serde_json::Value>> {
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let mut ext = "png".to_owned();
+    let mut scale = 1;
+    let mut expires_in = DEFAULT_EXPIRES_IN;
+    let mut forwarded = Vec::new();
+    for (key, value) in &pairs {
+        match key.as_str() {
+            "tile_format" => ext = value.clone(),
+            "tile_scale" => {
+                scale = match value.as_str() {
+                    "1" => 1,
+                    "2" => 2,
+                    _ => return Err(AppError::Unprocessable("tile_scale is 1 or 2.".into())),
+                }
+            }
+            "expires_in" => {
+                expires_in = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|s| (1..=MAX_EXPIRES_IN).contains(s))
+                    .ok_or_else(|| {
+                        AppError::Unprocessable(format!(
+                            "expires_in is a whole number of seconds from 1 to {MAX_EXPIRES_IN}."
+                        ))
+                    })?
+            }
+            _ => forwarded.push((key.as_str(), value.as_str())),
+        }
+    }
+    let format = Format::parse(&ext).ok_or_else(|| {
+        AppError::Unprocessable(format!("tile_format is png, webp or jpg; not {ext:?}."))
+    })?;
+    // The drawing parameters are checked now, not on the first tile.
+    tiles::parse_query(forwarded.iter().copied(), format, scale)
+        .map_err(AppError::Unprocessable)?;
+    let item = owned_item(&state, user.id, id).await?;
+    drawable(&item)?;
+    let geo = item.geo_raster.clone().unwrap_or_default();
+    let bounds: [f64; 4] = serde_json::from_value(geo["bounds_wgs84"].clone()).map_err(|_| {
+        AppError::Unprocessable(format!(
+            "{:?} has no CRS: it cannot be placed on a web map.",
+            item.name
+        ))
+    })?;
+    let width = geo["width"].as_u64().unwrap_or(1) as usize;
+    let height = geo["height"].as_u64().unwrap_or(1) as usize;
+    let (minzoom, maxzoom) = zoom_range(bounds, width, height);
+    let token = super::links::token_for(&state, &item, expires_in).await?;
+    let base = super::links::public_base(&state, &headers)?;
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in &forwarded {
+        query.append_pair(key, value);
+    }
+    query.append_pair("link", &token);
+    let suffix = if scale == 2 { "@2x" } else { "" };
+    let template = format!(
+        "{base}/api/v1/tree-items/{id}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}{suffix}.{ext}?{}",
+        query.finish()
+    );
+    Ok(axum::Json(serde_json::json!({
+        "tilejson": "3.0.0",
+        "name": item.name,
+        "version": "1.0.0",
+        "scheme": "xyz",
+        "tiles": [template],
+        "minzoom": minzoom,
+        "maxzoom": maxzoom,
+        "bounds": bounds,
+        "center": [(bounds[0] + bounds[2]) / 2.0, (bounds[1] + bounds[3]) / 2.0, minzoom],
+    })))
 }
 
 #[cfg(test)]

@@ -103,6 +103,12 @@ const TABLE: &[Row] = &[
         [404, 401, 401, 401, 200],
     ),
     row(
+        "GET",
+        "/api/v1/tree-items/{cog}/WebMercatorQuad/tilejson.json",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    row(
         "POST",
         "/api/v1/tree-items/{item}/convert-to-geo-raster",
         TOKEN,

@@ -539,6 +539,10 @@ async fn the_openapi_document_covers_every_route() {
             "GET",
             "/api/v1/tree-items/{id}/tiles/WebMercatorQuad/{z}/{x}/{y}",
         ),
+        (
+            "GET",
+            "/api/v1/tree-items/{id}/WebMercatorQuad/tilejson.json",
+        ),
         ("POST", "/api/v1/tree-items/{id}/convert-to-geo-raster"),
         ("GET", "/api/v1/tasks"),
         ("GET", "/api/v1/tasks/{id}/status"),

@@ -48,8 +48,22 @@ async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
     let (gray, gray_cog) = cog_of(&server, &data("byte.tif")).await;
     let (float, float_cog) = cog_of(&server, &float_with_nan()).await;
     let path = |f: &tempfile::NamedTempFile| f.path().to_str().unwrap().to_owned();
+    let tilejson = |item: &str| {
+        let path = format!("/tree-items/{item}/WebMercatorQuad/tilejson.json");
+        let server = &server;
+        async move {
+            let (code, doc) = server.get_json(&path, &server.token).await;
+            assert_eq!(code, StatusCode::OK, "{doc}");
+            doc
+        }
+    };
+    let (rgb_json, gray_json, float_json) = (
+        tilejson(&rgb).await,
+        tilejson(&gray).await,
+        tilejson(&float).await,
+    );
     let cases = json!([
-        {"name": "rgb", "item": rgb, "path": path(&rgb_cog), "zooms": [7, 8, 9, 10], "tilesize": 256, "query": ""},
+        {"name": "rgb", "item": rgb, "path": path(&rgb_cog), "zooms": [7, 8, 9, 10], "tilesize": 256, "query": "", "tilejson": rgb_json},
         {"name": "rgb @2x", "item": rgb, "path": path(&rgb_cog), "zooms": [8], "tilesize": 512, "query": ""},
         {"name": "rgb, bands reordered", "item": rgb, "path": path(&rgb_cog), "zooms": [8, 9],
          "tilesize": 256, "query": "bidx=3,2,1"},
@@ -57,11 +71,11 @@ async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
          "tilesize": 256, "query": "rescale=20,200&colormap_name=viridis"},
         {"name": "rgb, stretched per band", "item": rgb, "path": path(&rgb_cog), "zooms": [9],
          "tilesize": 256, "query": "rescale=0,100&rescale=20,200&rescale=50,255"},
-        {"name": "gray", "item": gray, "path": path(&gray_cog), "zooms": [14, 16], "tilesize": 256, "query": ""},
+        {"name": "gray", "item": gray, "path": path(&gray_cog), "zooms": [14, 16], "tilesize": 256, "query": "", "tilejson": gray_json},
         {"name": "gray with a nodata of its own", "item": gray, "path": path(&gray_cog), "zooms": [16],
          "tilesize": 256, "query": "nodata=107"},
         {"name": "float with NaN, stretched", "item": float, "path": path(&float_cog), "zooms": [8, 10],
-         "tilesize": 256, "query": "rescale=10,200"},
+         "tilesize": 256, "query": "rescale=10,200", "tilejson": float_json},
         {"name": "float with NaN through terrain", "item": float, "path": path(&float_cog), "zooms": [9],
          "tilesize": 256, "query": "rescale=10,200&colormap_name=terrain"},
     ]);
@@ -201,4 +215,50 @@ async fn tiles_are_cached_revalidated_and_refused_with_a_sentence() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // A TileJSON's tile URLs work with no header at all (map libraries, QGIS), carry the
+    // drawing parameters, and open this file only.
+    let (code, doc) = server
+        .get_json(
+            &format!("/tree-items/{cog}/WebMercatorQuad/tilejson.json?bidx=1&rescale=0,200&colormap_name=terrain&tile_scale=2&tile_format=webp"),
+            &server.token,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{doc}");
+    assert_eq!(doc["tilejson"], "3.0.0");
+    assert_eq!(
+        (doc["minzoom"].as_u64(), doc["maxzoom"].as_u64()),
+        (Some(7), Some(9))
+    );
+    let template = doc["tiles"][0].as_str().unwrap();
+    assert!(
+        template.contains("{z}/{x}/{y}@2x.webp?") && template.contains("colormap_name=terrain"),
+        "{template}"
+    );
+    let tile = template
+        .replace("{z}", "8")
+        .replace("{x}", "72")
+        .replace("{y}", "109");
+    let res = reqwest::get(&tile).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "image/webp");
+    let tampered = tile.replacen("link=", "link=0", 1);
+    assert_eq!(
+        reqwest::get(&tampered).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let elsewhere = tile.replace(&cog, source);
+    let res = reqwest::get(&elsewhere).await.unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::FORBIDDEN,
+        "a link opens its own file only"
+    );
+    let (code, body) = server
+        .get_json(
+            &format!("/tree-items/{cog}/WebMercatorQuad/tilejson.json?expires_in=0"),
+            &server.token,
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }

@@ -51,6 +51,13 @@ def main():
     for case in cases:
         with rasterio.open(case["path"]) as cog:
             west, south, east, north = rasterio.warp.transform_bounds(cog.crs, "EPSG:4326", *cog.bounds)
+        if "tilejson" in case:
+            # The zoom range and bounds TiTiler would put in its TileJSON.
+            with Reader(case["path"]) as cog:
+                theirs = {"minzoom": cog.minzoom, "maxzoom": cog.maxzoom, "bounds": list(cog.get_geographic_bounds(rasterio.crs.CRS.from_epsg(4326)))}
+            ours = case["tilejson"]
+            assert (ours["minzoom"], ours["maxzoom"]) == (theirs["minzoom"], theirs["maxzoom"]), (case["name"], ours, theirs)
+            assert max(abs(a - b) for a, b in zip(ours["bounds"], theirs["bounds"])) < 1e-6, (case["name"], ours, theirs)
         for z in case["zooms"]:
             centre = TMS.tile((west + east) / 2, (south + north) / 2, z)
             for x, y in [(centre.x, centre.y), (TMS.tile(east, north, z).x + 2, centre.y)]:
