@@ -56,7 +56,7 @@ struct TileQuery {
     #[param(inline, value_type = Option<Vec<u32>>, minimum = 1, maximum = 65535)]
     bidx: Option<Vec<u32>>,
     /// `min,max` per band, or one for all (min below max).
-    #[param(value_type = Option<Vec<String>>, example = "0,255")]
+    #[param(value_type = Option<Vec<RescaleRange>>)]
     rescale: Option<Vec<String>>,
     #[param(inline, value_type = Option<ColormapName>)]
     colormap_name: Option<String>,
@@ -71,6 +71,16 @@ struct TileQuery {
     #[param(inline, value_type = Option<TileSize>)]
     tilesize: Option<u32>,
 }
+
+/// `min,max`: two numbers.
+#[derive(utoipa::ToSchema)]
+#[schema(
+    value_type = String,
+    pattern = r"^-?[0-9]{1,15}(\.[0-9]{1,15})?,-?[0-9]{1,15}(\.[0-9]{1,15})?$",
+    example = "0,255"
+)]
+#[allow(dead_code)]
+struct RescaleRange(String);
 
 /// The colormaps (rio-tiler's tables).
 #[derive(serde::Serialize, utoipa::ToSchema)]
