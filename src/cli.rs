@@ -367,8 +367,8 @@ fn convert_local(args: ConvertArgs) -> ExitCode {
         Outcome::Done(described) => Ok(*described),
         Outcome::Failed(e) => Err(ConvertError::Failed(e.message)),
         Outcome::Stopped => Err(ConvertError::Cancelled),
-        Outcome::Rendered(_) => Err(ConvertError::Failed(
-            "The worker drew a tile instead.".into(),
+        Outcome::Rendered(_) | Outcome::Facts(_) => Err(ConvertError::Failed(
+            "The worker answered another job.".into(),
         )),
     };
     if result.is_err() {

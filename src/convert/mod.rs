@@ -4,6 +4,7 @@
 //! The same engine runs in the server's child workers (`worker`) and in `rastercast convert`.
 
 mod describe;
+mod facts;
 pub mod hardening;
 mod source;
 pub use source::is_raster_name;

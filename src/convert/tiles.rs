@@ -16,7 +16,7 @@ fn fail(message: impl Into<String>) -> ConvertError {
     ConvertError::Failed(message.into())
 }
 
-fn open_tiff(path: &Path) -> Result<Dataset, ConvertError> {
+pub(super) fn open_tiff(path: &Path) -> Result<Dataset, ConvertError> {
     Dataset::open_ex(
         path,
         DatasetOptions {

@@ -71,6 +71,17 @@ pub fn main() -> i32 {
 }
 
 fn run(job: &Job, cancel: &AtomicBool) -> Report {
+    if job.kind == JobKind::Facts {
+        return match super::facts::read(&job.input) {
+            Ok(facts) => Report::Facts {
+                facts: Box::new(facts),
+            },
+            Err(e) => Report::Failed {
+                error: e.to_string(),
+                transient: false,
+            },
+        };
+    }
     if let (JobKind::Tile, Some(tile)) = (job.kind, &job.tile) {
         use base64::Engine;
         return match super::tiles::render(&job.input, tile) {

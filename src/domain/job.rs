@@ -95,6 +95,9 @@ pub enum JobKind {
     CheckCrs,
     /// Draw map tile `tile` of the COG at `input`; answered by `Rendered`.
     Tile,
+    /// Read what a STAC Item, `/info` and `/statistics` need of the COG at `input`; answered
+    /// by `Facts`.
+    Facts,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +127,9 @@ pub enum Report {
     /// A tile's encoded image (Base64).
     Rendered {
         image: String,
+    },
+    Facts {
+        facts: Box<super::facts::RasterFacts>,
     },
     Failed {
         error: String,

@@ -3,10 +3,12 @@
 //! raster descriptions, and the protocol spoken with child workers.
 
 pub mod event;
+pub mod facts;
 pub mod geo;
 pub mod job;
 pub mod options;
 pub mod state;
+pub mod stats;
 pub mod task;
 pub mod tiles;
 pub mod tus;

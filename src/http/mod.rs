@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource, each starting with its `router()`.
 
 pub mod auth;
+mod cog;
 mod content;
 mod dashboard;
 mod events;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(resumable::router())
         .merge(content::router())
         .merge(tiles::router())
+        .merge(cog::router())
         .merge(links::router())
         .merge(tasks::router())
         .merge(events::router())

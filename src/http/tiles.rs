@@ -148,8 +148,20 @@ fn parse_y(text: &str) -> Result<(u64, u32, Format), String> {
     Ok((y, scale, format))
 }
 
+/// Why a worker did not answer, as the API says it.
+pub(super) fn not_drawn(e: NotDrawn) -> AppError {
+    match e {
+        NotDrawn::Refused(why) => AppError::Unprocessable(why),
+        NotDrawn::Unavailable(why) => {
+            tracing::warn!(%why, "a tile worker did not answer");
+            AppError::StorageUnavailable
+        }
+        NotDrawn::Gone => AppError::NotFound("tree item"),
+    }
+}
+
 /// The item, if it holds a COG that tiles can be drawn from.
-fn drawable(item: &Item) -> AppResult<&str> {
+pub(super) fn drawable(item: &Item) -> AppResult<&str> {
     let cog = item
         .geo_raster
         .as_ref()
@@ -250,14 +262,7 @@ async fn tile(
         .renderer
         .tile(&state.blobs, &blob, job)
         .await
-        .map_err(|e| match e {
-            NotDrawn::Refused(why) => AppError::Unprocessable(why),
-            NotDrawn::Unavailable(why) => {
-                tracing::warn!(%why, "a tile could not be drawn");
-                AppError::StorageUnavailable
-            }
-            NotDrawn::Gone => AppError::NotFound("tree item"),
-        })?;
+        .map_err(not_drawn)?;
     let mut response = ([(header::CONTENT_TYPE, content_type)], image).into_response();
     cache_headers(&mut response);
     Ok(response)

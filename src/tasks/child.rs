@@ -171,6 +171,7 @@ pub enum Outcome {
     Done(Box<GeoRaster>),
     /// A tile's encoded image.
     Rendered(Vec<u8>),
+    Facts(Box<crate::domain::facts::RasterFacts>),
     Failed(Failure),
     /// Stopped because `stop` was cancelled (by itself or by a kill after the grace time).
     Stopped,
@@ -244,7 +245,7 @@ pub async fn run(
     }
     let clean = matches!(
         last_report,
-        Some(Report::Done { .. } | Report::Rendered { .. })
+        Some(Report::Done { .. } | Report::Rendered { .. } | Report::Facts { .. })
     ) && !stopping
         && !timed_out;
     let status = if clean && worker.jobs < MAX_JOBS {
@@ -256,6 +257,7 @@ pub async fn run(
     };
     match last_report {
         Some(Report::Done { result }) => Outcome::Done(result),
+        Some(Report::Facts { facts }) => Outcome::Facts(facts),
         Some(Report::Rendered { image }) => {
             use base64::Engine;
             match base64::engine::general_purpose::STANDARD.decode(image) {

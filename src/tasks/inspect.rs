@@ -57,7 +57,7 @@ impl Inspector {
                 tracing::debug!(reason = %reason.message, "upload is not a raster we describe");
                 None
             }
-            Outcome::Stopped | Outcome::Rendered(_) => None,
+            Outcome::Stopped | Outcome::Rendered(_) | Outcome::Facts(_) => None,
         }
     }
 
@@ -96,7 +96,7 @@ impl Inspector {
                 Ok(())
             }
             Outcome::Failed(reason) => Err(reason.message),
-            Outcome::Stopped | Outcome::Rendered(_) => {
+            Outcome::Stopped | Outcome::Rendered(_) | Outcome::Facts(_) => {
                 Err("The CRS check was interrupted; try again.".into())
             }
         }

@@ -202,7 +202,7 @@ impl Workers {
                 tracing::info!(error = %failure.message, transient = failure.transient, "conversion failed");
                 Some(Ending::Failed(failure))
             }
-            Err(Outcome::Done(_) | Outcome::Rendered(_)) => {
+            Err(Outcome::Done(_) | Outcome::Rendered(_) | Outcome::Facts(_)) => {
                 unreachable!("convert returns Ok for a published result, and asks for no tile")
             }
         };

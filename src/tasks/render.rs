@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::child::{self, ChildLimits, Outcome};
+use crate::domain::facts::RasterFacts;
 use crate::domain::job::{Failure, Job, JobKind, Limits};
 use crate::domain::tiles::TileJob;
 use crate::storage::{Staged, Storage};
@@ -23,6 +24,9 @@ const TILE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Files kept staged on this node's disk for tiles (object storage only).
 const STAGED_KEPT: usize = 8;
+
+/// COGs whose facts are kept.
+const FACTS_KEPT: usize = 256;
 
 #[derive(Clone)]
 pub struct Renderer {
@@ -34,6 +38,8 @@ pub struct Renderer {
     cache: Arc<Mutex<Cache>>,
     /// COGs staged from object storage, by blob, so that each tile does not download its file.
     staged: Arc<Mutex<lru::LruCache<String, Arc<Staged>>>>,
+    /// What was read of each COG (blobs never change), for STAC, info and statistics.
+    facts: Arc<Mutex<lru::LruCache<String, Arc<RasterFacts>>>>,
 }
 
 /// Drawn tiles, least recently used dropped first once over `budget` bytes.
@@ -94,6 +100,9 @@ impl Renderer {
             })),
             staged: Arc::new(Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(STAGED_KEPT).expect("not zero"),
+            ))),
+            facts: Arc::new(Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(FACTS_KEPT).expect("not zero"),
             ))),
         }
     }
@@ -179,6 +188,47 @@ impl Renderer {
         Ok((key, image))
     }
 
+    /// What a worker reads of `blob` for STAC, info and statistics; kept per blob.
+    pub async fn facts(&self, storage: &Storage, blob: &str) -> Result<Arc<RasterFacts>, NotDrawn> {
+        if let Some(facts) = self
+            .facts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(blob)
+        {
+            return Ok(facts.clone());
+        }
+        let staged = self.staged(storage, blob).await?;
+        let _slot = self.slots.acquire().await.expect("never closed");
+        let job = Job {
+            kind: JobKind::Facts,
+            input: staged.path().to_path_buf(),
+            output: staged.path().to_path_buf(),
+            conversion: Default::default(),
+            limits: self.limits.clone(),
+            cache_mb: self.cache_mb,
+            tile: None,
+        };
+        let limits = ChildLimits {
+            timeout: TILE_TIMEOUT,
+            ..self.child.clone()
+        };
+        let facts = match child::run(&job, &limits, &CancellationToken::new(), |_, _| {}).await {
+            Outcome::Facts(facts) => Arc::new(*facts),
+            Outcome::Failed(Failure {
+                message,
+                transient: true,
+            }) => return Err(NotDrawn::Unavailable(message)),
+            Outcome::Failed(failure) => return Err(NotDrawn::Refused(failure.message)),
+            _ => return Err(NotDrawn::Unavailable("The worker stopped.".into())),
+        };
+        self.facts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(blob.to_owned(), facts.clone());
+        Ok(facts)
+    }
+
     async fn draw(&self, input: PathBuf, tile: TileJob) -> Result<Vec<u8>, NotDrawn> {
         let job = Job {
             kind: JobKind::Tile,
@@ -200,7 +250,7 @@ impl Renderer {
                 transient: true,
             }) => Err(NotDrawn::Unavailable(message)),
             Outcome::Failed(failure) => Err(NotDrawn::Refused(failure.message)),
-            Outcome::Done(_) | Outcome::Stopped => {
+            Outcome::Done(_) | Outcome::Facts(_) | Outcome::Stopped => {
                 Err(NotDrawn::Unavailable("The tile worker stopped.".into()))
             }
         }

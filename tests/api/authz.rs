@@ -109,6 +109,24 @@ const TABLE: &[Row] = &[
         [404, 401, 401, 401, 200],
     ),
     row(
+        "GET",
+        "/api/v1/tree-items/{cog}/info",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    row(
+        "GET",
+        "/api/v1/tree-items/{cog}/statistics",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    row(
+        "GET",
+        "/api/v1/tree-items/{cog}/stac",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    row(
         "POST",
         "/api/v1/tree-items/{item}/convert-to-geo-raster",
         TOKEN,

@@ -262,3 +262,70 @@ async fn tiles_are_cached_revalidated_and_refused_with_a_sentence() {
         .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }
+
+#[tokio::test]
+async fn stac_items_validate_and_agree_with_rio_stac_and_statistics_with_rio_tiler() {
+    let server = TestServer::start().await;
+    let mut cases = Vec::new();
+    let mut files = Vec::new();
+    for (name, file) in [
+        ("rgb", data("RGB.byte.tif")),
+        ("gray", data("byte.tif")),
+        ("hillshade in web mercator", data("shade.tif")),
+        ("float with NaN", float_with_nan()),
+    ] {
+        let (item, cog) = cog_of(&server, &file).await;
+        cases.push(json!({"name": name, "item": item, "path": cog.path().to_str().unwrap()}));
+        files.push(cog);
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(test_python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stac/check.py"))
+            .args([&server.url, &server.token, &json!(cases).to_string()])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the check ends")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the check failed:\n{stderr}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    for line in &lines {
+        assert_eq!(line["problems"], json!([]), "{line:#}");
+    }
+
+    // Refusals: an upload that is no COG, a COG with no CRS, another user's item.
+    let upload = server.upload(&data("byte.tif")).await;
+    let id = upload["id"].as_str().unwrap();
+    let (code, body) = server
+        .get_json(&format!("/tree-items/{id}/stac"), &server.token)
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (nowhere, _) = cog_of(&server, &data("float_nan.tif")).await;
+    let (code, body) = server
+        .get_json(&format!("/tree-items/{nowhere}/stac"), &server.token)
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("no CRS"),
+        "{body}"
+    );
+    let (code, stats) = server
+        .get_json(&format!("/tree-items/{nowhere}/statistics"), &server.token)
+        .await;
+    assert_eq!(code, StatusCode::OK, "statistics need no CRS: {stats}");
+    let other = server.token_for("other").await;
+    let rgb = cases[0]["item"].as_str().unwrap();
+    for route in ["stac", "info", "statistics"] {
+        let (code, _) = server
+            .get_json(&format!("/tree-items/{rgb}/{route}"), &other)
+            .await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{route}");
+    }
+}

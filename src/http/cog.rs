@@ -1,0 +1,130 @@
+//! What catalogues and map clients ask of a COG besides tiles, with TiTiler's shapes where it
+//! has them: `/info`, `/statistics` (over a read of at most 1024 pixels on the longest side),
+//! and `/stac`, a STAC 1.1 Item with the projection and raster extensions whose asset opens
+//! the COG by a signed link.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::auth::AuthUser;
+use super::extract::{Path, Query};
+use super::tiles::{drawable, not_drawn};
+use super::tree_items::owned_item;
+use super::AppState;
+use crate::domain::facts::{self, RasterFacts, StacContext};
+use crate::error::{AppError, AppResult, ErrorBody};
+use crate::store::Item;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(info))
+        .routes(routes!(statistics))
+        .routes(routes!(stac))
+}
+
+/// The caller's COG item and what a worker read of it.
+async fn read(
+    state: &AppState,
+    user: Uuid,
+    id: Uuid,
+) -> AppResult<(Item, std::sync::Arc<RasterFacts>)> {
+    let item = owned_item(state, user, id).await?;
+    let blob = drawable(&item)?.to_owned();
+    let facts = state
+        .renderer
+        .facts(&state.blobs, &blob)
+        .await
+        .map_err(not_drawn)?;
+    Ok((item, facts))
+}
+
+/// A COG's description as TiTiler's `/info` gives it: bounds (in its CRS), CRS, bands' types,
+/// nodata, colour interpretation, scales, offsets, size and overviews.
+#[utoipa::path(get, path = "/tree-items/{id}/info", tag = "tiles",
+    params(("id" = Uuid, Path, description = "An item holding a COG")),
+    responses((status = 200, description = "The description", body = Object),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 422, description = "Not a COG", body = ErrorBody), (status = 503, description = "The workers or the file storage did not answer", body = ErrorBody)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn info(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<Uuid>,
+) -> AppResult<Json<Value>> {
+    let (item, facts) = read(&state, user.id, id).await?;
+    let geo = item.geo_raster.unwrap_or_default();
+    let bounds: [f64; 4] = serde_json::from_value(geo["bounds"].clone()).unwrap_or_default();
+    let crs = facts
+        .epsg
+        .map(|c| format!("http://www.opengis.net/def/crs/EPSG/0/{c}"));
+    Ok(Json(facts::info(&facts, bounds, crs.as_deref())))
+}
+
+/// Per-band statistics as TiTiler's `/statistics` gives them: min, max, mean, count, sum,
+/// std, median, majority, minority, unique, a 10-bin histogram, valid and masked pixels,
+/// percentiles 2 and 98; over a read of at most 1024 pixels on the longest side.
+#[utoipa::path(get, path = "/tree-items/{id}/statistics", tag = "tiles",
+    params(("id" = Uuid, Path, description = "An item holding a COG")),
+    responses((status = 200, description = "`{\"b1\": {…}, …}`", body = Object),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 422, description = "Not a COG", body = ErrorBody), (status = 503, description = "The workers or the file storage did not answer", body = ErrorBody)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn statistics(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<Uuid>,
+) -> AppResult<Json<Value>> {
+    let (_, facts) = read(&state, user.id, id).await?;
+    Ok(Json(facts::statistics(&facts)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct StacQuery {
+    /// Seconds the asset's link keeps working: 1 to 604800 (a week); a week when left out.
+    #[param(minimum = 1, maximum = 604800)]
+    expires_in: Option<u64>,
+}
+
+/// A STAC 1.1 Item for the COG: geometry (its footprint in WGS 84), bbox, the projection
+/// extension (code, bbox, shape, transform; WKT2 and PROJJSON when there is no EPSG code),
+/// and a `data` asset whose href opens the COG with no credentials (a signed link) and whose
+/// `raster:bands` carry data type, nodata, scale, offset, statistics and a histogram.
+#[utoipa::path(get, path = "/tree-items/{id}/stac", tag = "tiles",
+    params(("id" = Uuid, Path, description = "An item holding a COG"), StacQuery),
+    responses((status = 200, description = "A STAC Item (GeoJSON Feature)", body = Object),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 422, description = "Not a COG, or one with no CRS", body = ErrorBody), (status = 503, description = "The workers or the file storage did not answer", body = ErrorBody)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn stac(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<Uuid>,
+    Query(q): Query<StacQuery>,
+    headers: HeaderMap,
+) -> AppResult<Json<Value>> {
+    let expires_in = q.expires_in.unwrap_or(7 * 86400);
+    if !(1..=7 * 86400).contains(&expires_in) {
+        return Err(AppError::Unprocessable(
+            "expires_in is a whole number of seconds from 1 to 604800.".into(),
+        ));
+    }
+    let (item, facts) = read(&state, user.id, id).await?;
+    let link = super::links::link_to(&state, &headers, &item, expires_in).await?;
+    let id = item.id.to_string();
+    let context = StacContext {
+        id: &id,
+        title: &item.name,
+        datetime: &item.created_at,
+        href: &link.url,
+    };
+    facts::stac_item(&facts, &context)
+        .map(Json)
+        .map_err(AppError::Unprocessable)
+}
