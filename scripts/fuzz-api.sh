@@ -114,7 +114,8 @@ TUS_REFUSALS = {400, 404, 409, 413, 423, 460}
 TILE = "/api/v1/tree-items/{id}/tiles/WebMercatorQuad/{z}/{x}/{y}"
 TILEJSON = "/api/v1/tree-items/{id}/WebMercatorQuad/tilejson.json"
 COG_ROUTES = (TILE, TILEJSON, "/api/v1/tree-items/{id}/info", "/api/v1/tree-items/{id}/statistics",
-              "/api/v1/tree-items/{id}/stac")
+              "/api/v1/tree-items/{id}/stac", "/api/v1/tree-items/{id}/preview.png",
+              "/api/v1/tree-items/{id}/WMTSCapabilities.xml")
 # What tiles refuse for rules no schema states: a column or row past 2^z, a rescale whose min
 # is not below its max, a band the file does not have, an item that is no COG, a colormap
 # with several bands.
@@ -303,7 +304,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 429]
 parameters = { "query.parent_id" = { dictionary = "folder", probability = 0.8 } }
 
 [[operations]]
-include-path-regex = "/(WebMercatorQuad/|info$|statistics$|stac$)"
+include-path-regex = "/(WebMercatorQuad/|info$|statistics$|stac$|preview\\\\.png$|WMTSCapabilities\\\\.xml$)"
 parameters = { "path.id" = { dictionary = "cog", probability = 0.8 } }
 
 [[operations]]

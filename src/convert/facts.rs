@@ -13,7 +13,7 @@ use crate::domain::facts::{BandFacts, RasterFacts};
 use crate::domain::stats;
 
 /// The longest side of the read that statistics are computed over.
-const STATS_MAX_SIZE: usize = 1024;
+const STATS_MAX_SIZE: u32 = 1024;
 
 fn fail(message: impl Into<String>) -> ConvertError {
     ConvertError::Failed(message.into())
@@ -89,11 +89,7 @@ pub fn read(path: &Path) -> Result<RasterFacts, ConvertError> {
             .flatten()
             .map(|c| c as u32)
     });
-    let scale = (width.max(height) as f64 / STATS_MAX_SIZE as f64).max(1.0);
-    let (read_w, read_h) = (
-        ((width as f64 / scale).round() as usize).max(1),
-        ((height as f64 / scale).round() as usize).max(1),
-    );
+    let (read_w, read_h) = crate::domain::tiles::preview_size(width, height, STATS_MAX_SIZE);
     let mut bands = Vec::with_capacity(dataset.raster_count());
     for b in 1..=dataset.raster_count() {
         bands.push(band_facts(&dataset, b, (width, height), (read_w, read_h))?);

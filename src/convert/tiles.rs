@@ -10,7 +10,7 @@ use gdal::raster::Buffer;
 use gdal::{Dataset, DatasetOptions, DriverManager, GdalOpenFlags};
 
 use super::ConvertError;
-use crate::domain::tiles::{self, Format, TileJob};
+use crate::domain::tiles::{self, Area, Format, TileJob};
 
 fn fail(message: impl Into<String>) -> ConvertError {
     ConvertError::Failed(message.into())
@@ -131,11 +131,10 @@ fn warp(
     }
 }
 
-/// Renders tile `job` of the COG at `path`: the encoded image.
+/// Renders `job` of the COG at `path` (a tile, or a preview): the encoded image.
 pub fn render(path: &Path, job: &TileJob) -> Result<Vec<u8>, ConvertError> {
     let render = &job.render;
     let dataset = open_tiff(path)?;
-    let (width, _) = dataset.raster_size();
     let count = dataset.raster_count();
     let bidx: Vec<usize> = if render.bidx.is_empty() {
         if count >= 3 {
@@ -149,6 +148,34 @@ pub fn render(path: &Path, job: &TileJob) -> Result<Vec<u8>, ConvertError> {
     if let Some(b) = bidx.iter().find(|b| **b > count) {
         return Err(fail(format!("bidx {b}: the file has {count} bands.")));
     }
+    let (bands, valid, size) = match job.area {
+        Area::Tile { z, x, y } => tile_values(&dataset, &bidx, render, z, x, y)?,
+        Area::Preview { max_size } => preview_values(&dataset, &bidx, render, max_size)?,
+    };
+    let (pixels, channels) = tiles::paint(&bands, &valid, render);
+    encode(pixels, channels, size, render.format)
+}
+
+type Values = (Vec<Vec<f64>>, Vec<Vec<bool>>, (usize, usize));
+
+/// Whether a value read is data: not the nodata (or NaN), and inside the data.
+fn is_data(v: f64, nodata: Option<f64>) -> bool {
+    match nodata {
+        Some(nd) if !nd.is_nan() => v != nd && !v.is_nan(),
+        _ => !v.is_nan(),
+    }
+}
+
+fn tile_values(
+    dataset: &Dataset,
+    bidx: &[usize],
+    render: &tiles::Render,
+    z: u32,
+    x: u64,
+    y: u64,
+) -> Result<Values, ConvertError> {
+    let (width, _) = dataset.raster_size();
+    let count = dataset.raster_count();
     let first = dataset
         .rasterband(1)
         .map_err(|_| fail("The file has no band."))?;
@@ -156,13 +183,13 @@ pub fn render(path: &Path, job: &TileJob) -> Result<Vec<u8>, ConvertError> {
         .filter_map(|i| first.overview(i).ok().map(|o| o.size().0))
         .collect();
     let nodata = render.nodata.or(first.no_data_value());
-    let bounds = tiles::tile_bounds(job.z, job.x, job.y);
-    let native_px = (bounds[2] - bounds[0]) / native_resolution(&dataset)?;
+    let bounds = tiles::tile_bounds(z, x, y);
+    let native_px = (bounds[2] - bounds[0]) / native_resolution(dataset)?;
     let nearest = render.resampling == "near";
     let overview = tiles::overview_for(native_px, render.tilesize, width, &overviews, nearest);
     let size = render.tilesize as usize;
     let warped = warp(
-        &dataset,
+        dataset,
         bounds,
         render.tilesize,
         &render.resampling,
@@ -183,33 +210,66 @@ pub fn render(path: &Path, job: &TileJob) -> Result<Vec<u8>, ConvertError> {
     };
     let mut bands = Vec::with_capacity(bidx.len());
     let mut valid = Vec::with_capacity(bidx.len());
-    for &b in &bidx {
+    for &b in bidx {
         let values = read(b)?;
-        let ok: Vec<bool> = values
+        let ok = values
             .iter()
             .enumerate()
-            .map(|(i, v)| {
-                let inside = alpha.as_ref().is_none_or(|a| a[i] != 0.0);
-                let data = match nodata {
-                    Some(nd) if nd.is_nan() => !v.is_nan(),
-                    Some(nd) => *v != nd && !v.is_nan(),
-                    None => !v.is_nan(),
-                };
-                inside && data
-            })
+            .map(|(i, v)| alpha.as_ref().is_none_or(|a| a[i] != 0.0) && is_data(*v, nodata))
             .collect();
         bands.push(values);
         valid.push(ok);
     }
-    let (pixels, channels) = tiles::paint(&bands, &valid, render);
-    encode(pixels, channels, size, render.format)
+    Ok((bands, valid, (size, size)))
+}
+
+/// The whole file in its own CRS, fitted to `max_size`, read with nearest resampling; its
+/// mask is GDAL's (nodata, alpha or an internal mask), or the request's `nodata`.
+fn preview_values(
+    dataset: &Dataset,
+    bidx: &[usize],
+    render: &tiles::Render,
+    max_size: u32,
+) -> Result<Values, ConvertError> {
+    let (width, height) = dataset.raster_size();
+    let (w, h) = tiles::preview_size(width, height, max_size);
+    let mut bands = Vec::with_capacity(bidx.len());
+    let mut valid = Vec::with_capacity(bidx.len());
+    for &b in bidx {
+        let band = dataset
+            .rasterband(b)
+            .map_err(|_| fail(format!("Band {b} cannot be read.")))?;
+        let values = band
+            .read_as::<f64>((0, 0), (width, height), (w, h), None)
+            .map_err(|_| fail(format!("Band {b} cannot be read.")))?
+            .into_shape_and_vec()
+            .1;
+        let ok: Vec<bool> = match render.nodata {
+            Some(nd) => values.iter().map(|v| is_data(*v, Some(nd))).collect(),
+            None => {
+                let mask = band
+                    .open_mask_band()
+                    .and_then(|m| m.read_as::<u8>((0, 0), (width, height), (w, h), None))
+                    .map_err(|_| fail(format!("Band {b}'s mask cannot be read.")))?
+                    .into_shape_and_vec()
+                    .1;
+                mask.iter()
+                    .zip(&values)
+                    .map(|(m, v)| *m != 0 && !v.is_nan())
+                    .collect()
+            }
+        };
+        bands.push(values);
+        valid.push(ok);
+    }
+    Ok((bands, valid, (w, h)))
 }
 
 /// Encodes interleaved 8-bit pixels with GDAL's PNG, WEBP or JPEG driver, in memory.
 fn encode(
     pixels: Vec<u8>,
     channels: usize,
-    size: usize,
+    (width, height): (usize, usize),
     format: Format,
 ) -> Result<Vec<u8>, ConvertError> {
     // WebP takes colour only: gray (and gray + alpha) is spread to three channels.
@@ -228,13 +288,17 @@ fn encode(
     let mem =
         DriverManager::get_driver_by_name("MEM").map_err(|_| fail("GDAL has no MEM driver."))?;
     let image = mem
-        .create_with_band_type::<u8, _>("", size, size, channels)
+        .create_with_band_type::<u8, _>("", width, height, channels)
         .map_err(|_| fail("GDAL could not make the tile's image."))?;
     for c in 0..channels {
         let plane: Vec<u8> = pixels.iter().skip(c).step_by(channels).copied().collect();
         let mut band = image.rasterband(c + 1).map_err(|_| fail("no band"))?;
-        band.write((0, 0), (size, size), &mut Buffer::new((size, size), plane))
-            .map_err(|_| fail("GDAL could not write the tile's image."))?;
+        band.write(
+            (0, 0),
+            (width, height),
+            &mut Buffer::new((width, height), plane),
+        )
+        .map_err(|_| fail("GDAL could not write the tile's image."))?;
     }
     let (driver, options): (&str, &[&str]) = match format {
         Format::Png => ("PNG", &["ZLEVEL=6"]),

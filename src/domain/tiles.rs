@@ -117,13 +117,41 @@ impl Default for Render {
     }
 }
 
-/// The tile asked for, and how to draw it: what the server sends the worker.
+/// What is drawn: a tile of the grid, or the whole file in its own CRS.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "area", rename_all = "snake_case")]
+pub enum Area {
+    Tile {
+        z: u32,
+        x: u64,
+        y: u64,
+    },
+    /// The whole file, its longest side fitted to `max_size` (never enlarged).
+    Preview {
+        max_size: u32,
+    },
+}
+
+/// The image asked for, and how to draw it: what the server sends the worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TileJob {
-    pub z: u32,
-    pub x: u64,
-    pub y: u64,
+    pub area: Area,
     pub render: Render,
+}
+
+/// A preview's size: the file's, fitted to `max_size` on its longest side (the other rounded
+/// up, as rio-tiler does), never enlarged.
+pub fn preview_size(width: usize, height: usize, max_size: u32) -> (usize, usize) {
+    let max = max_size as usize;
+    if width.max(height) <= max {
+        return (width, height);
+    }
+    let ratio = height as f64 / width as f64;
+    if ratio > 1.0 {
+        (((max as f64 / ratio).ceil() as usize).max(1), max)
+    } else {
+        (max, ((max as f64 * ratio).ceil() as usize).max(1))
+    }
 }
 
 fn number(text: &str, what: &str) -> Result<f64, String> {

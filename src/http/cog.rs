@@ -12,12 +12,15 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::auth::AuthUser;
+use axum::extract::RawQuery;
+
+use super::auth::{AuthUser, MaybeUser};
 use super::extract::{Path, Query};
 use super::tiles::{drawable, not_drawn};
 use super::tree_items::owned_item;
 use super::AppState;
 use crate::domain::facts::{self, RasterFacts, StacContext};
+use crate::domain::tiles;
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::store::Item;
 
@@ -26,6 +29,70 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(info))
         .routes(routes!(statistics))
         .routes(routes!(stac))
+        .routes(routes!(preview))
+}
+
+/// The largest preview drawn.
+const MAX_PREVIEW: u32 = 2048;
+
+/// The whole COG as one PNG in its own CRS, its longest side fitted to `max_size` (1024 by
+/// default, never enlarged), drawn with the tile parameters (`bidx`, `rescale`,
+/// `colormap_name`, `nodata`, `return_mask`), as TiTiler's `/preview`.
+#[utoipa::path(get, path = "/tree-items/{id}/preview.png", tag = "tiles",
+    params(("id" = Uuid, Path, description = "An item holding a COG"),
+        ("max_size" = Option<u32>, Query, description = "The longest side, 1 to 2048 (default 1024)", minimum = 1, maximum = 2048),
+        super::tiles::TileQuery),
+    responses((status = 200, description = "The preview", content_type = "image/png"),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 422, description = "Not a COG, or impossible parameters", body = ErrorBody), (status = 503, description = "The workers or the file storage did not answer", body = ErrorBody)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn preview(
+    State(state): State<AppState>,
+    MaybeUser(user): MaybeUser,
+    Path(id): Path<Uuid>,
+    RawQuery(query): RawQuery,
+) -> AppResult<axum::response::Response> {
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let link = pairs
+        .iter()
+        .find(|(k, _)| k == "link")
+        .map(|(_, v)| v.as_str());
+    let owner = super::tiles::reader(&state, user, link, id).await?;
+    let mut max_size = 1024;
+    let mut rest = Vec::new();
+    for (key, value) in &pairs {
+        if key == "max_size" {
+            max_size = value
+                .parse::<u32>()
+                .ok()
+                .filter(|m| (1..=MAX_PREVIEW).contains(m))
+                .ok_or_else(|| {
+                    AppError::Unprocessable(format!("max_size is 1 to {MAX_PREVIEW} pixels."))
+                })?;
+        } else {
+            rest.push((key.as_str(), value.as_str()));
+        }
+    }
+    let render =
+        tiles::parse_query(rest, tiles::Format::Png, 1).map_err(AppError::Unprocessable)?;
+    let item = owned_item(&state, owner, id).await?;
+    let blob = drawable(&item)?.to_owned();
+    let job = tiles::TileJob {
+        area: tiles::Area::Preview { max_size },
+        render,
+    };
+    let (_, image) = state
+        .renderer
+        .tile(&state.blobs, &blob, job)
+        .await
+        .map_err(not_drawn)?;
+    Ok(axum::response::IntoResponse::into_response((
+        [(axum::http::header::CONTENT_TYPE, "image/png")],
+        image,
+    )))
 }
 
 /// The caller's COG item and what a worker read of it.

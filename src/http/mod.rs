@@ -21,6 +21,7 @@ mod tiles;
 mod tree_items;
 mod uploads;
 mod webhooks;
+mod wmts;
 mod ws;
 
 use axum::{Extension, Router};
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .merge(content::router())
         .merge(tiles::router())
         .merge(cog::router())
+        .merge(wmts::router())
         .merge(links::router())
         .merge(tasks::router())
         .merge(events::router())

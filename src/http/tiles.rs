@@ -31,7 +31,7 @@ const DEFAULT_EXPIRES_IN: u64 = 86400;
 
 /// Whose item a tile request may read: the signed `link` in its query (map libraries and QGIS
 /// send no headers), or the caller's own credentials.
-async fn reader(
+pub(super) async fn reader(
     state: &AppState,
     user: Option<crate::store::User>,
     link: Option<&str>,
@@ -51,7 +51,7 @@ async fn reader(
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-struct TileQuery {
+pub(super) struct TileQuery {
     /// Bands to draw (1-based): one (gray, or with a colormap), or three (RGB).
     #[param(inline, value_type = Option<Vec<u32>>, minimum = 1, maximum = 65535)]
     bidx: Option<Vec<u32>>,
@@ -237,7 +237,10 @@ async fn tile(
             if bands == 1 { "" } else { "s" }
         )));
     }
-    let job = TileJob { z, x, y, render };
+    let job = TileJob {
+        area: tiles::Area::Tile { z, x, y },
+        render,
+    };
     let etag = crate::tasks::TileKey::of(&blob, &job).etag();
     let cache_headers = |response: &mut Response| {
         let h = response.headers_mut();
@@ -308,7 +311,7 @@ pub fn zoom_range(bounds: [f64; 4], width: usize, height: usize) -> (u32, u32) {
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-struct TileJsonQuery {
+pub(super) struct TileJsonQuery {
     /// The tiles' format (default png).
     #[param(inline, value_type = Option<TileFormat>)]
     tile_format: Option<String>,
@@ -348,6 +351,54 @@ async fn tilejson(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> AppResult<axum::Json<serde_json::Value>> {
+    let xyz = xyz(&state, user.id, id, query, &headers).await?;
+    let template = xyz.template("{z}", "{x}", "{y}");
+    let bounds = xyz.bounds;
+    Ok(axum::Json(serde_json::json!({
+        "tilejson": "3.0.0",
+        "name": xyz.name,
+        "version": "1.0.0",
+        "scheme": "xyz",
+        "tiles": [template],
+        "minzoom": xyz.minzoom,
+        "maxzoom": xyz.maxzoom,
+        "bounds": bounds,
+        "center": [(bounds[0] + bounds[2]) / 2.0, (bounds[1] + bounds[3]) / 2.0, xyz.minzoom],
+    })))
+}
+
+/// What a map client needs to ask for a COG's tiles: their URL (with a signed `link` and the
+/// drawing parameters), the zoom range and the bounds in WGS 84.
+pub(super) struct Xyz {
+    pub name: String,
+    pub minzoom: u32,
+    pub maxzoom: u32,
+    pub bounds: [f64; 4],
+    /// 1, or 2 for 512-pixel tiles.
+    pub scale: u32,
+    /// The tiles' media type.
+    pub content_type: &'static str,
+    /// The tile URL up to the tile's column, row and the rest: `{prefix}{z}/{x}/{y}{suffix}`.
+    prefix: String,
+    suffix: String,
+}
+
+impl Xyz {
+    /// The tile URL template, with the placeholders a client's convention names.
+    pub fn template(&self, z: &str, x: &str, y: &str) -> String {
+        format!("{}{z}/{x}/{y}{}", self.prefix, self.suffix)
+    }
+}
+
+/// Reads a TileJSON-style query (`tile_format`, `tile_scale`, `expires_in`, and the drawing
+/// parameters, checked now rather than on the first tile) for `user`'s COG `id`.
+pub(super) async fn xyz(
+    state: &AppState,
+    user: Uuid,
+    id: Uuid,
+    query: Option<String>,
+    headers: &HeaderMap,
+) -> AppResult<Xyz> {
     let pairs: Vec<(String, String)> =
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .into_owned()
@@ -383,10 +434,9 @@ async fn tilejson(
     let format = Format::parse(&ext).ok_or_else(|| {
         AppError::Unprocessable(format!("tile_format is png, webp or jpg; not {ext:?}."))
     })?;
-    // The drawing parameters are checked now, not on the first tile.
     tiles::parse_query(forwarded.iter().copied(), format, scale)
         .map_err(AppError::Unprocessable)?;
-    let item = owned_item(&state, user.id, id).await?;
+    let item = owned_item(state, user, id).await?;
     drawable(&item)?;
     let geo = item.geo_raster.clone().unwrap_or_default();
     let bounds: [f64; 4] = serde_json::from_value(geo["bounds_wgs84"].clone()).map_err(|_| {
@@ -398,29 +448,24 @@ async fn tilejson(
     let width = geo["width"].as_u64().unwrap_or(1) as usize;
     let height = geo["height"].as_u64().unwrap_or(1) as usize;
     let (minzoom, maxzoom) = zoom_range(bounds, width, height);
-    let token = super::links::token_for(&state, &item, expires_in).await?;
-    let base = super::links::public_base(&state, &headers)?;
+    let token = super::links::token_for(state, &item, expires_in).await?;
+    let base = super::links::public_base(state, headers)?;
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     for (key, value) in &forwarded {
         query.append_pair(key, value);
     }
     query.append_pair("link", &token);
-    let suffix = if scale == 2 { "@2x" } else { "" };
-    let template = format!(
-        "{base}/api/v1/tree-items/{id}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}{suffix}.{ext}?{}",
-        query.finish()
-    );
-    Ok(axum::Json(serde_json::json!({
-        "tilejson": "3.0.0",
-        "name": item.name,
-        "version": "1.0.0",
-        "scheme": "xyz",
-        "tiles": [template],
-        "minzoom": minzoom,
-        "maxzoom": maxzoom,
-        "bounds": bounds,
-        "center": [(bounds[0] + bounds[2]) / 2.0, (bounds[1] + bounds[3]) / 2.0, minzoom],
-    })))
+    let at2x = if scale == 2 { "@2x" } else { "" };
+    Ok(Xyz {
+        name: item.name,
+        minzoom,
+        maxzoom,
+        bounds,
+        scale,
+        content_type: format.content_type(),
+        prefix: format!("{base}/api/v1/tree-items/{id}/tiles/WebMercatorQuad/"),
+        suffix: format!("{at2x}.{ext}?{}", query.finish()),
+    })
 }
 
 #[cfg(test)]

@@ -127,6 +127,18 @@ const TABLE: &[Row] = &[
         [404, 401, 401, 401, 200],
     ),
     row(
+        "GET",
+        "/api/v1/tree-items/{cog}/preview.png",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    row(
+        "GET",
+        "/api/v1/tree-items/{cog}/WMTSCapabilities.xml",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    row(
         "POST",
         "/api/v1/tree-items/{item}/convert-to-geo-raster",
         TOKEN,

@@ -546,6 +546,8 @@ async fn the_openapi_document_covers_every_route() {
         ("GET", "/api/v1/tree-items/{id}/info"),
         ("GET", "/api/v1/tree-items/{id}/statistics"),
         ("GET", "/api/v1/tree-items/{id}/stac"),
+        ("GET", "/api/v1/tree-items/{id}/preview.png"),
+        ("GET", "/api/v1/tree-items/{id}/WMTSCapabilities.xml"),
         ("POST", "/api/v1/tree-items/{id}/convert-to-geo-raster"),
         ("GET", "/api/v1/tasks"),
         ("GET", "/api/v1/tasks/{id}/status"),

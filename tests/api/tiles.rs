@@ -78,6 +78,10 @@ async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
          "tilesize": 256, "query": "rescale=10,200", "tilejson": float_json},
         {"name": "float with NaN through terrain", "item": float, "path": path(&float_cog), "zooms": [9],
          "tilesize": 256, "query": "rescale=10,200&colormap_name=terrain"},
+        {"name": "preview of rgb", "item": rgb, "path": path(&rgb_cog), "max_size": 1024, "query": ""},
+        {"name": "preview of rgb, fitted to 256", "item": rgb, "path": path(&rgb_cog), "max_size": 256, "query": ""},
+        {"name": "preview of float with NaN through viridis", "item": float, "path": path(&float_cog), "max_size": 1024,
+         "query": "rescale=10,200&colormap_name=viridis"},
     ]);
     let out = tokio::time::timeout(
         Duration::from_secs(300),
@@ -96,8 +100,8 @@ async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    // Two tiles per zoom: the centre, and one beside the data.
-    assert_eq!(lines.len(), 2 * 15, "{lines:#?}");
+    // Three previews, and two tiles per zoom: the centre, and one beside the data.
+    assert_eq!(lines.len(), 3 + 2 * 15, "{lines:#?}");
     let mut drawn = 0;
     for line in &lines {
         // Nearest resampling, rio-tiler's overview choice and its truncating stretch are
@@ -110,7 +114,10 @@ async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
             drawn += 1;
         }
     }
-    assert!(drawn >= 15, "every centre tile shows data: {lines:#?}");
+    assert!(
+        drawn >= 18,
+        "every preview and centre tile shows data: {lines:#?}"
+    );
 }
 
 #[tokio::test]
@@ -328,4 +335,84 @@ async fn stac_items_validate_and_agree_with_rio_stac_and_statistics_with_rio_til
             .await;
         assert_eq!(code, StatusCode::NOT_FOUND, "{route}");
     }
+}
+
+#[tokio::test]
+async fn gdal_reads_the_wmts_layer_and_previews_answer_as_tiles_do() {
+    let server = TestServer::start().await;
+    let (cog, _) = cog_of(&server, &data("RGB.byte.tif")).await;
+    let res = server
+        .req(
+            Method::GET,
+            &format!("/tree-items/{cog}/WMTSCapabilities.xml"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "application/xml");
+    let xml = res.text().await.unwrap();
+    assert!(
+        xml.contains("<TileMatrixSet>WebMercatorQuad</TileMatrixSet>"),
+        "{xml}"
+    );
+    assert!(xml.contains("GoogleMapsCompatible"));
+    // GDAL's WMTS driver (what QGIS uses) opens the layer from the document alone, and reads
+    // pixels through its tile URLs, which carry their own credentials.
+    let dir = tempfile::tempdir().unwrap();
+    let caps = dir.path().join("caps.xml");
+    std::fs::write(&caps, &xml).unwrap();
+    let png = dir.path().join("wmts.png");
+    let out = tokio::process::Command::new("gdal_translate")
+        .args([
+            "-q", "-of", "PNG", "-outsize", "256", "0", "-projwin", "-78.9", "25.5", "-76.6",
+            "23.6",
+        ])
+        .args(["-projwin_srs", "EPSG:4326"])
+        .arg(format!("WMTS:{},zoom_level=8", caps.display()))
+        .arg(&png)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = gdalinfo(&format!("WMTS:{}", caps.display())).await;
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("Band 3"), "{text}");
+    let image = gdal::Dataset::open(&png).unwrap();
+    let band = image.rasterband(1).unwrap();
+    let values = band
+        .read_as::<u8>((0, 0), band.size(), band.size(), None)
+        .unwrap();
+    let drawn = values.data().iter().filter(|v| **v > 0).count();
+    assert!(
+        drawn * 4 > values.data().len(),
+        "GDAL read mostly nothing: {drawn}"
+    );
+
+    // Previews: PNG, sized as asked, refusing a size out of range.
+    let res = server
+        .req(
+            Method::GET,
+            &format!("/tree-items/{cog}/preview.png?max_size=256"),
+            &server.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "image/png");
+    let (code, body) = server
+        .get_json(
+            &format!("/tree-items/{cog}/preview.png?max_size=0"),
+            &server.token,
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }

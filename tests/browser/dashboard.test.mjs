@@ -41,21 +41,77 @@ async function convert(page, name, options = {}) {
   await page.waitForSelector('#convert-dialog:not([open])', { state: 'attached' });
 }
 
-/// Pixels the map canvas drew opaque (and, with `coloured`, not black). Runs in the page.
-function mapPixels({ coloured }) {
-  const c = document.getElementById('map');
-  const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  let n = 0;
-  for (let i = 3; i < px.length; i += 4) {
-    if (px[i] > 0 && (!coloured || px[i - 1] || px[i - 2] || px[i - 3])) n++;
-  }
-  return n;
+/// The map as a person sees it: a screenshot of its box, decoded in the page and measured
+/// against the map's plain background. `drawn`: the share of pixels that are not background;
+/// `colours`: how many distinct colours those have (to 5 bits a channel); `tinted`: the share
+/// of them that are not gray.
+async function mapScreen(page, file) {
+  const png = await page.locator('#map').screenshot(file ? { path: file } : {});
+  return page.evaluate(async (b64) => {
+    const img = new Image();
+    img.src = 'data:image/png;base64,' + b64;
+    await img.decode();
+    const canvas = document.createElement('canvas');
+    canvas.width = img.width; canvas.height = img.height;
+    const ctx = canvas.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    const px = ctx.getImageData(0, 0, img.width, img.height).data;
+    const bg = getComputedStyle(document.getElementById('map')).backgroundColor.match(/\d+/g).map(Number);
+    let drawn = 0, tinted = 0;
+    const colours = new Set();
+    for (let i = 0; i < px.length; i += 4) {
+      const [r, g, b] = [px[i], px[i + 1], px[i + 2]];
+      if (Math.abs(r - bg[0]) <= 6 && Math.abs(g - bg[1]) <= 6 && Math.abs(b - bg[2]) <= 6) continue;
+      drawn++;
+      if (Math.max(r, g, b) - Math.min(r, g, b) > 24) tinted++;
+      colours.add(((r >> 3) << 10) | ((g >> 3) << 5) | (b >> 3));
+    }
+    return { drawn: drawn / (px.length / 4), colours: colours.size, tinted: drawn ? tinted / drawn : 0 };
+  }, png.toString('base64'));
 }
+
+/// Measures the map until `want` holds (the tiles decode and paint a moment after they load),
+/// for at most `timeout` ms; the last measure either way.
+async function mapSettles(page, want, timeout = 15000) {
+  await page.waitForSelector('#map[data-tiles="loaded"]', { timeout });
+  const end = Date.now() + timeout;
+  let screen;
+  do { screen = await mapScreen(page); } while (!want(screen) && Date.now() < end);
+  return screen;
+}
+
+/// Every tile response of the page from now on; `tiles.next(match, what)` resolves with the
+/// first one, already here or still to come, that `match` accepts.
+function tileResponses(page) {
+  const tiles = [];
+  const waiting = new Set();
+  page.on('response', (r) => {
+    if (!r.url().includes('/tiles/WebMercatorQuad/')) return;
+    const url = new URL(r.url());
+    const [z, x, y] = url.pathname.split('/').slice(-3).map((v) => parseInt(v, 10));
+    const tile = { url: r.url(), status: r.status(), type: r.headers()['content-type'], z, x, y, query: url.searchParams };
+    tiles.push(tile);
+    for (const w of waiting) if (w.match(tile)) { waiting.delete(w); w.resolve(tile); }
+  });
+  tiles.next = (match, what, timeout = 15000) => {
+    const found = tiles.find(match);
+    if (found) return Promise.resolve(found);
+    return new Promise((resolve, reject) => {
+      const w = { match, resolve: (tile) => { clearTimeout(timer); resolve(tile); } };
+      const timer = setTimeout(() => { waiting.delete(w); reject(new Error('no tile came: ' + what)); }, timeout);
+      waiting.add(w);
+    });
+  };
+  return tiles;
+}
+
+const fmt = (s) => `${(s.drawn * 100).toFixed(1)}% drawn, ${s.colours} colours, ${(s.tinted * 100).toFixed(1)}% tinted`;
 
 const task = (page, name) => page.locator(`#tasks li:has(.title:text-is("${name}"))`).first();
 
-test('sign-in from the printed URL, upload, convert, and a map drawn from the COG with Range requests', async (t) => {
-  const { page, errors } = await signedIn(t);
+test('sign-in from the printed URL, upload, convert, and the map draws the server\'s tiles in Leaflet', async (t) => {
+  const { server, page, errors } = await signedIn(t);
+  await page.context().grantPermissions(['clipboard-read', 'clipboard-write']);
   assert.equal(await page.evaluate(() => location.hash), '', 'the token leaves the address bar');
   await page.waitForSelector('#live[data-mode="live"]');
   assert.match(await page.textContent('#live'), /WebSocket/);
@@ -68,14 +124,51 @@ test('sign-in from the printed URL, upload, convert, and a map drawn from the CO
   assert.match(await row.locator('.result').textContent(), /791×718, 3 band\(s\).*EPSG:32618/);
   await page.waitForSelector('#items li:has(.name:text-is("RGB.byte.cog.tif"))');
 
-  const ranges = [];
-  page.on('request', (r) => { if (r.url().includes('/content') && r.headers().range) ranges.push(r.headers().range); });
+  const tiles = tileResponses(page);
   await row.locator('text=Show on map').click();
   await page.waitForFunction(() => document.getElementById('map-caption').textContent === 'RGB.byte.tif');
-  const painted = await page.evaluate(mapPixels, { coloured: true });
-  assert.ok(painted > 10000, `the map drew ${painted} pixels`);
-  assert.ok(ranges.length > 0, 'the COG was read with Range requests');
+  const screen = await mapSettles(page, (s) => s.drawn > 0.2 && s.colours > 50);
+  assert.ok(screen.drawn > 0.2 && screen.colours > 50, `the tiles are drawn: ${fmt(screen)}`);
+  assert.ok(tiles.length >= 2, `tiles were asked for: ${tiles.length}`);
+  for (const tile of tiles) {
+    assert.equal(tile.status, 200, tile.url);
+    assert.equal(tile.type, 'image/png', tile.url);
+    assert.ok(tile.query.get('link'), 'each tile URL carries its signed link');
+  }
   assert.match(await page.textContent('#map-extent'), /WGS 84 extent: -78\.9/);
+  assert.equal(await page.getAttribute('#map', 'aria-label'), 'Map preview of RGB.byte.tif');
+  assert.equal(await page.locator('#map-style').isVisible(), false, 'an RGB result needs no stretch');
+
+  // Add to QGIS: the XYZ URL, copied, and the same in a Leaflet snippet; it opens with no session.
+  const url = await page.inputValue('#xyz-url');
+  assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/api\/v1\/tree-items\/[0-9a-f-]+\/tiles\/WebMercatorQuad\/\{z\}\/\{x\}\/\{y\}\.png\?link=/);
+  await page.click('#xyz-copy');
+  await page.waitForSelector('#xyz-note:has-text("copied")');
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), url);
+  assert.match(await page.textContent('#xyz'), /QGIS: Browser → XYZ Tiles → New Connection, paste this URL\./);
+  await page.click('#xyz summary');
+  assert.ok((await page.textContent('#xyz-leaflet')).includes(`L.tileLayer('${url}'`));
+  assert.ok((await page.textContent('#xyz-maplibre')).includes(`tiles: ['${url}']`));
+  const anonymous = await browser.newContext();
+  t.after(() => anonymous.close());
+  const { z, x, y } = tiles[0];
+  const res = await anonymous.request.get(url.replace('{z}', z).replace('{x}', x).replace('{y}', y));
+  assert.equal(res.status(), 200);
+  assert.equal(res.headers()['content-type'], 'image/png');
+  assert.ok(url.startsWith(server.url));
+
+  // Keyboard: focused, + zooms in (deeper tiles), an arrow pans, and ⤢ fits the extent again.
+  const deepest = Math.max(...tiles.map((tile) => tile.z));
+  await page.focus('#map');
+  await page.keyboard.press('+');
+  await tiles.next((tile) => tile.z > deepest, 'a + press loads deeper tiles');
+  const pane = () => page.$eval('#map .leaflet-map-pane', (p) => p.style.transform);
+  const before = await pane();
+  await page.keyboard.press('ArrowRight');
+  await page.waitForFunction((b) => document.querySelector('#map .leaflet-map-pane').style.transform !== b, before);
+  await page.click('#map .map-fit');
+  const fitted = await mapSettles(page, (s) => s.drawn > 0.2 && s.colours > 50);
+  assert.ok(fitted.drawn > 0.2, `fitted again: ${fmt(fitted)}`);
   await shot(page, 'map-preview');
   assert.deepEqual(errors, []);
 
@@ -83,7 +176,113 @@ test('sign-in from the printed URL, upload, convert, and a map drawn from the CO
   await page.waitForSelector('#sign-in:not([hidden])');
 });
 
-test('on object storage: the transfers show as phases, and the map reads the COG from the bucket', async (t) => {
+test('the map at 1280 and at 390 px: drawn, and nothing wider than the screen', async (t) => {
+  const { page, errors } = await signedIn(t, { viewport: { width: 1280, height: 900 } });
+  await upload(page, data('RGB.byte.tif'), 'RGB.byte.tif');
+  await convert(page, 'RGB.byte.tif');
+  const row = task(page, 'RGB.byte.tif');
+  await row.locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+  await row.locator('text=Show on map').click();
+  const wide = await mapSettles(page, (s) => s.drawn > 0.2 && s.colours > 50);
+  assert.ok(wide.drawn > 0.2 && wide.colours > 50, `1280 px: ${fmt(wide)}`);
+  await page.locator('.map-card').screenshot({ path: '/tmp/map-1280.png' });
+  // The XYZ box stands beside the map on a wide screen.
+  const [map, xyz] = [await page.locator('#map').boundingBox(), await page.locator('#xyz').boundingBox()];
+  assert.ok(xyz.x > map.x + map.width, 'the XYZ box is beside the map');
+
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForFunction(() => document.getElementById('map').getBoundingClientRect().width < 390);
+  await page.click('#map .map-fit');
+  const narrow = await mapSettles(page, (s) => s.drawn > 0.2 && s.colours > 50);
+  assert.ok(narrow.drawn > 0.2 && narrow.colours > 50, `390 px: ${fmt(narrow)}`);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `no sideways scrolling (${overflow}px too wide)`);
+  const [small, below] = [await page.locator('#map').boundingBox(), await page.locator('#xyz').boundingBox()];
+  assert.ok(small.height >= 250, `the map keeps a usable height: ${small.height}`);
+  assert.ok(below.y >= small.y + small.height, 'the XYZ box goes under the map');
+  await page.click('#xyz summary');
+  await page.locator('.map-card').screenshot({ path: '/tmp/map-390.png' });
+  const wider = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(wider <= 0, `the snippets wrap (${wider}px too wide)`);
+  assert.deepEqual(errors, []);
+});
+
+test('a single-band result: stretched from its statistics, and a colormap redraws the tiles', async (t) => {
+  const { page, errors } = await signedIn(t);
+  await upload(page, data('byte.tif'), 'byte.tif');
+  await convert(page, 'byte.tif');
+  const row = task(page, 'byte.tif');
+  await row.locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+  const tiles = tileResponses(page);
+  await row.locator('text=Show on map').click();
+  await page.waitForFunction(() => document.getElementById('map-caption').textContent === 'byte.tif');
+  await page.locator('#map-style').waitFor();
+  const gray = await mapSettles(page, (s) => s.drawn > 0.2 && s.colours >= 8);
+  // Pre-filled from the statistics' 2nd and 98th percentiles, and drawn with them.
+  const id = (await page.inputValue('#xyz-url')).match(/tree-items\/([0-9a-f-]+)\//)[1];
+  const stats = await page.evaluate(async (id) => (await fetch(`/api/v1/tree-items/${id}/statistics`)).json(), id);
+  assert.equal(Number(await page.inputValue('#map-min')), stats.b1.percentile_2);
+  assert.equal(Number(await page.inputValue('#map-max')), stats.b1.percentile_98);
+  assert.ok(gray.drawn > 0.2 && gray.colours >= 8, `gray: ${fmt(gray)}`);
+  assert.ok(gray.tinted < 0.05, `drawn in gray: ${fmt(gray)}`);
+  assert.ok(tiles.length > 0);
+  for (const tile of tiles) assert.equal(tile.query.get('rescale'), `${stats.b1.percentile_2},${stats.b1.percentile_98}`);
+  assert.equal(tiles.filter((tile) => tile.query.has('colormap_name')).length, 0);
+
+  // A colormap: new tile URLs that carry it, and coloured pixels.
+  const asked = tiles.length;
+  await page.selectOption('#map-colormap', 'viridis');
+  const coloured = await mapSettles(page, (s) => s.tinted > 0.5 && s.colours >= 8);
+  assert.ok(coloured.tinted > 0.5 && coloured.colours >= 8, `viridis: ${fmt(coloured)}`);
+  const redrawn = tiles.slice(asked);
+  assert.ok(redrawn.length > 0, 'the tiles were asked for again');
+  for (const tile of redrawn) {
+    assert.equal(tile.query.get('colormap_name'), 'viridis', tile.url);
+    assert.equal(tile.status, 200);
+    assert.equal(tile.type, 'image/png');
+  }
+  assert.match(await page.inputValue('#xyz-url'), /colormap_name=viridis/, 'the XYZ URL draws the same');
+  await page.locator('.map-card').screenshot({ path: path.join(shots, 'map-colormap.png') });
+
+  // A narrower stretch, typed and applied with Enter; a backwards one is refused on the page.
+  await page.fill('#map-min', '120');
+  await page.fill('#map-max', '140');
+  await page.press('#map-max', 'Enter');
+  const stretched = await tiles.next((tile) => tile.query.get('rescale') === '120,140', 'tiles with the new stretch');
+  assert.equal(stretched.query.get('colormap_name'), 'viridis', 'the colormap stays');
+  await page.fill('#map-min', '200');
+  await page.press('#map-min', 'Enter');
+  await page.waitForSelector('#map-style-note:has-text("below")');
+  assert.deepEqual(errors, []);
+});
+
+test('a result with no CRS says so in the map panel, instead of a map', async (t) => {
+  const { page, errors } = await signedIn(t);
+  await upload(page, data('float_nan.tif'), 'float_nan.tif');
+  await convert(page, 'float_nan.tif');
+  const row = task(page, 'float_nan.tif');
+  await row.locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+  await row.locator('text=Show on map').click();
+  await page.waitForSelector('#map-message:not([hidden])');
+  assert.equal(await page.textContent('#map-message'), '"float_nan.cog.tif" has no CRS: it cannot be placed on a web map.');
+  assert.equal(await page.locator('#map').isVisible(), false);
+  assert.equal(await page.locator('#xyz').isVisible(), false);
+  assert.equal(await page.locator('#map-style').isVisible(), false);
+  assert.match(await page.textContent('#map-extent'), /Extent in its own coordinates/);
+  assert.equal(await page.locator('#alerts div').count(), 0, 'an expected answer, not an alert');
+
+  // A file with a CRS shown next brings the map back.
+  await upload(page, data('byte.tif'), 'byte.tif');
+  await convert(page, 'byte.tif');
+  await task(page, 'byte.tif').locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+  await task(page, 'byte.tif').locator('text=Show on map').click();
+  const screen = await mapSettles(page, (s) => s.drawn > 0.2);
+  assert.ok(screen.drawn > 0.2, fmt(screen));
+  assert.equal(await page.locator('#map-message').isVisible(), false);
+  assert.deepEqual(errors, []);
+});
+
+test('on object storage: the transfers show as phases, and the map draws tiles from the bucket', async (t) => {
   const { page, errors } = await signedIn(t, objectStorage());
   await upload(page, bigRaster(), 'big-8192x8192x3.tif');
   // Every sentence the task's status line shows.
@@ -100,19 +299,15 @@ test('on object storage: the transfers show as phases, and the map reads the COG
   assert.ok(lines.includes('Downloading source'), `phases shown: ${lines}`);
   assert.ok(lines.includes('Uploading result'), `phases shown: ${lines}`);
 
-  const ranges = [];
-  page.on('request', (r) => { if (r.url().includes('/content') && r.headers().range) ranges.push(r.headers().range); });
+  const tiles = tileResponses(page);
   await row.locator('text=Show on map').click();
   await page.waitForFunction(() => document.getElementById('map-caption').textContent === 'big-8192x8192x3.tif');
-  // This raster is black where it has data and nodata (transparent) elsewhere: count the
-  // pixels drawn opaque, once its overview has arrived.
-  await page.evaluate(`window.mapPixels = ${mapPixels}`);
-  const painted = await page.waitForFunction((want) => {
-    const n = window.mapPixels(want);
-    return n > 10000 && n;
-  }, { coloured: false }, { timeout: 30000, polling: 200 }).then((h) => h.jsonValue());
-  assert.ok(painted > 10000, `the map drew ${painted} pixels`);
-  assert.ok(ranges.length > 0, 'the COG was read from the bucket with Range requests');
+  // This raster is black where it has data and nodata (transparent) elsewhere: the share of
+  // the map drawn, once its tiles have arrived.
+  const screen = await mapSettles(page, (s) => s.drawn > 0.03, 30000);
+  assert.ok(screen.drawn > 0.03, `the map drew tiles from the bucket: ${fmt(screen)}`);
+  assert.ok(tiles.length > 0 && tiles.every((tile) => tile.status === 200 && tile.type === 'image/png'),
+    `tiles: ${tiles.map((tile) => tile.status)}`);
   await shot(page, 'object-storage');
   assert.deepEqual(errors, []);
 });

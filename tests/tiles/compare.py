@@ -44,11 +44,47 @@ def reference(path, z, x, y, tilesize, query):
     return decode(image.render(img_format="PNG", colormap=colormap))
 
 
+def reference_preview(path, max_size, query):
+    params = urllib.parse.parse_qs(query)
+    options = {}
+    if "bidx" in params:
+        options["indexes"] = tuple(int(b) for v in params["bidx"] for b in v.split(","))
+    with Reader(path) as cog:
+        image = cog.preview(max_size=max_size, **options)
+    if "rescale" in params:
+        image.rescale(in_range=[tuple(float(v) for v in r.split(",")) for r in params["rescale"]])
+    colormap = cmap.get(params["colormap_name"][0]) if "colormap_name" in params else None
+    return decode(image.render(img_format="PNG", colormap=colormap))
+
+
+def previews(session, base, cases):
+    """Whole-file previews, as TiTiler's /preview draws them."""
+    for case in cases:
+        url = f"{base}/api/v1/tree-items/{case['item']}/preview.png?max_size={case['max_size']}"
+        if case["query"]:
+            url += "&" + case["query"]
+        answer = session.get(url, timeout=60)
+        assert answer.status_code == 200, (url, answer.status_code, answer.text)
+        ours = decode(answer.content)
+        theirs = reference_preview(case["path"], case["max_size"], case["query"])
+        if theirs.shape != ours.shape:
+            print(json.dumps({"case": case["name"], "shape": [list(theirs.shape), list(ours.shape)], "max": 255, "differing": 1.0, "shown": 0.0}))
+            continue
+        diff = np.abs(theirs.astype(int) - ours.astype(int))
+        print(json.dumps({
+            "case": case["name"],
+            "max": int(diff.max()),
+            "differing": float((diff.max(axis=0) > 0).mean()),
+            "shown": float((ours[-1] > 0).mean()),
+        }))
+
+
 def main():
     base, token, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
-    for case in cases:
+    previews(session, base, [c for c in cases if "max_size" in c])
+    for case in [c for c in cases if "max_size" not in c]:
         with rasterio.open(case["path"]) as cog:
             west, south, east, north = rasterio.warp.transform_bounds(cog.crs, "EPSG:4326", *cog.bounds)
         if "tilejson" in case:
