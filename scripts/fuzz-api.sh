@@ -115,11 +115,12 @@ TILE = "/api/v1/tree-items/{id}/tiles/WebMercatorQuad/{z}/{x}/{y}"
 TILEJSON = "/api/v1/tree-items/{id}/WebMercatorQuad/tilejson.json"
 COG_ROUTES = (TILE, TILEJSON, "/api/v1/tree-items/{id}/info", "/api/v1/tree-items/{id}/statistics",
               "/api/v1/tree-items/{id}/stac", "/api/v1/tree-items/{id}/preview.png",
-              "/api/v1/tree-items/{id}/WMTSCapabilities.xml")
+              "/api/v1/tree-items/{id}/WMTSCapabilities.xml", "/api/v1/tree-items/{id}/point/{lon_lat}")
 # What tiles refuse for rules no schema states: a column or row past 2^z, a rescale whose min
 # is not below its max, a band the file does not have, an item that is no COG, a colormap
 # with several bands.
-TILE_RULES = ("no tile", "below", "band", "Cloud-Optimized", "not a tile parameter", "no CRS")
+TILE_RULES = ("no tile", "below", "band", "Cloud-Optimized", "not a tile parameter", "no CRS",
+              "outside the file", "longitude")
 WEBHOOKS = (
     "/api/v1/webhooks",
     "/api/v1/webhooks/{id}",
@@ -304,7 +305,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 429]
 parameters = { "query.parent_id" = { dictionary = "folder", probability = 0.8 } }
 
 [[operations]]
-include-path-regex = "/(WebMercatorQuad/|info$|statistics$|stac$|preview\\\\.png$|WMTSCapabilities\\\\.xml$)"
+include-path-regex = "/(WebMercatorQuad/|info$|statistics$|stac$|preview\\\\.png$|WMTSCapabilities\\\\.xml$|point/)"
 parameters = { "path.id" = { dictionary = "cog", probability = 0.8 } }
 
 [[operations]]

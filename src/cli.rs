@@ -346,6 +346,7 @@ fn convert_local(args: ConvertArgs) -> ExitCode {
         limits: Limits::default(),
         cache_mb: 256,
         tile: None,
+        point: None,
     };
     // Local files on the user's own machine: no memory or time limit, one worker, no reuse.
     let limits = ChildLimits {
@@ -367,7 +368,7 @@ fn convert_local(args: ConvertArgs) -> ExitCode {
         Outcome::Done(described) => Ok(*described),
         Outcome::Failed(e) => Err(ConvertError::Failed(e.message)),
         Outcome::Stopped => Err(ConvertError::Cancelled),
-        Outcome::Rendered(_) | Outcome::Facts(_) => Err(ConvertError::Failed(
+        Outcome::Rendered(_) | Outcome::Facts(_) | Outcome::Values(_) => Err(ConvertError::Failed(
             "The worker answered another job.".into(),
         )),
     };

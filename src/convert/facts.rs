@@ -75,6 +75,56 @@ fn footprint(
     ring.iter().flatten().all(|v| v.is_finite()).then_some(ring)
 }
 
+/// Each band's value at longitude `lon`, latitude `lat` (WGS 84); `None` where the band has no
+/// data (its mask). A point outside the file is refused.
+pub fn point(path: &Path, lon: f64, lat: f64) -> Result<Vec<Option<f64>>, ConvertError> {
+    let dataset = super::tiles::open_tiff(path)?;
+    let srs = dataset
+        .spatial_ref()
+        .map_err(|_| fail("The file has no CRS: a longitude and latitude name no pixel of it."))?;
+    let mut target = srs.clone();
+    target.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    let mut wgs84 = SpatialRef::from_epsg(4326).map_err(|_| fail("WGS 84 is unknown to GDAL."))?;
+    wgs84.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    let transform = CoordTransform::new(&wgs84, &target)
+        .map_err(|_| fail("GDAL cannot bring WGS 84 to this file's CRS."))?;
+    let (mut xs, mut ys) = ([lon], [lat]);
+    transform
+        .transform_coords(&mut xs, &mut ys, &mut [])
+        .map_err(|_| fail("This point cannot be brought to the file's CRS."))?;
+    let gt = dataset
+        .geo_transform()
+        .map_err(|_| fail("The file has no geotransform."))?;
+    // The inverse of the geotransform: pixel column and row of a projected point.
+    let det = gt[1] * gt[5] - gt[2] * gt[4];
+    let (dx, dy) = (xs[0] - gt[0], ys[0] - gt[3]);
+    let col = ((gt[5] * dx - gt[2] * dy) / det).floor();
+    let row = ((gt[1] * dy - gt[4] * dx) / det).floor();
+    let (width, height) = dataset.raster_size();
+    if !(0.0..width as f64).contains(&col) || !(0.0..height as f64).contains(&row) {
+        return Err(fail(format!("The point {lon}, {lat} is outside the file.")));
+    }
+    let (col, row) = (col as isize, row as isize);
+    let mut values = Vec::with_capacity(dataset.raster_count());
+    for b in 1..=dataset.raster_count() {
+        let band = dataset
+            .rasterband(b)
+            .map_err(|_| fail(format!("Band {b} cannot be read.")))?;
+        let value = band
+            .read_as::<f64>((col, row), (1, 1), (1, 1), None)
+            .map_err(|_| fail(format!("Band {b} cannot be read.")))?
+            .into_shape_and_vec()
+            .1[0];
+        let masked = band
+            .open_mask_band()
+            .and_then(|m| m.read_as::<u8>((col, row), (1, 1), (1, 1), None))
+            .map(|m| m.into_shape_and_vec().1[0] == 0)
+            .unwrap_or(false);
+        values.push((!masked && !value.is_nan()).then_some(value));
+    }
+    Ok(values)
+}
+
 /// Reads the facts of the COG at `path`.
 pub fn read(path: &Path) -> Result<RasterFacts, ConvertError> {
     let dataset = super::tiles::open_tiff(path)?;

@@ -71,6 +71,15 @@ pub fn main() -> i32 {
 }
 
 fn run(job: &Job, cancel: &AtomicBool) -> Report {
+    if let (JobKind::Point, Some([lon, lat])) = (job.kind, job.point) {
+        return match super::facts::point(&job.input, lon, lat) {
+            Ok(values) => Report::Values { values },
+            Err(e) => Report::Failed {
+                error: e.to_string(),
+                transient: false,
+            },
+        };
+    }
     if job.kind == JobKind::Facts {
         return match super::facts::read(&job.input) {
             Ok(facts) => Report::Facts {

@@ -98,6 +98,8 @@ pub enum JobKind {
     /// Read what a STAC Item, `/info` and `/statistics` need of the COG at `input`; answered
     /// by `Facts`.
     Facts,
+    /// Read every band's value at `point` (WGS 84 longitude, latitude); answered by `Values`.
+    Point,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +114,9 @@ pub struct Job {
     /// For `Tile`: which tile, drawn how.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tile: Option<super::tiles::TileJob>,
+    /// For `Point`: longitude and latitude.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<[f64; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +135,10 @@ pub enum Report {
     },
     Facts {
         facts: Box<super::facts::RasterFacts>,
+    },
+    /// Each band's value at a point; `None` where it has no data.
+    Values {
+        values: Vec<Option<f64>>,
     },
     Failed {
         error: String,

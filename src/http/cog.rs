@@ -30,6 +30,54 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(statistics))
         .routes(routes!(stac))
         .routes(routes!(preview))
+        .routes(routes!(point))
+}
+
+/// Every band's value at a longitude and latitude (WGS 84), as TiTiler's `/point`: `null`
+/// where a band has no data there.
+#[utoipa::path(get, path = "/tree-items/{id}/point/{lon_lat}", tag = "tiles",
+    params(("id" = Uuid, Path, description = "An item holding a COG"),
+        ("lon_lat" = String, Path, description = "`longitude,latitude` in WGS 84, as TiTiler's `point/{lon},{lat}`", example = "-77.5,24.5",
+            pattern = r"^-?[0-9]{1,3}(\.[0-9]{1,15})?,-?[0-9]{1,2}(\.[0-9]{1,15})?$")),
+    responses((status = 200, description = "`{\"coordinates\", \"values\", \"band_names\"}`", body = Object),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 422, description = "Not a COG, a file with no CRS, or a point outside it", body = ErrorBody), (status = 503, description = "The workers or the file storage did not answer", body = ErrorBody)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn point(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path((id, lon_lat)): Path<(Uuid, String)>,
+) -> AppResult<Json<Value>> {
+    let (lon, lat) = lon_lat
+        .split_once(',')
+        .and_then(|(lon, lat)| {
+            Some((
+                lon.trim().parse::<f64>().ok()?,
+                lat.trim().parse::<f64>().ok()?,
+            ))
+        })
+        .ok_or_else(|| {
+            AppError::Unprocessable(format!("{lon_lat:?} is not `longitude,latitude`."))
+        })?;
+    if !(-180.0..=180.0).contains(&lon) || !(-90.0..=90.0).contains(&lat) {
+        return Err(AppError::Unprocessable(
+            "A point is a longitude from -180 to 180 and a latitude from -90 to 90.".into(),
+        ));
+    }
+    let item = owned_item(&state, user.id, id).await?;
+    let blob = drawable(&item)?.to_owned();
+    let values = state
+        .renderer
+        .point(&state.blobs, &blob, lon, lat)
+        .await
+        .map_err(not_drawn)?;
+    let names: Vec<String> = (1..=values.len()).map(|b| format!("b{b}")).collect();
+    Ok(Json(serde_json::json!({
+        "coordinates": [lon, lat],
+        "values": values,
+        "band_names": names,
+        "band_descriptions": names,
+    })))
 }
 
 /// The largest preview drawn.

@@ -172,6 +172,7 @@ pub enum Outcome {
     /// A tile's encoded image.
     Rendered(Vec<u8>),
     Facts(Box<crate::domain::facts::RasterFacts>),
+    Values(Vec<Option<f64>>),
     Failed(Failure),
     /// Stopped because `stop` was cancelled (by itself or by a kill after the grace time).
     Stopped,
@@ -245,7 +246,12 @@ pub async fn run(
     }
     let clean = matches!(
         last_report,
-        Some(Report::Done { .. } | Report::Rendered { .. } | Report::Facts { .. })
+        Some(
+            Report::Done { .. }
+                | Report::Rendered { .. }
+                | Report::Facts { .. }
+                | Report::Values { .. }
+        )
     ) && !stopping
         && !timed_out;
     let status = if clean && worker.jobs < MAX_JOBS {
@@ -258,6 +264,7 @@ pub async fn run(
     match last_report {
         Some(Report::Done { result }) => Outcome::Done(result),
         Some(Report::Facts { facts }) => Outcome::Facts(facts),
+        Some(Report::Values { values }) => Outcome::Values(values),
         Some(Report::Rendered { image }) => {
             use base64::Engine;
             match base64::engine::general_purpose::STANDARD.decode(image) {

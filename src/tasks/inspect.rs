@@ -46,6 +46,7 @@ impl Inspector {
             limits: self.limits.clone(),
             cache_mb: self.cache_mb,
             tile: None,
+            point: None,
         };
         let limits = ChildLimits {
             timeout: INSPECT_TIMEOUT,
@@ -57,7 +58,9 @@ impl Inspector {
                 tracing::debug!(reason = %reason.message, "upload is not a raster we describe");
                 None
             }
-            Outcome::Stopped | Outcome::Rendered(_) | Outcome::Facts(_) => None,
+            Outcome::Stopped | Outcome::Rendered(_) | Outcome::Facts(_) | Outcome::Values(_) => {
+                None
+            }
         }
     }
 
@@ -81,6 +84,7 @@ impl Inspector {
             limits: self.limits.clone(),
             cache_mb: self.cache_mb,
             tile: None,
+            point: None,
         };
         let limits = ChildLimits {
             timeout: INSPECT_TIMEOUT,
@@ -96,7 +100,7 @@ impl Inspector {
                 Ok(())
             }
             Outcome::Failed(reason) => Err(reason.message),
-            Outcome::Stopped | Outcome::Rendered(_) | Outcome::Facts(_) => {
+            Outcome::Stopped | Outcome::Rendered(_) | Outcome::Facts(_) | Outcome::Values(_) => {
                 Err("The CRS check was interrupted; try again.".into())
             }
         }

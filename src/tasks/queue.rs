@@ -202,7 +202,9 @@ impl Workers {
                 tracing::info!(error = %failure.message, transient = failure.transient, "conversion failed");
                 Some(Ending::Failed(failure))
             }
-            Err(Outcome::Done(_) | Outcome::Rendered(_) | Outcome::Facts(_)) => {
+            Err(
+                Outcome::Done(_) | Outcome::Rendered(_) | Outcome::Facts(_) | Outcome::Values(_),
+            ) => {
                 unreachable!("convert returns Ok for a published result, and asks for no tile")
             }
         };
@@ -278,6 +280,7 @@ impl Workers {
                 limits: self.limits.clone(),
                 cache_mb: self.cache_mb,
                 tile: None,
+                point: None,
             };
             let outcome = child::run(&job, &self.child, stop, &report).await;
             drop(staged);

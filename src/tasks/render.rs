@@ -208,6 +208,7 @@ impl Renderer {
             limits: self.limits.clone(),
             cache_mb: self.cache_mb,
             tile: None,
+            point: None,
         };
         let limits = ChildLimits {
             timeout: TILE_TIMEOUT,
@@ -229,6 +230,41 @@ impl Renderer {
         Ok(facts)
     }
 
+    /// Each band's value of `blob` at a WGS 84 longitude and latitude.
+    pub async fn point(
+        &self,
+        storage: &Storage,
+        blob: &str,
+        lon: f64,
+        lat: f64,
+    ) -> Result<Vec<Option<f64>>, NotDrawn> {
+        let staged = self.staged(storage, blob).await?;
+        let _slot = self.slots.acquire().await.expect("never closed");
+        let job = Job {
+            kind: JobKind::Point,
+            input: staged.path().to_path_buf(),
+            output: staged.path().to_path_buf(),
+            conversion: Default::default(),
+            limits: self.limits.clone(),
+            cache_mb: self.cache_mb,
+            tile: None,
+            point: Some([lon, lat]),
+        };
+        let limits = ChildLimits {
+            timeout: TILE_TIMEOUT,
+            ..self.child.clone()
+        };
+        match child::run(&job, &limits, &CancellationToken::new(), |_, _| {}).await {
+            Outcome::Values(values) => Ok(values),
+            Outcome::Failed(Failure {
+                message,
+                transient: true,
+            }) => Err(NotDrawn::Unavailable(message)),
+            Outcome::Failed(failure) => Err(NotDrawn::Refused(failure.message)),
+            _ => Err(NotDrawn::Unavailable("The worker stopped.".into())),
+        }
+    }
+
     async fn draw(&self, input: PathBuf, tile: TileJob) -> Result<Vec<u8>, NotDrawn> {
         let job = Job {
             kind: JobKind::Tile,
@@ -238,6 +274,7 @@ impl Renderer {
             limits: self.limits.clone(),
             cache_mb: self.cache_mb,
             tile: Some(tile),
+            point: None,
         };
         let limits = ChildLimits {
             timeout: TILE_TIMEOUT,
@@ -250,7 +287,7 @@ impl Renderer {
                 transient: true,
             }) => Err(NotDrawn::Unavailable(message)),
             Outcome::Failed(failure) => Err(NotDrawn::Refused(failure.message)),
-            Outcome::Done(_) | Outcome::Facts(_) | Outcome::Stopped => {
+            Outcome::Done(_) | Outcome::Facts(_) | Outcome::Values(_) | Outcome::Stopped => {
                 Err(NotDrawn::Unavailable("The tile worker stopped.".into()))
             }
         }

@@ -134,6 +134,12 @@ const TABLE: &[Row] = &[
     ),
     row(
         "GET",
+        "/api/v1/tree-items/{cog}/point/{lon_lat}",
+        TOKEN,
+        [404, 401, 401, 401, 200],
+    ),
+    row(
+        "GET",
         "/api/v1/tree-items/{cog}/WMTSCapabilities.xml",
         TOKEN,
         [404, 401, 401, 401, 200],
@@ -663,6 +669,7 @@ async fn every_route_answers_each_kind_of_caller_as_the_table_says() {
         ("{z}", "8"),
         ("{x}", "72"),
         ("{y}", "109.png"),
+        ("{lon_lat}", "-117.64,33.9"),
         ("{delivery}", delivery.as_str()),
         ("{upload}", upload.as_str()),
         ("{link}", link.as_str()),

@@ -547,6 +547,7 @@ async fn the_openapi_document_covers_every_route() {
         ("GET", "/api/v1/tree-items/{id}/statistics"),
         ("GET", "/api/v1/tree-items/{id}/stac"),
         ("GET", "/api/v1/tree-items/{id}/preview.png"),
+        ("GET", "/api/v1/tree-items/{id}/point/{lon_lat}"),
         ("GET", "/api/v1/tree-items/{id}/WMTSCapabilities.xml"),
         ("POST", "/api/v1/tree-items/{id}/convert-to-geo-raster"),
         ("GET", "/api/v1/tasks"),

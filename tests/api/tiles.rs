@@ -396,6 +396,26 @@ async fn gdal_reads_the_wmts_layer_and_previews_answer_as_tiles_do() {
         "GDAL read mostly nothing: {drawn}"
     );
 
+    // A point: the values TiTiler answers for the same file and place; outside, a sentence.
+    let (code, point) = server
+        .get_json(
+            &format!("/tree-items/{cog}/point/-77.5,24.5"),
+            &server.token,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{point}");
+    assert_eq!(point["values"], json!([19.0, 23.0, 27.0]));
+    assert_eq!(point["coordinates"], json!([-77.5, 24.5]));
+    let (code, body) = server
+        .get_json(&format!("/tree-items/{cog}/point/10,10"), &server.token)
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("outside"));
+    let (code, _) = server
+        .get_json(&format!("/tree-items/{cog}/point/200,0"), &server.token)
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+
     // Previews: PNG, sized as asked, refusing a size out of range.
     let res = server
         .req(
