@@ -1,6 +1,6 @@
 // The rastercast dashboard: sign-in, the file tree with resumable uploads (tus), conversions with
-// live progress (WebSocket, then SSE, then polling), a map preview read from the COG with
-// Range requests, and webhook endpoints with their delivery logs.
+// live progress (WebSocket, then SSE, then polling), a map preview of the server's own XYZ tiles
+// in Leaflet, and webhook endpoints with their delivery logs.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -130,6 +130,7 @@ async function enter() {
   tree.init();
   tasks.init();
   webhooks.init();
+  map.init();
   await Promise.all([tree.open(null, 'Home'), tasks.load(), uploads.loadUnfinished(), webhooks.load()]);
   live.start();
 }
@@ -188,7 +189,7 @@ const tree = {
       }));
       actions.append(el('a', { className: 'button secondary', href: `/api/v1/tree-items/${item.id}/content`,
         download: item.name, textContent: 'Download' }));
-      // The preview reads overviews through Range requests: only a COG has them where expected.
+      // The server draws map tiles from a COG only.
       if (item.geo_raster && item.geo_raster.layout === 'COG') {
         actions.append(el('button', { type: 'button', className: 'secondary', textContent: 'Show on map',
           onclick: () => map.show(item.id, item.name, item.geo_raster) }));
@@ -1037,97 +1038,243 @@ const live = {
 
 // ---------------------------------------------------------------- map preview
 
-// Reads the COG through the content endpoint with HTTP Range requests (geotiff.js picks the
-// overview that fits the canvas) and draws it with its extent; there is no basemap to fetch.
+// The server's own XYZ tiles of a COG (from its TileJSON) in Leaflet, on a plain background:
+// there is no basemap to fetch. A single-band result gets a stretch, pre-filled from the file's
+// statistics, and a colormap; changing them asks for a new TileJSON, whose tile URLs carry
+// them. Every result shown also gets its XYZ URL, for QGIS or another web map.
+const OVERZOOM = 3; // levels past the COG's own resolution, its tiles enlarged
+const LINK_SECONDS = 7 * 86400; // the longest a TileJSON's tile URLs work (the server's limit)
+const FIT_PADDING = 8; // pixels around the extent when fitted
+
+// A number as `rescale` takes it: a plain decimal (no exponent, at most 15 decimals), to
+// `significant` digits.
+function decimal(v, significant = 6) {
+  if (!Number.isFinite(v)) return '';
+  const digits = Math.min(15, Math.max(0, significant - Math.ceil(Math.log10(Math.abs(v) || 1))));
+  return v.toFixed(digits).replace(/(\.\d*?)0+$/, '$1').replace(/\.$/, '');
+}
+
+// Bands drawn as colour: three for RGB, one for gray or a colormap (an alpha band is the mask).
+function colourBands(geo) {
+  if (geo && geo.bands && geo.bands.length) return geo.bands.filter((b) => b.color_interpretation !== 'Alpha').length;
+  return geo ? geo.band_count : 0;
+}
+
 const map = {
-  image: null, zoom: 1, x: 0, y: 0, drag: null, extent: null,
+  view: null, layer: null, bounds: null, crisp: null, expiry: '', moving: false,
+  // What is shown (or loading): the item, and the TileJSON query of its layer.
+  item: null, query: '', seq: 0,
+
+  init() {
+    const apply = () => this.restyle();
+    $('map-style').onsubmit = (e) => { e.preventDefault(); apply(); };
+    $('map-colormap').onchange = apply;
+    $('map-min').onchange = apply;
+    $('map-max').onchange = apply;
+    $('xyz-copy').onclick = async () => {
+      const field = $('xyz-url');
+      try { await navigator.clipboard.writeText(field.value); $('xyz-note').textContent = 'URL copied. ' + this.expiry; }
+      catch { field.select(); $('xyz-note').textContent = 'URL selected: copy it with Ctrl+C (⌘C). ' + this.expiry; }
+    };
+  },
 
   async show(itemId, name, geo) {
+    const seq = ++this.seq;
+    this.item = { id: itemId, name, geo };
+    this.query = '';
+    // The last item's layer goes at once, so that nothing stale shows under the new name.
+    if (this.layer) { this.layer.remove(); this.layer = null; }
+    this.busy(true);
     $('map-caption').textContent = 'Loading ' + name + '…';
+    const single = colourBands(geo) === 1;
+    $('map-style').hidden = !single;
+    $('map-style-note').textContent = '';
+    if (single) {
+      await this.prefill(itemId, seq);
+      if (seq !== this.seq) return;
+    }
+    await this.load(seq, true);
+  },
+
+  // The stretch starts at the 2nd and 98th percentiles of the file's first band.
+  async prefill(itemId, seq) {
+    $('map-min').value = ''; $('map-max').value = ''; $('map-colormap').value = '';
     try {
-      const tiff = await GeoTIFF.fromUrl(`/api/v1/tree-items/${itemId}/content`, { allowFullFile: false });
-      const canvas = $('map');
-      const width = geo.width, height = geo.height;
-      const scale = Math.min(1, canvas.width / width, canvas.height / height);
-      const w = Math.max(1, Math.round(width * scale)), h = Math.max(1, Math.round(height * scale));
-      const rasters = await tiff.readRasters({ width: w, height: h, interleave: false });
-      this.image = await createImageBitmap(this.rgba(rasters, w, h, geo));
-      this.zoom = 1; this.x = 0; this.y = 0;
-      this.extent = geo.bounds_wgs84;
-      this.draw();
-      $('map-caption').textContent = name;
-      $('map-extent').textContent = this.extent
-        ? `WGS 84 extent: ${this.extent.map((v) => v.toFixed(4)).join(', ')} (west, south, east, north)`
-        : `Extent in its own coordinates: ${geo.bounds.map((v) => v.toFixed(2)).join(', ')} (no CRS)`;
-      this.bind();
+      const stats = await api(`/tree-items/${itemId}/statistics`);
+      if (seq !== this.seq) return;
+      const b = stats.b1 || Object.values(stats)[0] || {};
+      let [lo, hi] = [b.percentile_2, b.percentile_98];
+      if (!(hi > lo)) [lo, hi] = [b.min, b.max];
+      if (!(hi > lo)) {
+        if (Number.isFinite(lo)) $('map-style-note').textContent = `Every valid pixel is ${decimal(lo)}: there is nothing to stretch.`;
+        return;
+      }
+      $('map-min').value = decimal(lo); $('map-max').value = decimal(hi);
     } catch (err) {
-      $('map-caption').textContent = 'The preview could not be drawn.';
-      showError('Map preview: ' + err.message);
+      if (seq === this.seq) $('map-style-note').textContent = `No statistics (${err.message}): drawn without a stretch.`;
     }
   },
 
-  rgba(rasters, w, h, geo) {
-    const out = new ImageData(w, h);
-    const n = rasters.length;
-    const nodata = typeof geo.nodata === 'number' ? geo.nodata : geo.nodata === 'nan' ? NaN : null;
-    const alpha = geo.bands && geo.bands.findIndex((b) => b.color_interpretation === 'Alpha');
-    const colour = n >= 3 ? [0, 1, 2] : [0, 0, 0];
-    // Stretch each band between its min and max, skipping nodata.
-    const ranges = colour.map((b) => {
-      let lo = Infinity, hi = -Infinity;
-      for (const v of rasters[b]) {
-        if (v !== v || v === nodata) continue;
-        if (v < lo) lo = v; if (v > hi) hi = v;
-      }
-      if (geo.bands && geo.bands[b] && geo.bands[b].data_type === 'Byte') return [0, 255];
-      return [lo, hi > lo ? hi : lo + 1];
-    });
-    for (let i = 0; i < w * h; i++) {
-      let transparent = false;
-      for (let c = 0; c < 3; c++) {
-        const v = rasters[colour[c]][i];
-        if (v !== v || (nodata !== null && v === nodata && n < 3)) transparent = true;
-        const [lo, hi] = ranges[c];
-        out.data[i * 4 + c] = Math.max(0, Math.min(255, ((v - lo) / (hi - lo)) * 255));
-      }
-      if (n >= 3 && nodata !== null && colour.every((b) => rasters[b][i] === nodata)) transparent = true;
-      out.data[i * 4 + 3] = transparent ? 0 : alpha > 0 ? rasters[alpha][i] : 255;
+  // The TileJSON's query: a week-long link, and the single-band stretch and colormap.
+  params() {
+    const q = new URLSearchParams({ expires_in: String(LINK_SECONDS) });
+    if (!$('map-style').hidden) {
+      const lo = $('map-min').value.trim(), hi = $('map-max').value.trim();
+      if (lo !== '' && hi !== '') q.set('rescale', `${decimal(Number(lo), 12)},${decimal(Number(hi), 12)}`);
+      if ($('map-colormap').value) q.set('colormap_name', $('map-colormap').value);
     }
-    return out;
+    return q;
   },
 
-  draw() {
-    const canvas = $('map');
-    const ctx = canvas.getContext('2d');
-    ctx.clearRect(0, 0, canvas.width, canvas.height);
-    if (!this.image) return;
-    const fit = Math.min(canvas.width / this.image.width, canvas.height / this.image.height) * this.zoom;
-    const w = this.image.width * fit, h = this.image.height * fit;
-    ctx.imageSmoothingEnabled = this.zoom < 4;
-    ctx.drawImage(this.image, (canvas.width - w) / 2 + this.x, (canvas.height - h) / 2 + this.y, w, h);
+  restyle() {
+    if (!this.item) return;
+    const lo = $('map-min').value.trim(), hi = $('map-max').value.trim();
+    if ((lo === '') !== (hi === '') || (lo !== '' && !(Number(lo) < Number(hi)))) {
+      $('map-style-note').textContent = 'Give both values, the first below the second.';
+      return;
+    }
+    $('map-style-note').textContent = '';
+    const q = this.params();
+    q.delete('expires_in');
+    if (String(q) === this.query) return;
+    this.busy(true);
+    this.load(++this.seq, false);
   },
 
-  bind() {
-    const canvas = $('map');
-    if (canvas.dataset.bound) return;
-    canvas.dataset.bound = '1';
-    const zoomBy = (f) => { this.zoom = Math.max(0.5, Math.min(32, this.zoom * f)); this.draw(); };
-    canvas.addEventListener('wheel', (e) => { e.preventDefault(); zoomBy(e.deltaY < 0 ? 1.25 : 0.8); }, { passive: false });
-    canvas.addEventListener('pointerdown', (e) => { this.drag = [e.clientX, e.clientY]; canvas.setPointerCapture(e.pointerId); });
-    canvas.addEventListener('pointermove', (e) => {
-      if (!this.drag) return;
-      const k = canvas.width / canvas.getBoundingClientRect().width;
-      this.x += (e.clientX - this.drag[0]) * k; this.y += (e.clientY - this.drag[1]) * k;
-      this.drag = [e.clientX, e.clientY]; this.draw();
+  async load(seq, fit) {
+    const { id, name, geo } = this.item;
+    const params = this.params();
+    // The style asked for: pressing Enter (a change, then a submit) asks once.
+    const style = new URLSearchParams(params);
+    style.delete('expires_in');
+    this.query = String(style);
+    let tilejson;
+    try {
+      tilejson = await api(`/tree-items/${id}/WebMercatorQuad/tilejson.json?${params}`);
+    } catch (err) {
+      if (seq === this.seq) this.fail(name, geo, err);
+      return;
+    }
+    if (seq !== this.seq) return;
+    this.draw(tilejson, name, fit);
+  },
+
+  draw(tilejson, name, fit) {
+    const box = $('map');
+    const wasHidden = box.hidden;
+    box.hidden = false; $('map-keys').hidden = false; $('map-message').hidden = true;
+    box.setAttribute('aria-label', 'Map preview of ' + name);
+    if (!this.view) this.create();
+    else if (wasHidden) this.view.invalidateSize();
+    const [w, s, e, n] = tilejson.bounds;
+    this.bounds = L.latLngBounds([s, w], [n, e]);
+    const template = tilejson.tiles[0];
+    // Enlarged past the COG's resolution a few levels, or as far as a small file needs to fill the view.
+    // (Leaflet bounds the zoom it computes by the map's limits: those of the last file are lifted first.)
+    this.view.setMinZoom(0).setMaxZoom(Infinity);
+    const fitZoom = this.view.getBoundsZoom(this.bounds, false, [2 * FIT_PADDING, 2 * FIT_PADDING]);
+    const maxZoom = Math.max(tilejson.maxzoom + OVERZOOM, Math.ceil(fitZoom));
+    if (this.layer) this.layer.remove();
+    const layer = L.tileLayer(template, {
+      tileSize: 256, bounds: this.bounds, maxNativeZoom: tilejson.maxzoom, maxZoom,
     });
-    canvas.addEventListener('pointerup', () => { this.drag = null; });
-    canvas.addEventListener('keydown', (e) => {
-      const step = 40;
-      const keys = { '+': () => zoomBy(1.25), '=': () => zoomBy(1.25), '-': () => zoomBy(0.8),
-        ArrowLeft: () => { this.x += step; }, ArrowRight: () => { this.x -= step; },
-        ArrowUp: () => { this.y += step; }, ArrowDown: () => { this.y -= step; } };
-      if (keys[e.key]) { e.preventDefault(); keys[e.key](); this.draw(); }
+    this.layer = layer;
+    this.busy(true);
+    layer.on('loading', () => this.busy(true));
+    layer.on('load', () => this.settle());
+    layer.once('tileerror', (e) => this.tileError(layer, e.tile.src));
+    this.view.setMaxZoom(maxZoom);
+    this.view.setMinZoom(Math.max(0, Math.min(tilejson.minzoom - OVERZOOM, Math.floor(fitZoom))));
+    layer.addTo(this.view);
+    if (fit || !this.view.getBounds().intersects(this.bounds)) this.fit();
+    // Past the COG's own resolution its pixels show as squares, not blurred by the browser.
+    if (this.crisp) this.view.off('zoomend', this.crisp);
+    this.crisp = () => box.classList.toggle('overzoom', this.view.getZoom() > tilejson.maxzoom);
+    this.view.on('zoomend', this.crisp);
+    this.crisp();
+    $('map-caption').textContent = name;
+    $('map-extent').textContent =
+      `WGS 84 extent: ${tilejson.bounds.map((v) => v.toFixed(4)).join(', ')} (west, south, east, north)`;
+    this.share(template, tilejson);
+  },
+
+  // The map is busy (aria-busy) while it moves or its tiles load.
+  busy(on) { $('map').setAttribute('aria-busy', String(on)); },
+
+  // Done once nothing moves or loads, and the tiles of the zoom left behind are gone too
+  // (Leaflet prunes them an animation frame after its 'load').
+  settle() {
+    requestAnimationFrame(() => requestAnimationFrame(() => {
+      if (!this.moving && this.layer && !this.layer.isLoading()) this.busy(false);
+    }));
+  },
+
+  create() {
+    this.view = L.map('map', {
+      attributionControl: false, zoomSnap: 0.1, zoomDelta: 1, keyboard: true, worldCopyJump: false,
+      // Tiles show as soon as they arrive, not fading in.
+      fadeAnimation: false,
     });
+    const Fit = L.Control.extend({
+      options: { position: 'topleft' },
+      onAdd: () => {
+        const bar = L.DomUtil.create('div', 'leaflet-bar leaflet-control');
+        const button = L.DomUtil.create('a', 'map-fit', bar);
+        button.href = '#';
+        button.setAttribute('role', 'button');
+        button.title = 'Fit the whole extent';
+        button.setAttribute('aria-label', 'Fit the whole extent');
+        button.textContent = '⤢';
+        L.DomEvent.disableClickPropagation(bar);
+        L.DomEvent.on(button, 'click', (e) => { L.DomEvent.preventDefault(e); this.fit(); });
+        return bar;
+      },
+    });
+    new Fit().addTo(this.view);
+    this.view.on('movestart zoomstart', () => { this.moving = true; this.busy(true); });
+    this.view.on('moveend', () => { this.moving = false; this.settle(); });
+  },
+
+  fit() {
+    if (this.view && this.bounds) this.view.fitBounds(this.bounds, { padding: [FIT_PADDING, FIT_PADDING] });
+  },
+
+  // A tile the server refused: its own sentence, read from the same URL.
+  async tileError(layer, url) {
+    let detail = '';
+    try { detail = (await (await fetch(url)).json()).detail || ''; } catch { /* not JSON */ }
+    if (layer !== this.layer) return;
+    $('map-message').hidden = false;
+    $('map-message').textContent = 'Some tiles could not be drawn' + (detail ? ': ' + detail : '.');
+  },
+
+  // Not placeable (no CRS), not a COG, or the server did not answer: its sentence, no map.
+  fail(name, geo, err) {
+    if (this.layer) { this.layer.remove(); this.layer = null; }
+    this.query = '';
+    $('map').hidden = true; $('map-keys').hidden = true; $('xyz').hidden = true; $('map-style').hidden = true;
+    this.busy(false);
+    $('map-caption').textContent = name;
+    $('map-message').hidden = false;
+    $('map-message').textContent = err.message;
+    $('map-extent').textContent = geo && geo.bounds
+      ? `Extent in its own coordinates: ${geo.bounds.map((v) => v.toFixed(2)).join(', ')}` : '';
+    if (err.status !== 422) showError('Map preview: ' + err.message);
+  },
+
+  // The XYZ URL for QGIS, and the same layer in Leaflet and MapLibre code.
+  share(template, tilejson) {
+    const [w, s, e, n] = tilejson.bounds;
+    this.expiry = `It works with no sign-in until ${new Date(Date.now() + LINK_SECONDS * 1000).toLocaleString()}.`;
+    $('xyz').hidden = false;
+    $('xyz-url').value = template;
+    $('xyz-note').textContent = this.expiry;
+    const quoted = `'${template.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
+    $('xyz-leaflet').textContent = `// Leaflet\nL.tileLayer(${quoted}, {\n  maxNativeZoom: ${tilejson.maxzoom},\n` +
+      `  bounds: [[${s}, ${w}], [${n}, ${e}]],\n}).addTo(map);`;
+    $('xyz-maplibre').textContent = `// MapLibre GL JS\nmap.addSource('rastercast', {\n  type: 'raster', tileSize: 256,\n` +
+      `  tiles: [${quoted}],\n  minzoom: ${tilejson.minzoom}, maxzoom: ${tilejson.maxzoom},\n  bounds: [${w}, ${s}, ${e}, ${n}],\n});\n` +
+      `map.addLayer({ id: 'rastercast', type: 'raster', source: 'rastercast' });`;
   },
 };
 

@@ -374,6 +374,8 @@ async fn gdal_reads_the_wmts_layer_and_previews_answer_as_tiles_do() {
         .arg(&png)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
+        // GDAL keeps a tile cache (gdalwmscache) in the folder it runs in.
+        .current_dir(dir.path())
         .output()
         .await
         .unwrap();
@@ -382,7 +384,14 @@ async fn gdal_reads_the_wmts_layer_and_previews_answer_as_tiles_do() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let info = gdalinfo(&format!("WMTS:{}", caps.display())).await;
+    let info = tokio::process::Command::new("gdalinfo")
+        .arg(format!("WMTS:{}", caps.display()))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.contains("Band 3"), "{text}");
     let image = gdal::Dataset::open(&png).unwrap();
