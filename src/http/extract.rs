@@ -193,3 +193,12 @@ pub fn is_json_type(content_type: &str) -> bool {
             .strip_prefix("application/")
             .is_some_and(|sub| sub.ends_with("+json") && !sub.contains('/'))
 }
+
+/// A list's `cursor` (the `seq` its previous page ended at), as every paged list reads it.
+pub fn cursor(text: Option<&str>) -> Result<Option<i64>, AppError> {
+    text.map(|c| {
+        c.parse::<i64>()
+            .map_err(|_| AppError::BadRequest("cursor is not one this server gave out.".into()))
+    })
+    .transpose()
+}

@@ -320,14 +320,7 @@ async fn list(
             "limit must be between 1 and 500.".into(),
         ));
     }
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<i64>()
-                .map_err(|_| AppError::BadRequest("cursor is not one this server gave out.".into()))
-        })
-        .transpose()?;
+    let before = super::extract::cursor(q.cursor.as_deref())?;
     // One more than asked tells whether there is a next page.
     let mut tasks = state
         .store

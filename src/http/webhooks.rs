@@ -602,14 +602,7 @@ async fn page(
             "limit must be between 1 and 200.".into(),
         ));
     }
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<i64>()
-                .map_err(|_| AppError::BadRequest("cursor is not one this server gave out.".into()))
-        })
-        .transpose()?;
+    let before = super::extract::cursor(q.cursor.as_deref())?;
     let filter = rows::Filter {
         user,
         endpoint,

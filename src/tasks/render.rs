@@ -182,8 +182,13 @@ impl Renderer {
         if let Some(image) = self.cached(key) {
             return Ok((key, image));
         }
-        let image = self.draw(staged.path().to_path_buf(), job).await?;
-        let image = Bytes::from(image);
+        let image = match self
+            .run(staged.path().to_path_buf(), JobKind::Tile, Some(job), None)
+            .await?
+        {
+            Outcome::Rendered(image) => Bytes::from(image),
+            _ => return Err(stopped()),
+        };
         self.keep(key, image.clone());
         Ok((key, image))
     }
@@ -198,30 +203,9 @@ impl Renderer {
         {
             return Ok(facts.clone());
         }
-        let staged = self.staged(storage, blob).await?;
-        let _slot = self.slots.acquire().await.expect("never closed");
-        let job = Job {
-            kind: JobKind::Facts,
-            input: staged.path().to_path_buf(),
-            output: staged.path().to_path_buf(),
-            conversion: Default::default(),
-            limits: self.limits.clone(),
-            cache_mb: self.cache_mb,
-            tile: None,
-            point: None,
-        };
-        let limits = ChildLimits {
-            timeout: TILE_TIMEOUT,
-            ..self.child.clone()
-        };
-        let facts = match child::run(&job, &limits, &CancellationToken::new(), |_, _| {}).await {
+        let facts = match self.ask(storage, blob, JobKind::Facts, None, None).await? {
             Outcome::Facts(facts) => Arc::new(*facts),
-            Outcome::Failed(Failure {
-                message,
-                transient: true,
-            }) => return Err(NotDrawn::Unavailable(message)),
-            Outcome::Failed(failure) => return Err(NotDrawn::Refused(failure.message)),
-            _ => return Err(NotDrawn::Unavailable("The worker stopped.".into())),
+            _ => return Err(stopped()),
         };
         self.facts
             .lock()
@@ -238,58 +222,62 @@ impl Renderer {
         lon: f64,
         lat: f64,
     ) -> Result<Vec<Option<f64>>, NotDrawn> {
-        let staged = self.staged(storage, blob).await?;
-        let _slot = self.slots.acquire().await.expect("never closed");
-        let job = Job {
-            kind: JobKind::Point,
-            input: staged.path().to_path_buf(),
-            output: staged.path().to_path_buf(),
-            conversion: Default::default(),
-            limits: self.limits.clone(),
-            cache_mb: self.cache_mb,
-            tile: None,
-            point: Some([lon, lat]),
-        };
-        let limits = ChildLimits {
-            timeout: TILE_TIMEOUT,
-            ..self.child.clone()
-        };
-        match child::run(&job, &limits, &CancellationToken::new(), |_, _| {}).await {
+        let point = Some([lon, lat]);
+        match self.ask(storage, blob, JobKind::Point, None, point).await? {
             Outcome::Values(values) => Ok(values),
-            Outcome::Failed(Failure {
-                message,
-                transient: true,
-            }) => Err(NotDrawn::Unavailable(message)),
-            Outcome::Failed(failure) => Err(NotDrawn::Refused(failure.message)),
-            _ => Err(NotDrawn::Unavailable("The worker stopped.".into())),
+            _ => Err(stopped()),
         }
     }
 
-    async fn draw(&self, input: PathBuf, tile: TileJob) -> Result<Vec<u8>, NotDrawn> {
+    /// Runs one job of `kind` on `blob` (staged first) in a tile worker, once a slot is free.
+    /// A failure comes back as what it means for the request; any other answer is the caller's
+    /// to read.
+    async fn ask(
+        &self,
+        storage: &Storage,
+        blob: &str,
+        kind: JobKind,
+        tile: Option<TileJob>,
+        point: Option<[f64; 2]>,
+    ) -> Result<Outcome, NotDrawn> {
+        let staged = self.staged(storage, blob).await?;
+        let _slot = self.slots.acquire().await.expect("never closed");
+        self.run(staged.path().to_path_buf(), kind, tile, point)
+            .await
+    }
+
+    async fn run(
+        &self,
+        input: PathBuf,
+        kind: JobKind,
+        tile: Option<TileJob>,
+        point: Option<[f64; 2]>,
+    ) -> Result<Outcome, NotDrawn> {
         let job = Job {
-            kind: JobKind::Tile,
+            kind,
             output: input.clone(),
             input,
             conversion: Default::default(),
             limits: self.limits.clone(),
             cache_mb: self.cache_mb,
-            tile: Some(tile),
-            point: None,
+            tile,
+            point,
         };
         let limits = ChildLimits {
             timeout: TILE_TIMEOUT,
             ..self.child.clone()
         };
         match child::run(&job, &limits, &CancellationToken::new(), |_, _| {}).await {
-            Outcome::Rendered(image) => Ok(image),
             Outcome::Failed(Failure {
                 message,
                 transient: true,
             }) => Err(NotDrawn::Unavailable(message)),
             Outcome::Failed(failure) => Err(NotDrawn::Refused(failure.message)),
-            Outcome::Done(_) | Outcome::Facts(_) | Outcome::Values(_) | Outcome::Stopped => {
-                Err(NotDrawn::Unavailable("The tile worker stopped.".into()))
-            }
+            other => Ok(other),
         }
     }
+}
+
+fn stopped() -> NotDrawn {
+    NotDrawn::Unavailable("The tile worker stopped.".into())
 }
