@@ -1,17 +1,20 @@
 //! The benchmark behind `make bench`: every figure is measured against its reference in the
 //! same run, on this machine, and written to docs/BENCHMARKS.md as a ratio.
 //!
-//! cargo run --release --example bench [-- --quick] [--only startup,convert,status,push,tiny,stalled,nodes,s3,tus]
+//! cargo run --release --example bench [-- --quick] [--only startup,convert,status,push,tiny,stalled,nodes,s3,tus,tiles]
 //!
 //! `--only` runs the named sections and prints their rows without touching docs/BENCHMARKS.md.
 //!
 //! It starts the release server (target/release/rastercast) on loopback, generates its inputs
-//! from ../shared/data, and needs gdal_translate (gdal-bin) for the reference conversions.
+//! from ../shared/data, and needs gdal_translate (gdal-bin) for the reference conversions and
+//! Python 3 for TiTiler, the map tiles' reference (`scripts/titiler-venv.sh` installs it).
 
 #[path = "load/mod.rs"]
 mod load;
 #[path = "server/mod.rs"]
 mod server;
+#[path = "tiles/mod.rs"]
+mod tiles;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -314,6 +317,11 @@ async fn main() -> anyhow::Result<()> {
     // Resumable uploads in 8 MiB chunks against one plain upload of the same file.
     if want("tus") {
         rows.push(resumable_upload(&client, runs, quick).await?);
+    }
+
+    // Map tiles against TiTiler on the same COG and tile list.
+    if want("tiles") {
+        rows.extend(tiles::rows(&client, runs, quick).await?);
     }
 
     if only.is_some() {

@@ -1086,7 +1086,9 @@ const map = {
     if (this.layer) { this.layer.remove(); this.layer = null; }
     this.busy(true);
     $('map-caption').textContent = 'Loading ' + name + '…';
-    const single = colourBands(geo) === 1;
+    // A paletted band is drawn in its own colours: there is nothing to stretch.
+    const paletted = Boolean(geo && geo.bands && geo.bands.some((b) => b.color_interpretation === 'Palette'));
+    const single = colourBands(geo) === 1 && !paletted;
     $('map-style').hidden = !single;
     $('map-style-note').textContent = '';
     if (single) {

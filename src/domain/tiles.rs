@@ -361,10 +361,20 @@ fn drawn(valid: bool, v: f64, stretched: bool, scale: impl Fn(f64) -> u8) -> u8 
     }
 }
 
+/// A band's own colour table as 256 RGBA entries (entries it lacks are transparent black),
+/// used as TiTiler does: for one band drawn without a `colormap_name`.
+pub type Palette = [[u8; 4]; 256];
+
 /// Pixels of one tile: `bands` (each `n` values, row by row) and `valid` (whether each band's
-/// value at a pixel is data), drawn as `render` says. Returns the interleaved bytes and the
-/// number of channels (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA).
-pub fn paint(bands: &[Vec<f64>], valid: &[Vec<bool>], render: &Render) -> (Vec<u8>, usize) {
+/// value at a pixel is data), drawn as `render` says, through the file's `palette` when it has
+/// one and no colormap is named. Returns the interleaved bytes and the number of channels
+/// (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA).
+pub fn paint(
+    bands: &[Vec<f64>],
+    valid: &[Vec<bool>],
+    render: &Render,
+    palette: Option<&Palette>,
+) -> (Vec<u8>, usize) {
     let n = bands.first().map_or(0, Vec::len);
     let scale = |b: usize, v: f64| match render.rescale.len() {
         0 => plain(v),
@@ -374,14 +384,18 @@ pub fn paint(bands: &[Vec<f64>], valid: &[Vec<bool>], render: &Render) -> (Vec<u
     // A pixel shows when any band has data there (rio-tiler's mask).
     let shown = |i: usize| valid.iter().any(|band| band[i]);
     let alpha = render.return_mask && render.format.has_alpha();
-    let colors: usize = match (&render.colormap, bands.len()) {
+    let table = match render.colormap.as_deref() {
+        Some(name) => colormap(name),
+        None if bands.len() == 1 => palette,
+        None => None,
+    };
+    let colors: usize = match (table, bands.len()) {
         (Some(_), _) => 3,
         (None, 1) => 1,
         _ => 3,
     };
     let channels = if alpha { colors + 1 } else { colors };
     let mut out = Vec::with_capacity(n * channels);
-    let table = render.colormap.as_deref().and_then(colormap);
     let stretched = !render.rescale.is_empty();
     for i in 0..n {
         let on = shown(i);
@@ -500,7 +514,7 @@ mod tests {
             rescale: vec![(0.0, 100.0)],
             ..Render::default()
         };
-        let (px, channels) = paint(&[vec![50.0, 7.0]], &[vec![true, false]], &render);
+        let (px, channels) = paint(&[vec![50.0, 7.0]], &[vec![true, false]], &render, None);
         assert_eq!(channels, 2);
         assert_eq!(
             px,
@@ -519,17 +533,39 @@ mod tests {
             rescale: vec![(0.0, 255.0)],
             ..Render::default()
         };
-        let (px, channels) = paint(&[vec![0.0]], &[vec![true]], &render);
+        let (px, channels) = paint(&[vec![0.0]], &[vec![true]], &render, None);
         assert_eq!((channels, px), (4, vec![68, 1, 84, 255]));
         let rgb = Render {
             format: Format::Jpeg,
             ..Render::default()
         };
         let bands = [vec![1.0], vec![2.0], vec![300.0]];
-        let (px, channels) = paint(&bands, &[vec![true], vec![true], vec![true]], &rgb);
+        let (px, channels) = paint(&bands, &[vec![true], vec![true], vec![true]], &rgb, None);
         assert_eq!((channels, px), (3, vec![1, 2, 255]), "JPEG has no alpha");
         for name in COLORMAPS {
             assert!(colormap(name).is_some(), "{name}");
         }
+    }
+
+    #[test]
+    fn a_band_s_own_palette_colours_it_unless_a_colormap_is_named() {
+        let mut palette = [[0u8; 4]; 256];
+        palette[3] = [10, 20, 30, 255];
+        palette[4] = [40, 50, 60, 128];
+        let values = [vec![3.0, 4.0, 3.0]];
+        let valid = [vec![true, true, false]];
+        let (px, channels) = paint(&values, &valid, &Render::default(), Some(&palette));
+        assert_eq!(channels, 4);
+        assert_eq!(
+            px,
+            [10, 20, 30, 255, 40, 50, 60, 128, 10, 20, 30, 0],
+            "the entry's alpha, and a masked pixel clear"
+        );
+        let named = Render {
+            colormap: Some("gray".into()),
+            ..Render::default()
+        };
+        let (px, _) = paint(&values, &valid, &named, Some(&palette));
+        assert_eq!(&px[..4], [3, 3, 3, 255], "a named colormap wins");
     }
 }

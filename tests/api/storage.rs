@@ -728,3 +728,53 @@ async fn scratch_is_removed_after_a_cancel_and_after_a_crash() {
     assert_eq!(server.wait_final(&id).await["state"], "SUCCESS");
     scratch_removed(&server).await;
 }
+
+/// Tiles, statistics and points of a file on S3 are drawn from one copy staged on the node and
+/// kept for the next request; the tiles are the very images the same COG gives on local disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_tiles_of_a_file_on_s3_are_drawn_from_one_staged_copy() {
+    let bucket = TestBucket::new();
+    let server = bucket.server(&["--workers", "1"]).await;
+    let local = TestServer::start().await;
+    let done = server.convert_file(&data("RGB.byte.tif"), json!({})).await;
+    assert_eq!(done["state"], "SUCCESS", "{done}");
+    let on_s3 = done["result"]["tree_item_id"].as_str().unwrap().to_owned();
+    let cog = download(&server, &on_s3).await;
+    let on_disk = local.upload(cog.path()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(files_in(&server.data_dir().join("tmp")).is_empty());
+
+    let get = |node: &TestServer, path: String| {
+        let request = node.req(Method::GET, &path, &node.token);
+        async move {
+            let res = request.send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{path}");
+            res.bytes().await.unwrap()
+        }
+    };
+    for tile in [
+        "8/72/109.png",
+        "8/73/109.png",
+        "9/145/218.png?bidx=2&colormap_name=viridis",
+    ] {
+        let tile_of = |item: &str| format!("/tree-items/{item}/tiles/WebMercatorQuad/{tile}");
+        let drawn = get(&server, tile_of(&on_s3)).await;
+        assert_eq!(&drawn[1..4], b"PNG");
+        assert_eq!(drawn, get(&local, tile_of(&on_disk)).await, "{tile}");
+    }
+    let statistics = get(&server, format!("/tree-items/{on_s3}/statistics")).await;
+    let statistics: serde_json::Value = serde_json::from_slice(&statistics).unwrap();
+    let there = get(&local, format!("/tree-items/{on_disk}/statistics")).await;
+    assert_eq!(
+        statistics,
+        serde_json::from_slice::<serde_json::Value>(&there).unwrap()
+    );
+    get(&server, format!("/tree-items/{on_s3}/point/-77.8,24.6")).await;
+    assert_eq!(
+        files_in(&server.data_dir().join("tmp")).len(),
+        1,
+        "one staged copy served every request"
+    );
+}

@@ -41,12 +41,51 @@ fn float_with_nan() -> std::path::PathBuf {
     path
 }
 
+/// RGB.byte.tif's first band (nodata 0) with a colour table of its own, some entries half
+/// transparent: a paletted file, as classified land cover comes.
+fn paletted() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tiles-paletted.tif");
+    if !path.exists() {
+        let vrt = path.with_extension(format!("{}.vrt", uuid::Uuid::new_v4().simple()));
+        gdal_translate(&[
+            "-of",
+            "VRT",
+            "-b",
+            "1",
+            data("RGB.byte.tif").to_str().unwrap(),
+            vrt.to_str().unwrap(),
+        ]);
+        let entries: String = (0..256)
+            .map(|i| {
+                let alpha = if i % 5 == 0 { 128 } else { 255 };
+                format!(
+                    "<Entry c1=\"{i}\" c2=\"{}\" c3=\"{}\" c4=\"{alpha}\"/>",
+                    (i * 3) % 256,
+                    255 - i
+                )
+            })
+            .collect();
+        let xml = std::fs::read_to_string(&vrt).unwrap().replace(
+            "<ColorInterp>Red</ColorInterp>",
+            &format!("<ColorInterp>Palette</ColorInterp><ColorTable>{entries}</ColorTable>"),
+        );
+        assert!(xml.contains("<ColorTable>"), "{xml}");
+        std::fs::write(&vrt, xml).unwrap();
+        let partial = path.with_extension(format!("{}.part.tif", uuid::Uuid::new_v4().simple()));
+        gdal_translate(&[vrt.to_str().unwrap(), partial.to_str().unwrap()]);
+        std::fs::rename(&partial, &path).unwrap();
+        let _ = std::fs::remove_file(&vrt);
+    }
+    path
+}
+
 #[tokio::test]
 async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
     let server = TestServer::start().await;
     let (rgb, rgb_cog) = cog_of(&server, &data("RGB.byte.tif")).await;
     let (gray, gray_cog) = cog_of(&server, &data("byte.tif")).await;
     let (float, float_cog) = cog_of(&server, &float_with_nan()).await;
+    let (classes, classes_cog) = cog_of(&server, &paletted()).await;
     let path = |f: &tempfile::NamedTempFile| f.path().to_str().unwrap().to_owned();
     let tilejson = |item: &str| {
         let path = format!("/tree-items/{item}/WebMercatorQuad/tilejson.json");
@@ -78,6 +117,11 @@ async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
          "tilesize": 256, "query": "rescale=10,200", "tilejson": float_json},
         {"name": "float with NaN through terrain", "item": float, "path": path(&float_cog), "zooms": [9],
          "tilesize": 256, "query": "rescale=10,200&colormap_name=terrain"},
+        {"name": "paletted, its own colours", "item": classes, "path": path(&classes_cog), "zooms": [8, 10],
+         "tilesize": 256, "query": ""},
+        {"name": "paletted through a named colormap", "item": classes, "path": path(&classes_cog), "zooms": [9],
+         "tilesize": 256, "query": "colormap_name=viridis"},
+        {"name": "preview of paletted", "item": classes, "path": path(&classes_cog), "max_size": 512, "query": ""},
         {"name": "preview of rgb", "item": rgb, "path": path(&rgb_cog), "max_size": 1024, "query": ""},
         {"name": "preview of rgb, fitted to 256", "item": rgb, "path": path(&rgb_cog), "max_size": 256, "query": ""},
         {"name": "preview of float with NaN through viridis", "item": float, "path": path(&float_cog), "max_size": 1024,
@@ -100,8 +144,8 @@ async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    // Three previews, and two tiles per zoom: the centre, and one beside the data.
-    assert_eq!(lines.len(), 3 + 2 * 15, "{lines:#?}");
+    // Four previews, and two tiles per zoom: the centre, and one beside the data.
+    assert_eq!(lines.len(), 4 + 2 * 18, "{lines:#?}");
     let mut drawn = 0;
     for line in &lines {
         // Nearest resampling, rio-tiler's overview choice and its truncating stretch are
@@ -115,7 +159,7 @@ async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
         }
     }
     assert!(
-        drawn >= 18,
+        drawn >= 22,
         "every preview and centre tile shows data: {lines:#?}"
     );
 }
@@ -280,6 +324,15 @@ async fn stac_items_validate_and_agree_with_rio_stac_and_statistics_with_rio_til
         ("gray", data("byte.tif")),
         ("hillshade in web mercator", data("shade.tif")),
         ("float with NaN", float_with_nan()),
+        // Larger than the 1024 px statistics read: decimated through an overview, as rio-tiler.
+        (
+            "rgb at 2500 px",
+            generated_raster(
+                "rgb-2500.tif",
+                "RGB.byte.tif",
+                &["-outsize", "2500", "2500"],
+            ),
+        ),
     ] {
         let (item, cog) = cog_of(&server, &file).await;
         cases.push(json!({"name": name, "item": item, "path": cog.path().to_str().unwrap()}));
@@ -302,7 +355,7 @@ async fn stac_items_validate_and_agree_with_rio_stac_and_statistics_with_rio_til
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 4, "{lines:#?}");
+    assert_eq!(lines.len(), 5, "{lines:#?}");
     for line in &lines {
         assert_eq!(line["problems"], json!([]), "{line:#}");
     }

@@ -3,7 +3,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { startServer, launch, data, bigRaster, root, objectStorage } from './server.mjs';
+import { startServer, launch, data, bigRaster, palettedRaster, root, objectStorage } from './server.mjs';
 
 // Screenshots for a person to look at after a run.
 const shots = path.join(root, 'target/screenshots');
@@ -265,6 +265,27 @@ test('a single-band result: stretched from its statistics, and a colormap redraw
   await page.fill('#map-min', '200');
   await page.press('#map-min', 'Enter');
   await page.waitForSelector('#map-style-note:has-text("below")');
+  assert.deepEqual(errors, []);
+});
+
+test('a paletted result is drawn in its own colours, with nothing to stretch', async (t) => {
+  const { page, errors } = await signedIn(t);
+  await upload(page, palettedRaster(), 'paletted.tif');
+  await convert(page, 'paletted.tif');
+  const row = task(page, 'paletted.tif');
+  await row.locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+  const tiles = tileResponses(page);
+  await row.locator('text=Show on map').click();
+  await page.waitForFunction(() => document.getElementById('map-caption').textContent === 'paletted.tif');
+  const screen = await mapSettles(page, (s) => s.drawn > 0.2 && s.tinted > 0.5);
+  t.diagnostic('paletted.tif: ' + fmt(screen));
+  assert.ok(screen.drawn > 0.2 && screen.tinted > 0.5, `its palette's colours: ${fmt(screen)}`);
+  assert.equal(await page.locator('#map-style').isVisible(), false, 'no stretch form');
+  assert.ok(tiles.length > 0);
+  for (const tile of tiles) {
+    assert.equal(tile.query.get('rescale'), null, tile.url);
+    assert.equal(tile.query.get('colormap_name'), null, tile.url);
+  }
   assert.deepEqual(errors, []);
 });
 

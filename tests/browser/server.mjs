@@ -1,6 +1,6 @@
 // Starts the real rastercast binary on port 0 for browser tests, and launches Debian's Chromium.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, existsSync, rmSync } from 'node:fs';
+import { mkdtempSync, existsSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -71,6 +71,24 @@ export function bigRaster() {
     execFileSync('gdal_translate', ['-q', '-outsize', '8192', '8192', '-b', '1', '-b', '1', '-b', '1', '-r', 'cubic',
       '-co', 'COMPRESS=DEFLATE', '-co', 'TILED=YES', data('shade.tif'), partial]);
     execFileSync('mv', [partial, file]);
+  }
+  return file;
+}
+
+/// RGB.byte.tif's first band with a colour table: classes drawn in their own colours.
+export function palettedRaster() {
+  const file = path.join(root, 'target/tmp/paletted.tif');
+  if (!existsSync(file)) {
+    execFileSync('mkdir', ['-p', path.dirname(file)]);
+    const vrt = file + '.' + process.pid + '.vrt';
+    execFileSync('gdal_translate', ['-q', '-of', 'VRT', '-b', '1', data('RGB.byte.tif'), vrt]);
+    const entries = Array.from({ length: 256 }, (_, i) => `<Entry c1="${i}" c2="${(i * 3) % 256}" c3="${255 - i}" c4="255"/>`).join('');
+    writeFileSync(vrt, readFileSync(vrt, 'utf8').replace('<ColorInterp>Red</ColorInterp>',
+      `<ColorInterp>Palette</ColorInterp><ColorTable>${entries}</ColorTable>`));
+    const partial = file + '.' + process.pid + '.part.tif';
+    execFileSync('gdal_translate', ['-q', vrt, partial]);
+    execFileSync('mv', [partial, file]);
+    rmSync(vrt, { force: true });
   }
   return file;
 }

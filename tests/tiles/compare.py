@@ -37,10 +37,12 @@ def reference(path, z, x, y, tilesize, query):
     opened = {"nodata": float(params["nodata"][0])} if "nodata" in params else {}
     with Reader(path, options=opened) as cog:
         image = cog.tile(x, y, z, tilesize=tilesize, **options)
+        own = cog.colormap
     if "rescale" in params:
         ranges = [tuple(float(v) for v in r.split(",")) for r in params["rescale"]]
         image.rescale(in_range=ranges)
-    colormap = cmap.get(params["colormap_name"][0]) if "colormap_name" in params else None
+    # TiTiler draws with the named colormap, else the file's own palette (colormap or dst_colormap).
+    colormap = cmap.get(params["colormap_name"][0]) if "colormap_name" in params else own
     return decode(image.render(img_format="PNG", colormap=colormap))
 
 
@@ -51,9 +53,10 @@ def reference_preview(path, max_size, query):
         options["indexes"] = tuple(int(b) for v in params["bidx"] for b in v.split(","))
     with Reader(path) as cog:
         image = cog.preview(max_size=max_size, **options)
+        own = cog.colormap
     if "rescale" in params:
         image.rescale(in_range=[tuple(float(v) for v in r.split(",")) for r in params["rescale"]])
-    colormap = cmap.get(params["colormap_name"][0]) if "colormap_name" in params else None
+    colormap = cmap.get(params["colormap_name"][0]) if "colormap_name" in params else own
     return decode(image.render(img_format="PNG", colormap=colormap))
 
 
