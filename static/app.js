@@ -1274,8 +1274,10 @@ const map = {
     const quoted = `'${template.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
     $('xyz-leaflet').textContent = `// Leaflet\nL.tileLayer(${quoted}, {\n  maxNativeZoom: ${tilejson.maxzoom},\n` +
       `  bounds: [[${s}, ${w}], [${n}, ${e}]],\n}).addTo(map);`;
-    $('xyz-maplibre').textContent = `// MapLibre GL JS\nmap.addSource('rastercast', {\n  type: 'raster', tileSize: 256,\n` +
-      `  tiles: [${quoted}],\n  minzoom: ${tilejson.minzoom}, maxzoom: ${tilejson.maxzoom},\n  bounds: [${w}, ${s}, ${e}, ${n}],\n});\n` +
+    // The TileJSON of the same layer, opened by the same link: MapLibre reads bounds and zooms from it.
+    const doc = template.replace(/\/tiles\/WebMercatorQuad\/\{z\}\/\{x\}\/\{y\}\.png\?/, '/WebMercatorQuad/tilejson.json?');
+    $('xyz-maplibre').textContent = `// MapLibre GL JS (its TileJSON)\nmap.addSource('rastercast', {\n  type: 'raster', tileSize: 256,\n` +
+      `  url: '${doc.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}',\n});\n` +
       `map.addLayer({ id: 'rastercast', type: 'raster', source: 'rastercast' });`;
   },
 };

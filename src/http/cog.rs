@@ -104,10 +104,7 @@ async fn preview(
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
-    let link = pairs
-        .iter()
-        .find(|(k, _)| k == "link")
-        .map(|(_, v)| v.as_str());
+    let link = super::tiles::link_of(&pairs);
     let owner = super::tiles::reader(&state, user, link, id).await?;
     let mut max_size = 1024;
     let mut rest = Vec::new();
@@ -137,10 +134,14 @@ async fn preview(
         .tile(&state.blobs, &blob, job)
         .await
         .map_err(not_drawn)?;
-    Ok(axum::response::IntoResponse::into_response((
+    let mut response = axum::response::IntoResponse::into_response((
         [(axum::http::header::CONTENT_TYPE, "image/png")],
         image,
-    )))
+    ));
+    if link.is_some() {
+        super::tiles::open_to_any_page(&mut response);
+    }
+    Ok(response)
 }
 
 /// The caller's COG item and what a worker read of it.

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::auth::{AuthUser, MaybeUser};
+use super::auth::MaybeUser;
 use super::extract::Path;
 use super::tree_items::owned_item;
 use super::AppState;
@@ -44,6 +44,24 @@ pub(super) async fn reader(
             "A tile needs a token, a session, or the `link` of a TileJSON's tile URL.",
         )),
     }
+}
+
+/// The `link` of a query, if any: the credential of map clients that send no headers.
+pub(super) fn link_of(pairs: &[(String, String)]) -> Option<&str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == "link")
+        .map(|(_, v)| v.as_str())
+}
+
+/// An answer to a signed link may be read by any page (MapLibre or OpenLayers on another
+/// site fetch tiles and TileJSON with CORS): the link is the credential, as for `/links`.
+/// Never with credentials, so a session cookie opens nothing cross-origin.
+pub(super) fn open_to_any_page(response: &mut Response) {
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
 }
 
 /// The query of a tile, as the OpenAPI document describes it (the handler reads the raw
@@ -210,10 +228,7 @@ async fn tile(
             .into_owned()
             .collect();
     // Who asks comes first: a caller with no right to the file learns nothing of it.
-    let link = pairs
-        .iter()
-        .find(|(k, _)| k == "link")
-        .map(|(_, v)| v.as_str());
+    let link = link_of(&pairs);
     let owner = reader(&state, user, link, id).await?;
     let (y, scale, format) = parse_y(&y).map_err(AppError::Unprocessable)?;
     tiles::check_tile(z, x, y).map_err(AppError::Unprocessable)?;
@@ -242,7 +257,11 @@ async fn tile(
         render,
     };
     let etag = crate::tasks::TileKey::of(&blob, &job).etag();
+    let linked = link.is_some();
     let cache_headers = |response: &mut Response| {
+        if linked {
+            open_to_any_page(response);
+        }
         let h = response.headers_mut();
         h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
         // The tile of a file never changes, but it is the owner's alone.
@@ -321,6 +340,10 @@ pub(super) struct TileJsonQuery {
     /// Seconds the tile URLs keep working: 1 to 604800 (a week); a day when left out.
     #[param(minimum = 1, maximum = 604800)]
     expires_in: Option<u64>,
+    /// A signed link (a tile URL's), for clients that send no headers: the document's tiles
+    /// carry the same link, with its expiry (so no `expires_in` with it), and any page may
+    /// read the answer (CORS).
+    link: Option<String>,
 }
 
 /// Tile formats.
@@ -341,20 +364,23 @@ enum TileFormat {
     params(("id" = Uuid, Path, description = "An item holding a COG"), TileJsonQuery, TileQuery),
     responses(
         (status = 200, description = "TileJSON 3.0.0", body = Object),
-        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
+        (status = 403, description = "A link that was changed, has expired, or opens another file", body = ErrorBody),
+        (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
         (status = 422, description = "Not a COG, a file with no CRS, or impossible parameters", body = ErrorBody),
     ), security(("bearer" = []), ("cookie" = [])))]
 async fn tilejson(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    MaybeUser(user): MaybeUser,
     Path(id): Path<Uuid>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> AppResult<axum::Json<serde_json::Value>> {
-    let xyz = xyz(&state, user.id, id, query, &headers).await?;
+) -> AppResult<Response> {
+    let xyz = xyz(&state, user, id, query, &headers).await?;
     let template = xyz.template("{z}", "{x}", "{y}");
     let bounds = xyz.bounds;
-    Ok(axum::Json(serde_json::json!({
+    let linked = xyz.linked;
+    let mut response = axum::Json(serde_json::json!({
         "tilejson": "3.0.0",
         "name": xyz.name,
         "version": "1.0.0",
@@ -364,7 +390,12 @@ async fn tilejson(
         "maxzoom": xyz.maxzoom,
         "bounds": bounds,
         "center": [(bounds[0] + bounds[2]) / 2.0, (bounds[1] + bounds[3]) / 2.0, xyz.minzoom],
-    })))
+    }))
+    .into_response();
+    if linked {
+        open_to_any_page(&mut response);
+    }
+    Ok(response)
 }
 
 /// What a map client needs to ask for a COG's tiles: their URL (with a signed `link` and the
@@ -378,6 +409,8 @@ pub(super) struct Xyz {
     pub scale: u32,
     /// The tiles' media type.
     pub content_type: &'static str,
+    /// Asked for with a signed `link` (whose tiles then carry that same link).
+    pub linked: bool,
     /// The tile URL up to the tile's column, row and the rest: `{prefix}{z}/{x}/{y}{suffix}`.
     prefix: String,
     suffix: String,
@@ -394,7 +427,7 @@ impl Xyz {
 /// parameters, checked now rather than on the first tile) for `user`'s COG `id`.
 pub(super) async fn xyz(
     state: &AppState,
-    user: Uuid,
+    user: Option<crate::store::User>,
     id: Uuid,
     query: Option<String>,
     headers: &HeaderMap,
@@ -403,12 +436,15 @@ pub(super) async fn xyz(
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
+    let link = link_of(&pairs);
+    let owner = reader(state, user, link, id).await?;
     let mut ext = "png".to_owned();
     let mut scale = 1;
-    let mut expires_in = DEFAULT_EXPIRES_IN;
+    let mut expires_in = None;
     let mut forwarded = Vec::new();
     for (key, value) in &pairs {
         match key.as_str() {
+            "link" => {}
             "tile_format" => ext = value.clone(),
             "tile_scale" => {
                 scale = match value.as_str() {
@@ -417,8 +453,8 @@ pub(super) async fn xyz(
                     _ => return Err(AppError::Unprocessable("tile_scale is 1 or 2.".into())),
                 }
             }
-            "expires_in" => {
-                expires_in = value
+            "expires_in" => expires_in = Some(
+                value
                     .parse::<u64>()
                     .ok()
                     .filter(|s| (1..=MAX_EXPIRES_IN).contains(s))
@@ -426,8 +462,8 @@ pub(super) async fn xyz(
                         AppError::Unprocessable(format!(
                             "expires_in is a whole number of seconds from 1 to {MAX_EXPIRES_IN}."
                         ))
-                    })?
-            }
+                    })?,
+            ),
             _ => forwarded.push((key.as_str(), value.as_str())),
         }
     }
@@ -436,7 +472,7 @@ pub(super) async fn xyz(
     })?;
     tiles::parse_query(forwarded.iter().copied(), format, scale)
         .map_err(AppError::Unprocessable)?;
-    let item = owned_item(state, user, id).await?;
+    let item = owned_item(state, owner, id).await?;
     drawable(&item)?;
     let geo = item.geo_raster.clone().unwrap_or_default();
     let bounds: [f64; 4] = serde_json::from_value(geo["bounds_wgs84"].clone()).map_err(|_| {
@@ -448,7 +484,19 @@ pub(super) async fn xyz(
     let width = geo["width"].as_u64().unwrap_or(1) as usize;
     let height = geo["height"].as_u64().unwrap_or(1) as usize;
     let (minzoom, maxzoom) = zoom_range(bounds, width, height);
-    let token = super::links::token_for(state, &item, expires_in).await?;
+    // A link's document hands on the link itself: a link never makes a longer-lived one.
+    let token = match (link, expires_in) {
+        (Some(_), Some(_)) => {
+            return Err(AppError::Unprocessable(
+                "A TileJSON asked for with a link keeps the link's expiry: leave out expires_in."
+                    .into(),
+            ))
+        }
+        (Some(link), None) => link.to_owned(),
+        (None, expires_in) => {
+            super::links::token_for(state, &item, expires_in.unwrap_or(DEFAULT_EXPIRES_IN)).await?
+        }
+    };
     let base = super::links::public_base(state, headers)?;
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     for (key, value) in &forwarded {
@@ -463,6 +511,7 @@ pub(super) async fn xyz(
         bounds,
         scale,
         content_type: format.content_type(),
+        linked: link.is_some(),
         prefix: format!("{base}/api/v1/tree-items/{id}/tiles/WebMercatorQuad/"),
         suffix: format!("{at2x}.{ext}?{}", query.finish()),
     })

@@ -10,7 +10,7 @@ use std::fmt::Write;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::auth::AuthUser;
+use super::auth::MaybeUser;
 use super::extract::Path;
 use super::tiles::{xyz, TileJsonQuery, TileQuery};
 use super::AppState;
@@ -49,17 +49,19 @@ fn tile_of(lon: f64, lat: f64, z: u32) -> (u64, u64) {
     params(("id" = Uuid, Path, description = "An item holding a COG"), TileJsonQuery, TileQuery),
     responses(
         (status = 200, description = "WMTS 1.0.0 capabilities", content_type = "application/xml"),
-        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
+        (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
+        (status = 403, description = "A link that was changed, has expired, or opens another file", body = ErrorBody),
+        (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
         (status = 422, description = "Not a COG, a file with no CRS, or impossible parameters", body = ErrorBody),
     ), security(("bearer" = []), ("cookie" = [])))]
 async fn capabilities(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    MaybeUser(user): MaybeUser,
     Path(id): Path<Uuid>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> AppResult<Response> {
-    let xyz = xyz(&state, user.id, id, query, &headers).await?;
+    let xyz = xyz(&state, user, id, query, &headers).await?;
     let [w, s, e, n] = xyz.bounds;
     let size = 256 * xyz.scale;
     let template = escape(&xyz.template("{TileMatrix}", "{TileCol}", "{TileRow}"));
@@ -100,7 +102,11 @@ async fn capabilities(
 </Capabilities>
 "#
     );
-    Ok(([(header::CONTENT_TYPE, "application/xml")], body).into_response())
+    let mut response = ([(header::CONTENT_TYPE, "application/xml")], body).into_response();
+    if xyz.linked {
+        super::tiles::open_to_any_page(&mut response);
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

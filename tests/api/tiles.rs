@@ -293,6 +293,70 @@ async fn tiles_are_cached_revalidated_and_refused_with_a_sentence() {
     let res = reqwest::get(&tile).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["content-type"], "image/webp");
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "*",
+        "a page on any site may draw a linked tile (MapLibre fetches with CORS)"
+    );
+    let own = server
+        .req(Method::GET, &url("8/72/109.png"), &server.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        own.headers().get("access-control-allow-origin").is_none(),
+        "not a tile read with the owner's credentials"
+    );
+
+    // The TileJSON (and the WMTS document) opened by the same link, with no header: what a
+    // MapLibre page or QGIS is given. Its tiles carry that link, never a longer-lived one.
+    let link = url::Url::parse(&tile)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "link")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let linked = server.api(&format!(
+        "/tree-items/{cog}/WebMercatorQuad/tilejson.json?colormap_name=viridis&bidx=2&link={link}"
+    ));
+    let res = reqwest::get(&linked).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    let doc: Value = res.json().await.unwrap();
+    let tiles = doc["tiles"][0].as_str().unwrap();
+    assert!(
+        tiles.contains(&format!("link={link}")) && tiles.contains("colormap_name=viridis"),
+        "{tiles}"
+    );
+    let drawn = reqwest::get(
+        tiles
+            .replace("{z}", "8")
+            .replace("{x}", "72")
+            .replace("{y}", "109"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(drawn.status(), StatusCode::OK);
+    let res = reqwest::get(linked.replace("WebMercatorQuad/tilejson.json", "WMTSCapabilities.xml"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains(&link));
+    let res = reqwest::get(format!("{linked}&expires_in=604800"))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a link cannot lengthen itself"
+    );
+    let res = reqwest::get(linked.replacen("link=", "link=0", 1))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = reqwest::get(linked.replace(&cog, source)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "its own file only");
+
     let tampered = tile.replacen("link=", "link=0", 1);
     assert_eq!(
         reqwest::get(&tampered).await.unwrap().status(),
