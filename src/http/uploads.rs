@@ -132,6 +132,14 @@ async fn store_upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit + 64 * 1024) {
+        // A client that waits for `100 Continue` sends nothing more; any other is writing the
+        // body already.
+        let expects = headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !expects {
+            drain(request.into_body().into_data_stream()).await;
+        }
         return Err(too_large(limit));
     }
     let content_type = headers
@@ -344,11 +352,33 @@ async fn write_stream(
         let size = writer.size();
         check_reserve(blobs, size, chunk.len())?;
         if size + chunk.len() as u64 > limit {
+            drain(stream.as_mut()).await;
             return Err(too_large(limit));
         }
         writer.write(&chunk).await.map_err(AppError::from_io)?;
     }
     writer.close().await.map_err(AppError::from_io)
+}
+
+/// How much of a refused upload's body is still read and dropped before the 413: closing the
+/// connection under a client that is still writing resets it, and the client then sees a
+/// broken pipe instead of the answer (the lingering close nginx does). Past these bounds the
+/// connection is closed anyway.
+const DRAIN_BYTES: u64 = 64 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn drain<E>(stream: impl Stream<Item = Result<Bytes, E>>) {
+    let mut stream = std::pin::pin!(stream);
+    let mut read = 0u64;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len() as u64;
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Every MiB an upload writes, the disk's reserve is checked again: other uploads and
