@@ -154,7 +154,9 @@ test('sign-in from the printed URL, upload, convert, and the map draws the serve
   assert.match(await page.textContent('#xyz'), /QGIS: Browser → XYZ Tiles → New Connection, paste this URL\./);
   await page.click('#xyz summary');
   assert.ok((await page.textContent('#xyz-leaflet')).includes(`L.tileLayer('${url}'`));
-  assert.ok((await page.textContent('#xyz-maplibre')).includes(`tiles: ['${url}']`));
+  // MapLibre takes the TileJSON, opened by the same link.
+  const tilejson = (await page.textContent('#xyz-maplibre')).match(/url: '([^']+)'/)[1];
+  assert.equal(tilejson, url.replace('/tiles/WebMercatorQuad/{z}/{x}/{y}.png?', '/WebMercatorQuad/tilejson.json?'));
   const anonymous = await browser.newContext();
   t.after(() => anonymous.close());
   const { z, x, y } = tiles[0];
@@ -162,6 +164,10 @@ test('sign-in from the printed URL, upload, convert, and the map draws the serve
   assert.equal(res.status(), 200);
   assert.equal(res.headers()['content-type'], 'image/png');
   assert.ok(url.startsWith(server.url));
+  const doc = await anonymous.request.get(tilejson);
+  assert.equal(doc.status(), 200, 'the TileJSON opens with no session');
+  assert.equal(doc.headers()['access-control-allow-origin'], '*', 'and any site may read it');
+  assert.deepEqual((await doc.json()).tiles, [url]);
 
   // Keyboard: focused, + zooms in (the image fills the map), an arrow pans, and ⤢ fits the
   // extent again.
