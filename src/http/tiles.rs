@@ -74,7 +74,7 @@ pub(super) struct TileQuery {
     #[param(inline, value_type = Option<Vec<u32>>, minimum = 1, maximum = 65535)]
     bidx: Option<Vec<u32>>,
     /// `min,max` per band, or one for all (min below max).
-    #[param(value_type = Option<Vec<RescaleRange>>)]
+    #[param(inline, value_type = Option<Vec<RescaleRange>>)]
     rescale: Option<Vec<String>>,
     #[param(inline, value_type = Option<ColormapName>)]
     colormap_name: Option<String>,
@@ -453,17 +453,19 @@ pub(super) async fn xyz(
                     _ => return Err(AppError::Unprocessable("tile_scale is 1 or 2.".into())),
                 }
             }
-            "expires_in" => expires_in = Some(
-                value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|s| (1..=MAX_EXPIRES_IN).contains(s))
-                    .ok_or_else(|| {
-                        AppError::Unprocessable(format!(
+            "expires_in" => {
+                expires_in = Some(
+                    value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|s| (1..=MAX_EXPIRES_IN).contains(s))
+                        .ok_or_else(|| {
+                            AppError::Unprocessable(format!(
                             "expires_in is a whole number of seconds from 1 to {MAX_EXPIRES_IN}."
                         ))
-                    })?,
-            ),
+                        })?,
+                )
+            }
             _ => forwarded.push((key.as_str(), value.as_str())),
         }
     }
