@@ -92,18 +92,38 @@ impl Server {
         ))
     }
 
+    /// A token of another user of this server (`rastercast token create`).
+    pub fn token_for(&self, user: &str) -> anyhow::Result<String> {
+        let out = std::process::Command::new(root().join("target/release/rastercast"))
+            .args(["token", "create", "--user", user, "--data-dir"])
+            .arg(self.dir.path())
+            .output()?;
+        anyhow::ensure!(out.status.success(), "rastercast token create failed");
+        let text = String::from_utf8(out.stdout)?;
+        Ok(text.lines().last().unwrap_or_default().trim().to_string())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
     }
 
     pub async fn upload(&self, client: &reqwest::Client, file: &Path) -> anyhow::Result<String> {
+        self.upload_as(client, file, &self.token).await
+    }
+
+    pub async fn upload_as(
+        &self,
+        client: &reqwest::Client,
+        file: &Path,
+        token: &str,
+    ) -> anyhow::Result<String> {
         let name = file
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("in.tif");
         let item: Value = client
             .post(format!("{}/api/v1/tree-items?name={name}", self.url))
-            .bearer_auth(&self.token)
+            .bearer_auth(token)
             .body(tokio::fs::read(file).await?)
             .send()
             .await?
@@ -118,18 +138,52 @@ impl Server {
         client: &reqwest::Client,
         item: &str,
     ) -> anyhow::Result<String> {
+        self.start_conversion_as(client, item, &self.token).await
+    }
+
+    pub async fn start_conversion_as(
+        &self,
+        client: &reqwest::Client,
+        item: &str,
+        token: &str,
+    ) -> anyhow::Result<String> {
         let task: Value = client
             .post(format!(
                 "{}/api/v1/tree-items/{item}/convert-to-geo-raster",
                 self.url
             ))
-            .bearer_auth(&self.token)
+            .bearer_auth(token)
             .send()
             .await?
             .error_for_status()?
             .json()
             .await?;
         Ok(task["task_id"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Polls a task's status until it is final.
+    pub async fn wait_final_as(
+        &self,
+        client: &reqwest::Client,
+        task: &str,
+        token: &str,
+    ) -> anyhow::Result<Value> {
+        loop {
+            let status: Value = client
+                .get(format!("{}/api/v1/tasks/{task}/status", self.url))
+                .bearer_auth(token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            if matches!(
+                status["state"].as_str(),
+                Some("SUCCESS" | "FAILURE" | "REVOKED")
+            ) {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Conversions this node finished with a success, from its own `/metrics` (0 before the

@@ -130,6 +130,12 @@ fn sse(
             }
         }
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        // Registered once: made anew in each turn of the loop, they took and released a lock
+        // of the shared token for every event and every subscriber.
+        let shutdown = state.shutdown.clone();
+        let stopping = shutdown.cancelled();
+        let revoking = revoked.cancelled();
+        tokio::pin!(stopping, revoking);
         loop {
             let lagged = tokio::select! {
                 received = rx.recv() => match received {
@@ -165,8 +171,8 @@ fn sse(
                     yield Ok(Bytes::from_static(b": keep-alive\n\n"));
                     false
                 }
-                _ = state.shutdown.cancelled() => return,
-                _ = revoked.cancelled() => {
+                _ = &mut stopping => return,
+                _ = &mut revoking => {
                     yield Ok(Bytes::from_static(b": the credentials of this stream were revoked\n\n"));
                     return;
                 }

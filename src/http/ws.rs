@@ -8,9 +8,10 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -97,6 +98,26 @@ struct Connection {
     follows: HashMap<Follow, u64>,
 }
 
+/// Queues `messages` and flushes them once. The timeout is armed only when the socket cannot
+/// take them at once: a timer per message per subscriber was a cost of every event.
+async fn send_all(
+    sink: &mut SplitSink<WebSocket, Message>,
+    messages: Vec<Message>,
+    timeout: Duration,
+) -> bool {
+    let send = async {
+        for message in messages {
+            sink.feed(message).await?;
+        }
+        sink.flush().await
+    };
+    let mut send = std::pin::pin!(send);
+    match futures_util::poll!(send.as_mut()) {
+        std::task::Poll::Ready(done) => done.is_ok(),
+        std::task::Poll::Pending => matches!(tokio::time::timeout(timeout, send).await, Ok(Ok(()))),
+    }
+}
+
 fn error_frame(detail: impl std::fmt::Display) -> Message {
     Message::text(serde_json::json!({ "type": "error", "detail": detail.to_string() }).to_string())
 }
@@ -125,6 +146,10 @@ impl Connection {
         // A peer whose buffers are full for this long is as good as gone.
         let send_timeout = interval * 2;
         let shutdown = self.state.shutdown.clone();
+        // Registered once, not in every turn of the loop (see `http/events.rs`).
+        let stopping = shutdown.cancelled();
+        let revoking = lease.revoked.cancelled();
+        tokio::pin!(stopping, revoking);
         loop {
             let outgoing: Vec<Message> = tokio::select! {
                 message = incoming.next() => match message {
@@ -144,8 +169,26 @@ impl Connection {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 },
                 received = rx.recv() => match received {
-                    Ok(event) if self.wants(&event) => vec![event_frame(&event.json)],
-                    Ok(_) => Vec::new(),
+                    Ok(event) => {
+                        // Events already waiting go out with this one, in one flush.
+                        let mut frames = Vec::new();
+                        let mut next = Some(event);
+                        let mut lagged = false;
+                        while let Some(event) = next.take() {
+                            if self.wants(&event) {
+                                frames.push(event_frame(&event.json));
+                            }
+                            match rx.try_recv() {
+                                Ok(more) => next = Some(more),
+                                Err(TryRecvError::Lagged(_)) => lagged = true,
+                                Err(_) => {}
+                            }
+                        }
+                        if lagged {
+                            frames.extend(self.resync().await);
+                        }
+                        frames
+                    }
                     Err(RecvError::Lagged(_)) => self.resync().await,
                     Err(RecvError::Closed) => return,
                 },
@@ -156,20 +199,17 @@ impl Connection {
                     }
                     vec![Message::Ping(Default::default())]
                 }
-                _ = shutdown.cancelled() => {
+                _ = &mut stopping => {
                     let _ = close(&mut sink, 1001, "server shutting down").await;
                     return;
                 }
-                _ = lease.revoked.cancelled() => {
+                _ = &mut revoking => {
                     let _ = close(&mut sink, 1008, "the credentials of this socket were revoked").await;
                     return;
                 }
             };
-            for message in outgoing {
-                match tokio::time::timeout(send_timeout, sink.send(message)).await {
-                    Ok(Ok(())) => {}
-                    _ => return,
-                }
+            if !outgoing.is_empty() && !send_all(&mut sink, outgoing, send_timeout).await {
+                return;
             }
         }
     }

@@ -179,6 +179,10 @@ pub enum Outcome {
 }
 
 /// Runs `job` in a warm worker, or a fresh one. `progress` gets every report; `stop` cancels.
+/// Workers run at this nice value (0 is the server's): under contention the kernel gives the
+/// server's threads about ten times their share of the cores.
+const WORKER_NICENESS: libc::c_int = 10;
+
 pub async fn run(
     job: &Job,
     limits: &ChildLimits,
@@ -337,6 +341,9 @@ impl Worker {
                 libc::setrlimit(libc::RLIMIT_CORE, &no_core);
                 // If the server dies, so does its worker: no orphan keeps converting.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // GDAL takes every core it is given; the server's own threads (events, HTTP)
+                // come first, so a conversion never holds up what clients are sent.
+                libc::setpriority(libc::PRIO_PROCESS, 0, WORKER_NICENESS);
                 // No network at all for code that parses hostile files: a fresh network namespace
                 // has only a loopback that is down. It needs CAP_SYS_ADMIN; without it the other
                 // layers (driver allow-list, server-built paths) still stand. Whether it took
