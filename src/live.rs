@@ -103,6 +103,28 @@ pub async fn start(
     })
 }
 
+/// Hands `first`, then every event already waiting on `rx`, to `each` until it answers false,
+/// so that a feed sends them in one write: under load this is what keeps a crowd of
+/// subscribers from costing a syscall per event. True when `rx` lagged meanwhile (the feed
+/// then resyncs with snapshots).
+pub fn drain_waiting(
+    rx: &mut broadcast::Receiver<Arc<Event>>,
+    first: Arc<Event>,
+    mut each: impl FnMut(&Event) -> bool,
+) -> bool {
+    let mut next = first;
+    loop {
+        if !each(&next) {
+            return false;
+        }
+        match rx.try_recv() {
+            Ok(more) => next = more,
+            Err(broadcast::error::TryRecvError::Lagged(_)) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// What a feed starts with, as read under the store's lock.
 enum Rows {
     Ready(Vec<Arc<Event>>),

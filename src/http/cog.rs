@@ -225,12 +225,8 @@ async fn stac(
     Query(q): Query<StacQuery>,
     headers: HeaderMap,
 ) -> AppResult<Json<Value>> {
-    let expires_in = q.expires_in.unwrap_or(7 * 86400);
-    if !(1..=7 * 86400).contains(&expires_in) {
-        return Err(AppError::Unprocessable(
-            "expires_in is a whole number of seconds from 1 to 604800.".into(),
-        ));
-    }
+    let expires_in =
+        super::links::lifetime(Some(q.expires_in.unwrap_or(super::links::MAX_EXPIRES_IN)))?;
     let (item, facts) = read(&state, user.id, id).await?;
     let link = super::links::link_to(&state, &headers, &item, expires_in).await?;
     let id = item.id.to_string();

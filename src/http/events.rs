@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::extract::{Path, Query};
@@ -140,27 +140,20 @@ fn sse(
             let lagged = tokio::select! {
                 received = rx.recv() => match received {
                     Ok(event) => {
-                        // Events already waiting go out in the same write: under load this is
-                        // what keeps a crowd of subscribers from costing a syscall per event.
                         let mut batch = Batch::default();
-                        let mut next = Some(event);
-                        let mut lagged = false;
-                        while let Some(event) = next.take() {
-                            if event.seq > floor && follow.matches(&event) {
+                        let mut ended = false;
+                        let lagged = live::drain_waiting(&mut rx, event, |event| {
+                            if event.seq > floor && follow.matches(event) {
                                 batch.push(&event.sse);
-                                if ends(follow, &event) {
-                                    yield Ok(batch.take().unwrap_or_default());
-                                    return;
-                                }
+                                ended = ends(follow, event);
                             }
-                            match rx.try_recv() {
-                                Ok(more) => next = Some(more),
-                                Err(TryRecvError::Lagged(_)) => lagged = true,
-                                Err(_) => {}
-                            }
-                        }
+                            !ended
+                        });
                         if let Some(bytes) = batch.take() {
                             yield Ok(bytes);
+                        }
+                        if ended {
+                            return;
                         }
                         lagged
                     }

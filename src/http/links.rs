@@ -40,7 +40,7 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANU
     .remove(b'~');
 
 /// The longest a link may live: a week, as S3's presigned URLs.
-const MAX_EXPIRES_IN: u64 = 7 * 86400;
+pub(super) const MAX_EXPIRES_IN: u64 = 7 * 86400;
 const DEFAULT_EXPIRES_IN: u64 = 3600;
 
 #[derive(Default, Deserialize, ToSchema)]
@@ -85,13 +85,8 @@ async fn create_link(
                 .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= MAX_EXPIRES_IN as f64)
                 .map(|f| f as u64)
         }),
-    }
-    .filter(|s| (1..=MAX_EXPIRES_IN).contains(s))
-    .ok_or_else(|| {
-        AppError::Unprocessable(format!(
-            "expires_in is a whole number of seconds from 1 to {MAX_EXPIRES_IN}."
-        ))
-    })?;
+    };
+    let expires_in = lifetime(expires_in)?;
     let item = owned_item(&state, user.id, id).await?;
     if item.blob.is_none() {
         return Err(AppError::Unprocessable(format!(
@@ -100,6 +95,18 @@ async fn create_link(
         )));
     }
     Ok(Json(link_to(&state, &headers, &item, expires_in).await?))
+}
+
+/// `seconds` when a link may live that long (1 s to a week), for every route that makes one
+/// (links, tile URLs, STAC assets); otherwise the sentence that says so.
+pub(super) fn lifetime(seconds: Option<u64>) -> AppResult<u64> {
+    seconds
+        .filter(|s| (1..=MAX_EXPIRES_IN).contains(s))
+        .ok_or_else(|| {
+            AppError::Unprocessable(format!(
+                "expires_in is a whole number of seconds from 1 to {MAX_EXPIRES_IN}."
+            ))
+        })
 }
 
 /// A link that opens `item` (a file) for `expires_in` seconds.

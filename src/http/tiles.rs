@@ -25,8 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tilejson))
 }
 
-/// The longest a TileJSON's tile URLs keep working: a week, as shareable links.
-const MAX_EXPIRES_IN: u64 = 7 * 86400;
+/// How long a TileJSON's tile URLs work when `expires_in` is left out: a day.
 const DEFAULT_EXPIRES_IN: u64 = 86400;
 
 /// Whose item a tile request may read: the signed `link` in its query (map libraries and QGIS
@@ -454,17 +453,7 @@ pub(super) async fn xyz(
                 }
             }
             "expires_in" => {
-                expires_in = Some(
-                    value
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|s| (1..=MAX_EXPIRES_IN).contains(s))
-                        .ok_or_else(|| {
-                            AppError::Unprocessable(format!(
-                            "expires_in is a whole number of seconds from 1 to {MAX_EXPIRES_IN}."
-                        ))
-                        })?,
-                )
+                expires_in = Some(super::links::lifetime(value.parse::<u64>().ok())?);
             }
             _ => forwarded.push((key.as_str(), value.as_str())),
         }

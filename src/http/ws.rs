@@ -11,7 +11,7 @@ use axum::response::Response;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::error::RecvError;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -170,20 +170,13 @@ impl Connection {
                 },
                 received = rx.recv() => match received {
                     Ok(event) => {
-                        // Events already waiting go out with this one, in one flush.
                         let mut frames = Vec::new();
-                        let mut next = Some(event);
-                        let mut lagged = false;
-                        while let Some(event) = next.take() {
-                            if self.wants(&event) {
+                        let lagged = live::drain_waiting(&mut rx, event, |event| {
+                            if self.wants(event) {
                                 frames.push(event_frame(&event.json));
                             }
-                            match rx.try_recv() {
-                                Ok(more) => next = Some(more),
-                                Err(TryRecvError::Lagged(_)) => lagged = true,
-                                Err(_) => {}
-                            }
-                        }
+                            true
+                        });
                         if lagged {
                             frames.extend(self.resync().await);
                         }

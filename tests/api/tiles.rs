@@ -104,6 +104,8 @@ async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
     let cases = json!([
         {"name": "rgb", "item": rgb, "path": path(&rgb_cog), "zooms": [7, 8, 9, 10], "tilesize": 256, "query": "", "tilejson": rgb_json},
         {"name": "rgb @2x", "item": rgb, "path": path(&rgb_cog), "zooms": [8], "tilesize": 512, "query": ""},
+        {"name": "rgb without its mask", "item": rgb, "path": path(&rgb_cog), "zooms": [9],
+         "tilesize": 256, "query": "return_mask=false"},
         {"name": "rgb, bands reordered", "item": rgb, "path": path(&rgb_cog), "zooms": [8, 9],
          "tilesize": 256, "query": "bidx=3,2,1"},
         {"name": "gray stretched through viridis", "item": gray, "path": path(&gray_cog), "zooms": [15],
@@ -145,7 +147,7 @@ async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     // Four previews, and two tiles per zoom: the centre, and one beside the data.
-    assert_eq!(lines.len(), 4 + 2 * 18, "{lines:#?}");
+    assert_eq!(lines.len(), 4 + 2 * 19, "{lines:#?}");
     let mut drawn = 0;
     for line in &lines {
         // Nearest resampling, rio-tiler's overview choice and its truncating stretch are
@@ -159,7 +161,7 @@ async fn tiles_are_what_rio_tiler_draws_pixel_for_pixel() {
         }
     }
     assert!(
-        drawn >= 22,
+        drawn >= 23,
         "every preview and centre tile shows data: {lines:#?}"
     );
 }

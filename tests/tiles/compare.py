@@ -27,37 +27,38 @@ def decode(png):
         return image.read()
 
 
+def bands(params):
+    """rio-tiler's `indexes` for a `bidx` query."""
+    if "bidx" not in params:
+        return {}
+    return {"indexes": tuple(int(b) for v in params["bidx"] for b in v.split(","))}
+
+
+def render(image, own_colormap, params):
+    """Draws a rio-tiler image as TiTiler does: the stretch, then the named colormap, else the
+    file's own palette (`colormap or dst_colormap`), with the mask as alpha unless
+    `return_mask=false`."""
+    if "rescale" in params:
+        image.rescale(in_range=[tuple(float(v) for v in r.split(",")) for r in params["rescale"]])
+    colormap = cmap.get(params["colormap_name"][0]) if "colormap_name" in params else own_colormap
+    add_mask = params.get("return_mask", ["true"])[0] != "false"
+    return decode(image.render(img_format="PNG", colormap=colormap, add_mask=add_mask))
+
+
 def reference(path, z, x, y, tilesize, query):
     params = urllib.parse.parse_qs(query)
-    options = {}
-    if "bidx" in params:
-        options["indexes"] = tuple(int(b) for v in params["bidx"] for b in v.split(","))
+    options = bands(params)
     if "resampling" in params:
         options["resampling_method"] = params["resampling"][0]
     opened = {"nodata": float(params["nodata"][0])} if "nodata" in params else {}
     with Reader(path, options=opened) as cog:
-        image = cog.tile(x, y, z, tilesize=tilesize, **options)
-        own = cog.colormap
-    if "rescale" in params:
-        ranges = [tuple(float(v) for v in r.split(",")) for r in params["rescale"]]
-        image.rescale(in_range=ranges)
-    # TiTiler draws with the named colormap, else the file's own palette (colormap or dst_colormap).
-    colormap = cmap.get(params["colormap_name"][0]) if "colormap_name" in params else own
-    return decode(image.render(img_format="PNG", colormap=colormap))
+        return render(cog.tile(x, y, z, tilesize=tilesize, **options), cog.colormap, params)
 
 
 def reference_preview(path, max_size, query):
     params = urllib.parse.parse_qs(query)
-    options = {}
-    if "bidx" in params:
-        options["indexes"] = tuple(int(b) for v in params["bidx"] for b in v.split(","))
     with Reader(path) as cog:
-        image = cog.preview(max_size=max_size, **options)
-        own = cog.colormap
-    if "rescale" in params:
-        image.rescale(in_range=[tuple(float(v) for v in r.split(",")) for r in params["rescale"]])
-    colormap = cmap.get(params["colormap_name"][0]) if "colormap_name" in params else own
-    return decode(image.render(img_format="PNG", colormap=colormap))
+        return render(cog.preview(max_size=max_size, **bands(params)), cog.colormap, params)
 
 
 def previews(session, base, cases):
