@@ -183,6 +183,37 @@ pub trait Announce: Send + Sync + 'static {
     fn deliveries_queued(&self) {}
 }
 
+/// A finished task whose strings and result look like an event's own fields.
+#[cfg(test)]
+pub(crate) fn sample_task() -> TaskRecord {
+    TaskRecord {
+        seq: 1,
+        id: Uuid::new_v4(),
+        user_id: Uuid::new_v4(),
+        source_id: Uuid::new_v4(),
+        source_blob: "0".repeat(32),
+        source_name: r#"a,"event":"x".tif"#.into(),
+        parent_id: None,
+        options: crate::domain::options::RequestedOptions::default()
+            .validate()
+            .unwrap(),
+        state: TaskState::Success,
+        progress: 100.0,
+        status: "Done".into(),
+        result: Some(serde_json::json!({"event": "not ours", "seq": 3})),
+        error: None,
+        attempts: 1,
+        cancel_requested: false,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        started_at: None,
+        finished_at: None,
+        queue_position: None,
+        next_attempt_at: None,
+        last_error: None,
+        retry_of: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,32 +222,7 @@ mod tests {
     /// task's own strings and results look like the event's fields.
     #[test]
     fn an_events_status_is_the_status_alone() {
-        let task = TaskRecord {
-            seq: 1,
-            id: Uuid::new_v4(),
-            user_id: Uuid::new_v4(),
-            source_id: Uuid::new_v4(),
-            source_blob: "0".repeat(32),
-            source_name: r#"a,"event":"x".tif"#.into(),
-            parent_id: None,
-            options: crate::domain::options::RequestedOptions::default()
-                .validate()
-                .unwrap(),
-            state: TaskState::Success,
-            progress: 100.0,
-            status: "Done".into(),
-            result: Some(serde_json::json!({"event": "not ours", "seq": 3})),
-            error: None,
-            attempts: 1,
-            cancel_requested: false,
-            created_at: "2026-01-01T00:00:00Z".into(),
-            started_at: None,
-            finished_at: None,
-            queue_position: None,
-            next_attempt_at: None,
-            last_error: None,
-            retry_of: None,
-        };
+        let task = sample_task();
         let event = Event::new(&task, EventKind::State, 42);
         let alone = serde_json::to_vec(&TaskStatus::from(&task)).unwrap();
         assert_eq!(event.status(), Bytes::from(alone));

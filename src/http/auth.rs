@@ -89,7 +89,7 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
 async fn token_user(state: &AppState, token: String) -> Result<User, AppError> {
     let user = state
         .store
-        .call(move |c| users::authenticate(c, &token))
+        .read(move |c| users::authenticate(c, &token))
         .await?
         .ok_or(AppError::Unauthorized(
             "The token is invalid or has been revoked.",

@@ -187,7 +187,7 @@ async fn list(
 pub async fn owned_item(state: &AppState, user: Uuid, id: Uuid) -> AppResult<Item> {
     state
         .store
-        .call(move |c| items::get(c, user, id))
+        .read(move |c| items::get(c, user, id))
         .await?
         .ok_or(AppError::NotFound("tree item"))
 }

@@ -22,7 +22,90 @@ pub struct Db<'a> {
 
 pub(super) enum Conn<'a> {
     Sqlite(&'a mut rusqlite::Connection),
-    Postgres(postgres::Transaction<'a>),
+    Postgres(Pg<'a>, &'a mut Statements),
+}
+
+/// A PostgreSQL call: one transaction, or (for [`super::Store::read`]) statements that each
+/// stand alone, which saves the `BEGIN` and `COMMIT` round trips of a one-statement read.
+pub(super) enum Pg<'a> {
+    Transaction(postgres::Transaction<'a>),
+    Autocommit(&'a mut postgres::Client),
+}
+
+type PgParams<'p> = [&'p (dyn postgres::types::ToSql + Sync)];
+
+impl Pg<'_> {
+    fn prepare(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        match self {
+            Pg::Transaction(tx) => tx.prepare(sql),
+            Pg::Autocommit(client) => client.prepare(sql),
+        }
+    }
+
+    fn execute(
+        &mut self,
+        statement: &postgres::Statement,
+        params: &PgParams,
+    ) -> Result<u64, postgres::Error> {
+        match self {
+            Pg::Transaction(tx) => tx.execute(statement, params),
+            Pg::Autocommit(client) => client.execute(statement, params),
+        }
+    }
+
+    fn query(
+        &mut self,
+        statement: &postgres::Statement,
+        params: &PgParams,
+    ) -> Result<Vec<postgres::Row>, postgres::Error> {
+        match self {
+            Pg::Transaction(tx) => tx.query(statement, params),
+            Pg::Autocommit(client) => client.query(statement, params),
+        }
+    }
+
+    fn batch_execute(&mut self, sql: &str) -> Result<(), postgres::Error> {
+        match self {
+            Pg::Transaction(tx) => tx.batch_execute(sql),
+            Pg::Autocommit(client) => client.batch_execute(sql),
+        }
+    }
+}
+
+/// PostgreSQL's prepared statements, kept per connection as SQLite's `prepare_cached` keeps
+/// them: a statement given as text costs a parse and an extra round trip on every call, which
+/// was most of what a change cost on loopback. Protocol-level statements outlive the
+/// transaction that prepared them (a rollback keeps them), but not the connection: a new
+/// connection starts with an empty cache.
+#[derive(Default)]
+pub(super) struct Statements(std::collections::HashMap<String, postgres::Statement>);
+
+impl Statements {
+    /// Far above the thirty-odd statements the server runs; a bound in case some call ever
+    /// builds its SQL from data.
+    const CAPACITY: usize = 256;
+
+    fn get(&mut self, pg: &mut Pg<'_>, sql: &str) -> anyhow::Result<postgres::Statement> {
+        if let Some(statement) = self.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = pg.prepare(&postgres_sql(sql))?;
+        if self.0.len() >= Self::CAPACITY {
+            self.0.clear();
+        }
+        self.0.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Forgets `sql`'s statement after it failed: a node that migrated the schema meanwhile
+    /// can make an old plan invalid ("cached plan must not change result type"), and the
+    /// next call should prepare it afresh rather than fail the same way.
+    fn checked<T>(&mut self, sql: &str, result: Result<T, postgres::Error>) -> anyhow::Result<T> {
+        if result.is_err() {
+            self.0.remove(sql);
+        }
+        Ok(result?)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,15 +132,16 @@ impl<'a> Db<'a> {
     /// Runs `f` in PostgreSQL transaction `tx` and commits it when `f` succeeds.
     pub(super) fn in_transaction<R>(
         tx: postgres::Transaction<'a>,
+        statements: &'a mut Statements,
         bus: &'a dyn crate::domain::Announce,
         f: impl FnOnce(&mut Db) -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
         let mut db = Db {
-            conn: Conn::Postgres(tx),
+            conn: Conn::Postgres(Pg::Transaction(tx), statements),
             bus,
         };
         let result = f(&mut db)?;
-        let Conn::Postgres(tx) = db.conn else {
+        let Conn::Postgres(Pg::Transaction(tx), _) = db.conn else {
             unreachable!("made above")
         };
         tx.commit()?;
@@ -69,7 +153,7 @@ impl Db<'_> {
     pub fn dialect(&self) -> Dialect {
         match self.conn {
             Conn::Sqlite(_) => Dialect::Sqlite,
-            Conn::Postgres(_) => Dialect::Postgres,
+            Conn::Postgres(..) => Dialect::Postgres,
         }
     }
 
@@ -79,7 +163,11 @@ impl Db<'_> {
             Conn::Sqlite(c) => Ok(c
                 .prepare_cached(sql)?
                 .execute(rusqlite::params_from_iter(params))?),
-            Conn::Postgres(tx) => Ok(tx.execute(&*postgres_sql(sql), &pg_params(params))? as usize),
+            Conn::Postgres(pg, statements) => {
+                let statement = statements.get(pg, sql)?;
+                let changed = pg.execute(&statement, &pg_params(params));
+                Ok(statements.checked(sql, changed)? as usize)
+            }
         }
     }
 
@@ -96,11 +184,15 @@ impl Db<'_> {
                 })?;
                 Ok(rows.collect::<Result<_, _>>()?)
             }
-            Conn::Postgres(tx) => tx
-                .query(&*postgres_sql(sql), &pg_params(params))?
-                .iter()
-                .map(row_from_postgres)
-                .collect(),
+            Conn::Postgres(pg, statements) => {
+                let statement = statements.get(pg, sql)?;
+                let rows = pg.query(&statement, &pg_params(params));
+                statements
+                    .checked(sql, rows)?
+                    .iter()
+                    .map(row_from_postgres)
+                    .collect()
+            }
         }
     }
 
@@ -122,7 +214,10 @@ impl Db<'_> {
         f: impl FnOnce(&mut Db) -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
         match &self.conn {
-            Conn::Postgres(_) => return f(self),
+            Conn::Postgres(Pg::Autocommit(_), _) => {
+                anyhow::bail!("a store read (`Store::read`) cannot make a change atomically")
+            }
+            Conn::Postgres(..) => return f(self),
             Conn::Sqlite(c) if !c.is_autocommit() => return f(self),
             Conn::Sqlite(_) => {}
         }
@@ -156,14 +251,14 @@ impl Db<'_> {
             }
             // PostgreSQL keeps its commits synchronous: these transactions also write events
             // and advance the event sequence, which a crash must not take back.
-            Conn::Postgres(_) => f(self),
+            Conn::Postgres(..) => f(self),
         }
     }
 
     pub fn execute_batch(&mut self, sql: &str) -> anyhow::Result<()> {
         match &mut self.conn {
             Conn::Sqlite(c) => c.execute_batch(sql)?,
-            Conn::Postgres(tx) => tx.batch_execute(sql)?,
+            Conn::Postgres(pg, _) => pg.batch_execute(sql)?,
         }
         Ok(())
     }

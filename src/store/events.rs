@@ -11,7 +11,7 @@ use anyhow::Context;
 use postgres::fallible_iterator::FallibleIterator;
 use tokio_util::sync::CancellationToken;
 
-use super::db::{vals, Conn, Db};
+use super::db::{vals, Conn, Db, Pg};
 use crate::domain::{Announce, Event, EventKind, TaskRecord, TaskState};
 
 /// What the event log keeps: at least `size` events (as the in-process replay window does),
@@ -33,14 +33,21 @@ impl Default for LogLimits {
 }
 /// Serialises event-writing transactions across nodes, so that `seq` order is commit order.
 const EVENT_LOCK: i64 = 7_284_002;
-const CHANNEL: &str = "rastercast_events";
+/// The notification channel, one per schema: channels are the database's, not a schema's, and
+/// two deployments that share a database in schemas of their own (`search_path`) must not
+/// hear each other's events. (A name of at most 63 bytes, whatever the schema's.)
+const CHANNEL: &str = "'rastercast_events_' || md5(current_schema())";
 
 impl Db<'_> {
     /// Announces the task's new state; call it after the change, as the call's last write.
     /// Returns the event's `seq`.
     pub fn publish(&mut self, task: &TaskRecord, kind: EventKind) -> anyhow::Result<u64> {
-        if let Conn::Sqlite(_) = self.conn {
-            return Ok(self.bus.publish(task, kind));
+        match self.conn {
+            Conn::Sqlite(_) => return Ok(self.bus.publish(task, kind)),
+            Conn::Postgres(Pg::Autocommit(_), _) => {
+                anyhow::bail!("a store read (`Store::read`) cannot announce a change")
+            }
+            Conn::Postgres(Pg::Transaction(_), _) => {}
         }
         // Two round trips per event: the lock and the number, then the row and its notice.
         // (The lock is taken in the FROM clause, so before the number is.)
@@ -58,7 +65,7 @@ impl Db<'_> {
             &format!(
                 "WITH stored AS (INSERT INTO task_events (seq, task_id, user_id, kind, state, sse)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq)
-                 SELECT pg_notify('{CHANNEL}', '') FROM stored"
+                 SELECT pg_notify({CHANNEL}, ?7) FROM stored"
             ),
             vals![
                 seq,
@@ -66,7 +73,8 @@ impl Db<'_> {
                 task.user_id,
                 kind.as_str(),
                 task.state.as_str(),
-                event.sse.to_vec()
+                event.sse.to_vec(),
+                notice(&event)
             ],
         )?;
         Ok(seq as u64)
@@ -76,8 +84,14 @@ impl Db<'_> {
     /// repeatable-read transaction; SQLite already is one under the store's lock). Call it
     /// first.
     pub fn consistent_reads(&mut self) -> anyhow::Result<()> {
-        if let Conn::Postgres(_) = self.conn {
-            self.execute_batch("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+        match self.conn {
+            Conn::Postgres(Pg::Autocommit(_), _) => {
+                anyhow::bail!("a store read (`Store::read`) has no single moment to read at")
+            }
+            Conn::Postgres(..) => {
+                self.execute_batch("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?
+            }
+            Conn::Sqlite(_) => {}
         }
         Ok(())
     }
@@ -149,6 +163,46 @@ fn stored_event(row: &super::db::Row) -> anyhow::Result<Event> {
     )
 }
 
+/// Events the relay reads from the log at once.
+const LOG_PAGE: usize = 1000;
+
+/// Notices are limited to 8000 bytes; a larger event is read from the log.
+const NOTICE_MAX: usize = 7900;
+
+/// The notice that announces `event`: the event itself when it fits (see [`carried`]), so
+/// that no node has to read it back; empty otherwise.
+fn notice(event: &Event) -> String {
+    let Ok(sse) = std::str::from_utf8(&event.sse) else {
+        return String::new();
+    };
+    let notice = format!(
+        "{} {} {} {} {}\n{sse}",
+        event.seq,
+        event.task_id,
+        event.user_id,
+        event.kind.as_str(),
+        event.state.as_str()
+    );
+    if notice.len() > NOTICE_MAX {
+        return String::new();
+    }
+    notice
+}
+
+/// The event a notice carries, if any.
+fn carried(notice: &str) -> Option<Event> {
+    let (head, sse) = notice.split_once('\n')?;
+    let mut fields = head.split(' ');
+    let mut next = || fields.next();
+    let seq = next()?.parse().ok()?;
+    let task = next()?.parse().ok()?;
+    let user = next()?.parse().ok()?;
+    let kind = EventKind::parse(next()?)?;
+    let state = TaskState::parse(next()?)?;
+    let sse = bytes::Bytes::copy_from_slice(sse.as_bytes());
+    Event::from_stored(seq, task, user, kind, state, sse).ok()
+}
+
 /// How long the relay waits for a notification before it looks at the log anyway (a
 /// notification lost with a dropped connection costs at most this), and between reconnects.
 const RELAY_POLL: Duration = Duration::from_millis(500);
@@ -160,7 +214,8 @@ const RELAY_POLL: Duration = Duration::from_millis(500);
 /// first event ever written would then look like a log pruned past the relay's start,
 /// resyncing every feed instead of delivering it.
 pub fn listen(client: &mut postgres::Client) -> anyhow::Result<u64> {
-    client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+    let channel: String = client.query_one(&format!("SELECT {CHANNEL}"), &[])?.get(0);
+    client.batch_execute(&format!("LISTEN \"{channel}\""))?;
     let mut tx = client.transaction()?;
     tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({EVENT_LOCK})"))?;
     let last: i64 = tx
@@ -198,33 +253,52 @@ pub fn relay(
                     c
                 }
             };
+            // Prepared once: it runs after nearly every event.
+            let after = client.prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM task_events WHERE seq > $1 ORDER BY seq LIMIT {LOG_PAGE}"
+            ))?;
             while !shutdown.is_cancelled() {
                 // One notification or the poll interval, then whatever else is already queued.
-                let woke = client
-                    .notifications()
-                    .timeout_iter(RELAY_POLL)
-                    .next()?
-                    .is_some();
-                if woke {
-                    while client.notifications().iter().next()?.is_some() {}
+                let first = client.notifications().timeout_iter(RELAY_POLL).next()?;
+                let mut notices = Vec::from_iter(first);
+                if !notices.is_empty() {
+                    while let Some(notice) = client.notifications().iter().next()? {
+                        notices.push(notice);
+                    }
                 }
-                let rows = client.query(
-                    &format!(
-                        "SELECT {EVENT_COLUMNS} FROM task_events WHERE seq > $1 ORDER BY seq LIMIT 1000"
-                    ),
-                    &[&last],
-                )?;
-                let first: Option<i64> = rows.first().map(|r| r.get(0));
-                if first.is_some_and(|f| f > last + 1) && pruned_past(&mut client, last)? {
-                    let since = synced_at - chrono::Duration::minutes(1);
-                    tracing::warn!(%since, "the event log was pruned past this node's relay; resyncing its feeds");
-                    last = resync(&mut client, &*bus, &crate::time::format(since))?;
-                } else {
-                    for row in &rows {
-                        let row = super::db::row_from_postgres(row)?;
-                        let event = stored_event(&row)?;
-                        last = event.seq as i64;
-                        bus.deliver(event);
+                // Notices come in commit order, which is `seq` order: an event its notice
+                // carries is delivered as it is. One too large for a notice, and a quiet
+                // poll interval, send the relay to the log.
+                let mut read_log = notices.is_empty();
+                for notice in &notices {
+                    match carried(notice.payload()) {
+                        Some(event) if event.seq as i64 > last => {
+                            last = event.seq as i64;
+                            bus.deliver(event);
+                        }
+                        Some(_) => {}
+                        None => {
+                            read_log = true;
+                            break;
+                        }
+                    }
+                }
+                while read_log {
+                    let rows = client.query(&after, &[&last])?;
+                    read_log = rows.len() == LOG_PAGE;
+                    let first: Option<i64> = rows.first().map(|r| r.get(0));
+                    if first.is_some_and(|f| f > last + 1) && pruned_past(&mut client, last)? {
+                        let since = synced_at - chrono::Duration::minutes(1);
+                        tracing::warn!(%since, "the event log was pruned past this node's relay; resyncing its feeds");
+                        last = resync(&mut client, &*bus, &crate::time::format(since))?;
+                        read_log = false;
+                    } else {
+                        for row in &rows {
+                            let row = super::db::row_from_postgres(row)?;
+                            let event = stored_event(&row)?;
+                            last = event.seq as i64;
+                            bus.deliver(event);
+                        }
                     }
                 }
                 synced_at = chrono::Utc::now();
@@ -259,13 +333,40 @@ fn pruned_past(client: &mut postgres::Client, last: i64) -> anyhow::Result<bool>
 /// Delivers a resync snapshot of every task changed since `since` (and every unfinished one)
 /// as of the log's end, and returns that end.
 fn resync(client: &mut postgres::Client, bus: &dyn Announce, since: &str) -> anyhow::Result<i64> {
-    let (position, tasks) = Db::in_transaction(client.transaction()?, bus, |db| {
-        db.consistent_reads()?;
-        Ok((db.position()?, super::tasks::changed_since(db, since)?))
-    })?;
+    let mut statements = super::db::Statements::default();
+    let (position, tasks) =
+        Db::in_transaction(client.transaction()?, &mut statements, bus, |db| {
+            db.consistent_reads()?;
+            Ok((db.position()?, super::tasks::changed_since(db, since)?))
+        })?;
     for task in &tasks {
         bus.deliver(Event::snapshot(task, position, true));
     }
     bus.resynced(1);
     Ok(position as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event comes out of its notice as it went in; one too large for a notice, and a
+    /// notice that is not one of ours, send the relay to the log instead.
+    #[test]
+    fn a_notice_carries_its_event_or_nothing() {
+        let mut task = crate::domain::event::sample_task();
+        let event = Event::new(&task, EventKind::State, 42);
+        let back = carried(&notice(&event)).expect("a small event rides in its notice");
+        assert_eq!(
+            (back.seq, back.task_id, back.user_id),
+            (42, task.id, task.user_id)
+        );
+        assert_eq!((back.kind, back.state), (event.kind, event.state));
+        assert_eq!((back.sse, back.json), (event.sse, event.json));
+
+        task.status = "x".repeat(NOTICE_MAX);
+        assert_eq!(notice(&Event::new(&task, EventKind::State, 43)), "");
+        assert!(carried("").is_none());
+        assert!(carried("42 not-a-task\nid: 42").is_none());
+    }
 }

@@ -599,3 +599,39 @@ async fn healthz_reports_a_database_out_of_reach_and_its_return() {
         .await;
     assert_eq!(seen.last().unwrap().1["state"], "SUCCESS");
 }
+
+/// Two deployments that share one PostgreSQL database, each in a schema of its own, hear only
+/// their own events: notification channels are the database's, so each schema has its own.
+/// (A relay that took the other deployment's event numbers for its own would skip its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_in_schemas_of_one_database_hear_only_their_own_events() {
+    let (db_a, db_b) = (TestDatabase::new(), TestDatabase::new());
+    let a = TestServer::start_with(&["--database-url", &db_a.url]).await;
+    let b = TestServer::start_with(&["--database-url", &db_b.url]).await;
+    let (item_a, item_b) = (
+        a.upload(&data("byte.tif")).await,
+        b.upload(&data("byte.tif")).await,
+    );
+
+    // B's event numbers run well ahead of A's.
+    for _ in 0..5 {
+        let id = b.convert(&item_b, json!({})).await["task_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(b.wait_final(&id).await["state"], "SUCCESS");
+    }
+    let mut feed = Sse::open(a.http.get(a.api("/events")).bearer_auth(&a.token)).await;
+    let id = a.convert(&item_a, json!({})).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let seen = tokio::time::timeout(
+        Duration::from_secs(30),
+        feed.events_until(|e| e["task_id"] == id.as_str() && is_final(e)),
+    )
+    .await
+    .expect("A's own events reach A's watchers");
+    assert_eq!(seen.last().unwrap().1["state"], "SUCCESS");
+    assert!(seen.iter().all(|(_, e)| e["task_id"] == id.as_str()));
+}
