@@ -75,6 +75,58 @@ fn reference_conversion(input: &Path) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// The conversion a push run makes, made again and again beside the reference server: the
+/// same file, arguments and GDAL threads as a worker uses, at the workers' nice value. Stops
+/// (killing the one under way) when dropped.
+struct Busy {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Busy {
+    fn start(input: PathBuf) -> Busy {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let args = rastercast::convert::Conversion::default().translate_args("average", 1);
+            let Ok(out) = tempfile::Builder::new().suffix(".tif").tempfile() else {
+                return;
+            };
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut child) = std::process::Command::new("nice")
+                    .args(["-n", "10", "gdal_translate", "-q"])
+                    .args(&args)
+                    .arg(&input)
+                    .arg(out.path())
+                    .spawn()
+                else {
+                    return;
+                };
+                while let Ok(None) = child.try_wait() {
+                    if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = child.kill();
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.wait();
+            }
+        });
+        Busy {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -221,9 +273,11 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             drop(server);
             let reference = fanout::Reference::start().await?;
+            // The reference shares the cores with the same GDAL work, as ours did.
+            let busy = Busy::start(big_input()?);
             let theirs =
                 watch_reference(&reference, sse, ws, &event, ours.events, ours.span).await?;
-            drop(reference);
+            drop((busy, reference));
             let ratio = ours.p99 / theirs.p99;
             rows.push(Row {
                 figure: format!(
@@ -232,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
                 ),
                 measured: ours.describe(),
                 reference: format!(
-                    "minimal axum broadcast server, same client, event and pace: {}",
+                    "minimal axum broadcast server, same client, event, pace and GDAL load: {}",
                     theirs.describe()
                 ),
                 ratio: format!("{ratio:.2}× (p99)"),
