@@ -421,7 +421,9 @@ fn output_name(source: &str) -> String {
 /// Writes progress to the store and the bus, at most every `PROGRESS_EVERY` (and at once
 /// when a transfer to or from object storage starts); the claim's
 /// state event already said the task started. The watch channel keeps only the newest value,
-/// so a slow write never queues stale ones, and the last value is always written.
+/// so a slow write never queues stale ones, and the last value is written: unless it is the
+/// publishing step, which the final state follows at once (a write and an event per task,
+/// for every task, that no watcher could have read before the next).
 async fn report_progress(
     tasks: Tasks,
     bus: Bus,
@@ -452,7 +454,7 @@ async fn report_progress(
                     continue;
                 }
                 let last = *rx.borrow();
-                if last != sent.0 {
+                if last != sent.0 && last.1 != Phase::Publishing {
                     written += 1;
                     let _ = write(last).await;
                 }
