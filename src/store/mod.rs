@@ -221,13 +221,7 @@ impl Store {
         let mut guard = self.free_connection(pool);
         let PgClient(slot, statements) = &mut *guard;
         for attempt in 0..2 {
-            let client = match slot {
-                Some(client) if !client.is_closed() => client,
-                _ => {
-                    *statements = db::Statements::default();
-                    slot.insert(connect_postgres(config)?)
-                }
-            };
+            let client = open(slot, statements, config)?;
             let result = f(&mut Db {
                 conn: db::Conn::Postgres(db::Pg::Autocommit(client), statements),
                 bus: &*self.bus,
@@ -262,13 +256,7 @@ impl Store {
                 // only when used: a BEGIN that fails on it is tried once more on a new one
                 // (nothing has run yet).
                 for attempt in 0..2 {
-                    let client = match slot {
-                        Some(client) if !client.is_closed() => client,
-                        _ => {
-                            *statements = db::Statements::default();
-                            slot.insert(connect_postgres(config)?)
-                        }
-                    };
+                    let client = open(slot, statements, config)?;
                     let failed = match client.transaction() {
                         Ok(tx) => return Db::in_transaction(tx, statements, bus, f),
                         Err(e) => e,
@@ -302,6 +290,20 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The connection in `slot`, connected again (with no statements prepared) if it was
+/// never opened or has been closed.
+fn open<'s>(
+    slot: &'s mut Option<postgres::Client>,
+    statements: &mut db::Statements,
+    config: &postgres::Config,
+) -> anyhow::Result<&'s mut postgres::Client> {
+    if slot.as_ref().is_some_and(|c| !c.is_closed()) {
+        return Ok(slot.as_mut().expect("checked above"));
+    }
+    *statements = db::Statements::default();
+    Ok(slot.insert(connect_postgres(config)?))
 }
 
 /// A database URL as it may appear in a log: without its password.
