@@ -257,7 +257,14 @@ pub fn relay(
             let after = client.prepare(&format!(
                 "SELECT {EVENT_COLUMNS} FROM task_events WHERE seq > $1 ORDER BY seq LIMIT {LOG_PAGE}"
             ))?;
+            // Listening already: what was committed before is in the log (a reconnect's gap),
+            // what comes after has its notice.
+            let mut read_log = true;
             while !shutdown.is_cancelled() {
+                if read_log {
+                    last = deliver_log(&mut client, &after, last, synced_at, &*bus)?;
+                }
+                synced_at = chrono::Utc::now();
                 // One notification or the poll interval, then whatever else is already queued.
                 let first = client.notifications().timeout_iter(RELAY_POLL).next()?;
                 let mut notices = Vec::from_iter(first);
@@ -269,7 +276,7 @@ pub fn relay(
                 // Notices come in commit order, which is `seq` order: an event its notice
                 // carries is delivered as it is. One too large for a notice, and a quiet
                 // poll interval, send the relay to the log.
-                let mut read_log = notices.is_empty();
+                read_log = notices.is_empty();
                 for notice in &notices {
                     match carried(notice.payload()) {
                         Some(event) if event.seq as i64 > last => {
@@ -283,25 +290,6 @@ pub fn relay(
                         }
                     }
                 }
-                while read_log {
-                    let rows = client.query(&after, &[&last])?;
-                    read_log = rows.len() == LOG_PAGE;
-                    let first: Option<i64> = rows.first().map(|r| r.get(0));
-                    if first.is_some_and(|f| f > last + 1) && pruned_past(&mut client, last)? {
-                        let since = synced_at - chrono::Duration::minutes(1);
-                        tracing::warn!(%since, "the event log was pruned past this node's relay; resyncing its feeds");
-                        last = resync(&mut client, &*bus, &crate::time::format(since))?;
-                        read_log = false;
-                    } else {
-                        for row in &rows {
-                            let row = super::db::row_from_postgres(row)?;
-                            let event = stored_event(&row)?;
-                            last = event.seq as i64;
-                            bus.deliver(event);
-                        }
-                    }
-                }
-                synced_at = chrono::Utc::now();
                 if pruned.elapsed() > Duration::from_secs(10) {
                     pruned = std::time::Instant::now();
                     client.execute(
@@ -317,6 +305,35 @@ pub fn relay(
         if let Err(e) = run() {
             tracing::error!(error = ?e, "the event relay lost its connection; reconnecting");
             std::thread::sleep(RELAY_POLL);
+        }
+    }
+}
+
+/// Delivers the log after `last` to `bus`, page after page, and returns where it ends. A log
+/// pruned past `last` (the relay was away longer than the log keeps events) resyncs the
+/// bus's feeds instead, with snapshots of every task changed since `synced_at`.
+fn deliver_log(
+    client: &mut postgres::Client,
+    after: &postgres::Statement,
+    mut last: i64,
+    synced_at: chrono::DateTime<chrono::Utc>,
+    bus: &dyn Announce,
+) -> anyhow::Result<i64> {
+    loop {
+        let rows = client.query(after, &[&last])?;
+        let first: Option<i64> = rows.first().map(|r| r.get(0));
+        if first.is_some_and(|f| f > last + 1) && pruned_past(client, last)? {
+            let since = synced_at - chrono::Duration::minutes(1);
+            tracing::warn!(%since, "the event log was pruned past this node's relay; resyncing its feeds");
+            return resync(client, bus, &crate::time::format(since));
+        }
+        for row in &rows {
+            let event = stored_event(&super::db::row_from_postgres(row)?)?;
+            last = event.seq as i64;
+            bus.deliver(event);
+        }
+        if rows.len() < LOG_PAGE {
+            return Ok(last);
         }
     }
 }

@@ -635,3 +635,53 @@ async fn deployments_in_schemas_of_one_database_hear_only_their_own_events() {
     assert_eq!(seen.last().unwrap().1["state"], "SUCCESS");
     assert!(seen.iter().all(|(_, e)| e["task_id"] == id.as_str()));
 }
+
+/// A node whose relay was cut off while another node kept publishing catches up from the log
+/// once it reconnects, even though new events (each carried in its notice) arrive all the
+/// while: its watchers miss none of the events made meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_cut_off_while_events_flow_catches_up_from_the_log() {
+    const TASKS: usize = 300;
+    let db = TestDatabase::new();
+    let mut cable = Cable::to(db.port()).await;
+    let through = db.url_through(cable.port);
+    let worker = TestServer::start_with(&["--database-url", &db.url, "--workers", "1"]).await;
+    let api = worker
+        .join(&["--database-url", &through, "--role", "api"])
+        .await;
+    let item = worker.upload(&data("byte.tif")).await;
+    let feed =
+        |node: &TestServer| Sse::open(node.http.get(node.api("/events")).bearer_auth(&node.token));
+    let (mut on_worker, mut on_api) = (feed(&worker).await, feed(&api).await);
+    // Tiny conversions one after another on one worker: events every few milliseconds,
+    // before, during and after the cut.
+    for _ in 0..TASKS / 2 {
+        worker.convert(&item, json!({})).await;
+    }
+    cable.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cable.mend().await;
+    for _ in 0..TASKS / 2 {
+        worker.convert(&item, json!({})).await;
+    }
+
+    let all_done = || {
+        let finals = std::cell::Cell::new(0);
+        move |e: &Value| {
+            finals.set(finals.get() + usize::from(is_final(e)));
+            finals.get() == TASKS
+        }
+    };
+    let wait = Duration::from_secs(120);
+    let seen_worker = tokio::time::timeout(wait, on_worker.events_until(all_done()))
+        .await
+        .expect("the worker node's feed sees every task end");
+    let seen_api = tokio::time::timeout(wait, on_api.events_until(all_done()))
+        .await
+        .expect("the API node's feed sees every task end");
+    assert_eq!(
+        changes(&seen_api),
+        changes(&seen_worker),
+        "the API node's watchers saw every event"
+    );
+}
