@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use rastercast::domain::TaskState;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -176,10 +177,8 @@ impl Server {
                 .await?
                 .json()
                 .await?;
-            if matches!(
-                status["state"].as_str(),
-                Some("SUCCESS" | "FAILURE" | "REVOKED")
-            ) {
+            let state = status["state"].as_str().and_then(TaskState::parse);
+            if state.is_some_and(TaskState::is_final) {
                 return Ok(status);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -150,6 +150,15 @@ impl<'a> Db<'a> {
 }
 
 impl Db<'_> {
+    /// Fails inside a [`super::Store::read`], whose statements stand alone: what `doing`
+    /// needs is a transaction.
+    pub(super) fn needs_transaction(&self, doing: &str) -> anyhow::Result<()> {
+        if let Conn::Postgres(Pg::Autocommit(_), _) = self.conn {
+            anyhow::bail!("a store read (`Store::read`) cannot {doing}");
+        }
+        Ok(())
+    }
+
     pub fn dialect(&self) -> Dialect {
         match self.conn {
             Conn::Sqlite(_) => Dialect::Sqlite,
@@ -213,10 +222,8 @@ impl Db<'_> {
         &mut self,
         f: impl FnOnce(&mut Db) -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
+        self.needs_transaction("make a change atomically")?;
         match &self.conn {
-            Conn::Postgres(Pg::Autocommit(_), _) => {
-                anyhow::bail!("a store read (`Store::read`) cannot make a change atomically")
-            }
             Conn::Postgres(..) => return f(self),
             Conn::Sqlite(c) if !c.is_autocommit() => return f(self),
             Conn::Sqlite(_) => {}

@@ -11,7 +11,7 @@ use anyhow::Context;
 use postgres::fallible_iterator::FallibleIterator;
 use tokio_util::sync::CancellationToken;
 
-use super::db::{vals, Conn, Db, Pg};
+use super::db::{vals, Conn, Db};
 use crate::domain::{Announce, Event, EventKind, TaskRecord, TaskState};
 
 /// What the event log keeps: at least `size` events (as the in-process replay window does),
@@ -42,13 +42,10 @@ impl Db<'_> {
     /// Announces the task's new state; call it after the change, as the call's last write.
     /// Returns the event's `seq`.
     pub fn publish(&mut self, task: &TaskRecord, kind: EventKind) -> anyhow::Result<u64> {
-        match self.conn {
-            Conn::Sqlite(_) => return Ok(self.bus.publish(task, kind)),
-            Conn::Postgres(Pg::Autocommit(_), _) => {
-                anyhow::bail!("a store read (`Store::read`) cannot announce a change")
-            }
-            Conn::Postgres(Pg::Transaction(_), _) => {}
+        if let Conn::Sqlite(_) = self.conn {
+            return Ok(self.bus.publish(task, kind));
         }
+        self.needs_transaction("announce a change")?;
         // Two round trips per event: the lock and the number, then the row and its notice.
         // (The lock is taken in the FROM clause, so before the number is.)
         let seq = self
@@ -84,14 +81,9 @@ impl Db<'_> {
     /// repeatable-read transaction; SQLite already is one under the store's lock). Call it
     /// first.
     pub fn consistent_reads(&mut self) -> anyhow::Result<()> {
-        match self.conn {
-            Conn::Postgres(Pg::Autocommit(_), _) => {
-                anyhow::bail!("a store read (`Store::read`) has no single moment to read at")
-            }
-            Conn::Postgres(..) => {
-                self.execute_batch("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?
-            }
-            Conn::Sqlite(_) => {}
+        if let Conn::Postgres(..) = self.conn {
+            self.needs_transaction("read at one moment")?;
+            self.execute_batch("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
         }
         Ok(())
     }

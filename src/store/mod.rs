@@ -189,9 +189,17 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&mut Db) -> anyhow::Result<R> + Send + 'static,
     {
+        self.off_runtime(move |store| store.blocking(f)).await
+    }
+
+    /// Runs `f` with this store on a blocking thread, inside the caller's tracing span.
+    async fn off_runtime<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> anyhow::Result<R> + Send + 'static,
+    ) -> anyhow::Result<R> {
         let store = self.clone();
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| store.blocking(f)))
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&store)))
             .await
             .context("database thread panicked")?
     }
@@ -206,11 +214,7 @@ impl Store {
         R: Send + 'static,
         F: Fn(&mut Db) -> anyhow::Result<R> + Send + 'static,
     {
-        let store = self.clone();
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| store.blocking_read(f)))
-            .await
-            .context("database thread panicked")?
+        self.off_runtime(move |store| store.blocking_read(f)).await
     }
 
     fn blocking_read<R>(&self, f: impl Fn(&mut Db) -> anyhow::Result<R>) -> anyhow::Result<R> {

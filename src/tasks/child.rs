@@ -178,11 +178,11 @@ pub enum Outcome {
     Stopped,
 }
 
-/// Runs `job` in a warm worker, or a fresh one. `progress` gets every report; `stop` cancels.
 /// Workers run at this nice value (0 is the server's): under contention the kernel gives the
 /// server's threads about ten times their share of the cores.
 const WORKER_NICENESS: libc::c_int = 10;
 
+/// Runs `job` in a warm worker, or a fresh one. `progress` gets every report; `stop` cancels.
 pub async fn run(
     job: &Job,
     limits: &ChildLimits,

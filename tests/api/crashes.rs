@@ -354,3 +354,33 @@ async fn a_worker_killed_by_a_signal_fails_only_its_own_task() {
     assert!(!children_of(server.pid()).contains(&dead));
     assert_eq!(server.healthz().await, StatusCode::OK);
 }
+
+/// Conversion workers run at nice 10, below the server's own threads, so that events and HTTP
+/// keep their pace while GDAL takes every core.
+#[tokio::test]
+async fn conversion_workers_run_below_the_servers_priority() {
+    let server = TestServer::start().await;
+    let done = server.convert_file(&data("byte.tif"), json!({})).await;
+    assert_eq!(done["state"], "SUCCESS");
+    let stat_field = |pid: i32, field: usize| -> String {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the parenthesised command name start at the third.
+        let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        rest.split_whitespace()
+            .nth(field - 3)
+            .unwrap_or_default()
+            .to_string()
+    };
+    // The worker that ran it stays warm for the next job.
+    let workers: Vec<i32> = children_of(server.pid())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("rastercast-work"))
+        })
+        .collect();
+    assert!(!workers.is_empty(), "a warm worker is kept");
+    for pid in workers {
+        assert_eq!(stat_field(pid, 19), "10", "worker {pid}'s nice value");
+    }
+}
