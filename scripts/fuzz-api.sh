@@ -290,7 +290,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 
 
 # Valid requests succeed; the 404s and 422s the rules above explain are excused by the hooks.
 [[operations]]
-include-operation-id = "convert"
+include-operation-id = "startConversion"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 429]
 parameters = { "path.id" = { dictionary = "fixture", probability = 0.8 } }
 
@@ -300,7 +300,7 @@ parameters = { "path.id" = { dictionary = "fixture", probability = 0.8 } }
 # operation on the path, which is how the old, wider list leaked to cancel and the folder
 # routes.)
 [[operations]]
-include-operation-id = "upload"
+include-operation-id = "uploadFile"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 429]
 parameters = { "query.parent_id" = { dictionary = "folder", probability = 0.8 } }
 

@@ -31,6 +31,9 @@ if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 
 # The browser tests drive Debian's Chromium with playwright-core; no browser is downloaded.
-if [ "${1:-}" = "--browser" ] && [ ! -d node_modules/playwright-core ]; then
+# npm records what it installed in node_modules/.package-lock.json: install again when the
+# project's lock file is newer (a pull that added a package).
+if [ "${1:-}" = "--browser" ] && { [ ! -f node_modules/.package-lock.json ] ||
+    [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
     npm ci --no-audit --no-fund
 fi

@@ -551,7 +551,7 @@ const tasks = {
       actions.append(el('button', { type: 'button', className: 'secondary', textContent: 'Show on map',
         onclick: () => map.show(s.result.tree_item_id, s.source_name, s.result) }));
       actions.append(el('button', { type: 'button', className: 'secondary', textContent: 'Copy link',
-        ariaLabel: 'Copy a shareable link to the result of ' + s.source_name,
+        ariaLabel: 'Copy link to the result of ' + s.source_name,
         onclick: () => this.share(row, s.result.tree_item_id) }));
       for (const w of s.result.warnings || []) result.append(el('div', { textContent: '⚠ ' + w }));
     }

@@ -57,7 +57,7 @@ pub struct TaskStatus<'a> {
     pub progress: f64,
     pub status: &'a str,
     /// On SUCCESS: the output's `tree_item_id` and its geo-raster description.
-    #[schema(value_type = Option<super::geo::GeoRaster>)]
+    #[schema(value_type = Option<TaskResult>)]
     pub result: Option<&'a serde_json::Value>,
     pub error: Option<&'a str>,
     pub tree_item_id: Uuid,
@@ -77,6 +77,17 @@ pub struct TaskStatus<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<Uuid>,
     pub options: &'a Conversion,
+}
+
+/// A SUCCESS task's `result`, as the document describes it; the stored JSON is written by the
+/// conversion (`tasks::lifecycle`), so this type only names its shape for the document.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct TaskResult {
+    /// The output COG's tree item.
+    tree_item_id: Uuid,
+    #[serde(flatten)]
+    raster: super::geo::GeoRaster,
 }
 
 impl<'a> From<&'a TaskRecord> for TaskStatus<'a> {

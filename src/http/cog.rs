@@ -35,7 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Every band's value at a longitude and latitude (WGS 84), as TiTiler's `/point`: `null`
 /// where a band has no data there.
-#[utoipa::path(get, path = "/tree-items/{id}/point/{lon_lat}", tag = "tiles",
+#[utoipa::path(get, operation_id = "getPoint", path = "/tree-items/{id}/point/{lon_lat}", tag = "tiles",
     params(("id" = Uuid, Path, description = "An item holding a COG"),
         ("lon_lat" = String, Path, description = "`longitude,latitude` in WGS 84, as TiTiler's `point/{lon},{lat}`", example = "-77.5,24.5",
             pattern = r"^-?[0-9]{1,3}(\.[0-9]{1,15})?,-?[0-9]{1,2}(\.[0-9]{1,15})?$")),
@@ -86,7 +86,7 @@ const MAX_PREVIEW: u32 = 2048;
 /// The whole COG as one PNG in its own CRS, its longest side fitted to `max_size` (1024 by
 /// default, never enlarged), drawn with the tile parameters (`bidx`, `rescale`,
 /// `colormap_name`, `nodata`, `return_mask`), as TiTiler's `/preview`.
-#[utoipa::path(get, path = "/tree-items/{id}/preview.png", tag = "tiles",
+#[utoipa::path(get, operation_id = "getPreview", path = "/tree-items/{id}/preview.png", tag = "tiles",
     params(("id" = Uuid, Path, description = "An item holding a COG"),
         ("max_size" = Option<u32>, Query, description = "The longest side, 1 to 2048 (default 1024)", minimum = 1, maximum = 2048),
         super::tiles::TileQuery),
@@ -162,7 +162,7 @@ async fn read(
 
 /// A COG's description as TiTiler's `/info` gives it: bounds (in its CRS), CRS, bands' types,
 /// nodata, colour interpretation, scales, offsets, size and overviews.
-#[utoipa::path(get, path = "/tree-items/{id}/info", tag = "tiles",
+#[utoipa::path(get, operation_id = "getCogInfo", path = "/tree-items/{id}/info", tag = "tiles",
     params(("id" = Uuid, Path, description = "An item holding a COG")),
     responses((status = 200, description = "The description", body = Object),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
@@ -185,7 +185,7 @@ async fn info(
 /// Per-band statistics as TiTiler's `/statistics` gives them: min, max, mean, count, sum,
 /// std, median, majority, minority, unique, a 10-bin histogram, valid and masked pixels,
 /// percentiles 2 and 98; over a read of at most 1024 pixels on the longest side.
-#[utoipa::path(get, path = "/tree-items/{id}/statistics", tag = "tiles",
+#[utoipa::path(get, operation_id = "getStatistics", path = "/tree-items/{id}/statistics", tag = "tiles",
     params(("id" = Uuid, Path, description = "An item holding a COG")),
     responses((status = 200, description = "`{\"b1\": {…}, …}`", body = Object),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
@@ -212,7 +212,7 @@ struct StacQuery {
 /// extension (code, bbox, shape, transform; WKT2 and PROJJSON when there is no EPSG code),
 /// and a `data` asset whose href opens the COG with no credentials (a signed link) and whose
 /// `raster:bands` carry data type, nodata, scale, offset, statistics and a histogram.
-#[utoipa::path(get, path = "/tree-items/{id}/stac", tag = "tiles",
+#[utoipa::path(get, operation_id = "getStacItem", path = "/tree-items/{id}/stac", tag = "tiles",
     params(("id" = Uuid, Path, description = "An item holding a COG"), StacQuery),
     responses((status = 200, description = "A STAC Item (GeoJSON Feature)", body = Object),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),

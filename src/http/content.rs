@@ -19,7 +19,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// A file's bytes, for downloads and for map clients reading a COG. `HEAD` works too.
-#[utoipa::path(get, path = "/tree-items/{id}/content", tag = "tree items",
+#[utoipa::path(get, operation_id = "getTreeItemContent", path = "/tree-items/{id}/content", tag = "tree items",
     params(("id" = Uuid, Path, description = "Item id"),
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-16383`"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),

@@ -49,7 +49,7 @@ fn resume_point(headers: &HeaderMap, query: &ResumeQuery) -> Option<u64> {
 
 /// Server-Sent Events for one task: a snapshot, then live events (each a `TaskEvent` in
 /// `data:`, its `seq` in `id:`); the stream ends after the final state.
-#[utoipa::path(get, path = "/tasks/{id}/events", tag = "live events",
+#[utoipa::path(get, operation_id = "streamTaskEvents", path = "/tasks/{id}/events", tag = "live events",
     params(("id" = Uuid, Path, description = "Task id"), ResumeQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses((status = 200, description = "An event stream of TaskEvent", content_type = "text/event-stream", body = TaskEvent),
@@ -74,7 +74,7 @@ async fn task_events(
 }
 
 /// Server-Sent Events for all of the caller's tasks (token, session cookie or `?ticket=`).
-#[utoipa::path(get, path = "/events", tag = "live events",
+#[utoipa::path(get, operation_id = "streamEvents", path = "/events", tag = "live events",
     params(ResumeQuery,
         ("ticket" = Option<String>, Query, description = "A stream ticket, for clients that cannot send headers"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),

@@ -15,7 +15,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// 200 once the server takes work; 503 while it shuts down or its database or file storage
 /// does not answer.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, operation_id = "getHealth", path = "/healthz", tag = "operations",
     responses((status = 200, description = "Healthy: queue length, worker count, event counters", body = Object),
         (status = 503, description = "Shutting down, or the database or the file storage does not answer", body = crate::error::ErrorBody)), security(()))]
 async fn healthz(State(state): State<AppState>) -> AppResult<Json<serde_json::Value>> {

@@ -61,7 +61,7 @@ pub struct Link {
 
 /// Make a shareable link to a file: anyone holding it can read the file (with ranges, as map
 /// clients and GDAL's `/vsicurl/` do) until it expires.
-#[utoipa::path(post, path = "/tree-items/{id}/links", tag = "tree items",
+#[utoipa::path(post, operation_id = "createLink", path = "/tree-items/{id}/links", tag = "tree items",
     params(("id" = Uuid, Path, description = "The file")),
     request_body(content = Option<LinkRequest>, content_type = "application/json"),
     responses(
@@ -169,7 +169,7 @@ pub async fn item_of_link(state: &AppState, url: &str) -> AppResult<(Uuid, Uuid)
 /// A file through a link from `POST /tree-items/{id}/links`: no credentials, `Range` and
 /// `ETag` as on `/content`. A link that was changed, has expired or whose key was rotated is
 /// a 403.
-#[utoipa::path(get, path = "/links/{token}/{name}", tag = "tree items",
+#[utoipa::path(get, operation_id = "getLinkedContent", path = "/links/{token}/{name}", tag = "tree items",
     params(("token" = String, Path, description = "The signed part of the link"),
         ("name" = String, Path, description = "The file's name"),
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-16383`")),

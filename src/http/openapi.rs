@@ -65,6 +65,7 @@ impl Document {
     pub fn new(openapi: &utoipa::openapi::OpenApi) -> Document {
         let mut value = serde_json::to_value(openapi).expect("the document serialises");
         describe_event_streams(&mut value);
+        make_optional_bodies_omittable(&mut value);
         Document(Arc::new(
             serde_json::to_string_pretty(&value).expect("the document serialises"),
         ))
@@ -110,12 +111,63 @@ fn describe_event_streams(document: &mut serde_json::Value) {
     }
 }
 
+/// The annotations say a body is optional with `Option<T>`, which utoipa writes as a body that
+/// may be JSON `null` (`oneOf: [T, {"type": "null"}]`) and leaves `required` out. Generators read
+/// that as "send `null`": openapi-python-client then serialises its "unset" marker and fails. An
+/// optional body is one the caller may leave out, so it is written as `required: false` with
+/// the plain schema, and every other body says `required: true`.
+fn make_optional_bodies_omittable(document: &mut serde_json::Value) {
+    let Some(paths) = document.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let bodies = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("requestBody")?.as_object_mut());
+    for body in bodies {
+        let mut optional = body.get("required") != Some(&serde_json::Value::Bool(true));
+        for media in body
+            .get_mut("content")
+            .and_then(|c| c.as_object_mut())
+            .into_iter()
+            .flat_map(|content| content.values_mut())
+        {
+            let null = serde_json::json!({"type": "null"});
+            let null_type = serde_json::json!("null");
+            if let Some(one_of) = media
+                .pointer_mut("/schema/oneOf")
+                .and_then(|o| o.as_array_mut())
+            {
+                if one_of.len() == 2 && one_of.contains(&null) {
+                    let schema = one_of.iter().find(|s| **s != null).cloned();
+                    media["schema"] = schema.expect("one schema besides null");
+                    optional = true;
+                }
+            } else if let Some(types) = media
+                .pointer_mut("/schema/type")
+                .and_then(|t| t.as_array_mut())
+            {
+                // A plain `Option<String>` is written `"type": ["string", "null"]`.
+                if types.contains(&null_type) {
+                    types.retain(|t| *t != null_type);
+                    if types.len() == 1 {
+                        media["schema"]["type"] = types[0].clone();
+                    }
+                    optional = true;
+                }
+            }
+        }
+        body.insert("required".into(), serde_json::Value::Bool(!optional));
+    }
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(openapi_json))
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+#[utoipa::path(get, operation_id = "getOpenApiDocument", path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)), security(()))]
 async fn openapi_json(Extension(document): Extension<Document>) -> Response {
     let mut response = document.0.as_str().to_owned().into_response();

@@ -260,7 +260,7 @@ impl From<Resumable> for UploadStatus {
 }
 
 /// Discover the tus protocol version, extensions, size limit and checksum algorithms.
-#[utoipa::path(options, path = "/uploads", tag = "resumable uploads",
+#[utoipa::path(options, operation_id = "describeResumableUploads", path = "/uploads", tag = "resumable uploads",
     responses((status = 204, description = "What this endpoint supports, in Tus-Version, Tus-Extension, Tus-Max-Size and Tus-Checksum-Algorithm")))]
 async fn tus_options(State(state): State<AppState>) -> impl IntoResponse {
     (
@@ -281,14 +281,14 @@ async fn tus_options(State(state): State<AppState>) -> impl IntoResponse {
 /// name), `filetype`, `parent_id` (a folder) and `convert` (conversion options as JSON, queued
 /// as soon as the upload completes). With a body typed `application/offset+octet-stream`, the
 /// first bytes come with it (creation-with-upload).
-#[utoipa::path(post, path = "/uploads", tag = "resumable uploads",
+#[utoipa::path(post, operation_id = "createResumableUpload", path = "/uploads", tag = "resumable uploads",
     params(
         ("Tus-Resumable" = inline(TusResumable), Header, description = "The protocol version: 1.0.0"),
         ("Upload-Length" = Option<u64>, Header, description = "The file's size in bytes"),
         ("Upload-Defer-Length" = Option<u8>, Header, description = "1, to give the length later"),
         ("Upload-Metadata" = Option<String>, Header, description = "Comma-separated keys with Base64 values: filename, filetype, parent_id, convert"),
     ),
-    request_body(content = String, content_type = "application/offset+octet-stream", description = "Optional first bytes"),
+    request_body(content = Option<String>, content_type = "application/offset+octet-stream", description = "Optional first bytes"),
     responses(
         (status = 201, description = "Created; Location is the upload's URL, Upload-Offset how much of the body was stored"),
         (status = 400, description = "Malformed headers or metadata", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
@@ -532,7 +532,7 @@ fn http_date(rfc3339: &str) -> Option<HeaderValue> {
 /// How far an upload is (tus `HEAD`): `Upload-Offset`, `Upload-Length` (or
 /// `Upload-Defer-Length`), `Upload-Metadata`, `Upload-Expires`; once complete,
 /// `Upload-Item-Id` and, when a conversion was queued, `Upload-Task-Id`.
-#[utoipa::path(head, path = "/uploads/{id}", tag = "resumable uploads",
+#[utoipa::path(head, operation_id = "getResumableUploadOffset", path = "/uploads/{id}", tag = "resumable uploads",
     params(("id" = Uuid, Path, description = "The upload"), ("Tus-Resumable" = inline(TusResumable), Header, description = "The protocol version: 1.0.0")),
     responses(
         (status = 200, description = "Its offset and length in headers"),
@@ -571,7 +571,7 @@ async fn upload_offset(
 /// answer's `Upload-Offset` counts them; bytes of a request cut off midway are kept, unless an
 /// `Upload-Checksum` (sha1 or sha256 of this request's bytes) was sent. The request that
 /// completes the upload makes the tree item and answers its id in `Upload-Item-Id`.
-#[utoipa::path(patch, path = "/uploads/{id}", tag = "resumable uploads",
+#[utoipa::path(patch, operation_id = "appendToResumableUpload", path = "/uploads/{id}", tag = "resumable uploads",
     params(
         ("id" = Uuid, Path, description = "The upload"),
         ("Tus-Resumable" = inline(TusResumable), Header, description = "The protocol version: 1.0.0"),
@@ -1031,7 +1031,7 @@ async fn join(
 
 /// Delete an upload and the bytes it received (tus termination). A complete upload's item
 /// stays.
-#[utoipa::path(delete, path = "/uploads/{id}", tag = "resumable uploads",
+#[utoipa::path(delete, operation_id = "deleteResumableUpload", path = "/uploads/{id}", tag = "resumable uploads",
     params(("id" = Uuid, Path, description = "The upload"), ("Tus-Resumable" = inline(TusResumable), Header, description = "The protocol version: 1.0.0")),
     responses(
         (status = 204, description = "Deleted"),
@@ -1059,7 +1059,7 @@ async fn delete_upload(
 }
 
 /// An upload's state as JSON: its offset and, once complete, the tree item it became.
-#[utoipa::path(get, path = "/uploads/{id}", tag = "resumable uploads",
+#[utoipa::path(get, operation_id = "getResumableUpload", path = "/uploads/{id}", tag = "resumable uploads",
     params(("id" = Uuid, Path, description = "The upload")),
     responses(
         (status = 200, description = "The upload", body = UploadStatus),
@@ -1075,7 +1075,7 @@ async fn upload_status(
 }
 
 /// The caller's unfinished uploads, oldest first (for resuming after a reload).
-#[utoipa::path(get, path = "/uploads", tag = "resumable uploads",
+#[utoipa::path(get, operation_id = "listResumableUploads", path = "/uploads", tag = "resumable uploads",
     responses(
         (status = 200, description = "Unfinished uploads", body = Vec<UploadStatus>),
         (status = 401, description = "No or bad credentials", body = ErrorBody),

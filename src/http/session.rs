@@ -52,7 +52,7 @@ fn cookie(value: &str, max_age: i64) -> HeaderValue {
 }
 
 /// Sign in a browser: exchanges a token for an HttpOnly, SameSite=Strict session cookie.
-#[utoipa::path(post, path = "/session", tag = "auth", request_body = SignIn,
+#[utoipa::path(post, operation_id = "signIn", path = "/session", tag = "auth", request_body = SignIn,
     responses((status = 200, description = "Signed in; the cookie is set", body = Who), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
         (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 422, description = "A field has the wrong type or is unknown", body = ErrorBody),
@@ -81,14 +81,14 @@ async fn sign_in(
 }
 
 /// Who is signed in.
-#[utoipa::path(get, path = "/session", tag = "auth",
+#[utoipa::path(get, operation_id = "getSession", path = "/session", tag = "auth",
     responses((status = 200, description = "The caller", body = Who), (status = 401, description = "No or bad credentials", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn who(AuthUser(user): AuthUser) -> axum::Json<Who> {
     axum::Json(Who { user: user.name })
 }
 
 /// Sign out: ends the session, closes the streams it opened and clears the cookie.
-#[utoipa::path(delete, path = "/session", tag = "auth",
+#[utoipa::path(delete, operation_id = "signOut", path = "/session", tag = "auth",
     responses((status = 204, description = "Signed out"),
         (status = 403, description = "Sign-out from another origin", body = ErrorBody)), security((), ("cookie" = [])))]
 async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Response> {
@@ -113,7 +113,7 @@ async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> AppResul
 }
 
 /// A single-use stream ticket that expires after 30 s, for `EventSource` and `WebSocket`.
-#[utoipa::path(post, path = "/stream-tickets", tag = "auth",
+#[utoipa::path(post, operation_id = "createStreamTicket", path = "/stream-tickets", tag = "auth",
     responses((status = 200, description = "A ticket", body = Ticket), (status = 401, description = "No or bad credentials", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn ticket(State(state): State<AppState>, caller: AuthCaller) -> axum::Json<Ticket> {
     let ticket = state.tickets.issue(caller.user, caller.credential);

@@ -42,7 +42,7 @@ struct TaskPage<'a> {
 /// server is configured to require the owner's token.
 /// A task's status. The task id is a capability: no token is needed, unless the server runs
 /// with `--private-task-status`.
-#[utoipa::path(get, path = "/tasks/{id}/status", tag = "tasks", params(("id" = Uuid, Path, description = "Task id")),
+#[utoipa::path(get, operation_id = "getTaskStatus", path = "/tasks/{id}/status", tag = "tasks", params(("id" = Uuid, Path, description = "Task id")),
     responses((status = 200, description = "The status", body = TaskStatus), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)), security((), ("bearer" = []), ("cookie" = [])))]
 async fn status(
     State(state): State<AppState>,
@@ -77,7 +77,7 @@ async fn status(
 
 /// Cancel a task: a queued one is REVOKED at once; a running one shows "Cancelling…" until
 /// its work has stopped, then REVOKED.
-#[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks", params(("id" = Uuid, Path, description = "Task id")),
+#[utoipa::path(post, operation_id = "cancelTask", path = "/tasks/{id}/cancel", tag = "tasks", params(("id" = Uuid, Path, description = "Task id")),
     responses((status = 200, description = "The status after the request", body = TaskStatus), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
         (status = 409, description = "Already finished", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn cancel(
@@ -91,7 +91,7 @@ async fn cancel(
 
 /// Run a FAILURE or REVOKED task again, as a new task with the same source and the options in
 /// the body (none, empty or `null`: the old task's). The old task stays as it ended.
-#[utoipa::path(post, path = "/tasks/{id}/retry", tag = "tasks", params(("id" = Uuid, Path, description = "Task id")),
+#[utoipa::path(post, operation_id = "retryTask", path = "/tasks/{id}/retry", tag = "tasks", params(("id" = Uuid, Path, description = "Task id")),
     request_body(content = Option<RequestedOptions>, content_type = "application/json"),
     responses((status = 200, description = "The new task, queued", body = Started), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
         (status = 409, description = "Not FAILURE or REVOKED", body = ErrorBody),
@@ -189,7 +189,7 @@ struct CancelledTasks {
 
 /// Cancel every queued or running task of the caller's that the filter takes: queued ones are
 /// REVOKED at once, running ones show "Cancelling…" until their work has stopped.
-#[utoipa::path(post, path = "/tasks/cancel", tag = "tasks", request_body = CancelFilter,
+#[utoipa::path(post, operation_id = "cancelTasks", path = "/tasks/cancel", tag = "tasks", request_body = CancelFilter,
     responses((status = 200, description = "What was cancelled", body = CancelledTasks), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
         (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 422, description = "No filter, or a field that cannot match", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
@@ -252,7 +252,7 @@ struct Forgotten {
 }
 
 /// Forget the caller's finished tasks in bulk (their outputs stay); at least one parameter.
-#[utoipa::path(delete, path = "/tasks", tag = "tasks", params(ForgetQuery),
+#[utoipa::path(delete, operation_id = "forgetTasks", path = "/tasks", tag = "tasks", params(ForgetQuery),
     responses((status = 200, description = "How many were forgotten", body = Forgotten), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
         (status = 422, description = "No parameter, or a state that is not final", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn forget_matching(
@@ -306,7 +306,7 @@ struct ListQuery {
 }
 
 /// The caller's tasks, newest first.
-#[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListQuery),
+#[utoipa::path(get, operation_id = "listTasks", path = "/tasks", tag = "tasks", params(ListQuery),
     responses((status = 200, description = "A page of tasks", body = TaskPage), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn list(
     State(state): State<AppState>,
@@ -337,7 +337,7 @@ async fn list(
 }
 
 /// Forget a finished task's record (its output item stays).
-#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path, description = "Task id")),
+#[utoipa::path(delete, operation_id = "forgetTask", path = "/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path, description = "Task id")),
     responses((status = 204, description = "Forgotten"), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
         (status = 409, description = "Still queued or running", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn forget(

@@ -197,7 +197,7 @@ pub(super) fn drawable(item: &Item) -> AppResult<&str> {
 /// `nodata` (replaces the file's), `resampling` (default nearest), `return_mask` (alpha; PNG
 /// and WebP only). `@2x` (or `tilesize=512`) draws 512 × 512. A tile outside the data is
 /// transparent.
-#[utoipa::path(get, path = "/tree-items/{id}/tiles/WebMercatorQuad/{z}/{x}/{y}", tag = "tiles",
+#[utoipa::path(get, operation_id = "getTile", path = "/tree-items/{id}/tiles/WebMercatorQuad/{z}/{x}/{y}", tag = "tiles",
     params(("id" = Uuid, Path, description = "An item holding a COG"),
         ("z" = u32, Path, description = "Zoom level, 0 to 24", maximum = 24),
         ("x" = u64, Path, description = "Column, below 2^z"),
@@ -359,7 +359,7 @@ enum TileFormat {
 /// (or its `tiles` URL into QGIS as an XYZ layer). The tile URLs carry a signed `link` that
 /// works with no header until it expires, and every drawing parameter given here (`bidx`,
 /// `rescale`, `colormap_name`, …).
-#[utoipa::path(get, path = "/tree-items/{id}/WebMercatorQuad/tilejson.json", tag = "tiles",
+#[utoipa::path(get, operation_id = "getTileJson", path = "/tree-items/{id}/WebMercatorQuad/tilejson.json", tag = "tiles",
     params(("id" = Uuid, Path, description = "An item holding a COG"), TileJsonQuery, TileQuery),
     responses(
         (status = 200, description = "TileJSON 3.0.0", body = Object),

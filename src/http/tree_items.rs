@@ -111,7 +111,7 @@ struct NewFolder {
 }
 
 /// Create a folder.
-#[utoipa::path(post, path = "/tree-items/folders", tag = "tree items", request_body = NewFolder,
+#[utoipa::path(post, operation_id = "createFolder", path = "/tree-items/folders", tag = "tree items", request_body = NewFolder,
     responses(
         (status = 201, description = "Created", body = Item),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),
@@ -162,7 +162,7 @@ struct ListQuery {
 }
 
 /// The children of a folder: folders first, then by name.
-#[utoipa::path(get, path = "/tree-items", tag = "tree items", params(ListQuery),
+#[utoipa::path(get, operation_id = "listTreeItems", path = "/tree-items", tag = "tree items", params(ListQuery),
     responses((status = 200, description = "The folder's children", body = Vec<Item>), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn list(
     State(state): State<AppState>,
@@ -193,7 +193,7 @@ pub async fn owned_item(state: &AppState, user: Uuid, id: Uuid) -> AppResult<Ite
 }
 
 /// One item.
-#[utoipa::path(get, path = "/tree-items/{id}", tag = "tree items", params(("id" = Uuid, Path, description = "Item id")),
+#[utoipa::path(get, operation_id = "getTreeItem", path = "/tree-items/{id}", tag = "tree items", params(("id" = Uuid, Path, description = "Item id")),
     responses((status = 200, description = "The item", body = Item), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn get_item(
     State(state): State<AppState>,
@@ -204,7 +204,7 @@ async fn get_item(
 }
 
 /// Delete an item; a folder goes with everything in it.
-#[utoipa::path(delete, path = "/tree-items/{id}", tag = "tree items", params(("id" = Uuid, Path, description = "Item id")),
+#[utoipa::path(delete, operation_id = "deleteTreeItem", path = "/tree-items/{id}", tag = "tree items", params(("id" = Uuid, Path, description = "Item id")),
     responses((status = 204, description = "Deleted"), (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)), security(("bearer" = []), ("cookie" = [])))]
 async fn delete_item(
     State(state): State<AppState>,
@@ -223,7 +223,7 @@ async fn delete_item(
 /// Convert a file to a Cloud-Optimized GeoTIFF in the background. The options body is
 /// optional: no body, an empty one or `null` means every default. With an `Idempotency-Key`,
 /// the same request sent again within a day answers the task the first one queued.
-#[utoipa::path(post, path = "/tree-items/{id}/convert-to-geo-raster", tag = "conversion",
+#[utoipa::path(post, operation_id = "startConversion", path = "/tree-items/{id}/convert-to-geo-raster", tag = "conversion",
     params(("id" = Uuid, Path, description = "The file to convert"), IdempotencyHeader),
     request_body(content = Option<RequestedOptions>, content_type = "application/json"),
     responses(

@@ -45,11 +45,18 @@ struct UploadForm {
     parent_id: Option<Uuid>,
 }
 
+/// A file's bytes as they are, for a raw-body upload (documentation only). `format: binary`
+/// makes generators take a file or a byte stream, not text.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct RawFile(Vec<u8>);
+
 /// Upload a file, streamed to disk: multipart with a `file` part, or raw bytes with `?name=`.
-#[utoipa::path(post, path = "/tree-items", tag = "tree items", params(UploadQuery, IdempotencyHeader),
+#[utoipa::path(post, operation_id = "uploadFile", path = "/tree-items", tag = "tree items", params(UploadQuery, IdempotencyHeader),
     request_body(content(
         (UploadForm = "multipart/form-data"),
-        (String = "application/octet-stream"),
+        (RawFile = "application/octet-stream"),
     )),
     responses(
         (status = 201, description = "Stored", body = Item),

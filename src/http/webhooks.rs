@@ -207,7 +207,7 @@ pub async fn check_callbacks(
 
 /// Register an endpoint: deliveries of the chosen events of your tasks are POSTed to it,
 /// signed as Standard Webhooks says (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
-#[utoipa::path(post, path = "/webhooks", tag = "webhooks",
+#[utoipa::path(post, operation_id = "createWebhook", path = "/webhooks", tag = "webhooks",
     request_body(content = NewEndpointRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Registered; the answer shows a server-made secret, once", body = EndpointView),
@@ -258,7 +258,7 @@ async fn create_endpoint(
 }
 
 /// The caller's endpoints.
-#[utoipa::path(get, path = "/webhooks", tag = "webhooks",
+#[utoipa::path(get, operation_id = "listWebhooks", path = "/webhooks", tag = "webhooks",
     responses((status = 200, description = "The caller's endpoints, oldest first", body = Vec<EndpointView>),
         (status = 401, description = "No or bad credentials", body = ErrorBody)),
     security(("bearer" = []), ("cookie" = [])))]
@@ -287,7 +287,7 @@ async fn owned(state: &AppState, user: Uuid, id: Uuid) -> AppResult<Endpoint> {
 }
 
 /// One endpoint.
-#[utoipa::path(get, path = "/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(get, operation_id = "getWebhook", path = "/webhooks/{id}", tag = "webhooks",
     params(("id" = Uuid, Path, description = "The endpoint")),
     responses((status = 200, description = "The endpoint", body = EndpointView),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)),
@@ -317,7 +317,7 @@ struct EndpointPatch {
 }
 
 /// Change an endpoint, or enable a disabled one again (`{"disabled": false}`).
-#[utoipa::path(patch, path = "/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(patch, operation_id = "updateWebhook", path = "/webhooks/{id}", tag = "webhooks",
     params(("id" = Uuid, Path, description = "The endpoint")),
     request_body(content = EndpointPatch, content_type = "application/json"),
     responses((status = 200, description = "The endpoint as it now is", body = EndpointView),
@@ -355,7 +355,7 @@ async fn update_endpoint(
 }
 
 /// Delete an endpoint and its delivery log.
-#[utoipa::path(delete, path = "/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(delete, operation_id = "deleteWebhook", path = "/webhooks/{id}", tag = "webhooks",
     params(("id" = Uuid, Path, description = "The endpoint")),
     responses((status = 204, description = "Deleted"),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)),
@@ -416,7 +416,7 @@ fn overlap_end() -> String {
 
 /// Rotate an endpoint's signing secret. For a day, deliveries are signed with both secrets,
 /// so that receivers can switch over without missing one.
-#[utoipa::path(post, path = "/webhooks/{id}/rotate-secret", tag = "webhooks",
+#[utoipa::path(post, operation_id = "rotateWebhookSecret", path = "/webhooks/{id}/rotate-secret", tag = "webhooks",
     params(("id" = Uuid, Path, description = "The endpoint")),
     request_body(content = Option<RotateRequest>, content_type = "application/json"),
     responses((status = 200, description = "Rotated", body = Rotated),
@@ -451,7 +451,7 @@ struct Queued {
 }
 
 /// Send a `webhook.test` event to an endpoint now (it is queued and logged as any delivery).
-#[utoipa::path(post, path = "/webhooks/{id}/test", tag = "webhooks",
+#[utoipa::path(post, operation_id = "testWebhook", path = "/webhooks/{id}/test", tag = "webhooks",
     params(("id" = Uuid, Path, description = "The endpoint")),
     responses((status = 202, description = "Queued", body = Queued),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
@@ -627,7 +627,7 @@ async fn page(
 
 /// An endpoint's delivery log, newest first: every attempt, with its time, status code,
 /// latency and the first KiB of the answer.
-#[utoipa::path(get, path = "/webhooks/{id}/deliveries", tag = "webhooks",
+#[utoipa::path(get, operation_id = "listWebhookDeliveries", path = "/webhooks/{id}/deliveries", tag = "webhooks",
     params(("id" = Uuid, Path, description = "The endpoint"), DeliveryQuery),
     responses((status = 200, description = "A page of deliveries", body = DeliveryPage),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody)),
@@ -643,7 +643,7 @@ async fn endpoint_deliveries(
 }
 
 /// Every delivery about one of the caller's tasks (to endpoints and to its own callbacks).
-#[utoipa::path(get, path = "/tasks/{id}/deliveries", tag = "webhooks",
+#[utoipa::path(get, operation_id = "listTaskDeliveries", path = "/tasks/{id}/deliveries", tag = "webhooks",
     params(("id" = Uuid, Path, description = "The task"), DeliveryQuery),
     responses((status = 200, description = "A page of deliveries", body = DeliveryPage),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Another user's task", body = ErrorBody)),
@@ -667,7 +667,7 @@ async fn task_deliveries(
 
 /// Send one delivery again, at once and with a fresh retry schedule, under the same
 /// `webhook-id`.
-#[utoipa::path(post, path = "/webhooks/{id}/deliveries/{delivery}/redeliver", tag = "webhooks",
+#[utoipa::path(post, operation_id = "redeliverWebhookDelivery", path = "/webhooks/{id}/deliveries/{delivery}/redeliver", tag = "webhooks",
     params(("id" = Uuid, Path, description = "The endpoint"), ("delivery" = String, Path, description = "The delivery's id (its webhook-id)")),
     responses((status = 202, description = "Queued", body = Queued),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 404, description = "Unknown, or not the caller's", body = ErrorBody),
@@ -718,7 +718,7 @@ struct CallbackSecret {
 
 /// The secret that signs your conversions' `callback_url` deliveries (and OGC job
 /// subscribers), made on first use.
-#[utoipa::path(get, path = "/webhooks/callback-secret", tag = "webhooks",
+#[utoipa::path(get, operation_id = "getCallbackSecret", path = "/webhooks/callback-secret", tag = "webhooks",
     responses((status = 200, description = "The secret", body = CallbackSecret),
         (status = 401, description = "No or bad credentials", body = ErrorBody)),
     security(("bearer" = []), ("cookie" = [])))]
@@ -737,7 +737,7 @@ async fn callback_secret(
 }
 
 /// Rotate the callback secret; for a day, callbacks carry both signatures.
-#[utoipa::path(post, path = "/webhooks/callback-secret/rotate", tag = "webhooks",
+#[utoipa::path(post, operation_id = "rotateCallbackSecret", path = "/webhooks/callback-secret/rotate", tag = "webhooks",
     request_body(content = Option<RotateRequest>, content_type = "application/json"),
     responses((status = 200, description = "Rotated", body = CallbackSecret),
         (status = 400, description = "Malformed request", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody),

@@ -45,7 +45,7 @@ fn tile_of(lon: f64, lat: f64, z: u32) -> (u64, u64) {
 
 /// A WMTS 1.0.0 capabilities document for the COG's tiles: paste its URL into QGIS (WMS/WMTS
 /// connection) or open it with GDAL (`WMTS:<url>`). Takes the TileJSON's parameters.
-#[utoipa::path(get, path = "/tree-items/{id}/WMTSCapabilities.xml", tag = "tiles",
+#[utoipa::path(get, operation_id = "getWmtsCapabilities", path = "/tree-items/{id}/WMTSCapabilities.xml", tag = "tiles",
     params(("id" = Uuid, Path, description = "An item holding a COG"), TileJsonQuery, TileQuery),
     responses(
         (status = 200, description = "WMTS 1.0.0 capabilities", content_type = "application/xml"),

@@ -29,7 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The WebSocket. Send `{"type": "subscribe", "task_id": "…"}`, `{"type": "subscribe", "all": true}`,
 /// `{"type": "unsubscribe", …}` or `{"type": "cancel", "task_id": "…"}`; receive `TaskEvent`s and
 /// `{"type": "error", "detail": "…"}` for bad messages. A task id alone allows subscribing to it.
-#[utoipa::path(get, path = "/ws", tag = "live events",
+#[utoipa::path(get, operation_id = "openWebSocket", path = "/ws", tag = "live events",
     params(("ticket" = Option<String>, Query, description = "A stream ticket, for browsers")),
     responses((status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket upgrade", body = crate::error::ErrorBody), (status = 401, description = "No or bad credentials", body = crate::error::ErrorBody),

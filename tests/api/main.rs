@@ -18,6 +18,7 @@ mod live;
 mod live_clients;
 mod nodes;
 mod ogc;
+mod openapi;
 mod resumable;
 mod retention;
 mod retries;

@@ -1,7 +1,7 @@
 // The dashboard in Debian's headless Chromium against the real server.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { startServer, launch, data, bigRaster, palettedRaster, root, objectStorage } from './server.mjs';
 
@@ -581,4 +581,116 @@ test('a result gets a shareable link that opens with no sign-in, and its gdalinf
   assert.deepEqual([...await res.body()], [0x49, 0x49, 0x2a, 0x00]);
   await shot(page, 'share-link');
   assert.deepEqual(errors, []);
+});
+
+/// axe-core's WCAG 2 A and AA rules (2.0, 2.1 and 2.2) on the page as it is now; the vendored
+/// npm copy is evaluated in the page, so no CDN and no script tag the page's CSP would refuse.
+const axeSource = readFileSync(path.join(root, 'node_modules/axe-core/axe.min.js'), 'utf8');
+async function axeViolations(page) {
+  await page.evaluate(axeSource);
+  const results = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa'] },
+  }));
+  return results.violations.map((v) => ({
+    id: v.id, impact: v.impact, help: v.help,
+    nodes: v.nodes.map((n) => `${n.target.join(' ')}: ${n.failureSummary.replace(/\s+/g, ' ')}`),
+  }));
+}
+
+test('axe-core finds no WCAG 2 A or AA violation, signed in with items, tasks and a map, at 1280 and 390 px', async (t) => {
+  // One worker, so that a long conversion keeps another one queued while the page is checked.
+  const { page, errors } = await signedIn(t, { viewport: { width: 1280, height: 900 }, args: ['--workers', '1'] });
+  await page.context().grantPermissions(['clipboard-read', 'clipboard-write']);
+  await page.fill('#folder-name', 'scenes');
+  await page.click('#folder-form button');
+  await page.waitForSelector('#items li:has(.name:text-is("📁 scenes"))');
+  await upload(page, data('corrupt.tif'), 'corrupt.tif');
+  await convert(page, 'corrupt.tif');
+  await task(page, 'corrupt.tif').locator('.state.FAILURE').waitFor({ timeout: 60000 });
+  await upload(page, data('RGB.byte.tif'), 'RGB.byte.tif');
+  await convert(page, 'RGB.byte.tif');
+  const row = task(page, 'RGB.byte.tif');
+  await row.locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+  await row.locator('text=Copy link').click();
+  await row.locator('input[readonly]').waitFor();
+  await row.locator('text=Show on map').click();
+  await mapSettles(page, (s) => s.drawn > 0.2 && s.colours > 50);
+  // Every state on screen at once: one running, one queued behind it, one failed, one done.
+  await upload(page, bigRaster(), 'big-8192x8192x3.tif');
+  await upload(page, data('byte.tif'), 'byte.tif');
+  await convert(page, 'big-8192x8192x3.tif', { crs: 'EPSG:4326' });
+  await task(page, 'big-8192x8192x3.tif').locator('.state.PROGRESS').waitFor({ timeout: 60000 });
+  await convert(page, 'byte.tif');
+  await task(page, 'byte.tif').locator('.state.PENDING').waitFor();
+
+  const check = async (width, height, what) => {
+    await page.setViewportSize({ width, height });
+    await page.waitForFunction((w) => window.innerWidth === w, width);
+    await page.click('#map .map-fit');
+    await mapSettles(page, (s) => s.drawn > 0.2);
+    await shot(page, `axe-${width}-${what}`);
+    const violations = await axeViolations(page);
+    for (const v of violations) t.diagnostic(`${width} px, ${what}: ${v.impact} ${v.id}: ${v.help}\n  ${v.nodes.join('\n  ')}`);
+    assert.deepEqual(violations.map((v) => `${v.impact} ${v.id}`), [], `${width} px, ${what}: no WCAG 2 A/AA violation`);
+  };
+  await check(1280, 900, 'running');
+  await check(390, 844, 'running');
+  await page.click('#cancel-queued');
+  await task(page, 'byte.tif').locator('.state.REVOKED').waitFor();
+  await task(page, 'big-8192x8192x3.tif').locator('text=Cancel').click();
+  await task(page, 'big-8192x8192x3.tif').locator('.state.REVOKED').waitFor({ timeout: 30000 });
+  await check(390, 844, 'cancelled');
+  await check(1280, 900, 'cancelled');
+  assert.deepEqual(errors, []);
+});
+
+test('from the keyboard alone: every stop in the tab order is visible and shows where focus is', async (t) => {
+  const { page } = await signedIn(t, { viewport: { width: 1280, height: 900 } });
+  await upload(page, data('RGB.byte.tif'), 'RGB.byte.tif');
+  await convert(page, 'RGB.byte.tif');
+  const row = task(page, 'RGB.byte.tif');
+  await row.locator('.state.SUCCESS').waitFor({ timeout: 60000 });
+  await row.locator('text=Show on map').click();
+  await mapSettles(page, (s) => s.drawn > 0.2);
+
+  // Tab from the top of the page until focus comes back round; each stop is on screen (after
+  // the browser scrolled it there) and draws a focus ring: an outline or a box shadow.
+  await page.evaluate(() => document.activeElement?.blur());
+  const stops = [];
+  for (let i = 0; i < 200; i++) {
+    await page.keyboard.press('Tab');
+    const stop = await page.evaluate(() => {
+      const el = document.activeElement;
+      if (!el || el === document.body) return null;
+      const box = el.getBoundingClientRect();
+      const style = getComputedStyle(el);
+      const ring = (style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 2) || style.boxShadow !== 'none';
+      // The ring's contrast with what it is drawn on: the nearest opaque background around it.
+      const rgb = (c) => c.match(/[\d.]+/g).map(Number);
+      const luminance = ([r, g, b]) => [r, g, b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+        .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+      let under = el.parentElement;
+      while (under && (getComputedStyle(under).backgroundColor === 'rgba(0, 0, 0, 0)' || rgb(getComputedStyle(under).backgroundColor)[3] === 0)) under = under.parentElement;
+      const [a, b] = [luminance(rgb(style.outlineColor)), luminance(rgb(under ? getComputedStyle(under).backgroundColor : 'rgb(255, 255, 255)'))];
+      const contrast = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      const name = el.id ? '#' + el.id : el.tagName.toLowerCase() + (el.className ? '.' + String(el.className).split(' ')[0] : '');
+      return { key: name + ' ' + (el.getAttribute('aria-label') || el.textContent || '').trim().slice(0, 40), visible: box.width > 0 && box.height > 0, ring, contrast };
+    });
+    if (!stop) continue;
+    if (stops.length && stop.key === stops[0].key) break;
+    stops.push(stop);
+  }
+  t.diagnostic(`${stops.length} tab stops`);
+  assert.ok(stops.length >= 10, `the page can be walked with Tab: ${stops.map((s) => s.key).join(', ')}`);
+  for (const s of stops) {
+    assert.ok(s.visible, `${s.key}: focused but not visible`);
+    assert.ok(s.ring, `${s.key}: no visible focus ring`);
+    assert.ok(s.contrast >= 3, `${s.key}: the focus ring's contrast with its background is ${s.contrast.toFixed(2)}:1, under 3:1`);
+  }
+  // The map is a tab stop and says which keys move it.
+  const map = stops.find((s) => s.key.startsWith('#map '));
+  assert.ok(map, 'the map is in the tab order');
+  const keys = await page.$eval('#map', (m) => document.getElementById(m.getAttribute('aria-describedby')).textContent);
+  assert.match(keys, /arrow keys pan, \+ and - zoom/);
+  assert.equal(await page.isVisible('#map-keys'), true, 'the keys are shown, not only announced');
 });
