@@ -687,6 +687,9 @@ test('from the keyboard alone: every stop in the tab order is visible and shows 
     assert.ok(s.ring, `${s.key}: no visible focus ring`);
     assert.ok(s.contrast >= 3, `${s.key}: the focus ring's contrast with its background is ${s.contrast.toFixed(2)}:1, under 3:1`);
   }
+  // The order is the page's own: no positive tabindex reorders it.
+  const reordered = await page.$$eval('[tabindex]', (els) => els.filter((e) => e.tabIndex > 0).map((e) => e.outerHTML.slice(0, 80)));
+  assert.deepEqual(reordered, [], 'tab order follows the document');
   // The map is a tab stop and says which keys move it.
   const map = stops.find((s) => s.key.startsWith('#map '));
   assert.ok(map, 'the map is in the tab order');
