@@ -68,6 +68,9 @@ pub struct Body<'a> {
     emitted_at: String,
 }
 
+/// The number [`Event::around_seq`] cuts out: no event gets it, and it has the most digits.
+const UNNUMBERED: u64 = u64::MAX;
+
 impl Event {
     pub fn new(task: &TaskRecord, kind: EventKind, seq: u64) -> Event {
         Self::build(task, kind, seq, false)
@@ -103,6 +106,19 @@ impl Event {
             status_len: status_len(&sse[head.len()..json_end]),
             sse,
         }
+    }
+
+    /// The event's JSON on either side of its number, for a store that numbers the event in
+    /// the statement that writes it: `id: {seq}\ndata: {before}{seq}{after}\n\n` is the `sse`
+    /// of [`Event::new`] for that `seq` (its `emitted_at` being now).
+    pub fn around_seq(task: &TaskRecord, kind: EventKind) -> (String, String) {
+        let event = Self::new(task, kind, UNNUMBERED);
+        let json = std::str::from_utf8(&event.json).expect("serde_json writes UTF-8");
+        // The last one: the status comes first, and quotes inside its strings are escaped.
+        let mark = format!("\"seq\":{UNNUMBERED}");
+        let at = json.rfind(&mark).expect("an event has its seq") + mark.len();
+        let number = UNNUMBERED.to_string().len();
+        (json[..at - number].to_owned(), json[at..].to_owned())
     }
 
     /// An event as the store's event log keeps it (PostgreSQL), made again on any node.
@@ -243,5 +259,28 @@ mod tests {
         assert_eq!(stored.json, event.json);
         assert_eq!(stored.status(), event.status());
         assert!(stored.is_final);
+    }
+
+    /// Numbered by the store, the event is the one `Event::new` makes for that number (but for
+    /// the moment in `emitted_at`), even when the task's strings hold the same characters.
+    #[test]
+    fn an_event_numbered_later_is_the_event_numbered_now() {
+        let mut task = sample_task();
+        task.source_name = format!("\"seq\":{UNNUMBERED},\"seq\":1.tif");
+        let (before, after) = Event::around_seq(&task, EventKind::Progress);
+        let later = format!("id: 7\ndata: {before}7{after}\n\n");
+        let now = Event::new(&task, EventKind::Progress, 7);
+        let parse = |sse: &[u8]| {
+            let json = std::str::from_utf8(sse)
+                .unwrap()
+                .strip_prefix("id: 7\ndata: ")
+                .unwrap();
+            let mut value: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
+            value.as_object_mut().unwrap().remove("emitted_at").unwrap();
+            value
+        };
+        assert_eq!(parse(later.as_bytes()), parse(&now.sse));
+        assert_eq!(parse(later.as_bytes())["seq"], 7);
+        assert!(later.ends_with("}\n\n"));
     }
 }

@@ -46,34 +46,43 @@ impl Db<'_> {
             return Ok(self.bus.publish(task, kind));
         }
         self.needs_transaction("announce a change")?;
-        // Two round trips per event: the lock and the number, then the row and its notice.
-        // (The lock is taken in the FROM clause, so before the number is.)
+        // One round trip: the lock, the number, the row and its notice. The statement numbers
+        // the event, so the event is written around its number (`Event::around_seq`); the lock
+        // is taken in the FROM clause, so before the number is.
+        let (before, after) = Event::around_seq(task, kind);
+        let head = format!(
+            "{} {} {} {}",
+            task.id,
+            task.user_id,
+            kind.as_str(),
+            task.state.as_str()
+        );
         let seq = self
             .query_one(
                 &format!(
-                    "SELECT nextval('task_events_seq')
-                     FROM (SELECT pg_advisory_xact_lock({EVENT_LOCK})) AS locked"
+                    "WITH numbered AS (SELECT nextval('task_events_seq') AS seq
+                         FROM (SELECT pg_advisory_xact_lock({EVENT_LOCK})) AS locked),
+                     stored AS (INSERT INTO task_events (seq, task_id, user_id, kind, state, sse)
+                         SELECT seq, ?1, ?2, ?3, ?4, convert_to('id: ' || seq || E'\\ndata: '
+                             || CAST(?5 AS TEXT) || seq || CAST(?6 AS TEXT) || E'\\n\\n', 'UTF8')
+                         FROM numbered RETURNING seq, sse),
+                     announced AS (SELECT seq, seq || ' ' || CAST(?7 AS TEXT) || E'\\n'
+                         || convert_from(sse, 'UTF8') AS notice FROM stored)
+                     SELECT seq, CAST(pg_notify({CHANNEL}, CASE WHEN octet_length(notice) <= ?8
+                         THEN notice ELSE '' END) AS TEXT) FROM announced"
                 ),
-                &[],
+                vals![
+                    task.id,
+                    task.user_id,
+                    kind.as_str(),
+                    task.state.as_str(),
+                    before,
+                    after,
+                    head,
+                    NOTICE_MAX as i64
+                ],
             )?
             .int(0)?;
-        let event = Event::new(task, kind, seq as u64);
-        self.execute(
-            &format!(
-                "WITH stored AS (INSERT INTO task_events (seq, task_id, user_id, kind, state, sse)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq)
-                 SELECT pg_notify({CHANNEL}, ?7) FROM stored"
-            ),
-            vals![
-                seq,
-                task.id,
-                task.user_id,
-                kind.as_str(),
-                task.state.as_str(),
-                event.sse.to_vec(),
-                notice(&event)
-            ],
-        )?;
         Ok(seq as u64)
     }
 
@@ -158,28 +167,10 @@ fn stored_event(row: &super::db::Row) -> anyhow::Result<Event> {
 /// Events the relay reads from the log at once.
 const LOG_PAGE: usize = 1000;
 
-/// Notices are limited to 8000 bytes; a larger event is read from the log.
+/// Notices are limited to 8000 bytes; a larger event goes with an empty notice and is read
+/// from the log. A notice is `{seq} {task} {user} {kind} {state}\n{sse}`, written by
+/// [`Db::publish`]'s statement and read by [`carried`].
 const NOTICE_MAX: usize = 7900;
-
-/// The notice that announces `event`: the event itself when it fits (see [`carried`]), so
-/// that no node has to read it back; empty otherwise.
-fn notice(event: &Event) -> String {
-    let Ok(sse) = std::str::from_utf8(&event.sse) else {
-        return String::new();
-    };
-    let notice = format!(
-        "{} {} {} {} {}\n{sse}",
-        event.seq,
-        event.task_id,
-        event.user_id,
-        event.kind.as_str(),
-        event.state.as_str()
-    );
-    if notice.len() > NOTICE_MAX {
-        return String::new();
-    }
-    notice
-}
 
 /// The event a notice carries, if any.
 fn carried(notice: &str) -> Option<Event> {
@@ -359,22 +350,65 @@ fn resync(client: &mut postgres::Client, bus: &dyn Announce, since: &str) -> any
 mod tests {
     use super::*;
 
-    /// An event comes out of its notice as it went in; one too large for a notice, and a
-    /// notice that is not one of ours, send the relay to the log instead.
+    /// A published event rides in its notice exactly as the log keeps it (the statement that
+    /// numbers it writes both); one too large for a notice goes with an empty one, and a
+    /// notice that is not one of ours sends the relay to the log.
     #[test]
-    fn a_notice_carries_its_event_or_nothing() {
-        let mut task = crate::domain::event::sample_task();
-        let event = Event::new(&task, EventKind::State, 42);
-        let back = carried(&notice(&event)).expect("a small event rides in its notice");
-        assert_eq!(
-            (back.seq, back.task_id, back.user_id),
-            (42, task.id, task.user_id)
-        );
-        assert_eq!((back.kind, back.state), (event.kind, event.state));
-        assert_eq!((back.sse, back.json), (event.sse, event.json));
+    fn a_published_event_rides_in_its_notice_as_the_log_keeps_it() {
+        for test in crate::store::testing::stores() {
+            let Some(config) = test.postgres_config() else {
+                continue;
+            };
+            let mut listener = config.connect(postgres::NoTls).unwrap();
+            listen(&mut listener).unwrap();
+            let mut task = crate::domain::event::sample_task();
+            let small = test
+                .store
+                .blocking(|db| db.publish(&task, EventKind::State))
+                .unwrap();
+            task.status = "x".repeat(NOTICE_MAX);
+            let large = test
+                .store
+                .blocking(|db| db.publish(&task, EventKind::Progress))
+                .unwrap();
 
-        task.status = "x".repeat(NOTICE_MAX);
-        assert_eq!(notice(&Event::new(&task, EventKind::State, 43)), "");
+            let notices: Vec<String> = listener
+                .notifications()
+                .timeout_iter(Duration::from_secs(10))
+                .take(2)
+                .map(|n| Ok(n.payload().to_owned()))
+                .collect()
+                .unwrap();
+            let logged: Vec<Event> = test
+                .store
+                .blocking(|db| {
+                    let sql = format!("SELECT {EVENT_COLUMNS} FROM task_events ORDER BY seq");
+                    db.query(&sql, &[])?.iter().map(stored_event).collect()
+                })
+                .unwrap();
+            assert_eq!(notices.len(), 2, "both events were announced");
+            assert_eq!(logged.len(), 2);
+
+            let back = carried(&notices[0]).expect("a small event rides in its notice");
+            assert_eq!(back.seq, small);
+            assert_eq!((back.task_id, back.user_id), (task.id, task.user_id));
+            assert_eq!((back.kind, back.state), (EventKind::State, task.state));
+            assert_eq!((&back.sse, &back.json), (&logged[0].sse, &logged[0].json));
+            let json: serde_json::Value = serde_json::from_slice(&back.json).unwrap();
+            assert_eq!(json["seq"], small, "the event is numbered inside");
+            assert!(back
+                .sse
+                .starts_with(format!("id: {small}\ndata: {{").as_bytes()));
+
+            assert_eq!(notices[1], "", "a large event is read from the log");
+            assert_eq!(logged[1].seq, large);
+            let json: serde_json::Value = serde_json::from_slice(&logged[1].json).unwrap();
+            assert_eq!(
+                (&json["seq"], &json["event"]),
+                (&large.into(), &"progress".into())
+            );
+            assert_eq!(json["status"].as_str().unwrap().len(), NOTICE_MAX);
+        }
         assert!(carried("").is_none());
         assert!(carried("42 not-a-task\nid: 42").is_none());
     }

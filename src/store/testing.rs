@@ -42,10 +42,16 @@ pub fn stores() -> Vec<TestStore> {
 impl TestStore {
     /// Another connection to the same database, as a second node has (PostgreSQL only).
     pub fn another_node(&self) -> Option<Store> {
+        let config = self.postgres_config()?;
+        Some(Store::connect_with(&config, bus()).expect("a second PostgreSQL store opens"))
+    }
+
+    /// The settings that reach this store's schema (PostgreSQL only).
+    pub fn postgres_config(&self) -> Option<postgres::Config> {
         let (admin, schema) = self.schema.as_ref()?;
         let mut config = admin.clone();
         config.options(&format!("-c search_path={schema}"));
-        Some(Store::connect_with(&config, bus()).expect("a second PostgreSQL store opens"))
+        Some(config)
     }
 }
 
