@@ -107,6 +107,15 @@ CONVERT = "/api/v1/tree-items/{id}/convert-to-geo-raster"
 RETRY = "/api/v1/tasks/{id}/retry"
 UPLOAD = "/api/v1/tree-items"
 TUS = ("/api/v1/uploads", "/api/v1/uploads/{id}")
+# Optional JSON bodies: the document says "leave it out" (a non-null schema, so generators
+# send nothing), and the server also takes a JSON `null` as "no options", as it always has.
+NULL_MEANS_NO_BODY = (
+    CONVERT,
+    RETRY,
+    "/api/v1/tree-items/{id}/links",
+    "/api/v1/webhooks/{id}/rotate-secret",
+    "/api/v1/webhooks/callback-secret/rotate",
+)
 # What tus answers for rules of its headers that a schema cannot state (one of Upload-Length
 # and Upload-Defer-Length, Base64 metadata, the offset the upload is at, a checksum that
 # matches, bytes within the length and the limit), and for the fixture once a DELETE ended it.
@@ -251,6 +260,8 @@ def tus_rejection(case, status):
 @schemathesis.hook
 def filter_failure(context, failure, case, response):
     if failure.code in ("ST201", "ST203"):  # a schema-violating request accepted
+        if case.body is None and case.operation.path in NULL_MEANS_NO_BODY:
+            return False
         return not tus_rejection(case, response.status_code)
     if failure.code != "ST202":  # a schema-valid request refused
         return True
