@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -72,24 +73,29 @@ impl Document {
     }
 }
 
+/// Every operation object of the document (`paths` → path item → method).
+fn operations_mut(document: &mut Value) -> impl Iterator<Item = &mut Value> {
+    document
+        .get_mut("paths")
+        .and_then(|p| p.as_object_mut())
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+}
+
 /// The handlers' annotations name the JSON each Server-Sent Event carries; but a
 /// `text/event-stream` schema describes the event itself (`id`, `event`, `data`, `retry`), with
 /// the JSON as a string in `data`. OpenAPI 3.1 says that with `contentMediaType` and
 /// `contentSchema`, which the annotations cannot express, so the stream schemas are rewritten
 /// here.
-fn describe_event_streams(document: &mut serde_json::Value) {
-    let Some(paths) = document.get_mut("paths").and_then(|p| p.as_object_mut()) else {
-        return;
-    };
-    let streams = paths
-        .values_mut()
-        .filter_map(|item| item.as_object_mut())
-        .flat_map(|item| item.values_mut())
+fn describe_event_streams(document: &mut Value) {
+    let streams = operations_mut(document)
         .filter_map(|op| op.get_mut("responses")?.as_object_mut())
         .flat_map(|responses| responses.values_mut())
         .filter_map(|response| response.get_mut("content")?.get_mut("text/event-stream"));
     for stream in streams {
-        let Some(payload) = stream.get_mut("schema").map(serde_json::Value::take) else {
+        let Some(payload) = stream.get_mut("schema").map(Value::take) else {
             continue;
         };
         stream["schema"] = serde_json::json!({
@@ -116,50 +122,50 @@ fn describe_event_streams(document: &mut serde_json::Value) {
 /// that as "send `null`": openapi-python-client then serialises its "unset" marker and fails. An
 /// optional body is one the caller may leave out, so it is written as `required: false` with
 /// the plain schema, and every other body says `required: true`.
-fn make_optional_bodies_omittable(document: &mut serde_json::Value) {
-    let Some(paths) = document.get_mut("paths").and_then(|p| p.as_object_mut()) else {
-        return;
-    };
-    let bodies = paths
-        .values_mut()
-        .filter_map(|item| item.as_object_mut())
-        .flat_map(|item| item.values_mut())
-        .filter_map(|op| op.get_mut("requestBody")?.as_object_mut());
+fn make_optional_bodies_omittable(document: &mut Value) {
+    let bodies =
+        operations_mut(document).filter_map(|op| op.get_mut("requestBody")?.as_object_mut());
     for body in bodies {
-        let mut optional = body.get("required") != Some(&serde_json::Value::Bool(true));
-        for media in body
+        let mut optional = body.get("required") != Some(&Value::Bool(true));
+        let schemas = body
             .get_mut("content")
             .and_then(|c| c.as_object_mut())
             .into_iter()
             .flat_map(|content| content.values_mut())
-        {
-            let null = serde_json::json!({"type": "null"});
-            let null_type = serde_json::json!("null");
-            if let Some(one_of) = media
-                .pointer_mut("/schema/oneOf")
-                .and_then(|o| o.as_array_mut())
-            {
-                if one_of.len() == 2 && one_of.contains(&null) {
-                    let schema = one_of.iter().find(|s| **s != null).cloned();
-                    media["schema"] = schema.expect("one schema besides null");
-                    optional = true;
-                }
-            } else if let Some(types) = media
-                .pointer_mut("/schema/type")
-                .and_then(|t| t.as_array_mut())
-            {
-                // A plain `Option<String>` is written `"type": ["string", "null"]`.
-                if types.contains(&null_type) {
-                    types.retain(|t| *t != null_type);
-                    if types.len() == 1 {
-                        media["schema"]["type"] = types[0].clone();
-                    }
-                    optional = true;
-                }
-            }
+            .filter_map(|media| media.get_mut("schema"));
+        for schema in schemas {
+            optional |= without_null(schema);
         }
-        body.insert("required".into(), serde_json::Value::Bool(!optional));
+        body.insert("required".into(), Value::Bool(!optional));
     }
+}
+
+/// Takes `null` out of `schema` (`oneOf: [T, null]` becomes `T`; `"type": [t, "null"]` becomes
+/// `t`, as utoipa writes a plain `Option<String>`); whether there was one.
+fn without_null(schema: &mut Value) -> bool {
+    let null = serde_json::json!({"type": "null"});
+    if let Some(one_of) = schema.get("oneOf").and_then(|o| o.as_array()) {
+        if one_of.len() == 2 && one_of.contains(&null) {
+            *schema = one_of
+                .iter()
+                .find(|s| **s != null)
+                .cloned()
+                .expect("two items");
+            return true;
+        }
+        return false;
+    }
+    let Some(types) = schema.get_mut("type").and_then(|t| t.as_array_mut()) else {
+        return false;
+    };
+    if !types.iter().any(|t| t == "null") {
+        return false;
+    }
+    types.retain(|t| t != "null");
+    if let [only] = types.as_slice() {
+        schema["type"] = only.clone();
+    }
+    true
 }
 
 pub fn router() -> OpenApiRouter<AppState> {
