@@ -4,7 +4,8 @@
 //!
 //! Parent → child: a [`Job`] line, then optionally `cancel`; after the job's final report,
 //! the next job line. Closing stdin cancels the running job and ends the process.
-//! Child → parent: per job, [`Report`] lines ending with `Done`, `Failed` or `Cancelled`.
+//! Child → parent: per job, `Taken` once the job is read, then [`Report`] lines ending with
+//! `Done`, `Failed` or `Cancelled`.
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +62,7 @@ pub fn main() -> i32 {
                 return 2;
             }
         };
+        emit(&Report::Taken);
         if !hardened {
             super::hardening::apply(job.cache_mb);
             hardened = true;

@@ -122,6 +122,9 @@ pub struct Job {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Report {
+    /// The worker read the job and starts on it: a worker that ends before saying so never
+    /// began it, so the job may go to another worker.
+    Taken,
     Progress {
         percent: f64,
         phase: Phase,

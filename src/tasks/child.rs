@@ -189,83 +189,92 @@ pub async fn run(
     stop: &CancellationToken,
     mut progress: impl FnMut(f64, Phase),
 ) -> Outcome {
-    let mut worker = match limits.warm.take() {
-        Some(worker) => worker,
-        None => match Worker::spawn(limits) {
-            Ok(worker) => {
-                limits.warm.started.fetch_add(1, Ordering::Relaxed);
-                worker
-            }
-            Err(e) => {
-                return Outcome::Failed(Failure::transient(format!(
-                    "The conversion worker could not start: {e}"
-                )))
-            }
-        },
-    };
-    worker.jobs += 1;
     let mut line = serde_json::to_string(job).expect("job serialises");
     line.push('\n');
-    if let Err(e) = worker.stdin.write_all(line.as_bytes()).await {
-        let _ = worker.child.start_kill();
-        return Outcome::Failed(Failure::transient(format!(
-            "The conversion worker did not take the job: {e}"
-        )));
+    let mut warm = limits.warm.take();
+    loop {
+        let from_pool = warm.is_some();
+        let mut worker = match warm.take() {
+            Some(worker) => worker,
+            None => match Worker::spawn(limits) {
+                Ok(worker) => {
+                    limits.warm.started.fetch_add(1, Ordering::Relaxed);
+                    worker
+                }
+                Err(e) => {
+                    return Outcome::Failed(Failure::transient(format!(
+                        "The conversion worker could not start: {e}"
+                    )))
+                }
+            },
+        };
+        worker.jobs += 1;
+        let attempt = worker.attempt(&line, limits, stop, &mut progress).await;
+        if from_pool && attempt.never_began() {
+            // A warm worker killed while idle can still pass `take`'s check: its threads are
+            // still exiting, so the kernel does not report it dead yet. It never read the job,
+            // so nothing began and a fresh worker runs it, once.
+            tracing::info!("a warm worker was gone before it took its job; starting a fresh one");
+            let _ = worker.child.start_kill();
+            let _ = worker.child.wait().await;
+            continue;
+        }
+        return attempt.outcome(worker, limits).await;
+    }
+}
+
+/// How one job went in one worker.
+struct Attempt {
+    /// The worker said it read the job.
+    taken: bool,
+    /// The job line could not be written (the worker is gone).
+    unwritten: Option<std::io::Error>,
+    last_report: Option<Report>,
+    stopping: bool,
+    timed_out: bool,
+}
+
+impl Attempt {
+    /// Nothing of the job happened: the worker ended before it read it, unasked.
+    fn never_began(&self) -> bool {
+        !self.taken && self.last_report.is_none() && !self.stopping && !self.timed_out
     }
 
-    let deadline = Instant::now() + limits.timeout;
-    let far = Instant::now() + Duration::from_secs(365 * 86400);
-    let mut kill_at = far;
-    let mut stopping = false;
-    let mut timed_out = false;
-    let mut last_report = None;
-    loop {
-        tokio::select! {
-            line = worker.lines.next_line() => match line {
-                Ok(Some(line)) => match serde_json::from_str::<Report>(&line) {
-                    Ok(Report::Progress { percent, phase }) => progress(percent, phase),
-                    Ok(done) => {
-                        last_report = Some(done);
-                        break;
-                    }
-                    Err(_) => tracing::warn!(%line, "unreadable line from a worker"),
-                },
-                _ => break,
-            },
-            _ = stop.cancelled(), if !stopping => {
-                stopping = true;
-                let _ = worker.stdin.write_all(b"cancel\n").await;
-                kill_at = Instant::now() + limits.grace;
-            }
-            _ = sleep_until(kill_at) => {
-                tracing::warn!("a cancelled worker did not stop in time; killing it");
-                let _ = worker.child.start_kill();
-                kill_at = far;
-            }
-            _ = sleep_until(deadline), if !timed_out => {
-                timed_out = true;
-                let _ = worker.child.start_kill();
-            }
+    /// What the job came to: the worker goes back to the pool if it ended the job cleanly, and
+    /// is killed and reaped otherwise.
+    async fn outcome(self, mut worker: Worker, limits: &ChildLimits) -> Outcome {
+        let Attempt {
+            unwritten,
+            last_report,
+            stopping,
+            timed_out,
+            ..
+        } = self;
+        if let Some(e) = unwritten {
+            let _ = worker.child.start_kill();
+            let _ = worker.child.wait().await;
+            return Outcome::Failed(Failure::transient(format!(
+                "The conversion worker did not take the job: {e}"
+            )));
         }
-    }
-    let clean = matches!(
-        last_report,
-        Some(
-            Report::Done { .. }
-                | Report::Rendered { .. }
-                | Report::Facts { .. }
-                | Report::Values { .. }
-        )
-    ) && !stopping
-        && !timed_out;
-    let status = if clean && worker.jobs < MAX_JOBS {
-        limits.warm.give(worker);
-        None
-    } else {
-        let _ = worker.child.start_kill();
-        worker.child.wait().await.ok()
-    };
-    match last_report {
+        let clean = matches!(
+            last_report,
+            Some(
+                Report::Done { .. }
+                    | Report::Rendered { .. }
+                    | Report::Facts { .. }
+                    | Report::Values { .. }
+            )
+        ) && !stopping
+            && !timed_out;
+        let status = if clean && worker.jobs < MAX_JOBS {
+            limits.warm.give(worker);
+            None
+        } else {
+            let _ = worker.child.start_kill();
+            worker.child.wait().await.ok()
+        };
+        match last_report {
         Some(Report::Done { result }) => Outcome::Done(result),
         Some(Report::Facts { facts }) => Outcome::Facts(facts),
         Some(Report::Values { values }) => Outcome::Values(values),
@@ -303,6 +312,7 @@ pub async fn run(
             )),
             None => Failure::permanent("The conversion worker stopped without a result."),
         }),
+    }
     }
 }
 
@@ -382,5 +392,120 @@ impl Worker {
             jobs: 0,
             idle_since: Instant::now(),
         })
+    }
+
+    /// Hands the job (one line) to this worker and follows it to its final report, a cancel, the
+    /// time limit or the worker's end.
+    async fn attempt(
+        &mut self,
+        line: &str,
+        limits: &ChildLimits,
+        stop: &CancellationToken,
+        progress: &mut impl FnMut(f64, Phase),
+    ) -> Attempt {
+        let mut attempt = Attempt {
+            taken: false,
+            unwritten: None,
+            last_report: None,
+            stopping: false,
+            timed_out: false,
+        };
+        if let Err(e) = self.stdin.write_all(line.as_bytes()).await {
+            attempt.unwritten = Some(e);
+            return attempt;
+        }
+        let deadline = Instant::now() + limits.timeout;
+        let far = Instant::now() + Duration::from_secs(365 * 86400);
+        let mut kill_at = far;
+        loop {
+            tokio::select! {
+                line = self.lines.next_line() => match line {
+                    Ok(Some(line)) => match serde_json::from_str::<Report>(&line) {
+                        Ok(Report::Taken) => attempt.taken = true,
+                        Ok(Report::Progress { percent, phase }) => progress(percent, phase),
+                        Ok(done) => {
+                            attempt.last_report = Some(done);
+                            break;
+                        }
+                        Err(_) => tracing::warn!(%line, "unreadable line from a worker"),
+                    },
+                    _ => break,
+                },
+                _ = stop.cancelled(), if !attempt.stopping => {
+                    attempt.stopping = true;
+                    let _ = self.stdin.write_all(b"cancel\n").await;
+                    kill_at = Instant::now() + limits.grace;
+                }
+                _ = sleep_until(kill_at) => {
+                    tracing::warn!("a cancelled worker did not stop in time; killing it");
+                    let _ = self.child.start_kill();
+                    kill_at = far;
+                }
+                _ = sleep_until(deadline), if !attempt.timed_out => {
+                    attempt.timed_out = true;
+                    let _ = self.child.start_kill();
+                }
+            }
+        }
+        attempt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A stand-in worker: the first one started sleeps briefly and exits without reading its
+    /// job, as a warm worker killed while idle does; every later one answers a point job.
+    fn stand_in(dir: &std::path::Path) -> ChildLimits {
+        let exe = dir.join("worker.sh");
+        let script = format!(
+            "#!/bin/sh\n\
+             if mkdir '{first}' 2>/dev/null; then sleep 0.5; exit 0; fi\n\
+             read job\n\
+             echo '{{\"type\":\"taken\"}}'\n\
+             echo '{{\"type\":\"values\",\"values\":[42.0]}}'\n\
+             read next\n",
+            first = dir.join("first").display()
+        );
+        std::fs::write(&exe, script).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ChildLimits {
+            exe,
+            memory_bytes: 1 << 30,
+            timeout: Duration::from_secs(30),
+            grace: Duration::from_secs(1),
+            warm: WarmPool::new(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_warm_worker_gone_before_it_took_its_job_hands_the_job_to_a_fresh_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = stand_in(dir.path());
+        let dying = Worker::spawn(&limits).unwrap();
+        limits.warm.give(dying);
+        let job = Job {
+            kind: crate::domain::job::JobKind::Point,
+            input: PathBuf::new(),
+            output: PathBuf::new(),
+            conversion: Default::default(),
+            limits: Default::default(),
+            cache_mb: 0,
+            tile: None,
+            point: Some([0.0, 0.0]),
+        };
+        let outcome = run(&job, &limits, &CancellationToken::new(), |_, _| {}).await;
+        assert!(
+            matches!(&outcome, Outcome::Values(v) if v == &[Some(42.0)]),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            limits.warm.started(),
+            1,
+            "one fresh worker after the warm one"
+        );
     }
 }
