@@ -215,8 +215,7 @@ pub async fn run(
             // still exiting, so the kernel does not report it dead yet. It never read the job,
             // so nothing began and a fresh worker runs it, once.
             tracing::info!("a warm worker was gone before it took its job; starting a fresh one");
-            let _ = worker.child.start_kill();
-            let _ = worker.child.wait().await;
+            worker.end().await;
             continue;
         }
         return attempt.outcome(worker, limits).await;
@@ -224,6 +223,7 @@ pub async fn run(
 }
 
 /// How one job went in one worker.
+#[derive(Default)]
 struct Attempt {
     /// The worker said it read the job.
     taken: bool,
@@ -251,8 +251,7 @@ impl Attempt {
             ..
         } = self;
         if let Some(e) = unwritten {
-            let _ = worker.child.start_kill();
-            let _ = worker.child.wait().await;
+            worker.end().await;
             return Outcome::Failed(Failure::transient(format!(
                 "The conversion worker did not take the job: {e}"
             )));
@@ -271,10 +270,22 @@ impl Attempt {
             limits.warm.give(worker);
             None
         } else {
-            let _ = worker.child.start_kill();
-            worker.child.wait().await.ok()
+            worker.end().await
         };
-        match last_report {
+        reported(last_report, stopping, timed_out, status, limits)
+    }
+}
+
+/// The outcome a job's last report (or its absence) stands for; `status` is how the worker
+/// ended, when it did.
+fn reported(
+    last_report: Option<Report>,
+    stopping: bool,
+    timed_out: bool,
+    status: Option<std::process::ExitStatus>,
+    limits: &ChildLimits,
+) -> Outcome {
+    match last_report {
         Some(Report::Done { result }) => Outcome::Done(result),
         Some(Report::Facts { facts }) => Outcome::Facts(facts),
         Some(Report::Values { values }) => Outcome::Values(values),
@@ -312,7 +323,6 @@ impl Attempt {
             )),
             None => Failure::permanent("The conversion worker stopped without a result."),
         }),
-    }
     }
 }
 
@@ -394,6 +404,12 @@ impl Worker {
         })
     }
 
+    /// Kills this worker and reaps it, so that no zombie is left: how it ended, if known.
+    async fn end(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = self.child.start_kill();
+        self.child.wait().await.ok()
+    }
+
     /// Hands the job (one line) to this worker and follows it to its final report, a cancel, the
     /// time limit or the worker's end.
     async fn attempt(
@@ -403,13 +419,7 @@ impl Worker {
         stop: &CancellationToken,
         progress: &mut impl FnMut(f64, Phase),
     ) -> Attempt {
-        let mut attempt = Attempt {
-            taken: false,
-            unwritten: None,
-            last_report: None,
-            stopping: false,
-            timed_out: false,
-        };
+        let mut attempt = Attempt::default();
         if let Err(e) = self.stdin.write_all(line.as_bytes()).await {
             attempt.unwritten = Some(e);
             return attempt;
