@@ -397,8 +397,11 @@ async fn main() -> anyhow::Result<()> {
     // three setups take turns, so a slow minute of the machine lands on each of them.
     if want("nodes") {
         let count = if quick { 200 } else { 1000 };
-        // `BENCH_NODES=1` runs one PostgreSQL node only (for profiling the server under it).
-        let one_only = std::env::var("BENCH_NODES").is_ok_and(|v| v == "1");
+        // `BENCH_NODES=1` runs one PostgreSQL node only, `BENCH_NODES=sqlite` the embedded
+        // store only (for profiling the server under either).
+        let alone = std::env::var("BENCH_NODES").ok();
+        let one_only = alone.as_deref() == Some("1");
+        let sqlite_only = alone.as_deref() == Some("sqlite");
         let (mut sqlite, mut one, mut three) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs.min(3) {
             if one_only {
@@ -410,10 +413,14 @@ async fn main() -> anyhow::Result<()> {
             }
             let (server, _) = Server::start(&[]).await?;
             sqlite.push(tiny_rate(&client, &[server], count).await?);
+            if sqlite_only {
+                eprintln!("SQLite: {:.0} tasks/s", sqlite[sqlite.len() - 1]);
+                continue;
+            }
             one.push(nodes_rate(&client, 1, count).await?);
             three.push(nodes_rate(&client, 3, count).await?);
         }
-        if one_only {
+        if one_only || sqlite_only {
             return Ok(());
         }
         let (sqlite, one, three) = (median(sqlite), median(one), median(three));

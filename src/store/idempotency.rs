@@ -28,10 +28,16 @@ pub enum Once<T> {
 
 /// Holds `user`'s row until the call ends (PostgreSQL; SQLite's calls already run one at a
 /// time), so that requests of one user on several nodes take their turns: the second of two
-/// at once finds the key the first kept, and limits counted meanwhile stay true.
+/// at once finds the key the first kept, and limits counted meanwhile stay true. The lock is
+/// the weaker `NO KEY UPDATE`: it still excludes itself, but not the key-share lock that
+/// every insert naming the user (an item, a task) takes on the row, so an upload's or a
+/// finished conversion's insert never waits for a submit's commit.
 pub fn lock_user(db: &mut Db, user: Uuid) -> anyhow::Result<()> {
     if db.dialect() == Dialect::Postgres {
-        db.query("SELECT 1 FROM users WHERE id = ?1 FOR UPDATE", vals![user])?;
+        db.query(
+            "SELECT 1 FROM users WHERE id = ?1 FOR NO KEY UPDATE",
+            vals![user],
+        )?;
     }
     Ok(())
 }

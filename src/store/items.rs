@@ -98,13 +98,18 @@ pub fn insert(db: &mut Db, new: NewItem) -> anyhow::Result<Item> {
 
 /// The item if it exists and belongs to `user`.
 pub fn get(db: &mut Db, user: Uuid, id: Uuid) -> anyhow::Result<Option<Item>> {
-    db.query_opt(
-        &format!("SELECT {COLUMNS} FROM items WHERE id = ?1 AND user_id = ?2"),
-        vals![id, user],
-    )?
-    .as_ref()
-    .map(from_row)
-    .transpose()
+    // By id alone, the owner checked here: with the owner in the WHERE clause, PostgreSQL
+    // planning on a young table's empty statistics took the (user_id, parent_id) index and
+    // then kept that plan for the prepared statement, reading every item the user has.
+    Ok(db
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM items WHERE id = ?1"),
+            vals![id],
+        )?
+        .as_ref()
+        .map(from_row)
+        .transpose()?
+        .filter(|item| item.user_id == user))
 }
 
 /// True when `folder` is one of `user`'s folders.

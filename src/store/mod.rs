@@ -58,6 +58,7 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
     include_str!("postgres_5.sql"),
     include_str!("postgres_6.sql"),
     include_str!("postgres_7.sql"),
+    include_str!("postgres_8.sql"),
 ];
 
 enum Engine {

@@ -16,30 +16,41 @@ use crate::domain::{TaskRecord, TaskState};
 /// [`Db::atomically`]. [`place_in_queue`] states the same order as positions.
 pub fn next_pending(db: &mut Db) -> anyhow::Result<Option<(Uuid, Uuid)>> {
     let now = now_ms(db);
+    let due = format!("state = 'PENDING' AND (not_before IS NULL OR not_before <= {now})");
     // Whose turn it is: one row per user with work due, so the sort is over users, not tasks.
+    let turns = format!(
+        "SELECT p.user_id FROM (SELECT user_id, MIN(seq) AS first FROM tasks WHERE {due}
+             GROUP BY user_id) p
+         LEFT JOIN queue_turns q ON q.user_id = p.user_id
+         ORDER BY COALESCE(q.served, 0), p.first"
+    );
+    let pick = |user: &str, lock: &str| {
+        format!(
+            "SELECT id FROM tasks WHERE {due} AND user_id = {user}
+             ORDER BY priority DESC, seq LIMIT 1{lock}"
+        )
+    };
+    // A user whose due tasks are all being claimed by other nodes (locked) passes the turn.
+    if db.dialect() == Dialect::Postgres {
+        // One round trip: the nested loop picks user by user in turn order and stops at the
+        // first task it could lock, so it locks that one task only.
+        let pick = pick("u.user_id", " FOR UPDATE SKIP LOCKED");
+        return db
+            .query_opt(
+                &format!(
+                    "SELECT t.id, u.user_id FROM ({turns}) u CROSS JOIN LATERAL ({pick}) t LIMIT 1"
+                ),
+                &[],
+            )?
+            .map(|row| Ok((row.uuid(0)?, row.uuid(1)?)))
+            .transpose();
+    }
     let users = db
-        .query(
-            &format!(
-                "SELECT p.user_id FROM (SELECT user_id, MIN(seq) AS first FROM tasks
-                     WHERE state = 'PENDING' AND (not_before IS NULL OR not_before <= {now})
-                     GROUP BY user_id) p
-                 LEFT JOIN queue_turns q ON q.user_id = p.user_id
-                 ORDER BY COALESCE(q.served, 0), p.first"
-            ),
-            &[],
-        )?
+        .query(&turns, &[])?
         .iter()
         .map(|r| r.uuid(0))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let lock = match db.dialect() {
-        Dialect::Sqlite => "",
-        Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-    };
-    let pick = format!(
-        "SELECT id FROM tasks WHERE state = 'PENDING' AND user_id = ?1
-         AND (not_before IS NULL OR not_before <= {now}) ORDER BY priority DESC, seq LIMIT 1{lock}"
-    );
-    // A user whose due tasks are all being claimed by other nodes (locked) passes the turn.
+    let pick = pick("?1", "");
     for user in users {
         if let Some(row) = db.query_opt(&pick, vals![user])? {
             return Ok(Some((row.uuid(0)?, user)));

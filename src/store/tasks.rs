@@ -9,6 +9,7 @@
 //! names its claim, so a run whose lease ran out (and whose task was taken over, even by
 //! another worker of the same process) changes nothing.
 
+use anyhow::Context;
 use uuid::Uuid;
 
 use super::db::{vals, Db, Dialect, Row};
@@ -73,10 +74,13 @@ fn read(db: &mut Db, sql: &str, params: &[super::db::Value]) -> anyhow::Result<V
 
 pub fn insert(db: &mut Db, new: NewTask) -> anyhow::Result<TaskRecord> {
     let id = Uuid::new_v4();
-    db.execute(
-        "INSERT INTO tasks (id, user_id, source_id, source_blob, source_name, parent_id,
-         options, state, status, created_at, priority, retry_of) VALUES (?1, ?2, ?3, ?4, ?5,
-         ?6, ?7, 'PENDING', 'Queued', ?8, ?9, ?10)",
+    let inserted = read(
+        db,
+        &format!(
+            "INSERT INTO tasks (id, user_id, source_id, source_blob, source_name, parent_id,
+             options, state, status, created_at, priority, retry_of) VALUES (?1, ?2, ?3, ?4,
+             ?5, ?6, ?7, 'PENDING', 'Queued', ?8, ?9, ?10) RETURNING {COLUMNS}"
+        ),
         vals![
             id,
             new.user_id,
@@ -90,7 +94,10 @@ pub fn insert(db: &mut Db, new: NewTask) -> anyhow::Result<TaskRecord> {
             new.retry_of,
         ],
     )?;
-    Ok(get(db, id)?.expect("just inserted"))
+    inserted
+        .into_iter()
+        .next()
+        .context("the insert returned no row")
 }
 
 pub fn get(db: &mut Db, id: Uuid) -> anyhow::Result<Option<TaskRecord>> {
@@ -107,7 +114,7 @@ pub fn changed_since(db: &mut Db, since: &str) -> anyhow::Result<Vec<TaskRecord>
     read(
         db,
         &format!(
-            "SELECT {COLUMNS} FROM tasks WHERE state IN ('PENDING', 'PROGRESS')
+            "SELECT {COLUMNS} FROM tasks WHERE state = 'PENDING' OR state = 'PROGRESS'
              OR finished_at >= ?1 ORDER BY seq"
         ),
         vals![since],
@@ -147,6 +154,7 @@ pub fn claim_owner(node: &str) -> String {
 }
 
 /// Starts a run: `change` (to PROGRESS), one more attempt, leased to `owner` for `lease_ms`.
+/// Returns the task as it now is, if it was still in `change.from()`.
 pub fn start(
     db: &mut Db,
     id: Uuid,
@@ -154,8 +162,10 @@ pub fn start(
     owner: &str,
     lease_ms: i64,
     status: &str,
-) -> anyhow::Result<bool> {
-    Ok(db.execute(
+) -> anyhow::Result<Option<TaskRecord>> {
+    debug_assert!(change.to() != TaskState::Pending);
+    changed(
+        db,
         &format!(
             "UPDATE tasks SET state = ?2, attempts = attempts + 1, status = ?3, started_at = ?4,
              lease_owner = ?5, lease_until = {} + ?6, not_before = NULL
@@ -171,7 +181,20 @@ pub fn start(
             lease_ms,
             change.from().as_str()
         ],
-    )? > 0)
+    )
+}
+
+/// Runs `update` with `RETURNING` the task's columns: the changed task, or `None` when its
+/// WHERE clause matched nothing. For changes out of the queue (the record has no queue
+/// position to place), which saves reading the row back.
+fn changed(
+    db: &mut Db,
+    update: &str,
+    params: &[super::db::Value],
+) -> anyhow::Result<Option<TaskRecord>> {
+    db.query_opt(&format!("{update} RETURNING {COLUMNS}"), params)?
+        .map(|r| Ok(from_row(&r)?.task))
+        .transpose()
 }
 
 /// What the lifecycle needs to know of a task before changing it.
@@ -325,16 +348,17 @@ pub struct End<'a> {
 }
 
 /// Ends a task (`change` to a final state), if it is still in `change.from()` and, when
-/// `claim` is given, still held by that claim.
+/// `claim` is given, still held by that claim. Returns the task as it now is, if it ended.
 pub fn end(
     db: &mut Db,
     id: Uuid,
     change: Transition,
     claim: Option<&str>,
     end: End,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<TaskRecord>> {
     debug_assert!(change.to().is_final());
-    Ok(db.execute(
+    changed(
+        db,
         "UPDATE tasks SET state = ?2, status = ?3, error = ?4, finished_at = ?5,
          last_error = COALESCE(?4, last_error), not_before = NULL,
          result = COALESCE(?6, result),
@@ -351,7 +375,7 @@ pub fn end(
             change.from().as_str(),
             claim
         ],
-    )? > 0)
+    )
 }
 
 /// A run that failed for a reason that may pass: why, and how long until the next attempt.
@@ -407,9 +431,11 @@ pub fn delete(db: &mut Db, id: Uuid) -> anyhow::Result<bool> {
 /// ([`super::idempotency::lock_user`]), so that nodes counting at once cannot both pass a
 /// limit.
 pub fn count_active(db: &mut Db, user: Uuid) -> anyhow::Result<u64> {
+    // Two counts, one per state, so that each reads its own partial index on PostgreSQL.
     Ok(db
         .query_one(
-            "SELECT COUNT(*) FROM tasks WHERE user_id = ?1 AND state IN ('PENDING', 'PROGRESS')",
+            "SELECT (SELECT COUNT(*) FROM tasks WHERE state = 'PENDING' AND user_id = ?1)
+                 + (SELECT COUNT(*) FROM tasks WHERE state = 'PROGRESS' AND user_id = ?1)",
             vals![user],
         )?
         .int(0)? as u64)

@@ -142,18 +142,18 @@ pub fn claim(db: &mut Db, owner: &str, lease_ms: i64) -> anyhow::Result<Option<T
                 return Ok(None);
             };
             let change = step(TaskState::Pending, TaskState::Progress)?;
-            if !rows::start(db, id, change, owner, lease_ms, "Starting")? {
+            let Some(task) = rows::start(db, id, change, owner, lease_ms, "Starting")? else {
                 return Ok(None);
-            }
+            };
             queue::served(db, user)?;
             owe(db, id, Some(EventType::TaskStarted))?;
-            Ok(Some(id))
+            Ok(Some(task))
         })
     })?;
-    match started {
-        Some(id) => announce(db, id, EventKind::State, true),
-        None => Ok(None),
+    if let Some(task) = &started {
+        db.publish(task, EventKind::State)?;
     }
+    Ok(started)
 }
 
 pub enum Heartbeat {
@@ -268,7 +268,7 @@ fn end_run(
         error,
         result: None,
     };
-    let ended = rows::end(db, id, change, claim, end)?;
+    let ended = rows::end(db, id, change, claim, end)?.is_some();
     if ended {
         owe(db, id, EventType::of_change(to, false))?;
     }
@@ -296,17 +296,17 @@ pub fn succeed(
     let published = db.atomically(|db| {
         if let Some(folder) = output.parent_id {
             if !items::is_folder(db, task.user_id, folder)? {
-                return Ok(Published::FolderGone);
+                return Ok(Err(Published::FolderGone));
             }
         }
         let Some(held) = rows::hold(db, task.id)? else {
-            return Ok(Published::Cancelled);
+            return Ok(Err(Published::Cancelled));
         };
         if held.lease_owner.as_deref() != Some(owner) {
-            return Ok(Published::LeaseLost);
+            return Ok(Err(Published::LeaseLost));
         }
         if held.cancel_requested || held.state != TaskState::Progress {
-            return Ok(Published::Cancelled);
+            return Ok(Err(Published::Cancelled));
         }
         let item = items::insert(db, output)?;
         result["tree_item_id"] = serde_json::json!(item.id);
@@ -316,15 +316,20 @@ pub fn succeed(
             error: None,
             result: Some(&result),
         };
-        if rows::end(db, task.id, change, Some(owner), end)? {
+        let ended = rows::end(db, task.id, change, Some(owner), end)?;
+        if ended.is_some() {
             owe(db, task.id, Some(EventType::TaskSucceeded))?;
         }
-        Ok(Published::Output(item.id))
+        Ok(Ok((item.id, ended)))
     })?;
-    if let Published::Output(_) = published {
-        announce(db, task.id, EventKind::State, true)?;
+    let (item, ended) = match published {
+        Ok(done) => done,
+        Err(refused) => return Ok(refused),
+    };
+    if let Some(task) = &ended {
+        db.publish(task, EventKind::State)?;
     }
-    Ok(published)
+    Ok(Published::Output(item))
 }
 
 pub enum Cancelled {
@@ -373,7 +378,7 @@ pub(super) fn cancel_held(
                 error: None,
                 result: None,
             };
-            if rows::end(db, id, change, None, end)? {
+            if rows::end(db, id, change, None, end)?.is_some() {
                 owe(db, id, Some(EventType::TaskRevoked))?;
             }
             Ok(true)
@@ -434,7 +439,7 @@ pub fn recover(db: &mut Db, policy: Policy) -> anyhow::Result<usize> {
                 error: None,
                 result: None,
             };
-            if rows::end(db, id, change, None, end)? {
+            if rows::end(db, id, change, None, end)?.is_some() {
                 owe(db, id, Some(EventType::TaskRevoked))?;
                 changed.push(id);
             }

@@ -10,6 +10,8 @@ mod deliveries_owed;
 mod inspect;
 pub mod lifecycle;
 mod queue;
+#[cfg(test)]
+mod queue_order;
 mod render;
 mod retention;
 #[cfg(test)]

@@ -140,12 +140,13 @@ impl Workers {
         }
     }
 
-    async fn reload(&self, id: Uuid) -> Option<TaskRecord> {
+    /// Whether a cancel of task `id` was asked for (false when the store cannot say: the
+    /// heartbeat asks again).
+    async fn cancel_asked(&self, id: Uuid) -> bool {
         self.store
-            .call(move |c| crate::store::tasks::get(c, id))
+            .read(move |c| crate::store::tasks::cancel_requested(c, id))
             .await
-            .ok()
-            .flatten()
+            .unwrap_or(false)
     }
 
     /// Runs a task this worker claimed as `owner`.
@@ -159,7 +160,7 @@ impl Workers {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, stop.clone());
         // A cancel that arrived between the claim and the line above is in the row.
-        if self.reload(id).await.is_some_and(|t| t.cancel_requested) {
+        if self.cancel_asked(id).await {
             stop.cancel();
         }
         let started = std::time::Instant::now();
