@@ -49,6 +49,23 @@ pub struct NewTask {
     pub callbacks: Vec<super::webhook::Callback>,
 }
 
+#[cfg(test)]
+impl NewTask {
+    /// A task of `user` on `source` (a file no test reads), for the store's tests.
+    pub fn of(user: Uuid, source: Uuid) -> Self {
+        NewTask {
+            user_id: user,
+            source_id: source,
+            source_blob: "0".repeat(32),
+            source_name: "src.tif".into(),
+            parent_id: None,
+            options: Default::default(),
+            retry_of: None,
+            callbacks: vec![],
+        }
+    }
+}
+
 /// A task's status exactly as every API channel shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskStatus<'a> {

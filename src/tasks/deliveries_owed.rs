@@ -60,16 +60,7 @@ fn a_change_whose_deliveries_cannot_be_written_is_not_committed() {
                     secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
                 };
                 webhooks::create_endpoint(db, endpoint, 10)?;
-                let new = NewTask {
-                    user_id: user.id,
-                    source_id: Uuid::new_v4(),
-                    source_blob: "0".repeat(32),
-                    source_name: "src.tif".into(),
-                    parent_id: None,
-                    options: Default::default(),
-                    retry_of: None,
-                    callbacks: vec![],
-                };
+                let new = NewTask::of(user.id, Uuid::new_v4());
                 match lifecycle::submit(db, new, 10, None)? {
                     Submitted::Queued(task) => Ok(task.id),
                     _ => unreachable!("a new user has room"),

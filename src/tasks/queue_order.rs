@@ -11,16 +11,7 @@ use crate::store::testing::stores;
 use crate::store::{tasks as rows, users, Db};
 
 fn submit(db: &mut Db, user: Uuid, priority: Priority) -> anyhow::Result<Uuid> {
-    let mut new = NewTask {
-        user_id: user,
-        source_id: Uuid::new_v4(),
-        source_blob: "0".repeat(32),
-        source_name: "src.tif".into(),
-        parent_id: None,
-        options: Default::default(),
-        retry_of: None,
-        callbacks: vec![],
-    };
+    let mut new = NewTask::of(user, Uuid::new_v4());
     new.options.priority = priority;
     match lifecycle::submit(db, new, 100, None)? {
         Submitted::Queued(task) => Ok(task.id),

@@ -112,16 +112,7 @@ fn run(store: &Store, ops: &[Op]) {
             // Which task each idempotency key made, and with which body.
             let mut keyed: HashMap<u8, (u8, Uuid)> = HashMap::new();
             let mut vanished = std::collections::HashSet::new();
-            let new_task = |user: Uuid, source: Uuid| NewTask {
-                user_id: user,
-                source_id: source,
-                source_blob: "0".repeat(32),
-                source_name: "src.tif".into(),
-                parent_id: None,
-                options: Default::default(),
-                retry_of: None,
-                callbacks: vec![],
-            };
+            let new_task = NewTask::of;
             let pick = |ids: &[Uuid], i: usize| (!ids.is_empty()).then(|| ids[i % ids.len()]);
             let fail = || Ending::Failed(Failure::permanent("broken"));
             let drain = |c: &mut Db| -> anyhow::Result<()> {
