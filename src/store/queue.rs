@@ -84,28 +84,37 @@ pub(super) fn place_in_queue(db: &mut Db, rows: Vec<Ranked>) -> anyhow::Result<V
     if pending.is_empty() {
         return Ok(rows.into_iter().map(|r| r.task).collect());
     }
+    // Each task's turn among its user's own: how many of theirs go before it, plus one.
+    const AHEAD: &str = "SELECT COUNT(*) FROM tasks WHERE user_id = ?1 AND state = 'PENDING'
+        AND (priority > ?2 OR (priority = ?2 AND seq < ?3))";
+    let ahead = |row: &Ranked| vals![row.task.user_id, row.priority, row.task.seq].to_vec();
+    // With one task to place (a submit, a status read), the statement that reads the users
+    // counts its turn too: one round trip fewer.
+    let (alone, params) = match pending.as_slice() {
+        [row] => (format!("({AHEAD})"), ahead(row)),
+        _ => ("0".to_string(), Vec::new()),
+    };
     // Each user with queued tasks: (turn order key, how many).
-    let users: std::collections::HashMap<Uuid, ((i64, i64), i64)> = db
-        .query(
-            "SELECT p.user_id, COALESCE(q.served, 0), p.first, p.n FROM (SELECT user_id,
-                 MIN(seq) AS first, COUNT(*) AS n FROM tasks WHERE state = 'PENDING'
-                 GROUP BY user_id) p LEFT JOIN queue_turns q ON q.user_id = p.user_id",
-            &[],
-        )?
+    let read = db.query(
+        &format!(
+            "SELECT p.user_id, COALESCE(q.served, 0), p.first, p.n, {alone} FROM (SELECT
+                 user_id, MIN(seq) AS first, COUNT(*) AS n FROM tasks WHERE state = 'PENDING'
+                 GROUP BY user_id) p LEFT JOIN queue_turns q ON q.user_id = p.user_id"
+        ),
+        &params,
+    )?;
+    let users: std::collections::HashMap<Uuid, ((i64, i64), i64)> = read
         .iter()
         .map(|r| Ok((r.uuid(0)?, ((r.int(1)?, r.int(2)?), r.int(3)?))))
         .collect::<anyhow::Result<_>>()?;
-    // Each task's turn among its user's own: how many of theirs go before it, plus one.
     let mut turns = std::collections::HashMap::with_capacity(pending.len());
-    for row in &pending {
-        let ahead = db
-            .query_one(
-                "SELECT COUNT(*) FROM tasks WHERE user_id = ?1 AND state = 'PENDING'
-                 AND (priority > ?2 OR (priority = ?2 AND seq < ?3))",
-                vals![row.task.user_id, row.priority, row.task.seq],
-            )?
-            .int(0)?;
-        turns.insert(row.task.id, ahead + 1);
+    if let ([row], Some(first)) = (pending.as_slice(), read.first()) {
+        turns.insert(row.task.id, first.int(4)? + 1);
+    } else {
+        for row in &pending {
+            let ahead = db.query_one(AHEAD, &ahead(row))?.int(0)?;
+            turns.insert(row.task.id, ahead + 1);
+        }
     }
     Ok(rows
         .into_iter()
