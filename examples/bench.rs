@@ -412,9 +412,10 @@ async fn main() -> anyhow::Result<()> {
                 continue;
             }
             let (server, _) = Server::start(&[]).await?;
-            sqlite.push(tiny_rate(&client, &[server], count).await?);
+            let rate = tiny_rate(&client, &[server], count).await?;
+            sqlite.push(rate);
             if sqlite_only {
-                eprintln!("SQLite: {:.0} tasks/s", sqlite[sqlite.len() - 1]);
+                eprintln!("SQLite: {rate:.0} tasks/s");
                 continue;
             }
             one.push(nodes_rate(&client, 1, count).await?);

@@ -293,20 +293,20 @@ pub fn succeed(
     output: NewItem,
     mut result: serde_json::Value,
 ) -> anyhow::Result<Published> {
-    let published = db.atomically(|db| {
+    let (published, ended) = db.atomically(|db| {
         if let Some(folder) = output.parent_id {
             if !items::is_folder(db, task.user_id, folder)? {
-                return Ok(Err(Published::FolderGone));
+                return Ok((Published::FolderGone, None));
             }
         }
         let Some(held) = rows::hold(db, task.id)? else {
-            return Ok(Err(Published::Cancelled));
+            return Ok((Published::Cancelled, None));
         };
         if held.lease_owner.as_deref() != Some(owner) {
-            return Ok(Err(Published::LeaseLost));
+            return Ok((Published::LeaseLost, None));
         }
         if held.cancel_requested || held.state != TaskState::Progress {
-            return Ok(Err(Published::Cancelled));
+            return Ok((Published::Cancelled, None));
         }
         let item = items::insert(db, output)?;
         result["tree_item_id"] = serde_json::json!(item.id);
@@ -320,16 +320,12 @@ pub fn succeed(
         if ended.is_some() {
             owe(db, task.id, Some(EventType::TaskSucceeded))?;
         }
-        Ok(Ok((item.id, ended)))
+        Ok((Published::Output(item.id), ended))
     })?;
-    let (item, ended) = match published {
-        Ok(done) => done,
-        Err(refused) => return Ok(refused),
-    };
     if let Some(task) = &ended {
         db.publish(task, EventKind::State)?;
     }
-    Ok(Published::Output(item))
+    Ok(published)
 }
 
 pub enum Cancelled {
