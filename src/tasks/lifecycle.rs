@@ -136,24 +136,25 @@ pub fn submit(
 
 /// Moves the next queued task to PROGRESS, leased to `owner` for `lease_ms`.
 pub fn claim(db: &mut Db, owner: &str, lease_ms: i64) -> anyhow::Result<Option<TaskRecord>> {
-    let started = db.unsynced(|db| {
-        db.atomically(|db| {
-            let Some((id, user)) = queue::next_pending(db)? else {
-                return Ok(None);
-            };
-            let change = step(TaskState::Pending, TaskState::Progress)?;
-            let Some(task) = rows::start(db, id, change, owner, lease_ms, "Starting")? else {
-                return Ok(None);
-            };
-            queue::served(db, user)?;
-            owe(db, id, Some(EventType::TaskStarted))?;
-            Ok(Some(task))
-        })
-    })?;
+    let started = db.unsynced(|db| db.atomically(|db| take_next(db, owner, lease_ms)))?;
     if let Some(task) = &started {
         db.publish(task, EventKind::State)?;
     }
     Ok(started)
+}
+
+/// The claim's change, for [`claim`] and for a [`succeed`] that hands its worker the next task.
+fn take_next(db: &mut Db, owner: &str, lease_ms: i64) -> anyhow::Result<Option<TaskRecord>> {
+    let Some((id, user)) = queue::next_pending(db)? else {
+        return Ok(None);
+    };
+    let change = step(TaskState::Pending, TaskState::Progress)?;
+    let Some(task) = rows::start(db, id, change, owner, lease_ms, "Starting")? else {
+        return Ok(None);
+    };
+    queue::served(db, user)?;
+    owe(db, id, Some(EventType::TaskStarted))?;
+    Ok(Some(task))
 }
 
 pub enum Heartbeat {
@@ -284,29 +285,40 @@ pub enum Published {
     LeaseLost,
 }
 
+/// The claim a worker that publishes an output makes for its next task, in the same
+/// transaction: its owner and lease.
+pub struct Then<'a> {
+    pub owner: &'a str,
+    pub lease_ms: i64,
+}
+
 /// Marks `owner`'s task SUCCESS and makes its output item visible, in one transaction. Writes
-/// nothing if the task was cancelled meanwhile or its folder is gone.
+/// nothing if the task was cancelled meanwhile or its folder is gone. With `then`, the same
+/// transaction claims the next queued task for the worker, now free (returned beside): one
+/// commit per task fewer than a separate claim, which on PostgreSQL is a synchronous commit
+/// under the event log's lock.
 pub fn succeed(
     db: &mut Db,
     task: &TaskRecord,
     owner: &str,
     output: NewItem,
     mut result: serde_json::Value,
-) -> anyhow::Result<Published> {
-    let (published, ended) = db.atomically(|db| {
+    then: Option<Then>,
+) -> anyhow::Result<(Published, Option<TaskRecord>)> {
+    let (published, ended, next) = db.atomically(|db| {
         if let Some(folder) = output.parent_id {
             if !items::is_folder(db, task.user_id, folder)? {
-                return Ok((Published::FolderGone, None));
+                return Ok((Published::FolderGone, None, None));
             }
         }
         let Some(held) = rows::hold(db, task.id)? else {
-            return Ok((Published::Cancelled, None));
+            return Ok((Published::Cancelled, None, None));
         };
         if held.lease_owner.as_deref() != Some(owner) {
-            return Ok((Published::LeaseLost, None));
+            return Ok((Published::LeaseLost, None, None));
         }
         if held.cancel_requested || held.state != TaskState::Progress {
-            return Ok((Published::Cancelled, None));
+            return Ok((Published::Cancelled, None, None));
         }
         let item = items::insert(db, output)?;
         result["tree_item_id"] = serde_json::json!(item.id);
@@ -320,12 +332,16 @@ pub fn succeed(
         if ended.is_some() {
             owe(db, task.id, Some(EventType::TaskSucceeded))?;
         }
-        Ok((Published::Output(item.id), ended))
+        let next = match then {
+            Some(then) => take_next(db, then.owner, then.lease_ms)?,
+            None => None,
+        };
+        Ok((Published::Output(item.id), ended, next))
     })?;
-    if let Some(task) = &ended {
+    for task in ended.iter().chain(&next) {
         db.publish(task, EventKind::State)?;
     }
-    Ok(published)
+    Ok((published, next))
 }
 
 pub enum Cancelled {

@@ -162,15 +162,24 @@ impl Tasks {
         });
     }
 
+    /// [`lifecycle::succeed`]; with `then` (the next claim's owner and lease), also claims the
+    /// worker's next task.
     pub async fn succeed(
         &self,
         task: TaskRecord,
         owner: Arc<str>,
         output: NewItem,
         result: serde_json::Value,
-    ) -> anyhow::Result<Published> {
-        self.run(move |db| lifecycle::succeed(db, &task, &owner, output, result))
-            .await
+        then: Option<(Arc<str>, i64)>,
+    ) -> anyhow::Result<(Published, Option<TaskRecord>)> {
+        self.run(move |db| {
+            let then = then.as_ref().map(|(owner, lease_ms)| lifecycle::Then {
+                owner,
+                lease_ms: *lease_ms,
+            });
+            lifecycle::succeed(db, &task, &owner, output, result, then)
+        })
+        .await
     }
 
     /// Cancels one of `user`'s tasks: a queued one is REVOKED at once, a running one shows

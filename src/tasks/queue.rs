@@ -115,14 +115,22 @@ impl Workers {
     }
 
     async fn work(&self, n: usize, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            let owner: Arc<str> = claim_owner(&self.node).into();
-            let lease = self.lease.as_millis() as i64;
-            let claimed = self.tasks.claim(owner.clone(), lease).await;
+        // A task claimed by the previous task's publication: it is ours, so it runs even after
+        // a shutdown began (and is put back in the queue at once).
+        let mut next: Option<(TaskRecord, Arc<str>)> = None;
+        while next.is_some() || !shutdown.is_cancelled() {
+            let (claimed, owner) = match next.take() {
+                Some((task, owner)) => (Ok(Some(task)), owner),
+                None => {
+                    let owner: Arc<str> = claim_owner(&self.node).into();
+                    let lease = self.lease.as_millis() as i64;
+                    (self.tasks.claim(owner.clone(), lease).await, owner)
+                }
+            };
             match claimed {
                 Ok(Some(task)) => {
                     let span = tracing::info_span!("task", id = %task.id, worker = n);
-                    self.run(task, owner, &shutdown).instrument(span).await;
+                    next = self.run(task, owner, &shutdown).instrument(span).await;
                 }
                 Ok(None) => {
                     self.child.warm.retire_idle();
@@ -149,8 +157,14 @@ impl Workers {
             .unwrap_or(false)
     }
 
-    /// Runs a task this worker claimed as `owner`.
-    async fn run(&self, task: TaskRecord, owner: Arc<str>, shutdown: &CancellationToken) {
+    /// Runs a task this worker claimed as `owner`. Returns the next task when its publication
+    /// claimed one, with the owner it was claimed as.
+    async fn run(
+        &self,
+        task: TaskRecord,
+        owner: Arc<str>,
+        shutdown: &CancellationToken,
+    ) -> Option<(TaskRecord, Arc<str>)> {
         let id = task.id;
         tracing::info!(source = %task.source_name, attempt = task.attempts, "conversion started");
         let stop = shutdown.child_token();
@@ -175,10 +189,11 @@ impl Workers {
             )
             .in_current_span(),
         );
-        let result = self.convert(&task, &owner, &stop).await;
+        let then = (!shutdown.is_cancelled()).then(|| Arc::<str>::from(claim_owner(&self.node)));
+        let result = self.convert(&task, &owner, &stop, then.clone()).await;
         heartbeat.abort();
         let outcome = match &result {
-            Ok(()) => "success",
+            Ok(_) => "success",
             Err(Outcome::Failed(_)) => "failure",
             Err(_) => "stopped",
         };
@@ -196,12 +211,12 @@ impl Workers {
         // Each end below names this claim: if the lease ran out meanwhile, the task is another
         // claim's now and none of them changes it.
         let ending = match result {
-            Ok(()) => None,
-            Err(Outcome::Stopped) if shutdown.is_cancelled() => Some(Ending::Interrupted),
-            Err(Outcome::Stopped) => Some(Ending::Revoked),
+            Ok(next) => return next.zip(then),
+            Err(Outcome::Stopped) if shutdown.is_cancelled() => Ending::Interrupted,
+            Err(Outcome::Stopped) => Ending::Revoked,
             Err(Outcome::Failed(failure)) => {
                 tracing::info!(error = %failure.message, transient = failure.transient, "conversion failed");
-                Some(Ending::Failed(failure))
+                Ending::Failed(failure)
             }
             Err(
                 Outcome::Done(_) | Outcome::Rendered(_) | Outcome::Facts(_) | Outcome::Values(_),
@@ -209,7 +224,6 @@ impl Workers {
                 unreachable!("convert returns Ok for a published result, and asks for no tile")
             }
         };
-        let Some(ending) = ending else { return };
         if let Err(e) = self.tasks.finish(id, owner.clone(), ending).await {
             // Never leave the task in PROGRESS: one more try, after the database settles.
             tracing::error!(error = ?e, "could not record the end of a task; retrying");
@@ -219,6 +233,7 @@ impl Workers {
                 tracing::error!(error = ?e, "the task stays in PROGRESS until the next start");
             }
         }
+        None
     }
 
     /// Runs the child and publishes its output. `Err` says how the task ended otherwise.
@@ -227,7 +242,8 @@ impl Workers {
         task: &TaskRecord,
         owner: &Arc<str>,
         stop: &CancellationToken,
-    ) -> Result<(), Outcome> {
+        then: Option<Arc<str>>,
+    ) -> Result<Option<TaskRecord>, Outcome> {
         // One progress bar for the whole run, never going back: staging from object storage
         // takes 0–2 %, the worker 0–95 %, the upload of the result 95–99 %.
         let (progress_tx, progress_rx) = watch::channel((0.0, Phase::Opening));
@@ -333,20 +349,25 @@ impl Workers {
             geo_raster: Some(geo.clone()),
             source_id: Some(task.source_id),
         };
+        // No next task for a worker whose node is shutting down.
+        let then = then
+            .filter(|_| !stop.is_cancelled())
+            .map(|owner| (owner, self.lease.as_millis() as i64));
         let published = self
             .tasks
-            .succeed(task.clone(), owner.clone(), new_item, geo)
+            .succeed(task.clone(), owner.clone(), new_item, geo, then)
             .await;
         match published {
-            Ok(Published::Output(item)) => {
+            Ok((Published::Output(item), next)) => {
                 self.metrics.bytes_converted.inc_by(size);
                 tracing::info!(output = %item, "conversion published");
-                Ok(())
+                Ok(next)
             }
             other => {
                 // An error may have come after the commit (a connection lost while it was
                 // acknowledged): the file is removed only when no item refers to it. If that
                 // cannot be told either, it stays, and a later start's sweep removes it.
+                let other = other.map(|(published, _)| published);
                 let unreferenced = match &other {
                     Ok(_) => true,
                     Err(_) => {

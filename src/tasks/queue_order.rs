@@ -92,3 +92,73 @@ fn a_pick_on_postgresql_locks_only_the_task_it_picks() {
             .unwrap();
     }
 }
+
+/// A worker that publishes an output claims its next task in the same transaction: the task
+/// whose turn it is, leased to the owner it named. Without `then`, nothing more is claimed.
+#[test]
+fn a_publication_claims_the_workers_next_task_in_turn() {
+    use crate::domain::TaskState;
+    use crate::store::items::{ItemKind, NewItem};
+    for test in stores() {
+        let engine = test.engine;
+        test.store
+            .blocking(|db| {
+                let (a, b) = (
+                    users::ensure_user(db, "a")?.id,
+                    users::ensure_user(db, "b")?.id,
+                );
+                let first = submit(db, a, Priority::Normal)?;
+                let a_second = submit(db, a, Priority::Normal)?;
+                let b_first = submit(db, b, Priority::Normal)?;
+                let output = |user| NewItem {
+                    user_id: user,
+                    parent_id: None,
+                    name: "out.tif".into(),
+                    kind: ItemKind::File,
+                    size: 1,
+                    content_type: None,
+                    blob: Some(Uuid::new_v4().simple().to_string()),
+                    geo_raster: None,
+                    source_id: None,
+                };
+                let running = lifecycle::claim(db, "node/1", 60_000)?.expect("queued");
+                assert_eq!(running.id, first, "{engine}");
+                let then = lifecycle::Then {
+                    owner: "node/2",
+                    lease_ms: 60_000,
+                };
+                let (published, next) = lifecycle::succeed(
+                    db,
+                    &running,
+                    "node/1",
+                    output(a),
+                    serde_json::json!({}),
+                    Some(then),
+                )?;
+                assert!(matches!(published, lifecycle::Published::Output(_)));
+                let next = next.expect("a task was queued");
+                // A was just served, so B's turn comes before A's second task.
+                assert_eq!(next.id, b_first, "{engine}: the next task in turn");
+                assert_eq!(next.state, TaskState::Progress, "{engine}");
+                assert_eq!(next.attempts, 1, "{engine}");
+                let held = rows::hold(db, b_first)?.expect("kept");
+                assert_eq!(held.lease_owner.as_deref(), Some("node/2"), "{engine}");
+                let done = rows::get(db, first)?.expect("kept");
+                assert_eq!(done.state, TaskState::Success, "{engine}");
+
+                let (_, none) = lifecycle::succeed(
+                    db,
+                    &next,
+                    "node/2",
+                    output(b),
+                    serde_json::json!({}),
+                    None,
+                )?;
+                assert!(none.is_none(), "{engine}: no claim without `then`");
+                let waiting = rows::get(db, a_second)?.expect("kept");
+                assert_eq!(waiting.state, TaskState::Pending, "{engine}");
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -25,7 +25,8 @@ enum Op {
     Claim,
     Progress(usize, f64),
     Cancel(usize),
-    Succeed(usize),
+    /// `true`: the worker also claims its next task in the same transaction.
+    Succeed(usize, bool),
     Fail(usize),
     /// A clean shutdown puts a running task back in the queue.
     Requeue(usize),
@@ -54,7 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Claim),
         3 => (0..8usize, 0.0..100.0f64).prop_map(|(i, p)| Op::Progress(i, p)),
         1 => (0..8usize).prop_map(Op::Cancel),
-        2 => (0..8usize).prop_map(Op::Succeed),
+        2 => (0..8usize, any::<bool>()).prop_map(|(i, then)| Op::Succeed(i, then)),
         1 => (0..8usize).prop_map(Op::Fail),
         1 => (0..8usize).prop_map(Op::Requeue),
         1 => Just(Op::CrashRestart),
@@ -210,7 +211,7 @@ fn run(store: &Store, ops: &[Op]) {
                             lifecycle::cancel(c, user.id, id)?;
                         }
                     }
-                    Op::Succeed(i) => {
+                    Op::Succeed(i, then) => {
                         if let Some(id) = pick(&ids, i) {
                             let record = tasks::get(c, id)?;
                             if let Some(record) = record.filter(|r| r.state == TaskState::Progress)
@@ -227,7 +228,11 @@ fn run(store: &Store, ops: &[Op]) {
                                     source_id: Some(source.id),
                                 };
                                 let json = serde_json::json!({});
-                                lifecycle::succeed(c, &record, &node_now, output, json)?;
+                                let then = then.then_some(lifecycle::Then {
+                                    owner: &node_now,
+                                    lease_ms: 60_000,
+                                });
+                                lifecycle::succeed(c, &record, &node_now, output, json, then)?;
                             }
                         }
                     }
