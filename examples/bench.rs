@@ -1,7 +1,7 @@
 //! The benchmark behind `make bench`: every figure is measured against its reference in the
 //! same run, on this machine, and written to docs/BENCHMARKS.md as a ratio.
 //!
-//! cargo run --release --example bench [-- --quick] [--only startup,convert,status,push,starve,tiny,stalled,nodes,s3,tus,tiles]
+//! cargo run --release --example bench [-- --quick] [--only startup,convert,status,push,idle,starve,tiny,stalled,nodes,s3,tus,tiles]
 //!
 //! `--only` runs the named sections and prints their rows without touching docs/BENCHMARKS.md.
 //!
@@ -302,23 +302,33 @@ async fn main() -> anyhow::Result<()> {
                 met: Some(per / 1024.0 <= 16.0),
             });
         }
-        // The same idle SSE stream against the reference, both measured the same way: raw
-        // connections that send the request, then only wait.
-        let n = 1000;
-        let (server, _) = Server::start(&[]).await?;
-        let ours = idle_stream_memory(&server.url, &server.token, server.pid(), n).await?;
-        drop(server);
-        let reference = fanout::Reference::start().await?;
-        let theirs = idle_stream_memory(&reference.url, "", reference.pid(), n).await?;
-        drop(reference);
-        rows.push(Row {
-            figure: format!("server memory per idle SSE subscriber ({n} raw connections)"),
-            measured: format!("{ours:.1} KiB"),
-            reference: format!("minimal axum broadcast server, own process: {theirs:.1} KiB"),
-            ratio: format!("{:.2}×", ours / theirs),
-            target: "≤ 16 KiB".into(),
-            met: Some(ours <= 16.0),
-        });
+    }
+
+    // The same idle SSE stream against the reference, both measured the same way: raw
+    // connections that send the request, then only wait.
+    if want("push") || want("idle") {
+        // `BENCH_IDLE=N` sets the crowd (for measuring one change quickly).
+        let n = std::env::var("BENCH_IDLE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 1000 } else { 10_000 });
+        for ws in [false, true] {
+            let (server, _) = Server::start(&[]).await?;
+            let ours = idle_memory(&server.url, &server.token, server.pid(), n, ws).await?;
+            drop(server);
+            let reference = fanout::Reference::start().await?;
+            let theirs = idle_memory(&reference.url, "", reference.pid(), n, ws).await?;
+            drop(reference);
+            let kind = if ws { "WebSocket" } else { "SSE" };
+            rows.push(Row {
+                figure: format!("server memory per idle {kind} subscriber ({n} connections)"),
+                measured: format!("{ours:.1} KiB"),
+                reference: format!("minimal axum broadcast server, own process: {theirs:.1} KiB"),
+                ratio: format!("{:.2}×", ours / theirs),
+                target: "≤ 16 KiB".into(),
+                met: Some(ours <= 16.0),
+            });
+        }
     }
 
     // The same push while another user's 8192² conversion keeps GDAL on every core, against
@@ -838,18 +848,34 @@ async fn watch_one_stalled(
     Ok(times)
 }
 
-/// RSS growth of `pid` per connection while `n` connections hold `GET /api/v1/events` open
-/// without reading past the response head.
-async fn idle_stream_memory(url: &str, token: &str, pid: u32, n: usize) -> anyhow::Result<f64> {
+/// RSS growth of `pid` per connection while `n` subscribers of the user feed wait: raw
+/// connections that send `GET /api/v1/events` and read only the response head, or WebSockets
+/// that subscribe to everything and read nothing.
+async fn idle_memory(url: &str, token: &str, pid: u32, n: usize, ws: bool) -> anyhow::Result<f64> {
+    use futures_util::SinkExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
     let addr = url
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = load::rss_kib(pid);
-    let mut held = Vec::with_capacity(n);
+    let mut streams = Vec::with_capacity(n);
+    let mut sockets = Vec::with_capacity(n);
     for _ in 0..n {
+        if ws {
+            let mut request = format!("ws://{addr}/api/v1/ws").into_client_request()?;
+            request
+                .headers_mut()
+                .insert("Authorization", format!("Bearer {token}").parse()?);
+            let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+            socket
+                .send(Message::text(r#"{"type":"subscribe","all":true}"#))
+                .await?;
+            sockets.push(socket);
+            continue;
+        }
         let mut stream = tokio::net::TcpStream::connect(&addr).await?;
         stream
             .write_all(
@@ -864,7 +890,7 @@ async fn idle_stream_memory(url: &str, token: &str, pid: u32, n: usize) -> anyho
             "the event stream was refused: {}",
             String::from_utf8_lossy(&head[..read])
         );
-        held.push(stream);
+        streams.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = load::rss_kib(pid);
