@@ -59,7 +59,7 @@ async fn upgrade(
     // 128 KiB read and write buffers would be most of an idle subscriber's memory.
     Ok(ws
         .max_message_size(64 * 1024)
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let sockets = state.sockets.clone();

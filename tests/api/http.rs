@@ -951,3 +951,35 @@ async fn a_body_that_stops_arriving_gets_408_and_stores_nothing() {
     let (_, items) = server.get_json("/tree-items", &server.token).await;
     assert_eq!(items, serde_json::json!([]));
 }
+
+/// The protocol is told from the first bytes, left unread: HTTP/2 with prior knowledge is
+/// served as HTTP/2, and an HTTP/1 request whose first byte could begin the HTTP/2 preface
+/// ("P" of "PUT") is still served as HTTP/1 when the rest comes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_and_http1_are_told_apart() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let answer = h2
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    socket.write_all(b"P").await.unwrap();
+    // A client whose request arrives in two parts (the server sees "P" alone first).
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let rest = format!("UT /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    socket.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    socket.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+}
