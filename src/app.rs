@@ -187,7 +187,7 @@ impl App {
             anonymous_per_ip: config.max_anonymous_streams_per_ip,
             anonymous_total: config.max_anonymous_streams,
         });
-        let state = AppState {
+        let state = AppState::new(crate::http::SharedState {
             workers: config.workers(),
             config: Arc::new(config),
             store,
@@ -213,7 +213,7 @@ impl App {
             writing: Default::default(),
             webhooks,
             shutdown,
-        };
+        });
         Ok(App {
             listener,
             state,

@@ -30,7 +30,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use resumable::expire_until as expire_uploads_until;
 pub use serve::serve;
-pub use state::AppState;
+pub use state::{AppState, Shared as SharedState};
 
 use crate::error::AppError;
 

@@ -16,9 +16,28 @@ use crate::storage::Storage;
 use crate::store::Store;
 use crate::tasks::{Inspector, Tasks};
 
-/// Shared by every handler; cheap to clone.
+/// Shared by every handler. A clone is one reference count: axum clones the state for every
+/// extractor and middleware of every request, and copying some twenty handles (each with
+/// reference counts of its own) showed in the status path's profile.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     /// Limits and switches that handlers read.
     pub config: Arc<Config>,
     /// Users, tokens and tree items; task rows are read here and changed only through `tasks`.
