@@ -124,7 +124,18 @@ async fn twenty_sigkills_at_random_moments_lose_nothing_and_leak_nothing() {
             accepted.clone(),
             rng.below(u64::MAX),
         ));
+        let before = accepted.lock().unwrap().len();
         tokio::time::sleep(Duration::from_millis(50 + rng.below(1200))).await;
+        // On a loaded machine the random moment can come before any submit got its answer:
+        // the kill then waits for one, so that every round has work of its own to cut.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while accepted.lock().unwrap().len() == before {
+            assert!(
+                Instant::now() < deadline,
+                "no submit was answered in a minute"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let workers = children_of(server.pid());
         server.stop(libc::SIGKILL).await;
         submitter.abort();
