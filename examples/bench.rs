@@ -304,8 +304,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    // The same idle SSE stream against the reference, both measured the same way: raw
-    // connections that send the request, then only wait.
+    // Idle subscribers (SSE and WebSocket) against the reference's, both measured the same
+    // way: connections that subscribe, then only wait.
     if want("push") || want("idle") {
         // `BENCH_IDLE=N` sets the crowd (for measuring one change quickly).
         let n = std::env::var("BENCH_IDLE")

@@ -90,6 +90,10 @@ impl Workers {
         set
     }
 
+    fn lease_ms(&self) -> i64 {
+        self.lease.as_millis() as i64
+    }
+
     /// Heartbeats go every third of the lease, and at least every second: that is also how
     /// soon a cancel sent to another node reaches the conversion.
     fn beat(&self) -> Duration {
@@ -123,8 +127,10 @@ impl Workers {
                 Some((task, owner)) => (Ok(Some(task)), owner),
                 None => {
                     let owner: Arc<str> = claim_owner(&self.node).into();
-                    let lease = self.lease.as_millis() as i64;
-                    (self.tasks.claim(owner.clone(), lease).await, owner)
+                    (
+                        self.tasks.claim(owner.clone(), self.lease_ms()).await,
+                        owner,
+                    )
                 }
             };
             match claimed {
@@ -189,8 +195,7 @@ impl Workers {
             )
             .in_current_span(),
         );
-        let then = (!shutdown.is_cancelled()).then(|| Arc::<str>::from(claim_owner(&self.node)));
-        let result = self.convert(&task, &owner, &stop, then.clone()).await;
+        let result = self.convert(&task, &owner, &stop).await;
         heartbeat.abort();
         let outcome = match &result {
             Ok(_) => "success",
@@ -211,7 +216,7 @@ impl Workers {
         // Each end below names this claim: if the lease ran out meanwhile, the task is another
         // claim's now and none of them changes it.
         let ending = match result {
-            Ok(next) => return next.zip(then),
+            Ok(next) => return next,
             Err(Outcome::Stopped) if shutdown.is_cancelled() => Ending::Interrupted,
             Err(Outcome::Stopped) => Ending::Revoked,
             Err(Outcome::Failed(failure)) => {
@@ -236,14 +241,14 @@ impl Workers {
         None
     }
 
-    /// Runs the child and publishes its output. `Err` says how the task ended otherwise.
+    /// Runs the child and publishes its output; `Ok` holds the worker's next task when the
+    /// publication claimed one. `Err` says how the task ended otherwise.
     async fn convert(
         &self,
         task: &TaskRecord,
         owner: &Arc<str>,
         stop: &CancellationToken,
-        then: Option<Arc<str>>,
-    ) -> Result<Option<TaskRecord>, Outcome> {
+    ) -> Result<Option<(TaskRecord, Arc<str>)>, Outcome> {
         // One progress bar for the whole run, never going back: staging from object storage
         // takes 0–2 %, the worker 0–95 %, the upload of the result 95–99 %.
         let (progress_tx, progress_rx) = watch::channel((0.0, Phase::Opening));
@@ -349,10 +354,11 @@ impl Workers {
             geo_raster: Some(geo.clone()),
             source_id: Some(task.source_id),
         };
-        // No next task for a worker whose node is shutting down.
-        let then = then
-            .filter(|_| !stop.is_cancelled())
-            .map(|owner| (owner, self.lease.as_millis() as i64));
+        // No next task for a worker whose node is shutting down (or whose task was just
+        // cancelled: it publishes nothing).
+        let next_owner: Option<Arc<str>> =
+            (!stop.is_cancelled()).then(|| claim_owner(&self.node).into());
+        let then = next_owner.clone().map(|owner| (owner, self.lease_ms()));
         let published = self
             .tasks
             .succeed(task.clone(), owner.clone(), new_item, geo, then)
@@ -361,7 +367,7 @@ impl Workers {
             Ok((Published::Output(item), next)) => {
                 self.metrics.bytes_converted.inc_by(size);
                 tracing::info!(output = %item, "conversion published");
-                Ok(next)
+                Ok(next.zip(next_owner))
             }
             other => {
                 // An error may have come after the commit (a connection lost while it was

@@ -19,6 +19,13 @@ fn submit(db: &mut Db, user: Uuid, priority: Priority) -> anyhow::Result<Uuid> {
     }
 }
 
+fn two_users(db: &mut Db) -> anyhow::Result<(Uuid, Uuid)> {
+    Ok((
+        users::ensure_user(db, "a")?.id,
+        users::ensure_user(db, "b")?.id,
+    ))
+}
+
 #[test]
 fn claims_take_turns_between_users_by_priority_in_the_order_positions_said() {
     for test in stores() {
@@ -26,10 +33,7 @@ fn claims_take_turns_between_users_by_priority_in_the_order_positions_said() {
         let (claimed, positions, expected) = test
             .store
             .blocking(|db| {
-                let (a, b) = (
-                    users::ensure_user(db, "a")?.id,
-                    users::ensure_user(db, "b")?.id,
-                );
+                let (a, b) = two_users(db)?;
                 let a_low = submit(db, a, Priority::Low)?;
                 let a_normal = submit(db, a, Priority::Normal)?;
                 let b_normal = submit(db, b, Priority::Normal)?;
@@ -67,10 +71,7 @@ fn a_pick_on_postgresql_locks_only_the_task_it_picks() {
         };
         test.store
             .blocking(|db| {
-                let (a, b) = (
-                    users::ensure_user(db, "a")?.id,
-                    users::ensure_user(db, "b")?.id,
-                );
+                let (a, b) = two_users(db)?;
                 submit(db, a, Priority::Normal)?;
                 let b_task = submit(db, b, Priority::Normal)?;
                 Ok(b_task)
@@ -103,10 +104,7 @@ fn a_publication_claims_the_workers_next_task_in_turn() {
         let engine = test.engine;
         test.store
             .blocking(|db| {
-                let (a, b) = (
-                    users::ensure_user(db, "a")?.id,
-                    users::ensure_user(db, "b")?.id,
-                );
+                let (a, b) = two_users(db)?;
                 let first = submit(db, a, Priority::Normal)?;
                 let a_second = submit(db, a, Priority::Normal)?;
                 let b_first = submit(db, b, Priority::Normal)?;
