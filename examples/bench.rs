@@ -247,21 +247,40 @@ async fn main() -> anyhow::Result<()> {
     // Push latency to many subscribers of one conversion against the minimal axum broadcast
     // server (same client, same event, as many events as fast), and memory per subscriber.
     if want("push") {
-        // `BENCH_PUSH=SSE:WS` runs one crowd only (for profiling the server under it).
+        // `BENCH_PUSH=SSE:WS` runs one crowd only (for profiling the server under it);
+        // `BENCH_PUSH=SSE:0:task` puts the SSE subscribers on one task's feed.
         let only_crowd = std::env::var("BENCH_PUSH").ok().and_then(|v| {
-            let (sse, ws) = v.split_once(':')?;
-            Some(vec![(sse.parse().ok()?, ws.parse().ok()?)])
+            let mut parts = v.split(':');
+            let sse = parts.next()?.parse().ok()?;
+            let ws = parts.next()?.parse().ok()?;
+            Some(vec![(sse, ws, parts.next() == Some("task"))])
         });
         let crowds = only_crowd.unwrap_or(if quick {
-            vec![(1000, 0)]
+            vec![(1000, 0, false)]
         } else {
-            vec![(1000, 0), (10000, 0), (0, 1000), (0, 10000)]
+            vec![
+                (1000, 0, false),
+                (10000, 0, false),
+                (1000, 0, true),
+                (10000, 0, true),
+                (0, 1000, false),
+                (0, 10000, false),
+            ]
         });
-        for (sse, ws) in crowds {
+        for (sse, ws, task_feed) in crowds {
             let kind = if sse > 0 { "SSE" } else { "WebSocket" };
+            let feed = if task_feed {
+                "one task's feed"
+            } else {
+                "user feed"
+            };
             let (server, _) = Server::start(&[]).await?;
             let before = load::rss_kib(server.pid());
-            let ours = watch_one(&server, sse, ws, true).await?;
+            let ours = if task_feed {
+                watch_queued(&server, sse).await?
+            } else {
+                watch_one(&server, sse, ws, true).await?
+            };
             let per =
                 (ours.rss.saturating_sub(before)) as f64 * 1024.0 / ours.connected.max(1) as f64;
             let event: Value = client
@@ -275,13 +294,15 @@ async fn main() -> anyhow::Result<()> {
             let reference = fanout::Reference::start().await?;
             // The reference shares the cores with the same GDAL work, as ours did.
             let busy = Busy::start(big_input()?);
+            let feed_of = task_feed.then(|| uuid::Uuid::new_v4().to_string());
             let theirs =
-                watch_reference(&reference, sse, ws, &event, ours.events, ours.span).await?;
+                watch_reference(&reference, sse, ws, feed_of, &event, ours.events, ours.span)
+                    .await?;
             drop((busy, reference));
             let ratio = ours.p99 / theirs.p99;
             rows.push(Row {
                 figure: format!(
-                    "publish → receive latency, {} {kind} subscribers (user feed, one 8192² conversion)",
+                    "publish → receive latency, {} {kind} subscribers ({feed}, one 8192² conversion)",
                     sse + ws
                 ),
                 measured: ours.describe(),
@@ -293,6 +314,9 @@ async fn main() -> anyhow::Result<()> {
                 target: "≤ 1.0× (p99 ≤ 50 ms at 10,000: stretch)".into(),
                 met: Some(ratio <= 1.0),
             });
+            if task_feed {
+                continue; // the same connections as the user feed's, whose row says it
+            }
             rows.push(Row {
                 figure: format!("server memory per subscriber ({} {kind})", sse + ws),
                 measured: format!("{:.1} KiB", per / 1024.0),
@@ -802,22 +826,69 @@ async fn watch_item(
     Ok(settle(crowd, started, task, rss).await)
 }
 
-/// The same crowd on the reference server, which sends `events` copies of `event` over `span`.
+/// The same crowd on the reference server, which sends `events` copies of `event` over `span`;
+/// with `task`, the SSE subscribers are on that task's feed.
 async fn watch_reference(
     reference: &fanout::Reference,
     sse: usize,
     ws: usize,
+    task: Option<String>,
     event: &Value,
     events: u32,
     span: Duration,
 ) -> anyhow::Result<Pushed> {
-    let crowd = load::gather(&reference.url, "", sse, ws, true).await;
+    let (feed, task) = match task {
+        Some(task) => (load::Feed::Task(task.clone()), task),
+        None => (load::Feed::User, uuid::Uuid::new_v4().to_string()),
+    };
+    let crowd = load::gather_on(&reference.url, "", feed, sse, ws, true).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss = load::rss_kib(reference.pid());
-    let task = uuid::Uuid::new_v4().to_string();
     crowd.task.send_replace(Some(task.clone()));
     let started = Instant::now();
     reference.publish(event, &task, events, span).await?;
+    Ok(settle(crowd, started, task, rss).await)
+}
+
+/// Conversions queued ahead of the one whose feed is watched: enough to outlast connecting
+/// 10,000 subscribers.
+const AHEAD: usize = 12;
+
+/// Subscribers of one task's feed, connected while the task waits in the queue behind
+/// [`AHEAD`] conversions of the same user (whose tasks run in order); those are then
+/// cancelled, and the task converts the 8192² image as in [`watch_one`].
+async fn watch_queued(server: &Server, sse: usize) -> anyhow::Result<Pushed> {
+    let client = reqwest::Client::new();
+    let item = server.upload(&client, &big_input()?).await?;
+    let mut ahead = Vec::new();
+    for _ in 0..AHEAD {
+        ahead.push(server.start_conversion(&client, &item).await?);
+    }
+    let task = server.start_conversion(&client, &item).await?;
+    let feed = load::Feed::Task(task.clone());
+    let crowd = load::gather_on(&server.url, &server.token, feed, sse, 0, true).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss = load::rss_kib(server.pid());
+    let status: Value = client
+        .get(format!("{}/api/v1/tasks/{task}/status", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    anyhow::ensure!(
+        status["state"] == "PENDING",
+        "the {AHEAD} conversions ahead ended before {sse} subscribers were in: raise AHEAD"
+    );
+    let started = Instant::now();
+    // The queued ones first, so that none starts as a running one is cancelled.
+    for id in ahead.iter().rev() {
+        client
+            .post(format!("{}/api/v1/tasks/{id}/cancel", server.url))
+            .bearer_auth(&server.token)
+            .send()
+            .await?;
+    }
     Ok(settle(crowd, started, task, rss).await)
 }
 

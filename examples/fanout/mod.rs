@@ -1,9 +1,9 @@
 //! The reference the push rows of the benchmark are measured against: a minimal axum server
 //! with one `tokio::sync::broadcast`, an `async-stream` SSE handler and an axum WebSocket
 //! handler, nothing else. It runs in a process of its own (`bench --reference`), serves the
-//! same paths the load generator subscribes to, and publishes on `POST /publish` a copy of a
-//! real rastercast event (same size, its `emitted_at` set when sent), as often and as fast as
-//! the conversion it stands for.
+//! same paths the load generator subscribes to (a task's feed is the same broadcast), and
+//! publishes on `POST /publish` a copy of a real rastercast event (same size, its `emitted_at`
+//! set when sent), as often and as fast as the conversion it stands for.
 
 use std::convert::Infallible;
 use std::process::Stdio;
@@ -41,6 +41,7 @@ pub async fn serve() -> anyhow::Result<()> {
     let (tx, _) = broadcast::channel::<Frame>(1024);
     let app = Router::new()
         .route("/api/v1/events", get(sse))
+        .route("/api/v1/tasks/{id}/events", get(sse))
         .route("/api/v1/ws", get(ws))
         .route("/publish", post(publish))
         .with_state(tx);

@@ -31,7 +31,7 @@ fn age_us(event: &Value) -> Option<u64> {
     age.num_microseconds().map(|us| us.max(1) as u64)
 }
 
-/// A crowd of subscribers following the user feed, all connected.
+/// A crowd of subscribers, all connected.
 pub struct Crowd {
     pub subscribers: tokio::task::JoinSet<Watch>,
     /// Set the watched task's id here; "done" releases subscribers that do not read.
@@ -40,10 +40,45 @@ pub struct Crowd {
     pub connected: usize,
 }
 
-/// Connects `sse` SSE and `ws` WebSocket subscribers and waits until each has subscribed.
+/// The feed SSE subscribers follow.
+#[derive(Clone)]
+pub enum Feed {
+    /// All of the user's tasks: `/api/v1/events`.
+    User,
+    /// One task, known before it starts: `/api/v1/tasks/{id}/events`.
+    Task(String),
+}
+
+impl Feed {
+    fn path(&self) -> String {
+        match self {
+            Feed::User => "/api/v1/events".into(),
+            Feed::Task(id) => format!("/api/v1/tasks/{id}/events"),
+        }
+    }
+}
+
+/// Connects `sse` SSE subscribers of the user feed and `ws` WebSocket subscribers and waits
+/// until each has subscribed.
 pub async fn gather(url: &str, token: &str, sse: usize, ws: usize, read: bool) -> Crowd {
+    gather_on(url, token, Feed::User, sse, ws, read).await
+}
+
+/// The same, with the SSE subscribers on `feed`.
+pub async fn gather_on(
+    url: &str,
+    token: &str,
+    feed: Feed,
+    sse: usize,
+    ws: usize,
+    read: bool,
+) -> Crowd {
     let latencies = latencies();
-    let (task, task_rx) = tokio::sync::watch::channel(None::<String>);
+    let watched = match &feed {
+        Feed::Task(id) => Some(id.clone()),
+        Feed::User => None,
+    };
+    let (task, task_rx) = tokio::sync::watch::channel(watched);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
     let mut subscribers = tokio::task::JoinSet::new();
     for i in 0..sse + ws {
@@ -55,6 +90,7 @@ pub async fn gather(url: &str, token: &str, sse: usize, ws: usize, read: bool) -
             latencies.clone(),
         );
         if i < sse {
+            let url = format!("{url}{}", feed.path());
             subscribers.spawn(sse_subscriber(url, token, ready, rx, lat, read));
         } else {
             subscribers.spawn(ws_subscriber(url, token, ready, rx, lat, read));
@@ -116,10 +152,10 @@ pub struct Watch {
     pub saw_final: bool,
 }
 
-/// A subscriber of the user's feed over SSE. It signals `ready` once subscribed, records the
+/// A subscriber of an SSE feed at `url`. It signals `ready` once subscribed, records the
 /// latency of every event of `task` (once its id is known), and returns at the task's end.
 pub async fn sse_subscriber(
-    base: String,
+    url: String,
     token: String,
     ready: tokio::sync::mpsc::Sender<()>,
     task: tokio::sync::watch::Receiver<Option<String>>,
@@ -127,12 +163,7 @@ pub async fn sse_subscriber(
     read: bool,
 ) -> Watch {
     let client = reqwest::Client::new();
-    let Ok(response) = client
-        .get(format!("{base}/api/v1/events"))
-        .bearer_auth(&token)
-        .send()
-        .await
-    else {
+    let Ok(response) = client.get(url).bearer_auth(&token).send().await else {
         signal(ready).await;
         return Watch { saw_final: false };
     };
