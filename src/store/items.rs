@@ -69,12 +69,15 @@ fn from_row(r: &Row) -> anyhow::Result<Item> {
     })
 }
 
+/// Inserts an item; returns it as stored (`RETURNING`: one round trip, not a read after).
 pub fn insert(db: &mut Db, new: NewItem) -> anyhow::Result<Item> {
     let id = Uuid::now_v7();
-    db.execute(
-        "INSERT INTO items (id, user_id, name, kind, parent_id, size, content_type,
-         created_at, geo_raster, source_id, blob) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
-         ?9, ?10, ?11)",
+    let row = db.query_one(
+        &format!(
+            "INSERT INTO items (id, user_id, name, kind, parent_id, size, content_type,
+             created_at, geo_raster, source_id, blob) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+             ?9, ?10, ?11) RETURNING {COLUMNS}"
+        ),
         vals![
             id,
             new.user_id,
@@ -93,7 +96,7 @@ pub fn insert(db: &mut Db, new: NewItem) -> anyhow::Result<Item> {
             new.blob,
         ],
     )?;
-    Ok(get(db, new.user_id, id)?.expect("just inserted"))
+    from_row(&row)
 }
 
 /// The item if it exists and belongs to `user`.

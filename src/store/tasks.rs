@@ -20,6 +20,9 @@ const COLUMNS: &str = "seq, id, user_id, source_id, source_blob, source_name, pa
      progress, status, result, error, attempts, cancel_requested, created_at, started_at, finished_at, \
      CASE WHEN state = 'PENDING' THEN not_before END, last_error, retry_of, priority";
 
+/// How many columns [`COLUMNS`] names.
+const COLUMN_COUNT: usize = 22;
+
 /// A task and its priority, for [`super::queue::place_in_queue`].
 pub(super) struct Ranked {
     pub task: TaskRecord,
@@ -162,7 +165,7 @@ pub fn start(
     owner: &str,
     lease_ms: i64,
     status: &str,
-) -> anyhow::Result<Option<TaskRecord>> {
+) -> anyhow::Result<Option<Changed>> {
     debug_assert!(change.to() != TaskState::Pending);
     changed(
         db,
@@ -184,6 +187,19 @@ pub fn start(
     )
 }
 
+/// A task as a change left it.
+pub struct Changed {
+    pub task: TaskRecord,
+    /// Whether a webhook may be owed: its owner has an endpoint, or the task a callback. Read
+    /// by the change's own statement, so that a task with neither costs no query for them.
+    pub hooked: bool,
+}
+
+/// What [`Changed::hooked`] is read with, after the task's columns.
+const HOOKED: &str = "EXISTS (SELECT 1 FROM webhook_endpoints
+     WHERE disabled = 0 AND user_id = tasks.user_id)
+     OR EXISTS (SELECT 1 FROM task_callbacks WHERE task_id = tasks.id)";
+
 /// Runs `update` with `RETURNING` the task's columns: the changed task, or `None` when its
 /// WHERE clause matched nothing. For changes out of the queue (the record has no queue
 /// position to place), which saves reading the row back.
@@ -191,9 +207,15 @@ fn changed(
     db: &mut Db,
     update: &str,
     params: &[super::db::Value],
-) -> anyhow::Result<Option<TaskRecord>> {
-    db.query_opt(&format!("{update} RETURNING {COLUMNS}"), params)?
-        .map(|r| Ok(from_row(&r)?.task))
+) -> anyhow::Result<Option<Changed>> {
+    let sql = format!("{update} RETURNING {COLUMNS}, {HOOKED}");
+    db.query_opt(&sql, params)?
+        .map(|r| {
+            Ok(Changed {
+                task: from_row(&r)?.task,
+                hooked: r.int(COLUMN_COUNT)? != 0,
+            })
+        })
         .transpose()
 }
 
@@ -355,7 +377,7 @@ pub fn end(
     change: Transition,
     claim: Option<&str>,
     end: End,
-) -> anyhow::Result<Option<TaskRecord>> {
+) -> anyhow::Result<Option<Changed>> {
     debug_assert!(change.to().is_final());
     changed(
         db,
@@ -500,4 +522,12 @@ pub fn matching(
         })
         .map(|(id, _)| id)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_column_count_is_that_of_the_columns() {
+        assert_eq!(super::COLUMNS.split(',').count(), super::COLUMN_COUNT);
+    }
 }

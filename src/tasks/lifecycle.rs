@@ -78,6 +78,14 @@ fn owe(db: &mut Db, id: Uuid, event: Option<EventType>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// [`owe`] for a change that [`rows::Changed`] says may owe deliveries.
+fn owe_if(db: &mut Db, changed: &rows::Changed, event: Option<EventType>) -> anyhow::Result<()> {
+    if changed.hooked {
+        owe(db, changed.task.id, event)?;
+    }
+    Ok(())
+}
+
 fn step(from: TaskState, to: TaskState) -> anyhow::Result<Transition> {
     Ok(Transition::new(from, to)?)
 }
@@ -149,12 +157,12 @@ fn take_next(db: &mut Db, owner: &str, lease_ms: i64) -> anyhow::Result<Option<T
         return Ok(None);
     };
     let change = step(TaskState::Pending, TaskState::Progress)?;
-    let Some(task) = rows::start(db, id, change, owner, lease_ms, "Starting")? else {
+    let Some(started) = rows::start(db, id, change, owner, lease_ms, "Starting")? else {
         return Ok(None);
     };
     queue::served(db, user)?;
-    owe(db, id, Some(EventType::TaskStarted))?;
-    Ok(Some(task))
+    owe_if(db, &started, Some(EventType::TaskStarted))?;
+    Ok(Some(started.task))
 }
 
 pub enum Heartbeat {
@@ -269,11 +277,11 @@ fn end_run(
         error,
         result: None,
     };
-    let ended = rows::end(db, id, change, claim, end)?.is_some();
-    if ended {
-        owe(db, id, EventType::of_change(to, false))?;
-    }
-    Ok(ended)
+    let Some(ended) = rows::end(db, id, change, claim, end)? else {
+        return Ok(false);
+    };
+    owe_if(db, &ended, EventType::of_change(to, false))?;
+    Ok(true)
 }
 
 pub enum Published {
@@ -329,9 +337,10 @@ pub fn succeed(
             result: Some(&result),
         };
         let ended = rows::end(db, task.id, change, Some(owner), end)?;
-        if ended.is_some() {
-            owe(db, task.id, Some(EventType::TaskSucceeded))?;
+        if let Some(ended) = &ended {
+            owe_if(db, ended, Some(EventType::TaskSucceeded))?;
         }
+        let ended = ended.map(|e| e.task);
         let next = match then {
             Some(then) => take_next(db, then.owner, then.lease_ms)?,
             None => None,
@@ -390,8 +399,8 @@ pub(super) fn cancel_held(
                 error: None,
                 result: None,
             };
-            if rows::end(db, id, change, None, end)?.is_some() {
-                owe(db, id, Some(EventType::TaskRevoked))?;
+            if let Some(ended) = rows::end(db, id, change, None, end)? {
+                owe_if(db, &ended, Some(EventType::TaskRevoked))?;
             }
             Ok(true)
         }
@@ -451,8 +460,8 @@ pub fn recover(db: &mut Db, policy: Policy) -> anyhow::Result<usize> {
                 error: None,
                 result: None,
             };
-            if rows::end(db, id, change, None, end)?.is_some() {
-                owe(db, id, Some(EventType::TaskRevoked))?;
+            if let Some(ended) = rows::end(db, id, change, None, end)? {
+                owe_if(db, &ended, Some(EventType::TaskRevoked))?;
                 changed.push(id);
             }
         }
