@@ -18,7 +18,9 @@ use crate::tasks::{Inspector, Tasks};
 
 /// Shared by every handler. A clone is one reference count: axum clones the state for every
 /// extractor and middleware of every request, and copying some twenty handles (each with
-/// reference counts of its own) showed in the status path's profile.
+/// reference counts of its own) showed in the status path's profile. Every open event stream
+/// and WebSocket also keeps a clone: copies of the handles, paths included, were 6.7 KiB of
+/// each idle subscriber's memory.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
