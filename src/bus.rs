@@ -9,8 +9,12 @@
 //! [`Announce`], which the bus implements): the order of events is
 //! the order of commits, and a snapshot read under that lock together with [`Bus::position`]
 //! is exactly the state after every event up to that position.
+//!
+//! Besides the channel of every event, the bus keeps a channel per [`Topic`] (one task, or one
+//! user's tasks) that an event stream follows, made by its first subscriber and dropped with
+//! its last: a stream is woken by the events it follows, not by every event of the server.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +31,10 @@ pub struct Bus {
 
 struct Inner {
     tx: broadcast::Sender<Arc<Event>>,
+    /// Channels of the topics someone follows.
+    topics: Mutex<HashMap<Topic, broadcast::Sender<Arc<Event>>>>,
+    /// `--bus-capacity`, which bounds the topics' too.
+    capacity: usize,
     /// The seq of the last published event.
     position: AtomicU64,
     /// The most recent events, oldest first, for `Last-Event-ID` resumes.
@@ -49,6 +57,61 @@ struct Latest {
 /// Pollers ask about running and just-finished tasks; older ones are read from the database.
 const LATEST_FINISHED: usize = 1_000;
 
+/// What one channel of the bus carries: the events of one task, or of all of one user's tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Task(Uuid),
+    User(Uuid),
+}
+
+impl Topic {
+    /// Events the topic's channel holds for a subscriber that falls behind, or for a burst (a
+    /// relay catching up after its connection was lost): a user's, as many as the channel of
+    /// every event (`--bus-capacity`); one task's, a few seconds' worth (it sends up to ten a
+    /// second), up to that. A channel's slots are allocated when it is made, and one task's
+    /// feed may be the only one on its channel.
+    fn capacity(self, bus_capacity: usize) -> usize {
+        match self {
+            Topic::Task(_) => bus_capacity.min(32),
+            Topic::User(_) => bus_capacity,
+        }
+    }
+}
+
+/// A subscription to one topic; its channel goes with the last one dropped.
+pub struct Subscription {
+    rx: broadcast::Receiver<Arc<Event>>,
+    topic: Topic,
+    bus: Bus,
+}
+
+impl std::ops::Deref for Subscription {
+    type Target = broadcast::Receiver<Arc<Event>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.rx
+    }
+}
+
+impl std::ops::DerefMut for Subscription {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.rx
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Under the map's lock no one subscribes meanwhile: a count of one is this receiver.
+        let mut topics = self.bus.topics();
+        if topics
+            .get(&self.topic)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            topics.remove(&self.topic);
+        }
+    }
+}
+
 /// Counters for metrics and tests.
 #[derive(Default)]
 pub struct BusStats {
@@ -70,6 +133,8 @@ impl Bus {
         Bus {
             inner: Arc::new(Inner {
                 tx: broadcast::channel(capacity).0,
+                topics: Mutex::default(),
+                capacity,
                 position: AtomicU64::new(start),
                 window: Mutex::new(VecDeque::with_capacity(window_size)),
                 window_size,
@@ -130,7 +195,19 @@ impl Bus {
             }
         }
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
+        {
+            let topics = self.topics();
+            for topic in [Topic::Task(event.task_id), Topic::User(event.user_id)] {
+                if let Some(tx) = topics.get(&topic) {
+                    let _ = tx.send(event.clone());
+                }
+            }
+        }
         let _ = self.inner.tx.send(event);
+    }
+
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, broadcast::Sender<Arc<Event>>>> {
+        self.inner.topics.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The latest event published for a task since this process started, if any.
@@ -145,8 +222,23 @@ impl Bus {
         latest.by_task.remove(&task);
     }
 
+    /// Every event of the server.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.inner.tx.subscribe()
+    }
+
+    /// The events of `topic` only, from now on.
+    pub fn subscribe_to(&self, topic: Topic) -> Subscription {
+        let rx = self
+            .topics()
+            .entry(topic)
+            .or_insert_with(|| broadcast::channel(topic.capacity(self.inner.capacity)).0)
+            .subscribe();
+        Subscription {
+            rx,
+            topic,
+            bus: self.clone(),
+        }
     }
 
     /// The events after `after` that `keep` selects, or `None` when the window no longer
@@ -211,5 +303,52 @@ impl Announce for Bus {
             .stats
             .lag_resyncs
             .fetch_add(feeds, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::sample_task;
+
+    #[test]
+    fn a_topic_carries_its_own_events_in_order_and_goes_with_its_last_subscriber() {
+        let bus = Bus::new(1024, 16);
+        let (mut a, b) = (sample_task(), sample_task());
+        let mut a2 = sample_task();
+        a2.user_id = a.user_id;
+        let mut task_feed = bus.subscribe_to(Topic::Task(a.id));
+        let mut user_feed = bus.subscribe_to(Topic::User(a.user_id));
+        let other_user = bus.subscribe_to(Topic::User(b.user_id));
+        bus.publish(&a, EventKind::Progress);
+        bus.publish(&b, EventKind::Progress);
+        bus.publish(&a2, EventKind::Progress);
+        a.progress = 100.0;
+        bus.publish(&a, EventKind::State);
+        let drain = |rx: &mut Subscription| {
+            std::iter::from_fn(|| rx.try_recv().ok())
+                .map(|e| (e.task_id, e.seq))
+                .collect::<Vec<_>>()
+        };
+        let start = bus.position() - 4;
+        assert_eq!(
+            drain(&mut task_feed),
+            [(a.id, start + 1), (a.id, start + 4)]
+        );
+        assert_eq!(
+            drain(&mut user_feed),
+            [(a.id, start + 1), (a2.id, start + 3), (a.id, start + 4)]
+        );
+
+        let second = bus.subscribe_to(Topic::Task(a.id));
+        drop(task_feed);
+        assert!(
+            bus.topics().contains_key(&Topic::Task(a.id)),
+            "one subscriber is left"
+        );
+        drop((second, user_feed, other_user));
+        assert!(bus.topics().is_empty(), "no subscriber, no channel");
+        bus.publish(&a, EventKind::Progress); // to no topic at all
+        assert!(bus.topics().is_empty());
     }
 }

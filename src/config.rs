@@ -239,7 +239,8 @@ pub struct Config {
     #[arg(long, env = "RASTERCAST_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
 
-    /// Events a live client may fall behind before it is resynced with snapshots.
+    /// Events a live client may fall behind before it is resynced with snapshots (one task's
+    /// feed, at most 32: see `bus::Topic`).
     #[arg(
         long,
         env = "RASTERCAST_BUS_CAPACITY",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::bus::{Bus, Event};
+use crate::bus::{Bus, Event, Subscription, Topic};
 use crate::store::{tasks as task_rows, Store, TaskRecord};
 
 /// How many of a user's most recent tasks a user-wide snapshot shows.
@@ -22,6 +22,14 @@ pub enum Follow {
 }
 
 impl Follow {
+    /// The bus channel of what this follows.
+    pub fn topic(self) -> Topic {
+        match self {
+            Follow::Task(id) => Topic::Task(id),
+            Follow::User(user) => Topic::User(user),
+        }
+    }
+
     pub fn matches(&self, event: &Event) -> bool {
         match self {
             Follow::Task(id) => event.task_id == *id,
@@ -44,7 +52,7 @@ impl Follow {
 /// The start of a feed: a subscription, the events to send first, and the bus position they
 /// bring the client to. Events on `rx` at or below `position` are already covered.
 pub struct Start {
-    pub rx: broadcast::Receiver<Arc<Event>>,
+    pub rx: Subscription,
     pub position: u64,
     pub first: Vec<Arc<Event>>,
 }
@@ -66,7 +74,7 @@ pub async fn start(
             // events up to `position` may still reach the bus after the subscription: they
             // are below `position`, so the feed skips them.)
             c.consistent_reads()?;
-            let rx = bus.subscribe();
+            let rx = bus.subscribe_to(follow.topic());
             let position = c.position()?;
             if let Some(after) = resume_after {
                 if let Some(missed) = c.replay(after, position, |e| follow.matches(e))? {

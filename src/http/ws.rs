@@ -15,6 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use crate::bus::{Bus, Event, Subscription, Topic};
 use crate::error::AppError;
 use crate::http::auth::{same_origin, StreamCaller, StreamLease};
 use crate::http::AppState;
@@ -98,6 +99,30 @@ struct Connection {
     follows: HashMap<Follow, u64>,
 }
 
+/// Where a socket's events come from: its user's channel while it follows only that user's
+/// tasks, so that other users' events do not wake it; every event once it follows another
+/// user's task by its id, or when it has no user.
+enum Channel {
+    User(Uuid, Subscription),
+    All(tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>),
+}
+
+impl Channel {
+    fn open(bus: &Bus, user: Option<&User>) -> Channel {
+        match user {
+            Some(user) => Channel::User(user.id, bus.subscribe_to(Topic::User(user.id))),
+            None => Channel::All(bus.subscribe()),
+        }
+    }
+
+    fn rx(&mut self) -> &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Event>> {
+        match self {
+            Channel::User(_, subscription) => subscription,
+            Channel::All(rx) => rx,
+        }
+    }
+}
+
 /// Queues `messages` and flushes them once. The timeout is armed only when the socket cannot
 /// take them at once: a timer per message per subscriber was a cost of every event.
 async fn send_all(
@@ -140,7 +165,7 @@ impl Connection {
         let _open = crate::metrics::OpenGuard::new(&self.state.metrics.ws_open);
         let (mut sink, incoming) = socket.split();
         let mut incoming = WokenOnly::new(incoming);
-        let mut rx = self.state.bus.subscribe();
+        let mut channel = Channel::open(&self.state.bus, self.user.as_ref());
         let interval = self.state.config.keepalive();
         let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut last_heard = Instant::now();
@@ -156,7 +181,7 @@ impl Connection {
                 message = incoming.next() => match message {
                     Some(Ok(Message::Text(text))) => {
                         last_heard = Instant::now();
-                        self.handle(&text).await
+                        self.handle(&text, &mut channel).await
                     }
                     Some(Ok(Message::Binary(_))) => vec![error_frame("Send JSON text frames.")],
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
@@ -169,10 +194,10 @@ impl Connection {
                     }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 },
-                received = rx.recv() => match received {
+                received = channel.rx().recv() => match received {
                     Ok(event) => {
                         let mut frames = Vec::new();
-                        let lagged = live::drain_waiting(&mut rx, event, |event| {
+                        let lagged = live::drain_waiting(channel.rx(), event, |event| {
                             if self.wants(event) {
                                 frames.push(event_frame(&event.json));
                             }
@@ -235,7 +260,7 @@ impl Connection {
         }
     }
 
-    async fn handle(&mut self, text: &str) -> Vec<Message> {
+    async fn handle(&mut self, text: &str, channel: &mut Channel) -> Vec<Message> {
         let message: ClientMessage = match serde_json::from_str(text) {
             Ok(m) => m,
             Err(e) => {
@@ -248,7 +273,18 @@ impl Connection {
             ClientMessage::Subscribe {
                 task_id: Some(id), ..
             } => match self.visible(id).await {
-                Ok(()) => self.snapshot(vec![Follow::Task(id)], false).await,
+                Ok(owner) => {
+                    let new = Follow::Task(id);
+                    let mut follows = vec![new];
+                    if matches!(channel, Channel::User(user, _) if *user != owner) {
+                        // Subscribed before the snapshots are read, so nothing falls between.
+                        // What the old channel still held is dropped with it: what the socket
+                        // followed is sent afresh instead.
+                        *channel = Channel::All(self.state.bus.subscribe());
+                        follows.extend(self.follows.keys().filter(|f| **f != new));
+                    }
+                    self.snapshot(follows, false).await
+                }
                 Err(e) => vec![error_frame(e)],
             },
             ClientMessage::Subscribe { all: true, .. } => match &self.user {
@@ -300,10 +336,10 @@ impl Connection {
         }
     }
 
-    /// A task id is a capability, unless the server requires the owner.
-    async fn visible(&self, id: Uuid) -> Result<(), AppError> {
+    /// A task id is a capability, unless the server requires the owner. The task's owner.
+    async fn visible(&self, id: Uuid) -> Result<Uuid, AppError> {
         let user = self.user.as_ref().map(|u| u.id);
-        self.state.visible_task(user, id).await.map(|_| ())
+        Ok(self.state.visible_task(user, id).await?.user_id)
     }
 }
 

@@ -690,3 +690,66 @@ async fn resuming_a_finished_tasks_feed_ends_it() {
     assert_eq!(replay.len(), 1);
     assert_eq!(replay[0].1["state"], last["state"]);
 }
+
+/// A signed-in socket listens to its user's channel of the bus; once it follows another user's
+/// task by its id, it hears that task's events as they happen, and still its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_follows_another_users_task_by_its_id_hears_it_and_its_own() {
+    let server = TestServer::start().await;
+    let bob = server.token_for("bob").await;
+    let item = server.upload_as(&bob, &big_raster(), "big.tif").await;
+    let options = json!({"target_crs": "EPSG:4326", "overview_resampling": "lanczos"});
+    let theirs = server.convert_as(&bob, &item, options).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut socket = ws_connect(
+        &server.url,
+        &[("Authorization", format!("Bearer {}", server.token))],
+    )
+    .await
+    .unwrap();
+    ws_send(&mut socket, json!({"type": "subscribe", "all": true})).await;
+    ws_send(&mut socket, json!({"type": "subscribe", "task_id": theirs})).await;
+    let mut events = Vec::new();
+    until_final(&mut socket, &theirs, &mut events).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["task_id"] == theirs.as_str() && e["event"] != "snapshot"),
+        "bob's task was heard live, not only in its snapshot: {events:?}"
+    );
+
+    let mine = server.convert_file(&data("byte.tif"), json!({})).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    until_final(&mut socket, &mine, &mut events).await;
+    let numbered: Vec<(String, Value)> = events
+        .iter()
+        .map(|e| (seq(e).to_string(), e.clone()))
+        .collect();
+    assert_well_ordered(&numbered);
+}
+
+/// Adds what `socket` sends to `events` until `task`'s final state (the socket's pings would
+/// keep a wait for one frame alive forever).
+async fn until_final(
+    socket: &mut crate::live_clients::Socket,
+    task: &str,
+    events: &mut Vec<Value>,
+) {
+    let wait = async {
+        loop {
+            let event = ws_next(socket).await.expect("the socket stays open");
+            let done = event["task_id"] == task && is_final(&event);
+            events.push(event);
+            if done {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{task} never ended on the socket"));
+}

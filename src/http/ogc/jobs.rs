@@ -125,7 +125,7 @@ async fn owned_task(state: &AppState, user: Uuid, id: &str) -> AppResult<TaskRec
 async fn settle(state: &AppState, id: Uuid, wait: Duration) -> AppResult<Option<TaskRecord>> {
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before reading, so no change falls between the read and the wait.
-    let mut events = state.bus.subscribe();
+    let mut events = state.bus.subscribe_to(crate::bus::Topic::Task(id));
     loop {
         let task = state.store.call(move |c| task_rows::get(c, id)).await?;
         match &task {
@@ -138,7 +138,7 @@ async fn settle(state: &AppState, id: Uuid, wait: Duration) -> AppResult<Option<
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {}
             _ = state.shutdown.cancelled() => return Ok(task),
-            // Any event wakes a look; a lagging receiver only looks again.
+            // The task's events wake a look; a lagging receiver only looks again.
             _ = events.recv() => {}
         }
     }
