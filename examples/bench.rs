@@ -390,6 +390,36 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
+    // Tiny conversions of one user while another user's feed has a crowd of subscribers,
+    // against none: a feed is woken by the events it follows, not by everyone's.
+    if want("others") {
+        let count = if quick { 200 } else { 1000 };
+        let n = if quick { 1000 } else { 10_000 };
+        let (server, _) = Server::start(&[]).await?;
+        let alone = tiny_rate(&client, std::slice::from_ref(&server), count).await?;
+        drop(server);
+        let (server, _) = Server::start(&[]).await?;
+        let watcher = server.token_for("watcher")?;
+        let crowd = load::gather(&server.url, &watcher, n, 0, false).await;
+        let crowded = tiny_rate(&client, std::slice::from_ref(&server), count).await?;
+        crowd.task.send_replace(Some("done".into()));
+        let load::Crowd {
+            mut subscribers, ..
+        } = crowd;
+        while subscribers.join_next().await.is_some() {}
+        drop(server);
+        rows.push(Row {
+            figure: format!(
+                "{count} tiny conversions while {n} SSE subscribers follow another user's feed"
+            ),
+            measured: format!("{crowded:.0} tasks/s"),
+            reference: format!("the same with none: {alone:.0} tasks/s"),
+            ratio: format!("{:.2}×", crowded / alone),
+            target: "≥ 0.9×".into(),
+            met: Some(crowded / alone >= 0.9),
+        });
+    }
+
     // A conversion with 1,000 subscribers that never read, against none.
     if want("stalled") {
         let big = big_input()?;
