@@ -277,13 +277,14 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 "user feed"
             };
-            let mut pairs = Vec::new();
+            let mut rounds_run = Vec::new();
             for _ in 0..rounds {
-                pairs.push(push_round(&client, sse, ws, task_feed).await?);
+                rounds_run.push(push_round(&client, sse, ws, task_feed).await?);
             }
-            let (ours, per) = median_by_p99(&mut pairs, |(ours, _)| ours.0.p99).0.clone();
-            let theirs = median_by_p99(&mut pairs, |(_, theirs)| theirs.p99)
-                .1
+            let mid = median_by_p99(&mut rounds_run, |r| r.ours.p99);
+            let (ours, per) = (mid.ours.clone(), mid.per);
+            let theirs = median_by_p99(&mut rounds_run, |r| r.theirs.p99)
+                .theirs
                 .clone();
             let of_rounds = if rounds > 1 {
                 format!(" (median of {rounds} runs by p99)")
@@ -763,15 +764,20 @@ async fn object_storage_rows(
     Ok(rows)
 }
 
-/// What a crowd of subscribers saw of one task's events.
-/// One run of a push crowd on rastercast, then the same on the reference: both sides'
-/// latencies, and rastercast's memory per subscriber (bytes).
+/// One run of a push crowd on rastercast, then the same on the reference.
+struct Round {
+    ours: Pushed,
+    /// rastercast's memory per subscriber (bytes).
+    per: f64,
+    theirs: Pushed,
+}
+
 async fn push_round(
     client: &reqwest::Client,
     sse: usize,
     ws: usize,
     task_feed: bool,
-) -> anyhow::Result<((Pushed, f64), Pushed)> {
+) -> anyhow::Result<Round> {
     let (server, _) = Server::start(&[]).await?;
     let before = load::rss_kib(server.pid());
     let ours = if task_feed {
@@ -780,13 +786,7 @@ async fn push_round(
         watch_one(&server, sse, ws, true).await?
     };
     let per = (ours.rss.saturating_sub(before)) as f64 * 1024.0 / ours.connected.max(1) as f64;
-    let event: Value = client
-        .get(format!("{}/api/v1/tasks/{}/status", server.url, ours.task))
-        .bearer_auth(&server.token)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let event = server.status(client, &ours.task).await?;
     drop(server);
     let reference = fanout::Reference::start().await?;
     // The reference shares the cores with the same GDAL work, as ours did.
@@ -795,7 +795,7 @@ async fn push_round(
     let theirs =
         watch_reference(&reference, sse, ws, feed_of, &event, ours.events, ours.span).await?;
     drop((busy, reference));
-    Ok(((ours, per), theirs))
+    Ok(Round { ours, per, theirs })
 }
 
 /// The middle one of `runs` by `p99` (sorting them).
@@ -804,6 +804,7 @@ fn median_by_p99<T>(runs: &mut [T], p99: impl Fn(&T) -> f64) -> &T {
     &runs[runs.len() / 2]
 }
 
+/// What a crowd of subscribers saw of one task's events.
 #[derive(Clone)]
 struct Pushed {
     p50: f64,
@@ -931,15 +932,8 @@ async fn watch_queued(server: &Server, sse: usize) -> anyhow::Result<Pushed> {
     let crowd = load::gather_on(&server.url, &server.token, feed, sse, 0, true).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss = load::rss_kib(server.pid());
-    let status: Value = client
-        .get(format!("{}/api/v1/tasks/{task}/status", server.url))
-        .bearer_auth(&server.token)
-        .send()
-        .await?
-        .json()
-        .await?;
     anyhow::ensure!(
-        status["state"] == "PENDING",
+        server.status(&client, &task).await?["state"] == "PENDING",
         "the {AHEAD} conversions ahead ended before {sse} subscribers were in: raise AHEAD"
     );
     let started = Instant::now();

@@ -79,6 +79,7 @@ pub async fn gather_on(
         Feed::User => None,
     };
     let (task, task_rx) = tokio::sync::watch::channel(watched);
+    let sse_url = format!("{url}{}", feed.path());
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
     let mut subscribers = tokio::task::JoinSet::new();
     for i in 0..sse + ws {
@@ -90,8 +91,7 @@ pub async fn gather_on(
             latencies.clone(),
         );
         if i < sse {
-            let url = format!("{url}{}", feed.path());
-            subscribers.spawn(sse_subscriber(url, token, ready, rx, lat, read));
+            subscribers.spawn(sse_subscriber(sse_url.clone(), token, ready, rx, lat, read));
         } else {
             subscribers.spawn(ws_subscriber(url, token, ready, rx, lat, read));
         }

@@ -162,6 +162,26 @@ impl Server {
         Ok(task["task_id"].as_str().unwrap_or_default().to_string())
     }
 
+    /// A task's status, read with this server's own token.
+    pub async fn status(&self, client: &reqwest::Client, task: &str) -> anyhow::Result<Value> {
+        self.status_as(client, task, &self.token).await
+    }
+
+    pub async fn status_as(
+        &self,
+        client: &reqwest::Client,
+        task: &str,
+        token: &str,
+    ) -> anyhow::Result<Value> {
+        Ok(client
+            .get(format!("{}/api/v1/tasks/{task}/status", self.url))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
     /// Polls a task's status until it is final.
     pub async fn wait_final_as(
         &self,
@@ -170,13 +190,7 @@ impl Server {
         token: &str,
     ) -> anyhow::Result<Value> {
         loop {
-            let status: Value = client
-                .get(format!("{}/api/v1/tasks/{task}/status", self.url))
-                .bearer_auth(token)
-                .send()
-                .await?
-                .json()
-                .await?;
+            let status = self.status_as(client, task, token).await?;
             let state = status["state"].as_str().and_then(TaskState::parse);
             if state.is_some_and(TaskState::is_final) {
                 return Ok(status);

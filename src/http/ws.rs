@@ -103,21 +103,21 @@ struct Connection {
 /// tasks, so that other users' events do not wake it; every event once it follows another
 /// user's task by its id, or when it has no user.
 enum Channel {
-    User(Uuid, Subscription),
+    User(Subscription),
     All(tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>),
 }
 
 impl Channel {
     fn open(bus: &Bus, user: Option<&User>) -> Channel {
         match user {
-            Some(user) => Channel::User(user.id, bus.subscribe_to(Topic::User(user.id))),
+            Some(user) => Channel::User(bus.subscribe_to(Topic::User(user.id))),
             None => Channel::All(bus.subscribe()),
         }
     }
 
     fn rx(&mut self) -> &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Event>> {
         match self {
-            Channel::User(_, subscription) => subscription,
+            Channel::User(subscription) => subscription,
             Channel::All(rx) => rx,
         }
     }
@@ -276,7 +276,8 @@ impl Connection {
                 Ok(owner) => {
                     let new = Follow::Task(id);
                     let mut follows = vec![new];
-                    if matches!(channel, Channel::User(user, _) if *user != owner) {
+                    let theirs = self.user.as_ref().is_some_and(|u| u.id != owner);
+                    if theirs && matches!(channel, Channel::User(_)) {
                         // Subscribed before the snapshots are read, so nothing falls between.
                         // What the old channel still held is dropped with it: what the socket
                         // followed is sent afresh instead.

@@ -334,14 +334,14 @@ pub fn cancel_requested(db: &mut Db, id: Uuid) -> anyhow::Result<bool> {
 }
 
 /// Records progress on `owner`'s running task; it never goes down, and a task being
-/// cancelled keeps its status.
+/// cancelled keeps its status. Returns the task as it now is, if it was recorded.
 pub fn set_progress(
     db: &mut Db,
     id: Uuid,
     owner: &str,
     progress: f64,
     status: &str,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<Changed>> {
     let max = match db.dialect() {
         Dialect::Sqlite => "MAX",
         Dialect::Postgres => "GREATEST",
@@ -350,7 +350,7 @@ pub fn set_progress(
         "UPDATE tasks SET progress = {max}(progress, ?2), status = ?3
          WHERE id = ?1 AND state = 'PROGRESS' AND cancel_requested = 0 AND lease_owner = ?4"
     );
-    Ok(db.execute(&sql, vals![id, progress, status, owner])? > 0)
+    changed(db, &sql, vals![id, progress, status, owner])
 }
 
 /// Marks a running task's cancel as asked for.

@@ -183,7 +183,8 @@ pub fn heartbeat(db: &mut Db, id: Uuid, owner: &str, lease_ms: i64) -> anyhow::R
     })
 }
 
-/// Records `owner`'s progress on a running task.
+/// Records `owner`'s progress on a running task; the task as it now is, if it was recorded
+/// (and announced).
 pub fn progress(
     db: &mut Db,
     id: Uuid,
@@ -191,16 +192,19 @@ pub fn progress(
     percent: f64,
     sentence: &str,
 ) -> anyhow::Result<Option<TaskRecord>> {
-    let changed = db.unsynced(|db| {
+    let recorded = db.unsynced(|db| {
         db.atomically(|db| {
-            let changed = rows::set_progress(db, id, owner, percent, sentence)?;
-            if changed {
-                owe(db, id, Some(EventType::TaskProgress))?;
-            }
-            Ok(changed)
+            let Some(changed) = rows::set_progress(db, id, owner, percent, sentence)? else {
+                return Ok(None);
+            };
+            owe_if(db, &changed, Some(EventType::TaskProgress))?;
+            Ok(Some(changed.task))
         })
     })?;
-    announce(db, id, EventKind::Progress, changed)
+    if let Some(task) = &recorded {
+        db.publish(task, EventKind::Progress)?;
+    }
+    Ok(recorded)
 }
 
 /// How a run ended, other than with a published output.
