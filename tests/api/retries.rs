@@ -134,12 +134,15 @@ async fn transient_failures_back_off_exponentially_then_fail_after_max_attempts(
     let item = server.upload(&big_raster()).await;
     let id = task_id(&server.convert(&item, slow()).await);
 
+    // Progress never goes down, so a retry shows the earlier attempts' best until it passes
+    // it: only progress beyond that proves this attempt's worker is converting.
+    let mut best = 2.0;
     for attempt in 1..=3u64 {
         server
             .wait_status(&id, Duration::from_secs(60), |s| {
                 s["state"] == "PROGRESS"
                     && s["attempts"] == attempt
-                    && s["progress"].as_f64().unwrap() > 2.0
+                    && s["progress"].as_f64().unwrap() > best
             })
             .await;
         let killed_at = Utc::now();
@@ -152,6 +155,7 @@ async fn transient_failures_back_off_exponentially_then_fail_after_max_attempts(
             .wait_status(&id, Duration::from_secs(30), |s| s["state"] != "PROGRESS")
             .await;
         assert_waits_for_a_retry(&waiting, attempt);
+        best = waiting["progress"].as_f64().unwrap();
         // Retry k waits 1 s × 2^(k-1), ± 25 %.
         let base_ms = 1000 * (1 << (attempt - 1));
         let next = time_of(&waiting["next_attempt_at"]);
