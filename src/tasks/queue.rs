@@ -2,7 +2,7 @@
 //! this module wakes workers, tracks running tasks for cancellation, and runs each task from
 //! claim to a final state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,8 +27,21 @@ use crate::store::Store;
 pub struct Queue {
     wake: Arc<Notify>,
     /// Running tasks' stop switches, so a cancel request reaches the worker at once.
-    running: Arc<Mutex<HashMap<Uuid, CancellationToken>>>,
+    running: Arc<Mutex<Running>>,
 }
+
+/// The tasks this node's workers run, and the latest cancels of tasks it did not know to be
+/// running: a cancel can come between a worker's claim and its switch being registered, and
+/// the worker then finds it here instead of asking the store. (A cancel on another node
+/// reaches the worker at its next heartbeat, and a success never overrides one.)
+#[derive(Default)]
+struct Running {
+    switches: HashMap<Uuid, CancellationToken>,
+    early: VecDeque<Uuid>,
+}
+
+/// How many early cancels are remembered: one is looked for within moments of its claim.
+const EARLY_CANCELS: usize = 256;
 
 impl Queue {
     pub fn wake(&self) {
@@ -36,14 +49,34 @@ impl Queue {
     }
 
     pub fn cancel_running(&self, id: Uuid) {
-        if let Some(token) = self
-            .running
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match running.switches.get(&id) {
+            Some(token) => token.cancel(),
+            None => {
+                if running.early.len() == EARLY_CANCELS {
+                    running.early.pop_front();
+                }
+                running.early.push_back(id);
+            }
+        }
+    }
+
+    /// Registers a claimed task's stop switch, already thrown if its cancel came first.
+    fn register(&self, id: Uuid, stop: &CancellationToken) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = running.early.iter().position(|early| *early == id) {
+            running.early.remove(at);
+            stop.cancel();
+        }
+        running.switches.insert(id, stop.clone());
+    }
+
+    fn unregister(&self, id: Uuid) {
+        self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-        {
-            token.cancel();
-        }
+            .switches
+            .remove(&id);
     }
 }
 
@@ -154,15 +187,6 @@ impl Workers {
         }
     }
 
-    /// Whether a cancel of task `id` was asked for (false when the store cannot say: the
-    /// heartbeat asks again).
-    async fn cancel_asked(&self, id: Uuid) -> bool {
-        self.store
-            .read(move |c| crate::store::tasks::cancel_requested(c, id))
-            .await
-            .unwrap_or(false)
-    }
-
     /// Runs a task this worker claimed as `owner`. Returns the next task when its publication
     /// claimed one, with the owner it was claimed as.
     async fn run(
@@ -174,15 +198,8 @@ impl Workers {
         let id = task.id;
         tracing::info!(source = %task.source_name, attempt = task.attempts, "conversion started");
         let stop = shutdown.child_token();
-        let running = &self.tasks.queue().running;
-        running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, stop.clone());
-        // A cancel that arrived between the claim and the line above is in the row.
-        if self.cancel_asked(id).await {
-            stop.cancel();
-        }
+        let queue = self.tasks.queue();
+        queue.register(id, &stop);
         let started = std::time::Instant::now();
         let heartbeat = tokio::spawn(
             keep_lease(
@@ -208,10 +225,7 @@ impl Workers {
                 outcome: outcome.into(),
             })
             .observe(started.elapsed().as_secs_f64());
-        running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        queue.unregister(id);
 
         // Each end below names this claim: if the lease ran out meanwhile, the task is another
         // claim's now and none of them changes it.
@@ -513,5 +527,51 @@ mod tests {
         assert_eq!(super::output_name("RGB.byte.tif"), "RGB.byte.cog.tif");
         assert_eq!(super::output_name("N10W110.hgt.zip"), "N10W110.hgt.cog.tif");
         assert_eq!(super::output_name("noext"), "noext.cog.tif");
+    }
+
+    #[test]
+    fn a_cancel_that_comes_before_the_switch_is_registered_throws_it() {
+        let queue = super::Queue::default();
+        let (early, late, other) = (
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+        );
+        queue.cancel_running(early);
+        let stops: Vec<_> = (0..3)
+            .map(|_| tokio_util::sync::CancellationToken::new())
+            .collect();
+        queue.register(early, &stops[0]);
+        queue.register(late, &stops[1]);
+        queue.register(other, &stops[2]);
+        assert!(
+            stops[0].is_cancelled(),
+            "the early cancel was kept for its claim"
+        );
+        assert!(!stops[1].is_cancelled() && !stops[2].is_cancelled());
+        queue.cancel_running(late);
+        assert!(
+            stops[1].is_cancelled(),
+            "a registered switch is thrown at once"
+        );
+        assert!(!stops[2].is_cancelled());
+
+        // A cancel is used once, and only the latest are kept.
+        queue.unregister(early);
+        let again = tokio_util::sync::CancellationToken::new();
+        queue.register(early, &again);
+        assert!(!again.is_cancelled());
+        for _ in 0..super::EARLY_CANCELS {
+            queue.cancel_running(uuid::Uuid::new_v4());
+        }
+        let first = uuid::Uuid::new_v4();
+        queue.cancel_running(first);
+        assert_eq!(
+            queue.running.lock().unwrap().early.len(),
+            super::EARLY_CANCELS
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        queue.register(first, &stop);
+        assert!(stop.is_cancelled());
     }
 }
