@@ -160,3 +160,50 @@ fn a_publication_claims_the_workers_next_task_in_turn() {
             .unwrap();
     }
 }
+
+/// Two nodes submitting for one user at once cannot both pass the limit: each counts after
+/// taking the user's row lock, so the second counts after the first has committed its task.
+/// (The first here holds its transaction open between its count and its insert.) A count in
+/// the statement that takes the lock went red here: it counts with the snapshot it started
+/// with, before the wait.
+#[test]
+fn submits_on_two_nodes_at_once_count_one_after_the_other() {
+    use std::sync::{Arc, Barrier};
+    for test in stores() {
+        let Some(second) = test.another_node() else {
+            continue; // SQLite: one connection, one call at a time.
+        };
+        let user = test
+            .store
+            .blocking(|db| users::ensure_user(db, "limited"))
+            .unwrap()
+            .id;
+        let counted = Arc::new(Barrier::new(2));
+        let first = {
+            let (store, counted) = (test.store.clone(), counted.clone());
+            std::thread::spawn(move || {
+                store.blocking(|db| {
+                    db.atomically(|db| {
+                        crate::store::idempotency::lock_user(db, user)?;
+                        let active = rows::count_active(db, user)?;
+                        counted.wait();
+                        // The other node's submit arrives while this one is open.
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        rows::insert(db, NewTask::of(user, Uuid::new_v4()))?;
+                        Ok(active)
+                    })
+                })
+            })
+        };
+        counted.wait();
+        let answer = second
+            .blocking(|db| lifecycle::submit(db, NewTask::of(user, Uuid::new_v4()), 1, None))
+            .unwrap();
+        assert_eq!(first.join().unwrap().unwrap(), 0);
+        match answer {
+            Submitted::Busy { active } => assert_eq!(active, 1),
+            Submitted::Queued(_) => panic!("two submits passed a limit of one"),
+            _ => unreachable!("no key was sent"),
+        }
+    }
+}
