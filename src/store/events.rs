@@ -42,48 +42,88 @@ impl Db<'_> {
     /// Announces the task's new state; call it after the change, as the call's last write.
     /// Returns the event's `seq`.
     pub fn publish(&mut self, task: &TaskRecord, kind: EventKind) -> anyhow::Result<u64> {
+        Ok(self.publish_all(&[(task, kind)])?[0])
+    }
+
+    /// Announces several changes of one call, in order, as [`Db::publish`] would one by one;
+    /// on PostgreSQL in one statement (a publication that claims its worker's next task
+    /// announces both). Returns their `seq`s.
+    pub fn publish_all(&mut self, events: &[(&TaskRecord, EventKind)]) -> anyhow::Result<Vec<u64>> {
         if let Conn::Sqlite(_) = self.conn {
-            return Ok(self.bus.publish(task, kind));
+            return Ok(events
+                .iter()
+                .map(|(task, kind)| self.bus.publish(task, *kind))
+                .collect());
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
         }
         self.needs_transaction("announce a change")?;
-        // One round trip: the lock, the number, the row and its notice. The statement numbers
-        // the event, so the event is written around its number (`Event::around_seq`); the lock
-        // is taken in the FROM clause, so before the number is.
-        let (before, after) = Event::around_seq(task, kind);
-        let head = format!(
-            "{} {} {} {}",
-            task.id,
-            task.user_id,
-            kind.as_str(),
-            task.state.as_str()
-        );
-        let seq = self
-            .query_one(
-                &format!(
-                    "WITH numbered AS (SELECT nextval('task_events_seq') AS seq
-                         FROM (SELECT pg_advisory_xact_lock({EVENT_LOCK})) AS locked),
-                     stored AS (INSERT INTO task_events (seq, task_id, user_id, kind, state, sse)
-                         SELECT seq, ?1, ?2, ?3, ?4, convert_to('id: ' || seq || E'\\ndata: '
-                             || CAST(?5 AS TEXT) || seq || CAST(?6 AS TEXT) || E'\\n\\n', 'UTF8')
-                         FROM numbered RETURNING seq, sse),
-                     announced AS (SELECT seq, seq || ' ' || CAST(?7 AS TEXT) || E'\\n'
-                         || convert_from(sse, 'UTF8') AS notice FROM stored)
-                     SELECT seq, CAST(pg_notify({CHANNEL}, CASE WHEN octet_length(notice) <= ?8
-                         THEN notice ELSE '' END) AS TEXT) FROM announced"
-                ),
-                vals![
+        // One round trip: the lock, the numbers, the rows and their notices. The statement
+        // numbers the events, so each is written around its number (`Event::around_seq`).
+        // The lock is taken before any number is drawn (it is joined in, and the numbers are
+        // drawn after the sort), the numbers follow the events' order (`ORDER BY ord`), and
+        // the notices are sent in `seq` order (a volatile output is computed after the sort).
+        const FIELDS: usize = 8;
+        let mut params = Vec::with_capacity(events.len() * FIELDS);
+        let rows: Vec<String> = events
+            .iter()
+            .enumerate()
+            .map(|(i, (task, kind))| {
+                let (before, after) = Event::around_seq(task, *kind);
+                let head = format!(
+                    "{} {} {} {}",
+                    task.id,
+                    task.user_id,
+                    kind.as_str(),
+                    task.state.as_str()
+                );
+                params.extend_from_slice(vals![
+                    i as i64,
                     task.id,
                     task.user_id,
                     kind.as_str(),
                     task.state.as_str(),
                     before,
                     after,
-                    head,
-                    NOTICE_MAX as i64
-                ],
-            )?
-            .int(0)?;
-        Ok(seq as u64)
+                    head
+                ]);
+                let n = i * FIELDS;
+                format!(
+                    "(CAST(?{} AS BIGINT), CAST(?{} AS TEXT), CAST(?{} AS TEXT), CAST(?{} AS TEXT), \
+                     CAST(?{} AS TEXT), CAST(?{} AS TEXT), CAST(?{} AS TEXT), CAST(?{} AS TEXT))",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6,
+                    n + 7,
+                    n + 8
+                )
+            })
+            .collect();
+        let max = params.len() + 1;
+        params.push(super::db::Value::from(NOTICE_MAX as i64));
+        let sql = format!(
+            "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({EVENT_LOCK})),
+             numbered AS MATERIALIZED (SELECT nextval('task_events_seq') AS seq, e.*
+                 FROM (VALUES {rows}) AS e(ord, task_id, user_id, kind, state, before, after, head)
+                 CROSS JOIN locked ORDER BY e.ord),
+             stored AS (INSERT INTO task_events (seq, task_id, user_id, kind, state, sse)
+                 SELECT seq, task_id, user_id, kind, state, convert_to('id: ' || seq
+                     || E'\\ndata: ' || before || seq || after || E'\\n\\n', 'UTF8')
+                 FROM numbered RETURNING seq, sse),
+             announced AS (SELECT s.seq, s.seq || ' ' || n.head || E'\\n'
+                 || convert_from(s.sse, 'UTF8') AS notice FROM stored s JOIN numbered n USING (seq))
+             SELECT seq, CAST(pg_notify({CHANNEL}, CASE WHEN octet_length(notice) <= ?{max}
+                 THEN notice ELSE '' END) AS TEXT) FROM announced ORDER BY seq",
+            rows = rows.join(", ")
+        );
+        self.query(&sql, &params)?
+            .iter()
+            .map(|row| Ok(row.int(0)? as u64))
+            .collect()
     }
 
     /// Makes every read of this call see one moment of the database (PostgreSQL: a
@@ -411,5 +451,48 @@ mod tests {
         }
         assert!(carried("").is_none());
         assert!(carried("42 not-a-task\nid: 42").is_none());
+    }
+
+    #[test]
+    fn events_published_together_are_numbered_and_announced_in_their_order() {
+        for test in crate::store::testing::stores() {
+            let Some(config) = test.postgres_config() else {
+                continue;
+            };
+            let mut listener = config.connect(postgres::NoTls).unwrap();
+            listen(&mut listener).unwrap();
+            let tasks: Vec<TaskRecord> = (0..5)
+                .map(|_| {
+                    let mut task = crate::domain::event::sample_task();
+                    task.id = uuid::Uuid::new_v4();
+                    task
+                })
+                .collect();
+            let kinds = [EventKind::State, EventKind::Progress];
+            let events: Vec<_> = tasks.iter().zip(kinds.iter().cycle().copied()).collect();
+            let seqs = test.store.blocking(|db| db.publish_all(&events)).unwrap();
+
+            assert_eq!(seqs.len(), 5);
+            assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+            let notices: Vec<Event> = listener
+                .notifications()
+                .timeout_iter(Duration::from_secs(10))
+                .take(5)
+                .map(|n| Ok(carried(n.payload()).expect("each rides in its notice")))
+                .collect()
+                .unwrap();
+            let heard: Vec<_> = notices.iter().map(|e| (e.seq, e.task_id, e.kind)).collect();
+            let sent: Vec<_> = seqs
+                .iter()
+                .zip(&events)
+                .map(|(seq, (task, kind))| (*seq, task.id, *kind))
+                .collect();
+            assert_eq!(heard, sent, "numbered and announced in the order given");
+            for event in &notices {
+                let json: serde_json::Value = serde_json::from_slice(&event.json).unwrap();
+                assert_eq!(json["seq"], event.seq);
+                assert_eq!(json["task_id"], event.task_id.to_string());
+            }
+        }
     }
 }

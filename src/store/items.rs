@@ -71,7 +71,12 @@ fn from_row(r: &Row) -> anyhow::Result<Item> {
 
 /// Inserts an item; returns it as stored (`RETURNING`: one round trip, not a read after).
 pub fn insert(db: &mut Db, new: NewItem) -> anyhow::Result<Item> {
-    let id = Uuid::now_v7();
+    insert_as(db, Uuid::now_v7(), new)
+}
+
+/// [`insert`] with an id chosen before (`Uuid::now_v7`, as `insert` chooses them), for a
+/// change that names the item before it exists.
+pub fn insert_as(db: &mut Db, id: Uuid, new: NewItem) -> anyhow::Result<Item> {
     let row = db.query_one(
         &format!(
             "INSERT INTO items (id, user_id, name, kind, parent_id, size, content_type,

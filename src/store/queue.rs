@@ -6,8 +6,50 @@
 use uuid::Uuid;
 
 use super::db::{vals, Db, Dialect};
-use super::tasks::{now_ms, Ranked};
-use crate::domain::{TaskRecord, TaskState};
+use super::tasks::{self, now_ms, Changed, Ranked};
+use crate::domain::{TaskRecord, TaskState, Transition};
+
+/// Starts the next task to run ([`next_pending`]), leased to `owner` for `lease_ms`, and
+/// sends its user to the back of the turns ([`served`]). On PostgreSQL this is one statement.
+pub fn start_next(
+    db: &mut Db,
+    owner: &str,
+    lease_ms: i64,
+    status: &str,
+) -> anyhow::Result<Option<Changed>> {
+    let change = Transition::new(TaskState::Pending, TaskState::Progress)?;
+    if db.dialect() == Dialect::Sqlite {
+        let Some((id, user)) = next_pending(db)? else {
+            return Ok(None);
+        };
+        let started = tasks::start(db, id, change, owner, lease_ms, status)?;
+        if started.is_some() {
+            served(db, user)?;
+        }
+        return Ok(started);
+    }
+    // The pick locks its row, so the update in the same statement finds it still PENDING;
+    // the update's columns are [`tasks::start`]'s.
+    let now = now_ms(db);
+    let sql = format!(
+        "WITH picked AS ({pick}),
+         started AS (UPDATE tasks SET state = 'PROGRESS', attempts = attempts + 1, status = ?1,
+             started_at = ?2, lease_owner = ?3, lease_until = {now} + ?4, not_before = NULL
+             FROM picked WHERE tasks.id = picked.id AND tasks.state = 'PENDING'
+             RETURNING tasks.*),
+         turn AS (INSERT INTO queue_turns (user_id, served) SELECT user_id, {now} FROM started
+             ON CONFLICT (user_id) DO UPDATE SET served = excluded.served)
+         SELECT {columns}, {hooked} FROM started AS tasks",
+        pick = postgres_pick(db),
+        columns = tasks::COLUMNS,
+        hooked = tasks::HOOKED,
+    );
+    debug_assert_eq!(change.to(), TaskState::Progress);
+    db.query_opt(&sql, vals![status, crate::time::now(), owner, lease_ms])?
+        .as_ref()
+        .map(tasks::changed_from)
+        .transpose()
+}
 
 /// The id of the next task to run: users take turns (the one served least recently first,
 /// then the one waiting longest), and each user's own tasks go by priority, then FIFO. A task
@@ -15,48 +57,63 @@ use crate::domain::{TaskRecord, TaskState};
 /// nodes, on PostgreSQL) skip the rows each other have locked; call it inside
 /// [`Db::atomically`]. [`place_in_queue`] states the same order as positions.
 pub fn next_pending(db: &mut Db) -> anyhow::Result<Option<(Uuid, Uuid)>> {
-    let now = now_ms(db);
-    let due = format!("state = 'PENDING' AND (not_before IS NULL OR not_before <= {now})");
-    // Whose turn it is: one row per user with work due, so the sort is over users, not tasks.
-    let turns = format!(
-        "SELECT p.user_id FROM (SELECT user_id, MIN(seq) AS first FROM tasks WHERE {due}
-             GROUP BY user_id) p
-         LEFT JOIN queue_turns q ON q.user_id = p.user_id
-         ORDER BY COALESCE(q.served, 0), p.first"
-    );
-    let pick = |user: &str, lock: &str| {
-        format!(
-            "SELECT id FROM tasks WHERE {due} AND user_id = {user}
-             ORDER BY priority DESC, seq LIMIT 1{lock}"
-        )
-    };
-    // A user whose due tasks are all being claimed by other nodes (locked) passes the turn.
     if db.dialect() == Dialect::Postgres {
-        // One round trip: the nested loop picks user by user in turn order and stops at the
-        // first task it could lock, so it locks that one task only.
-        let pick = pick("u.user_id", " FOR UPDATE SKIP LOCKED");
         return db
-            .query_opt(
-                &format!(
-                    "SELECT t.id, u.user_id FROM ({turns}) u CROSS JOIN LATERAL ({pick}) t LIMIT 1"
-                ),
-                &[],
-            )?
+            .query_opt(&postgres_pick(db), &[])?
             .map(|row| Ok((row.uuid(0)?, row.uuid(1)?)))
             .transpose();
     }
     let users = db
-        .query(&turns, &[])?
+        .query(&turns(db), &[])?
         .iter()
         .map(|r| r.uuid(0))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let pick = pick("?1", "");
+    let pick = pick(db, "?1", "");
     for user in users {
         if let Some(row) = db.query_opt(&pick, vals![user])? {
             return Ok(Some((row.uuid(0)?, user)));
         }
     }
     Ok(None)
+}
+
+/// A task is due: queued, and not waiting out a retry's backoff.
+fn due(db: &Db) -> String {
+    format!(
+        "state = 'PENDING' AND (not_before IS NULL OR not_before <= {})",
+        now_ms(db)
+    )
+}
+
+/// Whose turn it is: one row per user with work due, so the sort is over users, not tasks.
+fn turns(db: &Db) -> String {
+    format!(
+        "SELECT p.user_id FROM (SELECT user_id, MIN(seq) AS first FROM tasks WHERE {due}
+             GROUP BY user_id) p
+         LEFT JOIN queue_turns q ON q.user_id = p.user_id
+         ORDER BY COALESCE(q.served, 0), p.first",
+        due = due(db)
+    )
+}
+
+/// `user`'s next due task.
+fn pick(db: &Db, user: &str, lock: &str) -> String {
+    format!(
+        "SELECT id FROM tasks WHERE {due} AND user_id = {user}
+         ORDER BY priority DESC, seq LIMIT 1{lock}",
+        due = due(db)
+    )
+}
+
+/// The next task's id and user in one statement, its row locked. The nested loop picks user
+/// by user in turn order and stops at the first task it could lock, so it locks that one task
+/// only; a user whose due tasks are all being claimed by other nodes (locked) passes the turn.
+fn postgres_pick(db: &Db) -> String {
+    format!(
+        "SELECT t.id, u.user_id FROM ({turns}) u CROSS JOIN LATERAL ({pick}) t LIMIT 1",
+        turns = turns(db),
+        pick = pick(db, "u.user_id", " FOR UPDATE SKIP LOCKED")
+    )
 }
 
 /// Records that `user` was just served, which sends them to the back of the turns.

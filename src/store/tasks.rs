@@ -16,7 +16,7 @@ use super::db::{vals, Db, Dialect, Row};
 pub use crate::domain::task::{NewTask, TaskRecord};
 use crate::domain::{TaskState, Transition};
 
-const COLUMNS: &str = "seq, id, user_id, source_id, source_blob, source_name, parent_id, options, state, \
+pub(super) const COLUMNS: &str = "seq, id, user_id, source_id, source_blob, source_name, parent_id, options, state, \
      progress, status, result, error, attempts, cancel_requested, created_at, started_at, finished_at, \
      CASE WHEN state = 'PENDING' THEN not_before END, last_error, retry_of, priority";
 
@@ -196,7 +196,7 @@ pub struct Changed {
 }
 
 /// What [`Changed::hooked`] is read with, after the task's columns.
-const HOOKED: &str = "EXISTS (SELECT 1 FROM webhook_endpoints
+pub(super) const HOOKED: &str = "EXISTS (SELECT 1 FROM webhook_endpoints
      WHERE disabled = 0 AND user_id = tasks.user_id)
      OR EXISTS (SELECT 1 FROM task_callbacks WHERE task_id = tasks.id)";
 
@@ -210,13 +210,17 @@ fn changed(
 ) -> anyhow::Result<Option<Changed>> {
     let sql = format!("{update} RETURNING {COLUMNS}, {HOOKED}");
     db.query_opt(&sql, params)?
-        .map(|r| {
-            Ok(Changed {
-                task: from_row(&r)?.task,
-                hooked: r.int(COLUMN_COUNT)? != 0,
-            })
-        })
+        .as_ref()
+        .map(changed_from)
         .transpose()
+}
+
+/// A row of [`COLUMNS`] and [`HOOKED`].
+pub(super) fn changed_from(r: &Row) -> anyhow::Result<Changed> {
+    Ok(Changed {
+        task: from_row(r)?.task,
+        hooked: r.int(COLUMN_COUNT)? != 0,
+    })
 }
 
 /// What the lifecycle needs to know of a task before changing it.
@@ -370,7 +374,8 @@ pub struct End<'a> {
 }
 
 /// Ends a task (`change` to a final state), if it is still in `change.from()` and, when
-/// `claim` is given, still held by that claim. Returns the task as it now is, if it ended.
+/// `claim` is given, still held by that claim; with a result (a success), only if no cancel
+/// was asked for. Returns the task as it now is, if it ended.
 pub fn end(
     db: &mut Db,
     id: Uuid,
@@ -386,7 +391,8 @@ pub fn end(
          result = COALESCE(?6, result),
          progress = CASE WHEN CAST(?6 AS TEXT) IS NULL THEN progress ELSE 100 END,
          lease_owner = NULL, lease_until = NULL
-         WHERE id = ?1 AND state = ?7 AND (CAST(?8 AS TEXT) IS NULL OR lease_owner = ?8)",
+         WHERE id = ?1 AND state = ?7 AND (CAST(?8 AS TEXT) IS NULL OR lease_owner = ?8)
+         AND (CAST(?6 AS TEXT) IS NULL OR cancel_requested = 0)",
         vals![
             id,
             change.to().as_str(),
@@ -453,15 +459,15 @@ pub fn delete(db: &mut Db, id: Uuid) -> anyhow::Result<bool> {
 /// ([`super::idempotency::lock_user`]), so that nodes counting at once cannot both pass a
 /// limit.
 pub fn count_active(db: &mut Db, user: Uuid) -> anyhow::Result<u64> {
-    // Two counts, one per state, so that each reads its own partial index on PostgreSQL.
     Ok(db
-        .query_one(
-            "SELECT (SELECT COUNT(*) FROM tasks WHERE state = 'PENDING' AND user_id = ?1)
-                 + (SELECT COUNT(*) FROM tasks WHERE state = 'PROGRESS' AND user_id = ?1)",
-            vals![user],
-        )?
+        .query_one(&format!("SELECT {ACTIVE}"), vals![user])?
         .int(0)? as u64)
 }
+
+/// `user`'s (`?1`) queued and running tasks: two counts, one per state, so that each reads
+/// its own partial index on PostgreSQL.
+const ACTIVE: &str = "(SELECT COUNT(*) FROM tasks WHERE state = 'PENDING' AND user_id = ?1)
+    + (SELECT COUNT(*) FROM tasks WHERE state = 'PROGRESS' AND user_id = ?1)";
 
 /// How many tasks are in each state.
 pub fn count_by_state(db: &mut Db) -> anyhow::Result<Vec<(String, i64)>> {

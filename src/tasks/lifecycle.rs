@@ -114,6 +114,8 @@ pub fn submit(
 ) -> anyhow::Result<Submitted> {
     let user = new.user_id;
     let work = |db: &mut Db| {
+        // Counted in a statement of its own after the lock: one that took the lock would
+        // count with the snapshot it started with, before the lock's holder committed.
         let active = rows::count_active(db, user)?;
         if active >= limit {
             return Ok(Submitted::Busy { active });
@@ -153,14 +155,9 @@ pub fn claim(db: &mut Db, owner: &str, lease_ms: i64) -> anyhow::Result<Option<T
 
 /// The claim's change, for [`claim`] and for a [`succeed`] that hands its worker the next task.
 fn take_next(db: &mut Db, owner: &str, lease_ms: i64) -> anyhow::Result<Option<TaskRecord>> {
-    let Some((id, user)) = queue::next_pending(db)? else {
+    let Some(started) = queue::start_next(db, owner, lease_ms, "Starting")? else {
         return Ok(None);
     };
-    let change = step(TaskState::Pending, TaskState::Progress)?;
-    let Some(started) = rows::start(db, id, change, owner, lease_ms, "Starting")? else {
-        return Ok(None);
-    };
-    queue::served(db, user)?;
     owe_if(db, &started, Some(EventType::TaskStarted))?;
     Ok(Some(started.task))
 }
@@ -323,38 +320,44 @@ pub fn succeed(
                 return Ok((Published::FolderGone, None, None));
             }
         }
-        let Some(held) = rows::hold(db, task.id)? else {
-            return Ok((Published::Cancelled, None, None));
-        };
-        if held.lease_owner.as_deref() != Some(owner) {
-            return Ok((Published::LeaseLost, None, None));
-        }
-        if held.cancel_requested || held.state != TaskState::Progress {
-            return Ok((Published::Cancelled, None, None));
-        }
-        let item = items::insert(db, output)?;
-        result["tree_item_id"] = serde_json::json!(item.id);
-        let change = step(held.state, TaskState::Success)?;
+        // The end is tried first, guarded (still running, under this claim, no cancel asked
+        // for): on the way every task takes, one statement; the row is read only to say why
+        // it did not end.
+        let item_id = Uuid::now_v7();
+        result["tree_item_id"] = serde_json::json!(item_id);
+        let change = step(TaskState::Progress, TaskState::Success)?;
         let end = End {
             status: "Done",
             error: None,
             result: Some(&result),
         };
-        let ended = rows::end(db, task.id, change, Some(owner), end)?;
-        if let Some(ended) = &ended {
-            owe_if(db, ended, Some(EventType::TaskSucceeded))?;
-        }
-        let ended = ended.map(|e| e.task);
+        let Some(ended) = rows::end(db, task.id, change, Some(owner), end)? else {
+            return Ok((why_not_ended(db, task.id, owner)?, None, None));
+        };
+        items::insert_as(db, item_id, output)?;
+        owe_if(db, &ended, Some(EventType::TaskSucceeded))?;
+        let ended = Some(ended.task);
         let next = match then {
             Some(then) => take_next(db, then.owner, then.lease_ms)?,
             None => None,
         };
-        Ok((Published::Output(item.id), ended, next))
+        Ok((Published::Output(item_id), ended, next))
     })?;
-    for task in ended.iter().chain(&next) {
-        db.publish(task, EventKind::State)?;
-    }
+    let announced: Vec<_> = ended
+        .iter()
+        .chain(&next)
+        .map(|task| (task, EventKind::State))
+        .collect();
+    db.publish_all(&announced)?;
     Ok((published, next))
+}
+
+/// Why a publication under `owner` could not end its task.
+fn why_not_ended(db: &mut Db, id: Uuid, owner: &str) -> anyhow::Result<Published> {
+    Ok(match rows::hold(db, id)? {
+        Some(held) if held.lease_owner.as_deref() != Some(owner) => Published::LeaseLost,
+        _ => Published::Cancelled,
+    })
 }
 
 pub enum Cancelled {
