@@ -17,26 +17,27 @@ pub fn start_next(
     lease_ms: i64,
     status: &str,
 ) -> anyhow::Result<Option<Changed>> {
-    let change = Transition::new(TaskState::Pending, TaskState::Progress)?;
     if db.dialect() == Dialect::Sqlite {
         let Some((id, user)) = next_pending(db)? else {
             return Ok(None);
         };
+        let change = Transition::new(TaskState::Pending, TaskState::Progress)?;
         let started = tasks::start(db, id, change, owner, lease_ms, status)?;
         if started.is_some() {
             served(db, user)?;
         }
         return Ok(started);
     }
-    // The pick locks its row, so the update in the same statement finds it still PENDING;
-    // the update's columns are [`tasks::start`]'s.
+    // The pick locks its row (and checks its state again once locked), so the update in the
+    // same statement finds it still PENDING; the update's columns are [`tasks::start`]'s. The
+    // update names the id alone: with a join or a state to match, the planner walked the
+    // queue's partial index (every queued task) instead of the id's.
     let now = now_ms(db);
     let sql = format!(
         "WITH picked AS ({pick}),
          started AS (UPDATE tasks SET state = 'PROGRESS', attempts = attempts + 1, status = ?1,
              started_at = ?2, lease_owner = ?3, lease_until = {now} + ?4, not_before = NULL
-             FROM picked WHERE tasks.id = picked.id AND tasks.state = 'PENDING'
-             RETURNING tasks.*),
+             WHERE id = (SELECT id FROM picked) RETURNING *),
          turn AS (INSERT INTO queue_turns (user_id, served) SELECT user_id, {now} FROM started
              ON CONFLICT (user_id) DO UPDATE SET served = excluded.served)
          SELECT {columns}, {hooked} FROM started AS tasks",
@@ -44,7 +45,6 @@ pub fn start_next(
         columns = tasks::COLUMNS,
         hooked = tasks::HOOKED,
     );
-    debug_assert_eq!(change.to(), TaskState::Progress);
     db.query_opt(&sql, vals![status, crate::time::now(), owner, lease_ms])?
         .as_ref()
         .map(tasks::changed_from)
