@@ -57,7 +57,8 @@ struct Latest {
 /// Pollers ask about running and just-finished tasks; older ones are read from the database.
 const LATEST_FINISHED: usize = 1_000;
 
-/// What one channel of the bus carries: the events of one task, or of all of one user's tasks.
+/// What a feed follows, and the channel of the bus that carries it: the events of one task,
+/// or of all of one user's tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Topic {
     Task(Uuid),
@@ -65,6 +66,13 @@ pub enum Topic {
 }
 
 impl Topic {
+    pub fn matches(&self, event: &Event) -> bool {
+        match self {
+            Topic::Task(id) => event.task_id == *id,
+            Topic::User(user) => event.user_id == *user,
+        }
+    }
+
     /// Events the topic's channel holds for a subscriber that falls behind, or for a burst (a
     /// relay catching up after its connection was lost): a user's, as many as the channel of
     /// every event (`--bus-capacity`); one task's, a few seconds' worth (it sends up to ten a

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
-use uuid::Uuid;
 
 use crate::bus::{Bus, Event, Subscription, Topic};
 use crate::store::{tasks as task_rows, Store, TaskRecord};
@@ -13,38 +12,14 @@ use crate::store::{tasks as task_rows, Store, TaskRecord};
 /// How many of a user's most recent tasks a user-wide snapshot shows.
 pub const USER_SNAPSHOT_TASKS: u32 = 100;
 
-/// What a feed follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Follow {
-    Task(Uuid),
-    /// All tasks of a user.
-    User(Uuid),
-}
-
-impl Follow {
-    /// The bus channel of what this follows.
-    pub fn topic(self) -> Topic {
-        match self {
-            Follow::Task(id) => Topic::Task(id),
-            Follow::User(user) => Topic::User(user),
-        }
-    }
-
-    pub fn matches(&self, event: &Event) -> bool {
-        match self {
-            Follow::Task(id) => event.task_id == *id,
-            Follow::User(user) => event.user_id == *user,
-        }
-    }
-
-    fn select(self, c: &mut crate::store::Db) -> anyhow::Result<Vec<TaskRecord>> {
-        match self {
-            Follow::Task(id) => Ok(task_rows::get(c, id)?.into_iter().collect()),
-            Follow::User(user) => {
-                let mut tasks = task_rows::list(c, user, None, USER_SNAPSHOT_TASKS, None)?;
-                tasks.reverse(); // oldest first, as events would have come
-                Ok(tasks)
-            }
+/// What a snapshot of `follow` shows: the task, or the user's latest tasks; oldest first.
+fn select(follow: Topic, c: &mut crate::store::Db) -> anyhow::Result<Vec<TaskRecord>> {
+    match follow {
+        Topic::Task(id) => Ok(task_rows::get(c, id)?.into_iter().collect()),
+        Topic::User(user) => {
+            let mut tasks = task_rows::list(c, user, None, USER_SNAPSHOT_TASKS, None)?;
+            tasks.reverse(); // oldest first, as events would have come
+            Ok(tasks)
         }
     }
 }
@@ -63,7 +38,7 @@ pub struct Start {
 pub async fn start(
     store: &Store,
     bus: &Bus,
-    follow: Follow,
+    follow: Topic,
     resume_after: Option<u64>,
 ) -> anyhow::Result<Start> {
     let bus = bus.clone();
@@ -74,14 +49,14 @@ pub async fn start(
             // events up to `position` may still reach the bus after the subscription: they
             // are below `position`, so the feed skips them.)
             c.consistent_reads()?;
-            let rx = bus.subscribe_to(follow.topic());
+            let rx = bus.subscribe_to(follow);
             let position = c.position()?;
             if let Some(after) = resume_after {
                 if let Some(missed) = c.replay(after, position, |e| follow.matches(e))? {
                     // A task that ended before the client left: nothing new to replay, so the
                     // final state is sent again and the feed can end instead of idling.
                     let ended_unseen = match follow {
-                        Follow::Task(id) if !missed.iter().any(|e| e.is_final) => {
+                        Topic::Task(id) if !missed.iter().any(|e| e.is_final) => {
                             task_rows::get(c, id)?.filter(|t| t.state.is_final())
                         }
                         _ => None,
@@ -92,7 +67,7 @@ pub async fn start(
                     return Ok((rx, position, Rows::Ready(missed)));
                 }
             }
-            Ok((rx, position, Rows::Snapshot(follow.select(c)?)))
+            Ok((rx, position, Rows::Snapshot(select(follow, c)?)))
         })
         .await?;
     // Serialising happens after the store's lock is released: a crowd of clients connecting
@@ -144,7 +119,7 @@ enum Rows {
 pub async fn snapshots(
     store: &Store,
     bus: &Bus,
-    follows: Vec<Follow>,
+    follows: Vec<Topic>,
     resync: bool,
 ) -> anyhow::Result<(u64, Vec<Arc<Event>>)> {
     if resync {
@@ -158,7 +133,7 @@ pub async fn snapshots(
             let position = c.position()?;
             let mut tasks = Vec::new();
             for follow in follows {
-                tasks.extend(follow.select(c)?);
+                tasks.extend(select(follow, c)?);
             }
             Ok((position, tasks))
         })

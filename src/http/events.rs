@@ -15,10 +15,11 @@ use uuid::Uuid;
 
 use super::extract::{Path, Query};
 use crate::bus::Body as TaskEvent;
+use crate::bus::Topic;
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::http::auth::{StreamCaller, StreamLease};
 use crate::http::AppState;
-use crate::live::{self, Follow};
+use crate::live;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -67,7 +68,7 @@ async fn task_events(
     let lease = caller.lease(&state)?;
     Ok(sse(
         state,
-        Follow::Task(task.id),
+        Topic::Task(task.id),
         resume_point(&headers, &query),
         Some(lease),
     ))
@@ -89,7 +90,7 @@ async fn user_events(
     let user = caller.user.as_ref().ok_or(AppError::Unauthorized(
         "This feed needs a token, a session cookie or a stream ticket.",
     ))?;
-    let follow = Follow::User(user.id);
+    let follow = Topic::User(user.id);
     let lease = caller.lease(&state)?;
     Ok(sse(
         state,
@@ -101,7 +102,7 @@ async fn user_events(
 
 fn sse(
     state: AppState,
-    follow: Follow,
+    follow: Topic,
     resume_after: Option<u64>,
     lease: Option<StreamLease>,
 ) -> Response {
@@ -221,8 +222,8 @@ impl Batch {
 }
 
 /// A task's own feed ends once the task is final.
-fn ends(follow: Follow, event: &crate::bus::Event) -> bool {
-    matches!(follow, Follow::Task(_)) && event.is_final
+fn ends(follow: Topic, event: &crate::bus::Event) -> bool {
+    matches!(follow, Topic::Task(_)) && event.is_final
 }
 
 #[cfg(test)]
@@ -304,7 +305,7 @@ mod tests {
             .await
             .unwrap();
 
-        let mut body = sse(state.clone(), Follow::User(user.id), None, None)
+        let mut body = sse(state.clone(), Topic::User(user.id), None, None)
             .into_body()
             .into_data_stream();
         async fn next(

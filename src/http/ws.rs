@@ -19,7 +19,7 @@ use crate::bus::{Bus, Event, Subscription, Topic};
 use crate::error::AppError;
 use crate::http::auth::{same_origin, StreamCaller, StreamLease};
 use crate::http::AppState;
-use crate::live::{self, Follow};
+use crate::live;
 use crate::store::users::{self, Credential};
 use crate::store::User;
 
@@ -96,7 +96,7 @@ struct Connection {
     /// What the socket was opened with; checked again before a cancel.
     credential: Option<Credential>,
     /// What this socket follows, each with the bus position its snapshot covers.
-    follows: HashMap<Follow, u64>,
+    follows: HashMap<Topic, u64>,
 }
 
 /// Where a socket's events come from: its user's channel while it follows only that user's
@@ -241,11 +241,11 @@ impl Connection {
 
     /// Snapshots of everything followed, after this socket fell behind the bus.
     async fn resync(&mut self) -> Vec<Message> {
-        let follows: Vec<Follow> = self.follows.keys().copied().collect();
+        let follows: Vec<Topic> = self.follows.keys().copied().collect();
         self.snapshot(follows, true).await
     }
 
-    async fn snapshot(&mut self, follows: Vec<Follow>, resync: bool) -> Vec<Message> {
+    async fn snapshot(&mut self, follows: Vec<Topic>, resync: bool) -> Vec<Message> {
         match live::snapshots(&self.state.store, &self.state.bus, follows.clone(), resync).await {
             Ok((position, events)) => {
                 for follow in follows {
@@ -274,7 +274,7 @@ impl Connection {
                 task_id: Some(id), ..
             } => match self.visible(id).await {
                 Ok(owner) => {
-                    let new = Follow::Task(id);
+                    let new = Topic::Task(id);
                     let mut follows = vec![new];
                     let theirs = self.user.as_ref().is_some_and(|u| u.id != owner);
                     if theirs && matches!(channel, Channel::User(_)) {
@@ -290,7 +290,7 @@ impl Connection {
             },
             ClientMessage::Subscribe { all: true, .. } => match &self.user {
                 Some(user) => {
-                    let follow = Follow::User(user.id);
+                    let follow = Topic::User(user.id);
                     self.snapshot(vec![follow], false).await
                 }
                 None => vec![error_frame(
@@ -302,10 +302,10 @@ impl Connection {
             }
             ClientMessage::Unsubscribe { task_id, all } => {
                 if let Some(id) = task_id {
-                    self.follows.remove(&Follow::Task(id));
+                    self.follows.remove(&Topic::Task(id));
                 }
                 if let (true, Some(user)) = (all, &self.user) {
-                    self.follows.remove(&Follow::User(user.id));
+                    self.follows.remove(&Topic::User(user.id));
                 }
                 Vec::new()
             }

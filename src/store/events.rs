@@ -88,19 +88,14 @@ impl Db<'_> {
                     after,
                     head
                 ]);
-                let n = i * FIELDS;
-                format!(
-                    "(CAST(?{} AS BIGINT), CAST(?{} AS TEXT), CAST(?{} AS TEXT), CAST(?{} AS TEXT), \
-                     CAST(?{} AS TEXT), CAST(?{} AS TEXT), CAST(?{} AS TEXT), CAST(?{} AS TEXT))",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5,
-                    n + 6,
-                    n + 7,
-                    n + 8
-                )
+                // The order first (a number), then the seven texts.
+                let casts: Vec<String> = (1..=FIELDS)
+                    .map(|k| {
+                        let kind = if k == 1 { "BIGINT" } else { "TEXT" };
+                        format!("CAST(?{} AS {kind})", i * FIELDS + k)
+                    })
+                    .collect();
+                format!("({})", casts.join(", "))
             })
             .collect();
         let max = params.len() + 1;

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::db::{vals, Db, Dialect};
 use super::tasks::{self, now_ms, Changed, Ranked};
-use crate::domain::{TaskRecord, TaskState, Transition};
+use crate::domain::{TaskRecord, TaskState};
 
 /// Starts the next task to run ([`next_pending`]), leased to `owner` for `lease_ms`, and
 /// sends its user to the back of the turns ([`served`]). On PostgreSQL this is one statement.
@@ -17,35 +17,36 @@ pub fn start_next(
     lease_ms: i64,
     status: &str,
 ) -> anyhow::Result<Option<Changed>> {
+    let set = tasks::start_set(db);
+    let mut params = vals![status, crate::time::now(), owner, lease_ms].to_vec();
     if db.dialect() == Dialect::Sqlite {
         let Some((id, user)) = next_pending(db)? else {
             return Ok(None);
         };
-        let change = Transition::new(TaskState::Pending, TaskState::Progress)?;
-        let started = tasks::start(db, id, change, owner, lease_ms, status)?;
+        params.push(id.into());
+        let sql = format!("UPDATE tasks SET {set} WHERE id = ?5 AND state = 'PENDING'");
+        let started = tasks::changed(db, &sql, &params)?;
         if started.is_some() {
             served(db, user)?;
         }
         return Ok(started);
     }
     // The pick locks its row (and checks its state again once locked), so the update in the
-    // same statement finds it still PENDING; the update's columns are [`tasks::start`]'s. The
-    // update names the id alone: with a join or a state to match, the planner walked the
-    // queue's partial index (every queued task) instead of the id's.
-    let now = now_ms(db);
+    // same statement finds it still PENDING. The update names the id alone: with a join or a
+    // state to match, the planner walked the queue's partial index (every queued task)
+    // instead of the id's.
     let sql = format!(
         "WITH picked AS ({pick}),
-         started AS (UPDATE tasks SET state = 'PROGRESS', attempts = attempts + 1, status = ?1,
-             started_at = ?2, lease_owner = ?3, lease_until = {now} + ?4, not_before = NULL
-             WHERE id = (SELECT id FROM picked) RETURNING *),
+         started AS (UPDATE tasks SET {set} WHERE id = (SELECT id FROM picked) RETURNING *),
          turn AS (INSERT INTO queue_turns (user_id, served) SELECT user_id, {now} FROM started
              ON CONFLICT (user_id) DO UPDATE SET served = excluded.served)
          SELECT {columns}, {hooked} FROM started AS tasks",
         pick = postgres_pick(db),
+        now = now_ms(db),
         columns = tasks::COLUMNS,
         hooked = tasks::HOOKED,
     );
-    db.query_opt(&sql, vals![status, crate::time::now(), owner, lease_ms])?
+    db.query_opt(&sql, &params)?
         .as_ref()
         .map(tasks::changed_from)
         .transpose()

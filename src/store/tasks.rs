@@ -156,34 +156,14 @@ pub fn claim_owner(node: &str) -> String {
     format!("{node}/{}", Uuid::new_v4().simple())
 }
 
-/// Starts a run: `change` (to PROGRESS), one more attempt, leased to `owner` for `lease_ms`.
-/// Returns the task as it now is, if it was still in `change.from()`.
-pub fn start(
-    db: &mut Db,
-    id: Uuid,
-    change: Transition,
-    owner: &str,
-    lease_ms: i64,
-    status: &str,
-) -> anyhow::Result<Option<Changed>> {
-    debug_assert!(change.to() != TaskState::Pending);
-    changed(
-        db,
-        &format!(
-            "UPDATE tasks SET state = ?2, attempts = attempts + 1, status = ?3, started_at = ?4,
-             lease_owner = ?5, lease_until = {} + ?6, not_before = NULL
-             WHERE id = ?1 AND state = ?7",
-            now_ms(db)
-        ),
-        vals![
-            id,
-            change.to().as_str(),
-            status,
-            crate::time::now(),
-            owner,
-            lease_ms,
-            change.from().as_str()
-        ],
+/// What a start sets: PROGRESS, one more attempt, a lease for a claim. Parameters: `?1` the
+/// status, `?2` the time, `?3` the claim (`claim_owner`), `?4` the lease in milliseconds.
+/// [`super::queue::start_next`] writes it, on a queued task it picked.
+pub(super) fn start_set(db: &Db) -> String {
+    format!(
+        "state = 'PROGRESS', attempts = attempts + 1, status = ?1, started_at = ?2,
+         lease_owner = ?3, lease_until = {} + ?4, not_before = NULL",
+        now_ms(db)
     )
 }
 
@@ -203,7 +183,7 @@ pub(super) const HOOKED: &str = "EXISTS (SELECT 1 FROM webhook_endpoints
 /// Runs `update` with `RETURNING` the task's columns: the changed task, or `None` when its
 /// WHERE clause matched nothing. For changes out of the queue (the record has no queue
 /// position to place), which saves reading the row back.
-fn changed(
+pub(super) fn changed(
     db: &mut Db,
     update: &str,
     params: &[super::db::Value],
@@ -459,15 +439,15 @@ pub fn delete(db: &mut Db, id: Uuid) -> anyhow::Result<bool> {
 /// ([`super::idempotency::lock_user`]), so that nodes counting at once cannot both pass a
 /// limit.
 pub fn count_active(db: &mut Db, user: Uuid) -> anyhow::Result<u64> {
+    // Two counts, one per state, so that each reads its own partial index on PostgreSQL.
     Ok(db
-        .query_one(&format!("SELECT {ACTIVE}"), vals![user])?
+        .query_one(
+            "SELECT (SELECT COUNT(*) FROM tasks WHERE state = 'PENDING' AND user_id = ?1)
+                 + (SELECT COUNT(*) FROM tasks WHERE state = 'PROGRESS' AND user_id = ?1)",
+            vals![user],
+        )?
         .int(0)? as u64)
 }
-
-/// `user`'s (`?1`) queued and running tasks: two counts, one per state, so that each reads
-/// its own partial index on PostgreSQL.
-const ACTIVE: &str = "(SELECT COUNT(*) FROM tasks WHERE state = 'PENDING' AND user_id = ?1)
-    + (SELECT COUNT(*) FROM tasks WHERE state = 'PROGRESS' AND user_id = ?1)";
 
 /// How many tasks are in each state.
 pub fn count_by_state(db: &mut Db) -> anyhow::Result<Vec<(String, i64)>> {
