@@ -93,6 +93,12 @@ pub struct Subscription {
     bus: Bus,
 }
 
+impl Subscription {
+    pub fn topic(&self) -> Topic {
+        self.topic
+    }
+}
+
 impl std::ops::Deref for Subscription {
     type Target = broadcast::Receiver<Arc<Event>>;
 
@@ -118,6 +124,13 @@ impl Drop for Subscription {
             topics.remove(&self.topic);
         }
     }
+}
+
+/// How many receivers each kind of channel has (for metrics).
+pub struct Listeners {
+    pub task: usize,
+    pub user: usize,
+    pub all: usize,
 }
 
 /// Counters for metrics and tests.
@@ -268,6 +281,21 @@ impl Bus {
                 .cloned()
                 .collect(),
         )
+    }
+
+    pub fn listeners(&self) -> Listeners {
+        let mut listeners = Listeners {
+            task: 0,
+            user: 0,
+            all: self.inner.tx.receiver_count(),
+        };
+        for (topic, tx) in self.topics().iter() {
+            match topic {
+                Topic::Task(_) => listeners.task += tx.receiver_count(),
+                Topic::User(_) => listeners.user += tx.receiver_count(),
+            }
+        }
+        listeners
     }
 
     pub fn stats(&self) -> &BusStats {

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::bus::BusStats;
+use crate::bus::Bus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -23,6 +23,11 @@ pub struct HttpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,6 +50,7 @@ pub struct Metrics {
     events_published: Counter,
     events_coalesced: Counter,
     events_lag_resyncs: Counter,
+    event_listeners: Family<ChannelLabels, Gauge>,
     worker_starts: Counter,
     workers_idle: Gauge,
     worker_network_isolated: Gauge,
@@ -131,6 +137,12 @@ impl Metrics {
             "Times a live client fell behind and was resynced with snapshots",
             events_lag_resyncs.clone(),
         );
+        let event_listeners = Family::<ChannelLabels, Gauge>::default();
+        registry.register(
+            "event_listeners",
+            "Live streams and sockets listening on the bus, by channel: one task's, one user's, or every event (each of those is woken by every event of the server)",
+            event_listeners.clone(),
+        );
         let worker_starts = Counter::default();
         registry.register(
             "worker_starts",
@@ -164,6 +176,7 @@ impl Metrics {
             events_published,
             events_coalesced,
             events_lag_resyncs,
+            event_listeners,
             worker_starts,
             workers_idle,
             worker_network_isolated,
@@ -174,7 +187,7 @@ impl Metrics {
     pub fn render(
         &self,
         tasks_by_state: &[(String, i64)],
-        bus: &BusStats,
+        bus: &Bus,
         workers: WorkerCounts,
     ) -> String {
         for state in crate::domain::TaskState::ALL {
@@ -195,9 +208,22 @@ impl Metrics {
             to.inner()
                 .store(from.load(Ordering::Relaxed), Ordering::Relaxed)
         };
-        copy(&bus.published, &self.events_published);
-        copy(&bus.coalesced, &self.events_coalesced);
-        copy(&bus.lag_resyncs, &self.events_lag_resyncs);
+        let stats = bus.stats();
+        copy(&stats.published, &self.events_published);
+        copy(&stats.coalesced, &self.events_coalesced);
+        copy(&stats.lag_resyncs, &self.events_lag_resyncs);
+        let listeners = bus.listeners();
+        for (channel, count) in [
+            ("task", listeners.task),
+            ("user", listeners.user),
+            ("all", listeners.all),
+        ] {
+            self.event_listeners
+                .get_or_create(&ChannelLabels {
+                    channel: channel.into(),
+                })
+                .set(count as i64);
+        }
         self.worker_starts
             .inner()
             .store(workers.started, Ordering::Relaxed);

@@ -28,7 +28,7 @@ async fn metrics(State(state): State<AppState>) -> AppResult<Response> {
         idle: warm.idle_count(),
         network_isolated: warm.network_isolated(),
     };
-    let body = state.metrics.render(&by_state, state.bus.stats(), workers);
+    let body = state.metrics.render(&by_state, &state.bus, workers);
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -95,30 +95,87 @@ struct Connection {
     user: Option<User>,
     /// What the socket was opened with; checked again before a cancel.
     credential: Option<Credential>,
-    /// What this socket follows, each with the bus position its snapshot covers.
-    follows: HashMap<Topic, u64>,
+    /// What this socket follows.
+    follows: HashMap<Topic, Follow>,
 }
 
-/// Where a socket's events come from: its user's channel while it follows only that user's
-/// tasks, so that other users' events do not wake it; every event once it follows another
-/// user's task by its id, or when it has no user.
+/// One thing a socket follows: the bus position its snapshot covers (events up to it are in
+/// the snapshot), and whose tasks they are.
+struct Follow {
+    floor: u64,
+    owner: Uuid,
+}
+
+/// Not yet covered by a snapshot: wants no event until one is read.
+const UNREAD: u64 = u64::MAX;
+
+/// Where a socket's events come from: the narrowest channel of the bus that carries all it
+/// follows, so that events it does not follow do not wake it. Nothing while it follows
+/// nothing; its user's channel while it follows only that user's tasks; without a user, the
+/// channel of the one task it follows. The channel of every event only for a socket that
+/// follows tasks of several users, or several tasks without a user: a merge of several
+/// channels would have to keep `seq` order across them.
 enum Channel {
-    User(Subscription),
+    Idle,
+    Topic(Subscription),
     All(tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>),
 }
 
-impl Channel {
-    fn open(bus: &Bus, user: Option<&User>) -> Channel {
+/// The channel a socket needs (see [`Channel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Nothing,
+    Topic(Topic),
+    All,
+}
+
+impl Need {
+    fn of(user: Option<&User>, follows: &HashMap<Topic, Follow>) -> Need {
+        if follows.is_empty() {
+            return Need::Nothing;
+        }
         match user {
-            Some(user) => Channel::User(bus.subscribe_to(Topic::User(user.id))),
-            None => Channel::All(bus.subscribe()),
+            Some(user) if follows.values().all(|f| f.owner == user.id) => {
+                Need::Topic(Topic::User(user.id))
+            }
+            Some(_) => Need::All,
+            None if follows.len() == 1 => {
+                follows.keys().next().map_or(Need::All, |t| Need::Topic(*t))
+            }
+            None => Need::All,
+        }
+    }
+}
+
+impl Channel {
+    fn open(bus: &Bus, need: Need) -> Channel {
+        match need {
+            Need::Nothing => Channel::Idle,
+            Need::Topic(topic) => Channel::Topic(bus.subscribe_to(topic)),
+            Need::All => Channel::All(bus.subscribe()),
         }
     }
 
-    fn rx(&mut self) -> &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Event>> {
+    fn serves(&self, need: Need) -> bool {
+        match (self, need) {
+            (Channel::Idle, Need::Nothing) | (Channel::All(_), Need::All) => true,
+            (Channel::Topic(subscription), Need::Topic(topic)) => subscription.topic() == topic,
+            _ => false,
+        }
+    }
+
+    fn rx(&mut self) -> Option<&mut tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>> {
         match self {
-            Channel::User(subscription) => subscription,
-            Channel::All(rx) => rx,
+            Channel::Idle => None,
+            Channel::Topic(subscription) => Some(subscription),
+            Channel::All(rx) => Some(rx),
+        }
+    }
+
+    async fn recv(&mut self) -> Result<std::sync::Arc<Event>, RecvError> {
+        match self.rx() {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
         }
     }
 }
@@ -165,7 +222,7 @@ impl Connection {
         let _open = crate::metrics::OpenGuard::new(&self.state.metrics.ws_open);
         let (mut sink, incoming) = socket.split();
         let mut incoming = WokenOnly::new(incoming);
-        let mut channel = Channel::open(&self.state.bus, self.user.as_ref());
+        let mut channel = Channel::Idle;
         let interval = self.state.config.keepalive();
         let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut last_heard = Instant::now();
@@ -194,10 +251,11 @@ impl Connection {
                     }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 },
-                received = channel.rx().recv() => match received {
+                received = channel.recv() => match received {
                     Ok(event) => {
                         let mut frames = Vec::new();
-                        let lagged = live::drain_waiting(channel.rx(), event, |event| {
+                        let rx = channel.rx().expect("an event came from a channel");
+                        let lagged = live::drain_waiting(rx, event, |event| {
                             if self.wants(event) {
                                 frames.push(event_frame(&event.json));
                             }
@@ -236,7 +294,7 @@ impl Connection {
     fn wants(&self, event: &crate::bus::Event) -> bool {
         self.follows
             .iter()
-            .any(|(follow, floor)| event.seq > *floor && follow.matches(event))
+            .any(|(topic, follow)| event.seq > follow.floor && topic.matches(event))
     }
 
     /// Snapshots of everything followed, after this socket fell behind the bus.
@@ -248,12 +306,16 @@ impl Connection {
     async fn snapshot(&mut self, follows: Vec<Topic>, resync: bool) -> Vec<Message> {
         match live::snapshots(&self.state.store, &self.state.bus, follows.clone(), resync).await {
             Ok((position, events)) => {
-                for follow in follows {
-                    self.follows.insert(follow, position);
+                for topic in follows {
+                    if let Some(follow) = self.follows.get_mut(&topic) {
+                        follow.floor = position;
+                    }
                 }
                 events.iter().map(|e| event_frame(&e.json)).collect()
             }
             Err(e) => {
+                // What was to start with this snapshot is not followed.
+                self.follows.retain(|_, follow| follow.floor != UNREAD);
                 tracing::error!(error = ?e, "could not read a snapshot");
                 vec![error_frame("Internal error; it has been logged.")]
             }
@@ -274,24 +336,16 @@ impl Connection {
                 task_id: Some(id), ..
             } => match self.visible(id).await {
                 Ok(owner) => {
-                    let new = Topic::Task(id);
-                    let mut follows = vec![new];
-                    let theirs = self.user.as_ref().is_some_and(|u| u.id != owner);
-                    if theirs && matches!(channel, Channel::User(_)) {
-                        // Subscribed before the snapshots are read, so nothing falls between.
-                        // What the old channel still held is dropped with it: what the socket
-                        // followed is sent afresh instead.
-                        *channel = Channel::All(self.state.bus.subscribe());
-                        follows.extend(self.follows.keys().filter(|f| **f != new));
-                    }
-                    self.snapshot(follows, false).await
+                    self.follow(Topic::Task(id), owner);
+                    self.snapshot_on(channel, vec![Topic::Task(id)]).await
                 }
                 Err(e) => vec![error_frame(e)],
             },
             ClientMessage::Subscribe { all: true, .. } => match &self.user {
                 Some(user) => {
-                    let follow = Topic::User(user.id);
-                    self.snapshot(vec![follow], false).await
+                    let topic = Topic::User(user.id);
+                    self.follow(topic, user.id);
+                    self.snapshot_on(channel, vec![topic]).await
                 }
                 None => vec![error_frame(
                     "Following all tasks needs a token, a session cookie or a stream ticket.",
@@ -307,7 +361,7 @@ impl Connection {
                 if let (true, Some(user)) = (all, &self.user) {
                     self.follows.remove(&Topic::User(user.id));
                 }
-                Vec::new()
+                self.snapshot_on(channel, Vec::new()).await
             }
             ClientMessage::Cancel { task_id } => {
                 let Some(user) = &self.user else {
@@ -335,6 +389,30 @@ impl Connection {
                 }
             }
         }
+    }
+
+    fn follow(&mut self, topic: Topic, owner: Uuid) {
+        let follow = Follow {
+            floor: UNREAD,
+            owner,
+        };
+        self.follows.insert(topic, follow);
+    }
+
+    /// Moves the socket to the channel what it now follows needs, and reads the snapshots of
+    /// `new`. After a move, everything followed is sent afresh: what the old channel still
+    /// held is dropped with it. The new channel is subscribed before the snapshots are read,
+    /// so nothing falls between.
+    async fn snapshot_on(&mut self, channel: &mut Channel, mut new: Vec<Topic>) -> Vec<Message> {
+        let need = Need::of(self.user.as_ref(), &self.follows);
+        if !channel.serves(need) {
+            *channel = Channel::open(&self.state.bus, need);
+            new = self.follows.keys().copied().collect();
+        }
+        if new.is_empty() {
+            return Vec::new();
+        }
+        self.snapshot(new, false).await
     }
 
     /// A task id is a capability, unless the server requires the owner. The task's owner.

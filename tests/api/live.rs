@@ -753,3 +753,76 @@ async fn until_final(
         .await
         .unwrap_or_else(|_| panic!("{task} never ended on the socket"));
 }
+
+/// A socket without a user listens to the channel of the one task it follows, so that other
+/// tasks' events do not wake it; following a second task moves it to the channel of every
+/// event (and it hears both), letting that one go moves it back, and it loses nothing on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_without_a_user_listens_only_to_the_task_it_follows() {
+    let server = TestServer::start().await;
+    let listeners = |channel: &str| {
+        let name = format!("rastercast_event_listeners{{channel=\"{channel}\"}}");
+        let server = &server;
+        async move { server.metric(&name).await as u64 }
+    };
+    let options = json!({"target_crs": "EPSG:4326", "overview_resampling": "lanczos"});
+    let first = start_big(&server, options).await;
+    let second = server.convert_file(&data("byte.tif"), json!({})).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut socket = ws_connect(&server.url, &[]).await.unwrap();
+    // An answer shows the socket's loop is running: following nothing, it listens to nothing.
+    ws_send(&mut socket, json!({"type": "subscribe"})).await;
+    assert_eq!(ws_next(&mut socket).await.unwrap()["type"], "error");
+    for channel in ["all", "task", "user"] {
+        assert_eq!(listeners(channel).await, 0, "{channel}");
+    }
+
+    let mut events = Vec::new();
+    let mut snapshots_of = async |socket: &mut crate::live_clients::Socket, tasks: &[&str]| {
+        let mut missing: HashSet<&str> = tasks.iter().copied().collect();
+        while !missing.is_empty() {
+            let event = ws_next(socket).await.expect("the socket stays open");
+            if event["event"] == "snapshot" {
+                missing.remove(event["task_id"].as_str().unwrap());
+            }
+            events.push(event);
+        }
+    };
+    ws_send(&mut socket, json!({"type": "subscribe", "task_id": first})).await;
+    snapshots_of(&mut socket, &[&first]).await;
+    assert_eq!(listeners("task").await, 1);
+    assert_eq!(listeners("all").await, 0);
+
+    ws_send(&mut socket, json!({"type": "subscribe", "task_id": second})).await;
+    snapshots_of(&mut socket, &[&first, &second]).await;
+    assert_eq!(listeners("all").await, 1);
+    assert_eq!(listeners("task").await, 0);
+
+    ws_send(
+        &mut socket,
+        json!({"type": "unsubscribe", "task_id": second}),
+    )
+    .await;
+    snapshots_of(&mut socket, &[&first]).await;
+    assert_eq!(listeners("task").await, 1);
+    assert_eq!(listeners("all").await, 0);
+    let back = events.len();
+
+    until_final(&mut socket, &first, &mut events).await;
+    assert!(
+        events[back..]
+            .iter()
+            .any(|e| e["task_id"] == first.as_str() && e["event"] != "snapshot"),
+        "the task was heard live on its own channel: {events:?}"
+    );
+    let mut progress = 0.0;
+    for event in events.iter().filter(|e| e["task_id"] == first.as_str()) {
+        let p = event["progress"].as_f64().unwrap();
+        assert!(p >= progress, "progress went down: {progress} -> {p}");
+        progress = p;
+    }
+    assert_eq!(events.last().unwrap()["state"], "SUCCESS");
+    drop(socket);
+}
