@@ -41,6 +41,20 @@ struct Row {
     met: Option<bool>,
 }
 
+impl Row {
+    /// Tasks per second beside a reference's (`reference` names it), met at `min` times it.
+    fn rates(figure: String, ours: f64, reference: &str, theirs: f64, min: f64) -> Row {
+        Row {
+            figure,
+            measured: format!("{ours:.0} tasks/s"),
+            reference: format!("{reference}: {theirs:.0} tasks/s"),
+            ratio: format!("{:.2}×", ours / theirs),
+            target: format!("≥ {min}×"),
+            met: Some(ours / theirs >= min),
+        }
+    }
+}
+
 fn big_input() -> anyhow::Result<PathBuf> {
     let path = root().join("target/tmp/big-8192x8192x3.tif");
     if !path.exists() {
@@ -248,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
     // server (same client, same event, as many events as fast), and memory per subscriber.
     if want("push") {
         // `BENCH_PUSH=SSE:WS` runs one crowd only (for profiling the server under it);
-        // `BENCH_PUSH=SSE:0:task` puts the SSE subscribers on one task's feed.
+        // `BENCH_PUSH=SSE:WS:task` puts the subscribers on one task's feed.
         let only_crowd = std::env::var("BENCH_PUSH").ok().and_then(|v| {
             let mut parts = v.split(':');
             let sse = parts.next()?.parse().ok()?;
@@ -265,6 +279,8 @@ async fn main() -> anyhow::Result<()> {
                 (10000, 0, true),
                 (0, 1000, false),
                 (0, 10000, false),
+                (0, 1000, true),
+                (0, 10000, true),
             ]
         });
         // One run of a crowd swings by more than the difference measured: ours and the
@@ -307,7 +323,7 @@ async fn main() -> anyhow::Result<()> {
                 met: Some(ratio <= 1.0),
             });
             if task_feed {
-                continue; // the same connections as the user feed's, whose row says it
+                continue; // the same kind of connection as the user feed's, whose row says it
             }
             rows.push(Row {
                 figure: format!("server memory per subscriber ({} {kind})", sse + ws),
@@ -399,26 +415,40 @@ async fn main() -> anyhow::Result<()> {
         let (server, _) = Server::start(&[]).await?;
         let alone = tiny_rate(&client, std::slice::from_ref(&server), count).await?;
         drop(server);
-        let (server, _) = Server::start(&[]).await?;
-        let watcher = server.token_for("watcher")?;
-        let crowd = load::gather(&server.url, &watcher, n, 0, false).await;
-        let crowded = tiny_rate(&client, std::slice::from_ref(&server), count).await?;
-        crowd.task.send_replace(Some("done".into()));
-        let load::Crowd {
-            mut subscribers, ..
-        } = crowd;
-        while subscribers.join_next().await.is_some() {}
-        drop(server);
-        rows.push(Row {
-            figure: format!(
-                "{count} tiny conversions while {n} SSE subscribers follow another user's feed"
-            ),
-            measured: format!("{crowded:.0} tasks/s"),
-            reference: format!("the same with none: {alone:.0} tasks/s"),
-            ratio: format!("{:.2}×", crowded / alone),
-            target: "≥ 0.9×".into(),
-            met: Some(crowded / alone >= 0.9),
-        });
+        // Signed-in SSE subscribers of another user's feed, and WebSockets without
+        // credentials that follow another user's task by its id.
+        for ws in [false, true] {
+            let (server, _) = Server::start(&[]).await?;
+            let watcher = server.token_for("watcher")?;
+            let crowd = if ws {
+                let item = server
+                    .upload_as(&client, &root().join("../shared/data/byte.tif"), &watcher)
+                    .await?;
+                let task = server.start_conversion_as(&client, &item, &watcher).await?;
+                load::gather_on(&server.url, "", load::Feed::Task(task), 0, n, false).await
+            } else {
+                load::gather(&server.url, &watcher, n, 0, false).await
+            };
+            let crowded = tiny_rate(&client, std::slice::from_ref(&server), count).await?;
+            crowd.task.send_replace(Some("done".into()));
+            let load::Crowd {
+                mut subscribers, ..
+            } = crowd;
+            while subscribers.join_next().await.is_some() {}
+            drop(server);
+            let who = if ws {
+                "WebSockets without credentials follow another user's task"
+            } else {
+                "SSE subscribers follow another user's feed"
+            };
+            rows.push(Row::rates(
+                format!("{count} tiny conversions while {n} {who}"),
+                crowded,
+                "the same with none",
+                alone,
+                0.9,
+            ));
+        }
     }
 
     // A conversion with 1,000 subscribers that never read, against none.
@@ -481,22 +511,20 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         let (sqlite, one, three) = (median(sqlite), median(one), median(three));
-        rows.push(Row {
-            figure: format!("{count} tiny conversions on PostgreSQL, 1 node"),
-            measured: format!("{one:.0} tasks/s"),
-            reference: format!("the embedded SQLite: {sqlite:.0} tasks/s"),
-            ratio: format!("{:.2}×", one / sqlite),
-            target: "≥ 0.8×".into(),
-            met: Some(one / sqlite >= 0.8),
-        });
-        rows.push(Row {
-            figure: format!("{count} tiny conversions on PostgreSQL, 3 nodes on this machine"),
-            measured: format!("{three:.0} tasks/s"),
-            reference: format!("1 node on the same PostgreSQL: {one:.0} tasks/s"),
-            ratio: format!("{:.2}×", three / one),
-            target: "≥ 1×".into(),
-            met: Some(three >= one),
-        });
+        rows.push(Row::rates(
+            format!("{count} tiny conversions on PostgreSQL, 1 node"),
+            one,
+            "the embedded SQLite",
+            sqlite,
+            0.8,
+        ));
+        rows.push(Row::rates(
+            format!("{count} tiny conversions on PostgreSQL, 3 nodes on this machine"),
+            three,
+            "1 node on the same PostgreSQL",
+            one,
+            1.0,
+        ));
     }
 
     // Object storage against local disk, and uploads against curl to the same bucket.
@@ -781,7 +809,7 @@ async fn push_round(
     let (server, _) = Server::start(&[]).await?;
     let before = load::rss_kib(server.pid());
     let ours = if task_feed {
-        watch_queued(&server, sse).await?
+        watch_queued(&server, sse, ws).await?
     } else {
         watch_one(&server, sse, ws, true).await?
     };
@@ -920,7 +948,7 @@ const AHEAD: usize = 12;
 /// Subscribers of one task's feed, connected while the task waits in the queue behind
 /// [`AHEAD`] conversions of the same user (whose tasks run in order); those are then
 /// cancelled, and the task converts the 8192² image as in [`watch_one`].
-async fn watch_queued(server: &Server, sse: usize) -> anyhow::Result<Pushed> {
+async fn watch_queued(server: &Server, sse: usize, ws: usize) -> anyhow::Result<Pushed> {
     let client = reqwest::Client::new();
     let item = server.upload(&client, &big_input()?).await?;
     let mut ahead = Vec::new();
@@ -929,12 +957,13 @@ async fn watch_queued(server: &Server, sse: usize) -> anyhow::Result<Pushed> {
     }
     let task = server.start_conversion(&client, &item).await?;
     let feed = load::Feed::Task(task.clone());
-    let crowd = load::gather_on(&server.url, &server.token, feed, sse, 0, true).await;
+    let crowd = load::gather_on(&server.url, &server.token, feed, sse, ws, true).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss = load::rss_kib(server.pid());
     anyhow::ensure!(
         server.status(&client, &task).await?["state"] == "PENDING",
-        "the {AHEAD} conversions ahead ended before {sse} subscribers were in: raise AHEAD"
+        "the {AHEAD} conversions ahead ended before {} subscribers were in: raise AHEAD",
+        sse + ws
     );
     let started = Instant::now();
     // The queued ones first, so that none starts as a running one is cancelled.

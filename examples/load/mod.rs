@@ -64,7 +64,7 @@ pub async fn gather(url: &str, token: &str, sse: usize, ws: usize, read: bool) -
     gather_on(url, token, Feed::User, sse, ws, read).await
 }
 
-/// The same, with the SSE subscribers on `feed`.
+/// The same, with the subscribers on `feed`.
 pub async fn gather_on(
     url: &str,
     token: &str,
@@ -93,7 +93,8 @@ pub async fn gather_on(
         if i < sse {
             subscribers.spawn(sse_subscriber(sse_url.clone(), token, ready, rx, lat, read));
         } else {
-            subscribers.spawn(ws_subscriber(url, token, ready, rx, lat, read));
+            let follow = feed.clone();
+            subscribers.spawn(ws_subscriber(url, token, follow, ready, rx, lat, read));
         }
     }
     drop(ready_tx);
@@ -199,10 +200,12 @@ pub async fn sse_subscriber(
     Watch { saw_final }
 }
 
-/// The same over the WebSocket (`subscribe all`).
+/// The same over the WebSocket: `subscribe all` with the token for the user feed, or the
+/// task by its id alone (no credentials) for one task's feed.
 pub async fn ws_subscriber(
     base: String,
     token: String,
+    feed: Feed,
     ready: tokio::sync::mpsc::Sender<()>,
     task: tokio::sync::watch::Receiver<Option<String>>,
     latencies: Latencies,
@@ -211,17 +214,21 @@ pub async fn ws_subscriber(
     let mut request = format!("{}/api/v1/ws", base.replacen("http", "ws", 1))
         .into_client_request()
         .expect("url");
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
+    let subscribe = match &feed {
+        Feed::User => {
+            request.headers_mut().insert(
+                "Authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+            serde_json::json!({"type": "subscribe", "all": true})
+        }
+        Feed::Task(id) => serde_json::json!({"type": "subscribe", "task_id": id}),
+    };
     let Ok((mut socket, _)) = tokio_tungstenite::connect_async(request).await else {
         signal(ready).await;
         return Watch { saw_final: false };
     };
-    let _ = socket
-        .send(Message::text(r#"{"type":"subscribe","all":true}"#))
-        .await;
+    let _ = socket.send(Message::text(subscribe.to_string())).await;
     signal(ready).await;
     if !read {
         let mut task = task;
