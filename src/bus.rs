@@ -59,7 +59,7 @@ const LATEST_FINISHED: usize = 1_000;
 
 /// What a feed follows, and the channel of the bus that carries it: the events of one task,
 /// or of all of one user's tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Topic {
     Task(Uuid),
     User(Uuid),
@@ -217,6 +217,8 @@ impl Bus {
         }
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
         {
+            // Into every channel of the event under one hold of the lock: `drain_merged`
+            // relies on it.
             let topics = self.topics();
             for topic in [Topic::Task(event.task_id), Topic::User(event.user_id)] {
                 if let Some(tx) = topics.get(&topic) {
@@ -260,6 +262,27 @@ impl Bus {
             topic,
             bus: self.clone(),
         }
+    }
+
+    /// Every event waiting in `subscriptions`, in `seq` order, each once; `None` when one of
+    /// them fell behind. Taken under the topics' lock, under which an event is in all of its
+    /// channels or in none, so the events taken are every event of these channels up to one
+    /// `seq`, and none comes later with a smaller one.
+    pub fn drain_merged(&self, subscriptions: &mut [Subscription]) -> Option<Vec<Arc<Event>>> {
+        let _cut = self.topics();
+        let mut events = Vec::new();
+        for subscription in subscriptions {
+            loop {
+                match subscription.rx.try_recv() {
+                    Ok(event) => events.push(event),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => return None,
+                    Err(_) => break,
+                }
+            }
+        }
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
+        Some(events)
     }
 
     /// The events after `after` that `keep` selects, or `None` when the window no longer
@@ -346,6 +369,40 @@ impl Announce for Bus {
 mod tests {
     use super::*;
     use crate::domain::event::sample_task;
+
+    /// Two users' channels drained together while another thread publishes to both in turn:
+    /// every event comes once, and `seq` never goes back across drains.
+    #[test]
+    fn channels_drained_together_give_their_events_in_seq_order() {
+        const EVENTS: usize = 20_000;
+        let bus = Bus::new(EVENTS * 2, 16);
+        let (a, b) = (sample_task(), sample_task());
+        let mut subscriptions = [
+            bus.subscribe_to(Topic::User(a.user_id)),
+            bus.subscribe_to(Topic::User(b.user_id)),
+        ];
+        let publisher = {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                for i in 0..EVENTS {
+                    bus.publish(if i % 2 == 0 { &a } else { &b }, EventKind::Progress);
+                }
+            })
+        };
+        let (mut seen, mut last) = (0, 0);
+        while seen < EVENTS {
+            let events = bus
+                .drain_merged(&mut subscriptions)
+                .expect("the channels hold every event");
+            for event in events {
+                assert!(event.seq > last, "seq went back: {last} then {}", event.seq);
+                last = event.seq;
+                seen += 1;
+            }
+        }
+        publisher.join().unwrap();
+        assert_eq!(seen, EVENTS);
+    }
 
     #[test]
     fn a_topic_carries_its_own_events_in_order_and_goes_with_its_last_subscriber() {

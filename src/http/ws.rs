@@ -109,74 +109,116 @@ struct Follow {
 /// Not yet covered by a snapshot: wants no event until one is read.
 const UNREAD: u64 = u64::MAX;
 
-/// Where a socket's events come from: the narrowest channel of the bus that carries all it
-/// follows, so that events it does not follow do not wake it. Nothing while it follows
-/// nothing; its user's channel while it follows only that user's tasks; without a user, the
-/// channel of the one task it follows. The channel of every event only for a socket that
-/// follows tasks of several users, or several tasks without a user: a merge of several
-/// channels would have to keep `seq` order across them.
+/// Where a socket's events come from: the channels of the bus that carry what it follows and
+/// nothing else, so that events it does not follow do not wake it. None while it follows
+/// nothing; its user's channel for its own tasks, and a task's channel for each task of
+/// another user that it follows by its id (a socket without a user has only those). Several
+/// channels are read together in `seq` order (`Bus::drain_merged`). The channel of every
+/// event only for a socket that follows tasks of more than [`MAX_CHANNELS`] other users'.
 enum Channel {
     Idle,
-    Topic(Subscription),
+    Topics(Vec<Subscription>),
     All(tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>),
 }
 
-/// The channel a socket needs (see [`Channel`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Channels one socket reads at most: each wake-up polls every one of them.
+const MAX_CHANNELS: usize = 8;
+
+/// The channels a socket needs (see [`Channel`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Need {
     Nothing,
-    Topic(Topic),
+    /// Sorted.
+    Topics(Vec<Topic>),
     All,
 }
 
 impl Need {
     fn of(user: Option<&User>, follows: &HashMap<Topic, Follow>) -> Need {
-        if follows.is_empty() {
-            return Need::Nothing;
-        }
-        match user {
-            Some(user) if follows.values().all(|f| f.owner == user.id) => {
-                Need::Topic(Topic::User(user.id))
-            }
-            Some(_) => Need::All,
-            None if follows.len() == 1 => {
-                follows.keys().next().map_or(Need::All, |t| Need::Topic(*t))
-            }
-            None => Need::All,
+        let mut topics: Vec<Topic> = follows
+            .iter()
+            .map(|(topic, follow)| match user {
+                Some(user) if follow.owner == user.id => Topic::User(user.id),
+                _ => *topic,
+            })
+            .collect();
+        topics.sort();
+        topics.dedup();
+        match topics.len() {
+            0 => Need::Nothing,
+            n if n <= MAX_CHANNELS => Need::Topics(topics),
+            _ => Need::All,
         }
     }
 }
 
 impl Channel {
-    fn open(bus: &Bus, need: Need) -> Channel {
+    fn open(bus: &Bus, need: &Need) -> Channel {
         match need {
             Need::Nothing => Channel::Idle,
-            Need::Topic(topic) => Channel::Topic(bus.subscribe_to(topic)),
+            Need::Topics(topics) => {
+                Channel::Topics(topics.iter().map(|t| bus.subscribe_to(*t)).collect())
+            }
             Need::All => Channel::All(bus.subscribe()),
         }
     }
 
-    fn serves(&self, need: Need) -> bool {
+    fn serves(&self, need: &Need) -> bool {
         match (self, need) {
             (Channel::Idle, Need::Nothing) | (Channel::All(_), Need::All) => true,
-            (Channel::Topic(subscription), Need::Topic(topic)) => subscription.topic() == topic,
+            (Channel::Topics(subscriptions), Need::Topics(topics)) => subscriptions
+                .iter()
+                .map(Subscription::topic)
+                .eq(topics.iter().copied()),
             _ => false,
         }
     }
 
-    fn rx(&mut self) -> Option<&mut tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>> {
+    /// The next event of any of the channels.
+    async fn recv(&mut self) -> Result<std::sync::Arc<Event>, RecvError> {
         match self {
-            Channel::Idle => None,
-            Channel::Topic(subscription) => Some(subscription),
-            Channel::All(rx) => Some(rx),
+            Channel::Idle => std::future::pending().await,
+            Channel::All(rx) => rx.recv().await,
+            Channel::Topics(subscriptions) if subscriptions.len() == 1 => {
+                subscriptions[0].recv().await
+            }
+            Channel::Topics(subscriptions) => {
+                let each = subscriptions.iter_mut().map(|s| Box::pin(s.recv()));
+                futures_util::future::select_all(each).await.0
+            }
         }
     }
 
-    async fn recv(&mut self) -> Result<std::sync::Arc<Event>, RecvError> {
-        match self.rx() {
-            Some(rx) => rx.recv().await,
-            None => std::future::pending().await,
-        }
+    /// Hands `first` (just received) and every event waiting after it to `each`, in `seq`
+    /// order; true when a channel fell behind meanwhile.
+    fn drain(
+        &mut self,
+        bus: &Bus,
+        first: std::sync::Arc<Event>,
+        mut each: impl FnMut(&Event),
+    ) -> bool {
+        let rx = match self {
+            Channel::Idle => {
+                each(&first);
+                return false;
+            }
+            Channel::All(rx) => rx,
+            Channel::Topics(subscriptions) if subscriptions.len() == 1 => &mut subscriptions[0],
+            Channel::Topics(subscriptions) => {
+                // Events older than `first` of the other channels are in them already.
+                let Some(mut events) = bus.drain_merged(subscriptions) else {
+                    return true;
+                };
+                events.push(first);
+                events.sort_by_key(|e| e.seq);
+                events.iter().for_each(|e| each(e));
+                return false;
+            }
+        };
+        live::drain_waiting(rx, first, |event| {
+            each(event);
+            true
+        })
     }
 }
 
@@ -254,12 +296,10 @@ impl Connection {
                 received = channel.recv() => match received {
                     Ok(event) => {
                         let mut frames = Vec::new();
-                        let rx = channel.rx().expect("an event came from a channel");
-                        let lagged = live::drain_waiting(rx, event, |event| {
+                        let lagged = channel.drain(&self.state.bus, event, |event| {
                             if self.wants(event) {
                                 frames.push(event_frame(&event.json));
                             }
-                            true
                         });
                         if lagged {
                             frames.extend(self.resync().await);
@@ -405,8 +445,8 @@ impl Connection {
     /// so nothing falls between.
     async fn snapshot_on(&mut self, channel: &mut Channel, mut new: Vec<Topic>) -> Vec<Message> {
         let need = Need::of(self.user.as_ref(), &self.follows);
-        if !channel.serves(need) {
-            *channel = Channel::open(&self.state.bus, need);
+        if !channel.serves(&need) {
+            *channel = Channel::open(&self.state.bus, &need);
             new = self.follows.keys().copied().collect();
         }
         if new.is_empty() {
@@ -510,5 +550,30 @@ impl<S: futures_util::Stream + Unpin> futures_util::Stream for WokenOnly<S> {
             self.gate.woken.store(true, Ordering::Release);
         }
         polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a user: a channel per task followed, up to `MAX_CHANNELS`; past that, the
+    /// channel of every event.
+    #[test]
+    fn a_socket_reads_a_channel_per_task_up_to_the_limit() {
+        let mut follows = HashMap::new();
+        assert_eq!(Need::of(None, &follows), Need::Nothing);
+        for n in 1..=MAX_CHANNELS + 1 {
+            let follow = Follow {
+                floor: 0,
+                owner: Uuid::new_v4(),
+            };
+            follows.insert(Topic::Task(Uuid::new_v4()), follow);
+            match Need::of(None, &follows) {
+                Need::Topics(topics) if n <= MAX_CHANNELS => assert_eq!(topics.len(), n),
+                Need::All if n > MAX_CHANNELS => {}
+                other => panic!("{n} tasks need {other:?}"),
+            }
+        }
     }
 }

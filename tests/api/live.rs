@@ -719,6 +719,11 @@ async fn a_socket_that_follows_another_users_task_by_its_id_hears_it_and_its_own
             .any(|e| e["task_id"] == theirs.as_str() && e["event"] != "snapshot"),
         "bob's task was heard live, not only in its snapshot: {events:?}"
     );
+    // Through bob's task's channel and the user's own, not the channel of every event.
+    for (channel, count) in [("task", 1), ("user", 1), ("all", 0)] {
+        let name = format!("rastercast_event_listeners{{channel=\"{channel}\"}}");
+        assert_eq!(server.metric(&name).await, count as f64, "{channel}");
+    }
 
     let mine = server.convert_file(&data("byte.tif"), json!({})).await["task_id"]
         .as_str()
@@ -754,11 +759,11 @@ async fn until_final(
         .unwrap_or_else(|_| panic!("{task} never ended on the socket"));
 }
 
-/// A socket without a user listens to the channel of the one task it follows, so that other
-/// tasks' events do not wake it; following a second task moves it to the channel of every
-/// event (and it hears both), letting that one go moves it back, and it loses nothing on the way.
+/// A socket listens to the channels of what it follows and no other: without a user, one
+/// channel per task it follows by its id, read together in `seq` order; letting a task go
+/// drops its channel, and nothing is lost on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_socket_without_a_user_listens_only_to_the_task_it_follows() {
+async fn a_socket_without_a_user_listens_only_to_the_tasks_it_follows() {
     let server = TestServer::start().await;
     let listeners = |channel: &str| {
         let name = format!("rastercast_event_listeners{{channel=\"{channel}\"}}");
@@ -767,7 +772,10 @@ async fn a_socket_without_a_user_listens_only_to_the_task_it_follows() {
     };
     let options = json!({"target_crs": "EPSG:4326", "overview_resampling": "lanczos"});
     let first = start_big(&server, options).await;
-    let second = server.convert_file(&data("byte.tif"), json!({})).await["task_id"]
+    // Another user's, shorter: it only has to be heard live once.
+    let bob = server.token_for("bob").await;
+    let item = server.upload_as(&bob, &big_raster(), "big.tif").await;
+    let second = server.convert_as(&bob, &item, json!({})).await["task_id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -780,49 +788,94 @@ async fn a_socket_without_a_user_listens_only_to_the_task_it_follows() {
     }
 
     let mut events = Vec::new();
-    let mut snapshots_of = async |socket: &mut crate::live_clients::Socket, tasks: &[&str]| {
-        let mut missing: HashSet<&str> = tasks.iter().copied().collect();
-        while !missing.is_empty() {
-            let event = ws_next(socket).await.expect("the socket stays open");
-            if event["event"] == "snapshot" {
-                missing.remove(event["task_id"].as_str().unwrap());
-            }
-            events.push(event);
+    let snapshots_of = |tasks: &[&str], from: usize| {
+        let tasks: HashSet<String> = tasks.iter().map(|t| t.to_string()).collect();
+        move |events: &[Value]| {
+            let seen: HashSet<String> = events[from..]
+                .iter()
+                .filter(|e| e["event"] == "snapshot")
+                .map(|e| e["task_id"].as_str().unwrap().to_string())
+                .collect();
+            seen == tasks
         }
     };
     ws_send(&mut socket, json!({"type": "subscribe", "task_id": first})).await;
-    snapshots_of(&mut socket, &[&first]).await;
+    read_until(&mut socket, &mut events, snapshots_of(&[&first], 0)).await;
     assert_eq!(listeners("task").await, 1);
     assert_eq!(listeners("all").await, 0);
 
+    let from = events.len();
     ws_send(&mut socket, json!({"type": "subscribe", "task_id": second})).await;
-    snapshots_of(&mut socket, &[&first, &second]).await;
-    assert_eq!(listeners("all").await, 1);
-    assert_eq!(listeners("task").await, 0);
+    read_until(
+        &mut socket,
+        &mut events,
+        snapshots_of(&[&first, &second], from),
+    )
+    .await;
+    assert_eq!(listeners("task").await, 2);
+    assert_eq!(listeners("all").await, 0);
+    // Both heard live, through their two channels.
+    let from = events.len();
+    let live_from = |task: &str, from: usize, events: &[Value]| {
+        events[from..]
+            .iter()
+            .any(|e| e["task_id"] == task && e["event"] != "snapshot")
+    };
+    read_until(&mut socket, &mut events, |events: &[Value]| {
+        live_from(&first, from, events) && live_from(&second, from, events)
+    })
+    .await;
 
     ws_send(
         &mut socket,
         json!({"type": "unsubscribe", "task_id": second}),
     )
     .await;
-    snapshots_of(&mut socket, &[&first]).await;
+    let from = events.len();
+    read_until(&mut socket, &mut events, snapshots_of(&[&first], from)).await;
     assert_eq!(listeners("task").await, 1);
     assert_eq!(listeners("all").await, 0);
     let back = events.len();
 
     until_final(&mut socket, &first, &mut events).await;
     assert!(
-        events[back..]
-            .iter()
-            .any(|e| e["task_id"] == first.as_str() && e["event"] != "snapshot"),
-        "the task was heard live on its own channel: {events:?}"
+        live_from(&first, back, &events),
+        "the task was heard live on its own channel again: {events:?}"
     );
-    let mut progress = 0.0;
-    for event in events.iter().filter(|e| e["task_id"] == first.as_str()) {
+    // One socket, one order: a snapshot is as of the latest event sent, and live events
+    // follow in `seq` order, each once.
+    let mut last = 0;
+    let mut progress = std::collections::HashMap::<String, f64>::new();
+    for event in &events {
+        if event["event"] == "snapshot" {
+            assert!(
+                seq(event) >= last,
+                "a snapshot went back: {last} then {}",
+                seq(event)
+            );
+        } else {
+            assert!(
+                seq(event) > last,
+                "seq went back: {last} then {}",
+                seq(event)
+            );
+        }
+        last = seq(event);
+        let task = event["task_id"].as_str().unwrap().to_string();
         let p = event["progress"].as_f64().unwrap();
-        assert!(p >= progress, "progress went down: {progress} -> {p}");
-        progress = p;
+        let before = progress.insert(task, p).unwrap_or(0.0);
+        assert!(p >= before, "progress went down: {before} -> {p}");
     }
     assert_eq!(events.last().unwrap()["state"], "SUCCESS");
-    drop(socket);
+}
+
+/// Adds what `socket` sends to `events` until `until` holds for them.
+async fn read_until(
+    socket: &mut crate::live_clients::Socket,
+    events: &mut Vec<Value>,
+    until: impl Fn(&[Value]) -> bool,
+) {
+    while !until(events) {
+        events.push(ws_next(socket).await.expect("the socket stays open"));
+    }
 }
