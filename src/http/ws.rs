@@ -439,15 +439,29 @@ impl Connection {
         self.follows.insert(topic, follow);
     }
 
-    /// Moves the socket to the channel what it now follows needs, and reads the snapshots of
-    /// `new`. After a move, everything followed is sent afresh: what the old channel still
-    /// held is dropped with it. The new channel is subscribed before the snapshots are read,
-    /// so nothing falls between.
+    /// Moves the socket to the channels what it now follows needs, and reads the snapshots of
+    /// `new`. A channel added to the socket's set is subscribed before the snapshots are
+    /// read, so nothing falls between; the channels it keeps lose nothing. A move to or from
+    /// the channel of every event drops what the old one still held, so then everything
+    /// followed is sent afresh.
     async fn snapshot_on(&mut self, channel: &mut Channel, mut new: Vec<Topic>) -> Vec<Message> {
         let need = Need::of(self.user.as_ref(), &self.follows);
-        if !channel.serves(&need) {
-            *channel = Channel::open(&self.state.bus, &need);
-            new = self.follows.keys().copied().collect();
+        let serves = channel.serves(&need);
+        match (&mut *channel, &need) {
+            (Channel::Topics(subscriptions), Need::Topics(topics)) if !serves => {
+                subscriptions.retain(|s| topics.contains(&s.topic()));
+                for topic in topics {
+                    if !subscriptions.iter().any(|s| s.topic() == *topic) {
+                        subscriptions.push(self.state.bus.subscribe_to(*topic));
+                    }
+                }
+                subscriptions.sort_by_key(Subscription::topic);
+            }
+            _ if !serves => {
+                *channel = Channel::open(&self.state.bus, &need);
+                new = self.follows.keys().copied().collect();
+            }
+            _ => {}
         }
         if new.is_empty() {
             return Vec::new();
