@@ -128,7 +128,7 @@ const MAX_CHANNELS: usize = 8;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Need {
     Nothing,
-    /// Sorted.
+    /// Each once.
     Topics(Vec<Topic>),
     All,
 }
@@ -153,24 +153,35 @@ impl Need {
 }
 
 impl Channel {
-    fn open(bus: &Bus, need: &Need) -> Channel {
-        match need {
-            Need::Nothing => Channel::Idle,
-            Need::Topics(topics) => {
-                Channel::Topics(topics.iter().map(|t| bus.subscribe_to(*t)).collect())
+    /// Moves to the channels `need` names. A channel added to a set is subscribed before the
+    /// caller reads its snapshot, so nothing falls between, and the channels kept lose
+    /// nothing. True when the old channel was replaced (to or from nothing or the channel of
+    /// every event): what it still held is dropped, so everything followed must be sent
+    /// afresh.
+    fn move_to(&mut self, bus: &Bus, need: Need) -> bool {
+        match (&mut *self, need) {
+            (Channel::Topics(subscriptions), Need::Topics(topics)) => {
+                subscriptions.retain(|s| topics.contains(&s.topic()));
+                for topic in topics {
+                    if !subscriptions.iter().any(|s| s.topic() == topic) {
+                        subscriptions.push(bus.subscribe_to(topic));
+                    }
+                }
+                false
             }
-            Need::All => Channel::All(bus.subscribe()),
-        }
-    }
-
-    fn serves(&self, need: &Need) -> bool {
-        match (self, need) {
-            (Channel::Idle, Need::Nothing) | (Channel::All(_), Need::All) => true,
-            (Channel::Topics(subscriptions), Need::Topics(topics)) => subscriptions
-                .iter()
-                .map(Subscription::topic)
-                .eq(topics.iter().copied()),
-            _ => false,
+            (Channel::Idle, Need::Nothing) | (Channel::All(_), Need::All) => false,
+            (_, Need::Nothing) => {
+                *self = Channel::Idle;
+                true
+            }
+            (_, Need::Topics(topics)) => {
+                *self = Channel::Topics(topics.into_iter().map(|t| bus.subscribe_to(t)).collect());
+                true
+            }
+            (_, Need::All) => {
+                *self = Channel::All(bus.subscribe());
+                true
+            }
         }
     }
 
@@ -439,29 +450,12 @@ impl Connection {
         self.follows.insert(topic, follow);
     }
 
-    /// Moves the socket to the channels what it now follows needs, and reads the snapshots of
-    /// `new`. A channel added to the socket's set is subscribed before the snapshots are
-    /// read, so nothing falls between; the channels it keeps lose nothing. A move to or from
-    /// the channel of every event drops what the old one still held, so then everything
-    /// followed is sent afresh.
+    /// Moves the socket to the channels what it now follows needs (see [`Channel::move_to`]),
+    /// and reads the snapshots of `new`, or of everything followed after a replaced channel.
     async fn snapshot_on(&mut self, channel: &mut Channel, mut new: Vec<Topic>) -> Vec<Message> {
         let need = Need::of(self.user.as_ref(), &self.follows);
-        let serves = channel.serves(&need);
-        match (&mut *channel, &need) {
-            (Channel::Topics(subscriptions), Need::Topics(topics)) if !serves => {
-                subscriptions.retain(|s| topics.contains(&s.topic()));
-                for topic in topics {
-                    if !subscriptions.iter().any(|s| s.topic() == *topic) {
-                        subscriptions.push(self.state.bus.subscribe_to(*topic));
-                    }
-                }
-                subscriptions.sort_by_key(Subscription::topic);
-            }
-            _ if !serves => {
-                *channel = Channel::open(&self.state.bus, &need);
-                new = self.follows.keys().copied().collect();
-            }
-            _ => {}
+        if channel.move_to(&self.state.bus, need) {
+            new = self.follows.keys().copied().collect();
         }
         if new.is_empty() {
             return Vec::new();

@@ -32,12 +32,17 @@ fn assert_well_ordered(events: &[(String, Value)]) {
             seq(event)
         );
         last_seq = seq(event);
-        let task = event["task_id"].as_str().unwrap().to_string();
-        let p = event["progress"].as_f64().unwrap();
-        let before = progress.insert(task, p).unwrap_or(0.0);
-        assert!(p >= before, "progress went down: {before} -> {p}");
+        assert_progress_keeps(&mut progress, event);
         assert!(["state", "progress", "snapshot"].contains(&event["event"].as_str().unwrap()));
     }
+}
+
+/// Records `event`'s progress in `progress` (by task), which never goes down.
+fn assert_progress_keeps(progress: &mut std::collections::HashMap<String, f64>, event: &Value) {
+    let task = event["task_id"].as_str().unwrap().to_string();
+    let p = event["progress"].as_f64().unwrap();
+    let before = progress.insert(task, p).unwrap_or(0.0);
+    assert!(p >= before, "progress went down: {before} -> {p}");
 }
 
 async fn start_big(server: &TestServer, options: Value) -> String {
@@ -869,10 +874,7 @@ async fn a_socket_without_a_user_listens_only_to_the_tasks_it_follows() {
             );
         }
         last = seq(event);
-        let task = event["task_id"].as_str().unwrap().to_string();
-        let p = event["progress"].as_f64().unwrap();
-        let before = progress.insert(task, p).unwrap_or(0.0);
-        assert!(p >= before, "progress went down: {before} -> {p}");
+        assert_progress_keeps(&mut progress, event);
     }
     assert_eq!(events.last().unwrap()["state"], "SUCCESS");
 }
