@@ -879,13 +879,119 @@ async fn a_socket_without_a_user_listens_only_to_the_tasks_it_follows() {
     assert_eq!(events.last().unwrap()["state"], "SUCCESS");
 }
 
+/// Past eight other users' tasks a socket moves to the channel of every event, and back when
+/// it lets one go; each move sends everything it follows afresh, and a running task is heard
+/// live on either side of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_following_more_tasks_than_it_has_channels_for_hears_every_event_instead() {
+    let server = TestServer::start().await;
+    let listeners = |channel: &str| {
+        let name = format!("rastercast_event_listeners{{channel=\"{channel}\"}}");
+        let server = &server;
+        async move { server.metric(&name).await as u64 }
+    };
+    let bob = server.token_for("bob").await;
+    let small = server.upload_as(&bob, &data("byte.tif"), "byte.tif").await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let task = server.convert_as(&bob, &small, json!({})).await;
+        tasks.push(task["task_id"].as_str().unwrap().to_string());
+    }
+    let big = server.upload_as(&bob, &big_raster(), "big.tif").await;
+    let options = json!({"target_crs": "EPSG:4326", "overview_resampling": "lanczos"});
+    let running = server.convert_as(&bob, &big, options).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut socket = ws_connect(&server.url, &[]).await.unwrap();
+    let mut events = Vec::new();
+    // The tasks of the snapshots sent since `from`.
+    let snapshots_from = |from: usize| {
+        move |events: &[Value]| -> HashSet<String> {
+            events[from..]
+                .iter()
+                .filter(|e| e["event"] == "snapshot")
+                .map(|e| e["task_id"].as_str().unwrap().to_string())
+                .collect()
+        }
+    };
+    for task in &tasks {
+        let from = events.len();
+        ws_send(&mut socket, json!({"type": "subscribe", "task_id": task})).await;
+        read_until(&mut socket, &mut events, |e: &[Value]| {
+            snapshots_from(from)(e).contains(task)
+        })
+        .await;
+    }
+    assert_eq!(listeners("task").await, 8);
+    assert_eq!(listeners("all").await, 0);
+
+    // The ninth: one channel of every event instead of nine, and every task sent afresh.
+    let moved = events.len();
+    ws_send(
+        &mut socket,
+        json!({"type": "subscribe", "task_id": running}),
+    )
+    .await;
+    read_until(&mut socket, &mut events, |e: &[Value]| {
+        snapshots_from(moved)(e).len() == 9
+    })
+    .await;
+    assert_eq!(listeners("task").await, 0);
+    assert_eq!(listeners("all").await, 1);
+    let from = events.len();
+    read_until(&mut socket, &mut events, |e: &[Value]| {
+        e[from..]
+            .iter()
+            .any(|e| e["task_id"] == running.as_str() && e["event"] != "snapshot")
+    })
+    .await;
+
+    // Letting one go: a channel per task again, and the eight sent afresh.
+    let back = events.len();
+    ws_send(
+        &mut socket,
+        json!({"type": "unsubscribe", "task_id": tasks[0]}),
+    )
+    .await;
+    read_until(&mut socket, &mut events, |e: &[Value]| {
+        snapshots_from(back)(e).len() == 8
+    })
+    .await;
+    assert!(!snapshots_from(back)(&events).contains(&tasks[0]));
+    assert_eq!(listeners("task").await, 8);
+    assert_eq!(listeners("all").await, 0);
+
+    if !events
+        .iter()
+        .any(|e| e["task_id"] == running.as_str() && is_final(e))
+    {
+        until_final(&mut socket, &running, &mut events).await;
+    }
+    let mut progress = std::collections::HashMap::<String, f64>::new();
+    for event in &events {
+        assert_progress_keeps(&mut progress, event);
+    }
+    let last = events.iter().rfind(|e| e["task_id"] == running.as_str());
+    assert_eq!(last.unwrap()["state"], "SUCCESS");
+}
+
 /// Adds what `socket` sends to `events` until `until` holds for them.
 async fn read_until(
     socket: &mut crate::live_clients::Socket,
     events: &mut Vec<Value>,
     until: impl Fn(&[Value]) -> bool,
 ) {
-    while !until(events) {
-        events.push(ws_next(socket).await.expect("the socket stays open"));
+    let wait = async {
+        while !until(events) {
+            events.push(ws_next(socket).await.expect("the socket stays open"));
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .is_err()
+    {
+        panic!("the socket never sent what was waited for: {events:?}");
     }
 }
