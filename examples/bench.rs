@@ -974,11 +974,7 @@ async fn watch_one_stalled(
     input: &Path,
     runs: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    let load::Crowd {
-        mut subscribers,
-        task: task_tx,
-        ..
-    } = load::gather(&server.url, &server.token, n, 0, false).await;
+    let crowd = load::gather(&server.url, &server.token, n, 0, false).await;
     let client = reqwest::Client::new();
     let item = server.upload(&client, input).await?;
     let mut times = Vec::new();
@@ -990,8 +986,7 @@ async fn watch_one_stalled(
                 .as_secs_f64(),
         );
     }
-    task_tx.send_replace(Some("done".into()));
-    while subscribers.join_next().await.is_some() {}
+    crowd.release().await;
     Ok(times)
 }
 
@@ -1145,11 +1140,7 @@ async fn tiny_rate_beside_crowd(
         load::gather(&server.url, &watcher, n, 0, false).await
     };
     let rate = tiny_rate(client, std::slice::from_ref(&server), count).await?;
-    crowd.task.send_replace(Some("done".into()));
-    let load::Crowd {
-        mut subscribers, ..
-    } = crowd;
-    while subscribers.join_next().await.is_some() {}
+    crowd.release().await;
     Ok(rate)
 }
 

@@ -40,6 +40,14 @@ pub struct Crowd {
     pub connected: usize,
 }
 
+impl Crowd {
+    /// Lets subscribers that do not read go, and waits until every subscriber has.
+    pub async fn release(mut self) {
+        self.task.send_replace(Some("done".into()));
+        while self.subscribers.join_next().await.is_some() {}
+    }
+}
+
 /// The feed SSE subscribers follow.
 #[derive(Clone)]
 pub enum Feed {

@@ -726,8 +726,7 @@ async fn a_socket_that_follows_another_users_task_by_its_id_hears_it_and_its_own
     );
     // Through bob's task's channel and the user's own, not the channel of every event.
     for (channel, count) in [("task", 1), ("user", 1), ("all", 0)] {
-        let name = format!("rastercast_event_listeners{{channel=\"{channel}\"}}");
-        assert_eq!(server.metric(&name).await, count as f64, "{channel}");
+        assert_eq!(listeners(&server, channel).await, count, "{channel}");
     }
 
     let mine = server.convert_file(&data("byte.tif"), json!({})).await["task_id"]
@@ -742,26 +741,16 @@ async fn a_socket_that_follows_another_users_task_by_its_id_hears_it_and_its_own
     assert_well_ordered(&numbered);
 }
 
-/// Adds what `socket` sends to `events` until `task`'s final state (the socket's pings would
-/// keep a wait for one frame alive forever).
+/// Reads `socket` into `events` until `task` has ended there (at once when it already has).
 async fn until_final(
     socket: &mut crate::live_clients::Socket,
     task: &str,
     events: &mut Vec<Value>,
 ) {
-    let wait = async {
-        loop {
-            let event = ws_next(socket).await.expect("the socket stays open");
-            let done = event["task_id"] == task && is_final(&event);
-            events.push(event);
-            if done {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), wait)
-        .await
-        .unwrap_or_else(|_| panic!("{task} never ended on the socket"));
+    read_until(socket, events, |events: &[Value]| {
+        events.iter().any(|e| e["task_id"] == task && is_final(e))
+    })
+    .await;
 }
 
 /// A socket listens to the channels of what it follows and no other: without a user, one
@@ -770,11 +759,6 @@ async fn until_final(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_without_a_user_listens_only_to_the_tasks_it_follows() {
     let server = TestServer::start().await;
-    let listeners = |channel: &str| {
-        let name = format!("rastercast_event_listeners{{channel=\"{channel}\"}}");
-        let server = &server;
-        async move { server.metric(&name).await as u64 }
-    };
     let options = json!({"target_crs": "EPSG:4326", "overview_resampling": "lanczos"});
     let first = start_big(&server, options).await;
     // Another user's, shorter: it only has to be heard live once.
@@ -789,32 +773,25 @@ async fn a_socket_without_a_user_listens_only_to_the_tasks_it_follows() {
     ws_send(&mut socket, json!({"type": "subscribe"})).await;
     assert_eq!(ws_next(&mut socket).await.unwrap()["type"], "error");
     for channel in ["all", "task", "user"] {
-        assert_eq!(listeners(channel).await, 0, "{channel}");
+        assert_eq!(listeners(&server, channel).await, 0, "{channel}");
     }
 
     let mut events = Vec::new();
     let snapshots_of = |tasks: &[&str], from: usize| {
         let tasks: HashSet<String> = tasks.iter().map(|t| t.to_string()).collect();
-        move |events: &[Value]| {
-            let seen: HashSet<String> = events[from..]
-                .iter()
-                .filter(|e| e["event"] == "snapshot")
-                .map(|e| e["task_id"].as_str().unwrap().to_string())
-                .collect();
-            seen.is_superset(&tasks)
-        }
+        move |events: &[Value]| snapshot_tasks(&events[from..]).is_superset(&tasks)
     };
     ws_send(&mut socket, json!({"type": "subscribe", "task_id": first})).await;
     read_until(&mut socket, &mut events, snapshots_of(&[&first], 0)).await;
-    assert_eq!(listeners("task").await, 1);
-    assert_eq!(listeners("all").await, 0);
+    assert_eq!(listeners(&server, "task").await, 1);
+    assert_eq!(listeners(&server, "all").await, 0);
 
     // A second channel beside the first: only the new task's snapshot.
     let added = events.len();
     ws_send(&mut socket, json!({"type": "subscribe", "task_id": second})).await;
     read_until(&mut socket, &mut events, snapshots_of(&[&second], added)).await;
-    assert_eq!(listeners("task").await, 2);
-    assert_eq!(listeners("all").await, 0);
+    assert_eq!(listeners(&server, "task").await, 2);
+    assert_eq!(listeners(&server, "all").await, 0);
     // Both heard live, through their two channels.
     let from = events.len();
     let live_from = |task: &str, from: usize, events: &[Value]| {
@@ -846,8 +823,8 @@ async fn a_socket_without_a_user_listens_only_to_the_tasks_it_follows() {
             .any(|e| e["task_id"] == first.as_str() && e["event"] == "snapshot"),
         "the first task's channel was kept: no new snapshot of it"
     );
-    assert_eq!(listeners("task").await, 1);
-    assert_eq!(listeners("all").await, 0);
+    assert_eq!(listeners(&server, "task").await, 1);
+    assert_eq!(listeners(&server, "all").await, 0);
     let back = events.len();
 
     until_final(&mut socket, &first, &mut events).await;
@@ -885,11 +862,6 @@ async fn a_socket_without_a_user_listens_only_to_the_tasks_it_follows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_following_more_tasks_than_it_has_channels_for_hears_every_event_instead() {
     let server = TestServer::start().await;
-    let listeners = |channel: &str| {
-        let name = format!("rastercast_event_listeners{{channel=\"{channel}\"}}");
-        let server = &server;
-        async move { server.metric(&name).await as u64 }
-    };
     let bob = server.token_for("bob").await;
     let small = server.upload_as(&bob, &data("byte.tif"), "byte.tif").await;
     let mut tasks = Vec::new();
@@ -906,26 +878,16 @@ async fn a_socket_following_more_tasks_than_it_has_channels_for_hears_every_even
 
     let mut socket = ws_connect(&server.url, &[]).await.unwrap();
     let mut events = Vec::new();
-    // The tasks of the snapshots sent since `from`.
-    let snapshots_from = |from: usize| {
-        move |events: &[Value]| -> HashSet<String> {
-            events[from..]
-                .iter()
-                .filter(|e| e["event"] == "snapshot")
-                .map(|e| e["task_id"].as_str().unwrap().to_string())
-                .collect()
-        }
-    };
     for task in &tasks {
         let from = events.len();
         ws_send(&mut socket, json!({"type": "subscribe", "task_id": task})).await;
         read_until(&mut socket, &mut events, |e: &[Value]| {
-            snapshots_from(from)(e).contains(task)
+            snapshot_tasks(&e[from..]).contains(task)
         })
         .await;
     }
-    assert_eq!(listeners("task").await, 8);
-    assert_eq!(listeners("all").await, 0);
+    assert_eq!(listeners(&server, "task").await, 8);
+    assert_eq!(listeners(&server, "all").await, 0);
 
     // The ninth: one channel of every event instead of nine, and every task sent afresh.
     let moved = events.len();
@@ -935,11 +897,11 @@ async fn a_socket_following_more_tasks_than_it_has_channels_for_hears_every_even
     )
     .await;
     read_until(&mut socket, &mut events, |e: &[Value]| {
-        snapshots_from(moved)(e).len() == 9
+        snapshot_tasks(&e[moved..]).len() == 9
     })
     .await;
-    assert_eq!(listeners("task").await, 0);
-    assert_eq!(listeners("all").await, 1);
+    assert_eq!(listeners(&server, "task").await, 0);
+    assert_eq!(listeners(&server, "all").await, 1);
     let from = events.len();
     read_until(&mut socket, &mut events, |e: &[Value]| {
         e[from..]
@@ -956,25 +918,35 @@ async fn a_socket_following_more_tasks_than_it_has_channels_for_hears_every_even
     )
     .await;
     read_until(&mut socket, &mut events, |e: &[Value]| {
-        snapshots_from(back)(e).len() == 8
+        snapshot_tasks(&e[back..]).len() == 8
     })
     .await;
-    assert!(!snapshots_from(back)(&events).contains(&tasks[0]));
-    assert_eq!(listeners("task").await, 8);
-    assert_eq!(listeners("all").await, 0);
+    assert!(!snapshot_tasks(&events[back..]).contains(&tasks[0]));
+    assert_eq!(listeners(&server, "task").await, 8);
+    assert_eq!(listeners(&server, "all").await, 0);
 
-    if !events
-        .iter()
-        .any(|e| e["task_id"] == running.as_str() && is_final(e))
-    {
-        until_final(&mut socket, &running, &mut events).await;
-    }
+    until_final(&mut socket, &running, &mut events).await;
     let mut progress = std::collections::HashMap::<String, f64>::new();
     for event in &events {
         assert_progress_keeps(&mut progress, event);
     }
     let last = events.iter().rfind(|e| e["task_id"] == running.as_str());
     assert_eq!(last.unwrap()["state"], "SUCCESS");
+}
+
+/// The tasks that `events` hold a snapshot of.
+fn snapshot_tasks(events: &[Value]) -> HashSet<String> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "snapshot")
+        .map(|e| e["task_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// How many streams listen to the bus's `channel` ("task", "user" or "all").
+async fn listeners(server: &TestServer, channel: &str) -> u64 {
+    let name = format!("rastercast_event_listeners{{channel=\"{channel}\"}}");
+    server.metric(&name).await as u64
 }
 
 /// Adds what `socket` sends to `events` until `until` holds for them.
