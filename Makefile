@@ -11,11 +11,12 @@ run: setup
 
 ## Set up and run every test: Rust unit and integration tests (the store's on SQLite and on
 ## PostgreSQL, and files on S3-compatible storage: each started when none answers), the
-## browser tests, then the API fuzzed against its own OpenAPI document.
+## browser tests, then the API fuzzed against its own OpenAPI document. On the release build:
+## the soak and the benches need it, so CI compiles the dependency tree once instead of twice.
 test: setup
 	@./scripts/setup.sh --browser
 	RASTERCAST_TEST_DATABASE_URL="$$(scripts/test-postgres.sh)" \
-	RASTERCAST_TEST_S3_ENDPOINT="$$(scripts/test-s3.sh)" cargo test
+	RASTERCAST_TEST_S3_ENDPOINT="$$(scripts/test-s3.sh)" cargo test --release
 	node --test tests/browser/
 	scripts/fuzz-api.sh
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Fuzzes the HTTP API against its own OpenAPI document with schemathesis.
-#   scripts/fuzz-api.sh [BIN_DIR]    (default target/debug; needs rastercast and rastercast-worker)
+#   scripts/fuzz-api.sh [BIN_DIR]    (default target/release; needs rastercast and rastercast-worker)
 # Exits non-zero on any schemathesis failure. About 1–2 minutes on 2 cores (plus the first
 # venv install); the run itself is capped at 4 minutes.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=$(cd "${1:-$ROOT/target/debug}" && pwd)
+BIN=$(cd "${1:-$ROOT/target/release}" && pwd)
 DATA=${FUZZ_DATA:-$ROOT/../shared/data}
 VENV=$ROOT/target/fuzz-venv
 # Pinned: checks and CLI options change between 4.x releases.

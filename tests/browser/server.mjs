@@ -9,10 +9,10 @@ import { chromium } from 'playwright-core';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const data = (name) => path.resolve(root, '../shared/data', name);
-const binary = process.env.RASTERCAST_BIN || path.join(root, 'target/debug/rastercast');
+const binary = process.env.RASTERCAST_BIN || path.join(root, 'target/release/rastercast');
 
 export async function startServer(args = [], env = {}) {
-  if (!existsSync(binary)) throw new Error(`build first: ${binary} is missing (cargo build)`);
+  if (!existsSync(binary)) throw new Error(`build first: ${binary} is missing (cargo build --release)`);
   const dir = mkdtempSync(path.join(tmpdir(), 'rastercast-browser-'));
   const child = spawn(binary, ['serve', '--addr', '127.0.0.1:0', '--data-dir', dir, ...args], {
     stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'rastercast=warn', ...env },
