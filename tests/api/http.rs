@@ -460,6 +460,12 @@ async fn metrics_cover_tasks_queue_durations_bytes_connections_events_and_reques
     let status = server.convert_file(&data("byte.tif"), json!({})).await;
     let item = status["result"]["tree_item_id"].as_str().unwrap();
     server
+        .wait_metric(
+            "rastercast_conversion_seconds_count{outcome=\"success\"}",
+            1.0,
+        )
+        .await;
+    server
         .req(
             Method::GET,
             &format!("/tree-items/{item}/content"),

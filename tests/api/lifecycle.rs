@@ -369,6 +369,12 @@ async fn a_cancel_is_kept_when_the_server_stops_before_the_work_does() {
         status["attempts"], 1,
         "a cancelled task is not run again: {status}"
     );
+    server
+        .wait_metric(
+            "rastercast_conversion_seconds_count{outcome=\"success\"}",
+            1.0,
+        )
+        .await;
     assert_eq!(
         server
             .metric_or_zero("rastercast_conversion_seconds_count{outcome=\"success\"}")

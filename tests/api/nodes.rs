@@ -48,6 +48,26 @@ async fn successes(node: &TestServer) -> u64 {
         .await as u64
 }
 
+/// Waits until `nodes` together have counted `n` runs ending in `outcome`. A worker counts
+/// its run after its end has committed, so a watcher may see the final state first.
+async fn wait_outcome(nodes: &[&TestServer], outcome: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut counted = Vec::new();
+        for node in nodes {
+            counted.push(outcomes(node).await.get(outcome).copied().unwrap_or(0));
+        }
+        if counted.iter().sum::<u64>() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} runs ending in {outcome} never counted: {counted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// How many conversions this node ended, by outcome (success, failure, stopped).
 async fn outcomes(node: &TestServer) -> std::collections::HashMap<String, u64> {
     let mut out = std::collections::HashMap::new();
@@ -134,6 +154,7 @@ async fn a_task_sent_to_one_node_runs_on_another_and_watchers_everywhere_see_eve
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
     // The worker node ran it; the API nodes ran nothing.
+    wait_outcome(&[worker], "success", 1).await;
     assert_eq!(successes(worker).await, 1);
     assert_eq!(successes(a).await + successes(c).await, 0);
     // Its output is readable from any node, and the status is the same everywhere.
@@ -196,6 +217,7 @@ async fn a_websocket_cancel_on_one_node_stops_the_work_on_another() {
     let status = api.wait_final(&id).await;
     assert_eq!(status["state"], "REVOKED");
     crate::lifecycle::assert_cancel_stopped_a_worker(&workers);
+    wait_outcome(&[worker], "stopped", 1).await;
     assert_eq!(
         outcomes(worker).await.get("stopped"),
         Some(&1),
@@ -268,6 +290,7 @@ async fn a_node_killed_mid_task_is_replaced_and_the_task_finishes_once() {
     assert_eq!(status["state"], "SUCCESS", "{status}");
     assert_eq!(status["attempts"], 2, "{status}");
     let other = 3 - busy;
+    wait_outcome(&[&nodes[other]], "success", 1).await;
     assert_eq!(successes(&nodes[other]).await, 1);
     let items = nodes[0].get_json("/tree-items", &nodes[0].token).await.1;
     assert_eq!(outputs_in(&items, item["id"].as_str().unwrap()), 1);
@@ -312,6 +335,7 @@ async fn two_hundred_tasks_over_three_nodes_each_run_once() {
     assert_eq!(outputs.len(), 200, "each task published its own output");
     let items = nodes[1].get_json("/tree-items", &nodes[1].token).await.1;
     assert_eq!(outputs_in(&items, item["id"].as_str().unwrap()), 200);
+    wait_outcome(&nodes.iter().collect::<Vec<_>>(), "success", 200).await;
     let mut per_node = Vec::new();
     for node in &nodes {
         per_node.push(successes(node).await);
@@ -369,6 +393,7 @@ async fn a_node_cut_off_past_its_lease_publishes_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(successes(&nodes[busy]).await, 0);
+    wait_outcome(&[&nodes[3 - busy]], "success", 1).await;
     assert_eq!(successes(&nodes[3 - busy]).await, 1);
     let items = nodes[0].get_json("/tree-items", &nodes[0].token).await.1;
     assert_eq!(outputs_in(&items, item["id"].as_str().unwrap()), 1);

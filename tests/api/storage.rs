@@ -499,8 +499,11 @@ async fn nodes_sharing_no_disk_convert_and_serve_each_others_files() {
     let status = c.wait_final(&id).await;
     assert_eq!(status["state"], "SUCCESS", "{status}");
     assert_eq!(
-        b.metric_or_zero("rastercast_conversion_seconds_count{outcome=\"success\"}")
-            .await,
+        b.wait_metric(
+            "rastercast_conversion_seconds_count{outcome=\"success\"}",
+            1.0
+        )
+        .await,
         1.0,
         "the worker node ran it"
     );
