@@ -363,7 +363,7 @@ pub fn end(
     claim: Option<&str>,
     end: End,
 ) -> anyhow::Result<Option<Changed>> {
-    debug_assert!(change.to().is_final());
+    anyhow::ensure!(change.to().is_final(), "{change:?} does not end a task");
     changed(
         db,
         "UPDATE tasks SET state = ?2, status = ?3, error = ?4, finished_at = ?5,
