@@ -12,7 +12,8 @@ run: setup
 ## Set up and run every test: Rust unit and integration tests (the store's on SQLite and on
 ## PostgreSQL, and files on S3-compatible storage: each started when none answers), the
 ## browser tests, then the API fuzzed against its own OpenAPI document. On the release build,
-## the one that ships and that the soak, the benches and `make run` use: one build for all.
+## the one that ships; the soak and the benches reuse it (`make run` builds the server without
+## the test-only dependencies' features, so it recompiles part of the tree).
 test: setup
 	@./scripts/setup.sh --browser
 	RASTERCAST_TEST_DATABASE_URL="$$(scripts/test-postgres.sh)" \
