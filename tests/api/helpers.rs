@@ -441,18 +441,11 @@ impl TestServer {
     /// run (`rastercast_conversion_seconds`, the bytes converted) just after the run's end
     /// has committed, so a client may see the final state a moment before the count.
     pub async fn wait_metric(&self, name: &str, at_least: f64) -> f64 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let figure = self.metric_or_zero(name).await;
-            if figure >= at_least {
-                return figure;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} stayed at {figure}, below {at_least}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("{name} to reach {at_least}");
+        eventually(&what, Duration::from_secs(60), || async {
+            Some(self.metric_or_zero(name).await).filter(|figure| *figure >= at_least)
+        })
+        .await
     }
 
     async fn metrics_text(&self) -> String {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{children_of, data, outputs_in, Cable, TestDatabase, TestServer};
+use crate::helpers::{children_of, data, eventually, outputs_in, Cable, TestDatabase, TestServer};
 use crate::lifecycle::{big_raster, slow, wait_running};
 use crate::live_clients::{is_final, ws_connect, ws_next, ws_send, Sse};
 
@@ -42,38 +42,36 @@ async fn cluster_with(db: &TestDatabase, roles: &[&str], extra: &[&str]) -> Vec<
     nodes
 }
 
-/// Conversions this node finished with a success, from its own `/metrics`.
+/// Runs this node ended in `outcome` (success, failure, stopped), from its own `/metrics`.
+async fn ended(node: &TestServer, outcome: &str) -> u64 {
+    let name = format!("rastercast_conversion_seconds_count{{outcome=\"{outcome}\"}}");
+    node.metric_or_zero(&name).await as u64
+}
+
+/// Conversions this node finished with a success.
 async fn successes(node: &TestServer) -> u64 {
-    node.metric_or_zero("rastercast_conversion_seconds_count{outcome=\"success\"}")
-        .await as u64
+    ended(node, "success").await
 }
 
 /// Waits until `nodes` together have counted `n` runs ending in `outcome`. A worker counts
 /// its run after its end has committed, so a watcher may see the final state first.
 async fn wait_outcome(nodes: &[&TestServer], outcome: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut counted = Vec::new();
+    let what = format!("{n} runs ending in {outcome}");
+    eventually(&what, Duration::from_secs(60), || async {
+        let mut counted = 0;
         for node in nodes {
-            counted.push(outcomes(node).await.get(outcome).copied().unwrap_or(0));
+            counted += ended(node, outcome).await;
         }
-        if counted.iter().sum::<u64>() >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} runs ending in {outcome} never counted: {counted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (counted >= n).then_some(())
+    })
+    .await
 }
 
 /// How many conversions this node ended, by outcome (success, failure, stopped).
 async fn outcomes(node: &TestServer) -> std::collections::HashMap<String, u64> {
     let mut out = std::collections::HashMap::new();
     for outcome in ["success", "failure", "stopped"] {
-        let name = format!("rastercast_conversion_seconds_count{{outcome=\"{outcome}\"}}");
-        let n = node.metric_or_zero(&name).await as u64;
+        let n = ended(node, outcome).await;
         if n > 0 {
             out.insert(outcome.to_string(), n);
         }
