@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_7.sql"),
     include_str!("schema_8.sql"),
     include_str!("schema_9.sql"),
+    include_str!("schema_10.sql"),
 ];
 
 /// The same schema in PostgreSQL's words (its first migration is SQLite's first three); the
@@ -59,6 +60,7 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
     include_str!("postgres_6.sql"),
     include_str!("postgres_7.sql"),
     include_str!("postgres_8.sql"),
+    include_str!("postgres_9.sql"),
 ];
 
 enum Engine {

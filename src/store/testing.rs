@@ -82,3 +82,17 @@ fn test_database_url() -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// Waits until the database's clock is past the latest turn a claim recorded. Turns are kept
+/// to the millisecond, and two claims within one tie: the queue then goes by who waited
+/// longest, which a test that follows turns one by one must not leave to chance.
+pub fn after_the_last_turn(db: &mut super::Db) -> anyhow::Result<()> {
+    let passed = format!(
+        "SELECT {} - COALESCE((SELECT MAX(served) FROM queue_turns), 0)",
+        super::tasks::now_ms(db)
+    );
+    while db.query_one(&passed, &[])?.int(0)? <= 0 {
+        std::hint::spin_loop();
+    }
+    Ok(())
+}

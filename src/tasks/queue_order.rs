@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::lifecycle::{self, Submitted};
 use crate::domain::options::Priority;
 use crate::domain::NewTask;
-use crate::store::testing::stores;
+use crate::store::testing::{self, stores};
 use crate::store::{queue, tasks as rows, users, Db};
 
 fn submit(db: &mut Db, user: Uuid, priority: Priority) -> anyhow::Result<Uuid> {
@@ -38,16 +38,30 @@ fn claims_take_turns_between_users_by_priority_in_the_order_positions_said() {
                 let a_normal = submit(db, a, Priority::Normal)?;
                 let b_normal = submit(db, b, Priority::Normal)?;
                 let a_high = submit(db, a, Priority::High)?;
+                let b_second = submit(db, b, Priority::Normal)?;
+                let b_third = submit(db, b, Priority::Normal)?;
                 // A waited longest, so A goes first, with their highest priority; then B;
-                // then A's others by priority.
-                let expected = vec![a_high, b_normal, a_normal, a_low];
+                // then each in turn, A's others by priority.
+                let expected = vec![a_high, b_normal, a_normal, b_second, a_low, b_third];
                 let mut positions = Vec::new();
                 for id in &expected {
                     positions.push(rows::get(db, *id)?.expect("kept").queue_position);
                 }
+                // Several tasks placed at once go another way (each turn counted first).
+                let listed = rows::changed_since(db, "9999-01-01T00:00:00Z")?;
+                let mut listed_positions = Vec::new();
+                for id in &expected {
+                    let task = listed.iter().find(|t| t.id == *id).expect("listed");
+                    listed_positions.push(task.queue_position);
+                }
+                assert_eq!(
+                    listed_positions, positions,
+                    "{engine}: listed and read alone"
+                );
                 let mut claimed = Vec::new();
                 while let Some(task) = lifecycle::claim(db, "node/1", 60_000)? {
                     claimed.push(task.id);
+                    testing::after_the_last_turn(db)?;
                 }
                 Ok((claimed, positions, expected))
             })
@@ -55,7 +69,7 @@ fn claims_take_turns_between_users_by_priority_in_the_order_positions_said() {
         assert_eq!(claimed, expected, "{engine}: the claims' order");
         assert_eq!(
             positions,
-            vec![Some(1), Some(2), Some(3), Some(4)],
+            (1..=6).map(Some).collect::<Vec<_>>(),
             "{engine}: the positions shown before"
         );
     }
