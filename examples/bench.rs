@@ -1,7 +1,7 @@
 //! The benchmark behind `make bench`: every figure is measured against its reference in the
 //! same run, on this machine, and written to docs/BENCHMARKS.md as a ratio.
 //!
-//! cargo run --release --example bench [-- --quick] [--only startup,convert,status,push,idle,starve,tiny,stalled,nodes,s3,tus,tiles]
+//! cargo run --release --example bench [-- --quick] [--only startup,convert,status,push,idle,starve,tiny,stalled,nodes,queue,s3,tus,tiles]
 //!
 //! `--only` runs the named sections and prints their rows without touching docs/BENCHMARKS.md.
 //!
@@ -13,6 +13,8 @@
 mod fanout;
 #[path = "load/mod.rs"]
 mod load;
+#[path = "queue/mod.rs"]
+mod queue;
 #[path = "server/mod.rs"]
 mod server;
 #[path = "tiles/mod.rs"]
@@ -518,6 +520,35 @@ async fn main() -> anyhow::Result<()> {
             one,
             1.0,
         ));
+    }
+
+    // One claim in a deep queue against one in a short queue, on each engine.
+    if want("queue") {
+        let deep = if quick { 2_000 } else { 10_000 };
+        for engine in ["sqlite", "postgres"] {
+            let (short, long) = tokio::task::spawn_blocking(move || {
+                anyhow::Ok((
+                    queue::claim_ms(engine, 100)?,
+                    queue::claim_ms(engine, deep)?,
+                ))
+            })
+            .await??;
+            let name = if engine == "sqlite" {
+                "SQLite"
+            } else {
+                "PostgreSQL"
+            };
+            rows.push(Row {
+                figure: format!(
+                    "one claim with {deep} tasks queued by 10 users, {name} (median of 300)"
+                ),
+                measured: format!("{long:.2} ms"),
+                reference: format!("the same with 100 queued: {short:.2} ms"),
+                ratio: format!("{:.2}×", long / short),
+                target: "≤ 2×".into(),
+                met: Some(long / short <= 2.0),
+            });
+        }
     }
 
     // Object storage against local disk, and uploads against curl to the same bucket.

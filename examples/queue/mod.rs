@@ -1,0 +1,96 @@
+//! What one claim costs as the queue grows: the store alone, in this process, on SQLite and
+//! on PostgreSQL. A deep queue is many users' batches waiting; a claim that read every queued
+//! task would slow every worker down as the queue filled, just when it should drain fastest.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rastercast::domain::{Announce, NewTask};
+use rastercast::store::{users, Store};
+use rastercast::tasks::lifecycle::{self, Submitted};
+use uuid::Uuid;
+
+use super::server::root;
+
+/// Users whose tasks fill the queue: the claim takes turns between them.
+const USERS: usize = 10;
+/// Claims timed at each depth.
+const CLAIMS: usize = 300;
+
+/// The median milliseconds of one claim with `depth` tasks queued, on `engine` ("sqlite" or
+/// "postgres"); each claimed task is replaced by a new one, so the depth holds.
+pub fn claim_ms(engine: &str, depth: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let bus: Arc<dyn Announce> = Arc::new(rastercast::bus::Bus::new(1 << 10, 1 << 10));
+    let (store, schema) = match engine {
+        "sqlite" => (Store::open(&dir.path().join("db.sqlite"), bus)?, None),
+        _ => {
+            let (url, schema) = fresh_schema()?;
+            (Store::connect(&url, bus)?, Some(schema))
+        }
+    };
+    let timed = store.blocking(|db| {
+        let users = (0..USERS)
+            .map(|n| Ok(users::ensure_user(db, &format!("queue-{n}"))?.id))
+            .collect::<anyhow::Result<Vec<Uuid>>>()?;
+        let submit = |db: &mut rastercast::store::Db, n: usize| -> anyhow::Result<()> {
+            let new = NewTask {
+                user_id: users[n % USERS],
+                source_id: Uuid::new_v4(),
+                source_blob: "0".repeat(32),
+                source_name: "queued.tif".into(),
+                parent_id: None,
+                options: Default::default(),
+                retry_of: None,
+                callbacks: vec![],
+            };
+            match lifecycle::submit(db, new, u64::MAX, None)? {
+                Submitted::Queued(_) => Ok(()),
+                _ => anyhow::bail!("the submit was refused"),
+            }
+        };
+        for n in 0..depth {
+            submit(db, n)?;
+        }
+        let mut took = Vec::with_capacity(CLAIMS);
+        for n in 0..CLAIMS {
+            let start = Instant::now();
+            let claimed = lifecycle::claim(db, "bench/1", 60_000)?;
+            took.push(start.elapsed().as_secs_f64() * 1000.0);
+            anyhow::ensure!(claimed.is_some(), "the queue ran dry");
+            submit(db, depth + n)?;
+        }
+        Ok(super::median(took))
+    });
+    if let Some(schema) = schema {
+        admin_sql(&format!("DROP SCHEMA {schema} CASCADE"))?;
+    }
+    timed
+}
+
+/// A PostgreSQL URL whose tables land in a new schema of their own, and that schema's name.
+fn fresh_schema() -> anyhow::Result<(String, String)> {
+    let admin = admin_url()?;
+    let schema = format!("rc_queue_{}", std::process::id());
+    admin_sql(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ))?;
+    let join = if admin.contains('?') { '&' } else { '?' };
+    Ok((
+        format!("{admin}{join}options=-c%20search_path%3D{schema}"),
+        schema,
+    ))
+}
+
+/// The script answers `RASTERCAST_TEST_DATABASE_URL` when it is set.
+fn admin_url() -> anyhow::Result<String> {
+    let out = std::process::Command::new(root().join("scripts/test-postgres.sh")).output()?;
+    anyhow::ensure!(out.status.success(), "scripts/test-postgres.sh failed");
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+fn admin_sql(sql: &str) -> anyhow::Result<()> {
+    let mut client = postgres::Client::connect(&admin_url()?, postgres::NoTls)?;
+    client.batch_execute(sql)?;
+    Ok(())
+}
