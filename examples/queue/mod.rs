@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rastercast::domain::{Announce, NewTask};
-use rastercast::store::{users, Store};
+use rastercast::store::{tasks, users, Store};
 use rastercast::tasks::lifecycle::{self, Submitted};
 use uuid::Uuid;
 
@@ -14,12 +14,19 @@ use super::server::root;
 
 /// Users whose tasks fill the queue: the claim takes turns between them.
 const USERS: usize = 10;
-/// Claims timed at each depth.
-const CLAIMS: usize = 300;
+/// Claims, and then status reads, timed at each depth.
+const TIMED: usize = 300;
 
-/// The median milliseconds of one claim with `depth` tasks queued, on `engine` ("sqlite" or
-/// "postgres"); each claimed task is replaced by a new one, so the depth holds.
-pub fn claim_ms(engine: &str, depth: usize) -> anyhow::Result<f64> {
+/// What one store operation costs with `depth` tasks queued (medians, milliseconds).
+pub struct Costs {
+    /// A claim; each claimed task is replaced by a new one, so the depth holds.
+    pub claim: f64,
+    /// A status read of a queued task, as a poller makes, over tasks spread through the queue.
+    pub status: f64,
+}
+
+/// [`Costs`] on `engine` ("sqlite" or "postgres") with `depth` tasks queued.
+pub fn costs(engine: &str, depth: usize) -> anyhow::Result<Costs> {
     let dir = tempfile::tempdir()?;
     let bus: Arc<dyn Announce> = Arc::new(rastercast::bus::Bus::new(1 << 10, 1 << 10));
     let (store, schema) = match engine {
@@ -33,7 +40,7 @@ pub fn claim_ms(engine: &str, depth: usize) -> anyhow::Result<f64> {
         let users = (0..USERS)
             .map(|n| Ok(users::ensure_user(db, &format!("queue-{n}"))?.id))
             .collect::<anyhow::Result<Vec<Uuid>>>()?;
-        let submit = |db: &mut rastercast::store::Db, n: usize| -> anyhow::Result<()> {
+        let submit = |db: &mut rastercast::store::Db, n: usize| -> anyhow::Result<Uuid> {
             let new = NewTask {
                 user_id: users[n % USERS],
                 source_id: Uuid::new_v4(),
@@ -45,22 +52,37 @@ pub fn claim_ms(engine: &str, depth: usize) -> anyhow::Result<f64> {
                 callbacks: vec![],
             };
             match lifecycle::submit(db, new, u64::MAX, None)? {
-                Submitted::Queued(_) => Ok(()),
+                Submitted::Queued(task) => Ok(task.id),
                 _ => anyhow::bail!("the submit was refused"),
             }
         };
-        for n in 0..depth {
-            submit(db, n)?;
-        }
-        let mut took = Vec::with_capacity(CLAIMS);
-        for n in 0..CLAIMS {
+        let mut queued = (0..depth)
+            .map(|n| submit(db, n))
+            .collect::<anyhow::Result<Vec<Uuid>>>()?;
+        let mut claim = Vec::with_capacity(TIMED);
+        for n in 0..TIMED {
             let start = Instant::now();
             let claimed = lifecycle::claim(db, "bench/1", 60_000)?;
-            took.push(start.elapsed().as_secs_f64() * 1000.0);
-            anyhow::ensure!(claimed.is_some(), "the queue ran dry");
-            submit(db, depth + n)?;
+            claim.push(start.elapsed().as_secs_f64() * 1000.0);
+            let claimed = claimed.ok_or_else(|| anyhow::anyhow!("the queue ran dry"))?;
+            queued.retain(|id| *id != claimed.id);
+            queued.push(submit(db, depth + n)?);
         }
-        Ok(super::median(took))
+        let mut status = Vec::with_capacity(TIMED);
+        for n in 0..TIMED {
+            let id = queued[n * queued.len() / TIMED];
+            let start = Instant::now();
+            let task = tasks::get(db, id)?;
+            status.push(start.elapsed().as_secs_f64() * 1000.0);
+            anyhow::ensure!(
+                task.and_then(|t| t.queue_position).is_some(),
+                "a queued task without its place in the queue"
+            );
+        }
+        Ok(Costs {
+            claim: super::median(claim),
+            status: super::median(status),
+        })
     });
     if let Some(schema) = schema {
         admin_sql(&format!("DROP SCHEMA {schema} CASCADE"))?;
