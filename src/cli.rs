@@ -151,15 +151,32 @@ struct UploadArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Token(cmd) => report(token(cmd)),
-        Command::LinkKey(LinkKeyCommand::Rotate { dir }) => report(
-            open_store(&dir)
-                .and_then(|store| store.blocking(crate::store::link_keys::rotate))
-                .map(|()| println!("rotated: every link given out so far no longer opens")),
-        ),
+        Command::Token(cmd) => {
+            quiet_on_closed_pipe();
+            report(token(cmd))
+        }
+        Command::LinkKey(LinkKeyCommand::Rotate { dir }) => {
+            quiet_on_closed_pipe();
+            report(
+                open_store(&dir)
+                    .and_then(|store| store.blocking(crate::store::link_keys::rotate))
+                    .map(|()| println!("rotated: every link given out so far no longer opens")),
+            )
+        }
         Command::Convert(args) => convert_local(args),
         Command::Upload(args) => upload(args),
         Command::Serve(config) => report(serve(*config)),
+    }
+}
+
+/// A command that only prints ends quietly when its reader stops reading (`token list |
+/// head -1`), as other command-line tools do: Rust ignores SIGPIPE, and `println!` then panics
+/// on the closed pipe. Not for `serve`, `convert` or `upload`: they write to sockets or run
+/// GDAL, where the signal would kill the process instead of returning an error.
+fn quiet_on_closed_pipe() {
+    // SAFETY: called before the command starts any thread; it restores the signal's default.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -137,6 +137,25 @@ async fn tokens_are_listed_without_secrets_and_printed_last() {
     );
 }
 
+/// A reader that stops early (`rastercast token list | head -1`) ends the command as it ends
+/// `ls`: by the signal, without a panic's backtrace on the terminal.
+#[test]
+fn a_printing_command_ends_quietly_when_its_reader_is_gone() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let run = std::process::Command::new(BIN)
+        .args(["token", "create", "--user", "erin", "--data-dir"])
+        .arg(dir.path())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(run.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+}
+
 // `rastercast upload`: a resumable upload over tus, against a real server.
 
 /// An uncompressed 3200 × 3200 × 3 GeoTIFF (about 30 MiB): thirty 1 MiB chunks.
