@@ -25,7 +25,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use server::{root, Server};
+use server::{root, PgSchema, Server};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -525,16 +525,11 @@ async fn main() -> anyhow::Result<()> {
     // A claim and a poller's status read in a deep queue against a short one, on each engine.
     if want("queue") {
         let deep = if quick { 2_000 } else { 10_000 };
-        for engine in ["sqlite", "postgres"] {
+        for (postgres, name) in [(false, "SQLite"), (true, "PostgreSQL")] {
             let (short, long) = tokio::task::spawn_blocking(move || {
-                anyhow::Ok((queue::costs(engine, 100)?, queue::costs(engine, deep)?))
+                anyhow::Ok((queue::costs(postgres, 100)?, queue::costs(postgres, deep)?))
             })
             .await??;
-            let name = if engine == "sqlite" {
-                "SQLite"
-            } else {
-                "PostgreSQL"
-            };
             // A status read counts the queued tasks ahead of it: it has no target, and its
             // row shows how it grows (docs/BENCHMARKS.md says where).
             for (what, short, long, bound) in [
@@ -1107,24 +1102,8 @@ fn write_report(rows: &[Row]) -> anyhow::Result<()> {
 /// Tasks per second for `count` tiny conversions sent round-robin to `n` nodes that share a
 /// fresh PostgreSQL schema and data dir; each node runs as many workers as there are cores.
 async fn nodes_rate(client: &reqwest::Client, n: usize, count: usize) -> anyhow::Result<f64> {
-    // The script answers RASTERCAST_TEST_DATABASE_URL when it is set.
-    let out = std::process::Command::new(root().join("scripts/test-postgres.sh")).output()?;
-    anyhow::ensure!(out.status.success(), "scripts/test-postgres.sh failed");
-    let admin = String::from_utf8(out.stdout)?.trim().to_string();
-    let schema = format!("rc_bench_{}", std::process::id());
-    let sql = |sql: String| {
-        let admin = admin.clone();
-        std::thread::spawn(move || {
-            postgres::Client::connect(&admin, postgres::NoTls)?.batch_execute(&sql)
-        })
-        .join()
-        .expect("the SQL thread finishes")
-    };
-    sql(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-    ))?;
-    let join = if admin.contains('?') { '&' } else { '?' };
-    let url = format!("{admin}{join}options=-c%20search_path%3D{schema}");
+    let schema = PgSchema::create("rc_bench")?;
+    let url = schema.url();
     let args = ["--database-url", url.as_str()];
     let (first, _) = Server::start(&args).await?;
     let mut nodes = vec![first];
@@ -1134,7 +1113,7 @@ async fn nodes_rate(client: &reqwest::Client, n: usize, count: usize) -> anyhow:
     }
     let rate = tiny_rate(client, &nodes, count).await?;
     drop(nodes);
-    sql(format!("DROP SCHEMA {schema} CASCADE"))?;
+    schema.remove()?;
     Ok(rate)
 }
 

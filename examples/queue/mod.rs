@@ -10,7 +10,7 @@ use rastercast::store::{tasks, users, Store};
 use rastercast::tasks::lifecycle::{self, Submitted};
 use uuid::Uuid;
 
-use super::server::root;
+use super::server::PgSchema;
 
 /// Users whose tasks fill the queue: the claim takes turns between them.
 const USERS: usize = 10;
@@ -25,16 +25,15 @@ pub struct Costs {
     pub status: f64,
 }
 
-/// [`Costs`] on `engine` ("sqlite" or "postgres") with `depth` tasks queued.
-pub fn costs(engine: &str, depth: usize) -> anyhow::Result<Costs> {
+/// [`Costs`] on PostgreSQL (`postgres`) or SQLite, with `depth` tasks queued.
+pub fn costs(postgres: bool, depth: usize) -> anyhow::Result<Costs> {
     let dir = tempfile::tempdir()?;
     let bus: Arc<dyn Announce> = Arc::new(rastercast::bus::Bus::new(1 << 10, 1 << 10));
-    let (store, schema) = match engine {
-        "sqlite" => (Store::open(&dir.path().join("db.sqlite"), bus)?, None),
-        _ => {
-            let (url, schema) = fresh_schema()?;
-            (Store::connect(&url, bus)?, Some(schema))
-        }
+    let (store, schema) = if postgres {
+        let schema = PgSchema::create("rc_queue")?;
+        (Store::connect(&schema.url(), bus)?, Some(schema))
+    } else {
+        (Store::open(&dir.path().join("db.sqlite"), bus)?, None)
     };
     let timed = store.blocking(|db| {
         let users = (0..USERS)
@@ -84,35 +83,9 @@ pub fn costs(engine: &str, depth: usize) -> anyhow::Result<Costs> {
             status: super::median(status),
         })
     });
+    drop(store);
     if let Some(schema) = schema {
-        admin_sql(&format!("DROP SCHEMA {schema} CASCADE"))?;
+        schema.remove()?;
     }
     timed
-}
-
-/// A PostgreSQL URL whose tables land in a new schema of their own, and that schema's name.
-fn fresh_schema() -> anyhow::Result<(String, String)> {
-    let admin = admin_url()?;
-    let schema = format!("rc_queue_{}", std::process::id());
-    admin_sql(&format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-    ))?;
-    let join = if admin.contains('?') { '&' } else { '?' };
-    Ok((
-        format!("{admin}{join}options=-c%20search_path%3D{schema}"),
-        schema,
-    ))
-}
-
-/// The script answers `RASTERCAST_TEST_DATABASE_URL` when it is set.
-fn admin_url() -> anyhow::Result<String> {
-    let out = std::process::Command::new(root().join("scripts/test-postgres.sh")).output()?;
-    anyhow::ensure!(out.status.success(), "scripts/test-postgres.sh failed");
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
-}
-
-fn admin_sql(sql: &str) -> anyhow::Result<()> {
-    let mut client = postgres::Client::connect(&admin_url()?, postgres::NoTls)?;
-    client.batch_execute(sql)?;
-    Ok(())
 }

@@ -263,3 +263,52 @@ impl Server {
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// A PostgreSQL schema of its own for one measurement, on the server that
+/// `scripts/test-postgres.sh` finds or starts (it answers `RASTERCAST_TEST_DATABASE_URL` when
+/// that is set). [`PgSchema::remove`] drops it with its tables.
+pub struct PgSchema {
+    admin: String,
+    name: String,
+}
+
+impl PgSchema {
+    pub fn create(prefix: &str) -> anyhow::Result<PgSchema> {
+        let out = std::process::Command::new(root().join("scripts/test-postgres.sh")).output()?;
+        anyhow::ensure!(out.status.success(), "scripts/test-postgres.sh failed");
+        let schema = PgSchema {
+            admin: String::from_utf8(out.stdout)?.trim().to_string(),
+            name: format!("{prefix}_{}", std::process::id()),
+        };
+        schema.sql(format!(
+            "DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}",
+            schema.name
+        ))?;
+        Ok(schema)
+    }
+
+    /// The database URL whose tables land in this schema.
+    pub fn url(&self) -> String {
+        let join = if self.admin.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{join}options=-c%20search_path%3D{}",
+            self.admin, self.name
+        )
+    }
+
+    pub fn remove(self) -> anyhow::Result<()> {
+        self.sql(format!("DROP SCHEMA {} CASCADE", self.name))
+    }
+
+    /// Runs `sql` as the administrator, on a thread of its own: the blocking client runs a
+    /// runtime of its own, which may not start inside the bench's.
+    fn sql(&self, sql: String) -> anyhow::Result<()> {
+        let admin = self.admin.clone();
+        std::thread::spawn(move || {
+            postgres::Client::connect(&admin, postgres::NoTls)?.batch_execute(&sql)
+        })
+        .join()
+        .expect("the SQL thread finishes")?;
+        Ok(())
+    }
+}
